@@ -1,0 +1,323 @@
+//! The versioned binary envelope for brokers without native headers.
+//!
+//! Layout of version 1 (all integers big-endian; `docs/wire-format.md` is the
+//! normative description):
+//!
+//! ```text
+//! magic "QE" | version u8 = 1 | flags u8
+//! id [16] | priority u8 | attempt u32 | max_attempts u32 | created_at_ms u64
+//! [not_before_ms u64]        if flags & 0x01
+//! [expires_at_ms u64]        if flags & 0x02
+//! [idempotency_key: u16 len + bytes]   if flags & 0x04
+//! [last_error: u32 len + bytes]        if flags & 0x08
+//! header_count u16, then per header: u16 name len + name, u32 value len + value
+//! payload: the rest of the bytes
+//! ```
+//!
+//! Decoding never panics: any byte string either decodes or gives a typed
+//! [`ErrorKind::Decode`] error saying what is wrong.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Headers, Message, MessageId, Priority};
+
+/// The first two bytes of every envelope.
+pub const MAGIC: [u8; 2] = *b"QE";
+/// The envelope version this build writes.
+pub const VERSION: u8 = 1;
+
+const HAS_NOT_BEFORE: u8 = 0x01;
+const HAS_EXPIRES_AT: u8 = 0x02;
+const HAS_IDEMPOTENCY_KEY: u8 = 0x04;
+const HAS_LAST_ERROR: u8 = 0x08;
+const KNOWN_FLAGS: u8 = 0x0f;
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Whether `bytes` start like an envelope (magic and a known version).
+pub fn looks_like_envelope(bytes: &[u8]) -> bool {
+    bytes.len() >= 4 && bytes[..2] == MAGIC && bytes[2] == VERSION
+}
+
+/// Encode a message into an envelope.
+///
+/// ```
+/// use queue_core::{envelope, Message};
+/// let msg = Message::new(&b"\x00\xffraw"[..]).with_header("trace", "✓");
+/// let decoded = envelope::decode(&envelope::encode(&msg)).unwrap();
+/// assert_eq!((decoded.id, &decoded.payload, &decoded.headers), (msg.id, &msg.payload, &msg.headers));
+/// ```
+pub fn encode(message: &Message) -> Bytes {
+    let mut flags = 0u8;
+    if message.not_before.is_some() {
+        flags |= HAS_NOT_BEFORE;
+    }
+    if message.expires_at.is_some() {
+        flags |= HAS_EXPIRES_AT;
+    }
+    if message.idempotency_key.is_some() {
+        flags |= HAS_IDEMPOTENCY_KEY;
+    }
+    if message.last_error.is_some() {
+        flags |= HAS_LAST_ERROR;
+    }
+    let headers_len: usize = message
+        .headers
+        .iter()
+        .map(|(k, v)| 6 + k.len() + v.len())
+        .sum();
+    let mut out = BytesMut::with_capacity(64 + headers_len + message.payload.len());
+    out.put_slice(&MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(flags);
+    out.put_slice(&message.id.to_bytes());
+    out.put_u8(message.priority.level());
+    out.put_u32(message.attempt);
+    out.put_u32(message.max_attempts);
+    out.put_u64(millis(message.created_at));
+    if let Some(at) = message.not_before {
+        out.put_u64(millis(at));
+    }
+    if let Some(at) = message.expires_at {
+        out.put_u64(millis(at));
+    }
+    if let Some(key) = &message.idempotency_key {
+        let key = truncate(key.as_bytes(), u16::MAX as usize);
+        out.put_u16(key.len() as u16);
+        out.put_slice(key);
+    }
+    if let Some(error) = &message.last_error {
+        let error = truncate(error.as_bytes(), u32::MAX as usize);
+        out.put_u32(error.len() as u32);
+        out.put_slice(error);
+    }
+    let headers: Vec<_> = message.headers.iter().take(u16::MAX as usize).collect();
+    out.put_u16(headers.len() as u16);
+    for (name, value) in headers {
+        let name = truncate(name.as_bytes(), u16::MAX as usize);
+        out.put_u16(name.len() as u16);
+        out.put_slice(name);
+        out.put_u32(value.len() as u32);
+        out.put_slice(value.as_bytes());
+    }
+    out.put_slice(&message.payload);
+    out.freeze()
+}
+
+fn truncate(bytes: &[u8], max: usize) -> &[u8] {
+    &bytes[..bytes.len().min(max)]
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let slice = &self.bytes[self.at..end];
+                self.at = end;
+                Ok(slice)
+            }
+            None => Err(decode_error(format!(
+                "truncated envelope: {what} needs {n} bytes at offset {}, {} left",
+                self.at,
+                self.bytes.len().saturating_sub(self.at)
+            ))),
+        }
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn string(&mut self, len: usize, what: &str) -> Result<String> {
+        let b = self.take(len, what)?;
+        String::from_utf8(b.to_vec())
+            .map_err(|_| decode_error(format!("{what} is not valid UTF-8")))
+    }
+}
+
+fn decode_error(message: String) -> Error {
+    Error::new(ErrorKind::Decode, message)
+}
+
+/// Decode an envelope. Bytes that are not an envelope (a message written by
+/// a plain broker client) give a [`ErrorKind::Decode`] error; callers then
+/// deliver them raw or dead-letter them with reason `decode`.
+pub fn decode(bytes: &Bytes) -> Result<Message> {
+    if bytes.len() < 4 || bytes[..2] != MAGIC {
+        return Err(decode_error(
+            "not a queue envelope: magic bytes \"QE\" missing".to_owned(),
+        ));
+    }
+    if bytes[2] != VERSION {
+        return Err(decode_error(format!(
+            "envelope version {} is not supported (this build reads version {VERSION})",
+            bytes[2]
+        )));
+    }
+    let flags = bytes[3];
+    if flags & !KNOWN_FLAGS != 0 {
+        return Err(decode_error(format!(
+            "envelope has unknown flags {flags:#04x}"
+        )));
+    }
+    let mut r = Reader { bytes, at: 4 };
+    let mut id = [0u8; 16];
+    id.copy_from_slice(r.take(16, "id")?);
+    let level = r.u8("priority")?;
+    let priority = Priority::from_level(level)
+        .ok_or_else(|| decode_error(format!("envelope priority {level} is not 1, 5, 10 or 15")))?;
+    let attempt = r.u32("attempt")?;
+    let max_attempts = r.u32("max_attempts")?;
+    let created_at = from_millis(r.u64("created_at")?);
+    let not_before = if flags & HAS_NOT_BEFORE != 0 {
+        Some(from_millis(r.u64("not_before")?))
+    } else {
+        None
+    };
+    let expires_at = if flags & HAS_EXPIRES_AT != 0 {
+        Some(from_millis(r.u64("expires_at")?))
+    } else {
+        None
+    };
+    let idempotency_key = if flags & HAS_IDEMPOTENCY_KEY != 0 {
+        let len = r.u16("idempotency key length")? as usize;
+        Some(r.string(len, "idempotency key")?)
+    } else {
+        None
+    };
+    let last_error = if flags & HAS_LAST_ERROR != 0 {
+        let len = r.u32("last error length")? as usize;
+        Some(r.string(len, "last error")?)
+    } else {
+        None
+    };
+    let count = r.u16("header count")?;
+    let mut headers = Headers::new();
+    for _ in 0..count {
+        let name_len = r.u16("header name length")? as usize;
+        let name = r.string(name_len, "header name")?;
+        let value_len = r.u32("header value length")? as usize;
+        let value = r.string(value_len, "header value")?;
+        headers.insert(name, value);
+    }
+    let payload = bytes.slice(r.at..);
+    Ok(Message {
+        id: MessageId::from_bytes(id),
+        payload,
+        headers,
+        priority,
+        attempt,
+        max_attempts,
+        created_at,
+        not_before,
+        expires_at,
+        idempotency_key,
+        last_error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn truncate_times(mut m: Message) -> Message {
+        // The envelope keeps milliseconds.
+        m.created_at = from_millis(millis(m.created_at));
+        m.not_before = m.not_before.map(|t| from_millis(millis(t)));
+        m.expires_at = m.expires_at.map(|t| from_millis(millis(t)));
+        m
+    }
+
+    #[test]
+    fn full_message_round_trips() {
+        let mut msg = Message::new(vec![0u8, 159, 146, 150, 0])
+            .with_priority(Priority::Urgent)
+            .with_delay(Duration::from_secs(60))
+            .with_ttl(Duration::from_secs(600))
+            .with_idempotency_key("order-7")
+            .with_header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .with_header("note", "grüße ✓")
+            .with_max_attempts(9);
+        msg.attempt = 3;
+        msg.last_error = Some("boom".into());
+        let decoded = decode(&encode(&msg)).unwrap();
+        assert_eq!(decoded, truncate_times(msg));
+    }
+
+    #[test]
+    fn foreign_bytes_never_panic() {
+        assert_eq!(
+            decode(&Bytes::from_static(b"")).unwrap_err().kind(),
+            ErrorKind::Decode
+        );
+        assert!(decode(&Bytes::from_static(b"{\"json\":1}"))
+            .unwrap_err()
+            .message()
+            .contains("magic"));
+        assert!(decode(&Bytes::from_static(b"QE\x09\x00"))
+            .unwrap_err()
+            .message()
+            .contains("version 9"));
+        // Every prefix of a valid envelope up to the payload is a typed error.
+        let full = encode(
+            &Message::new(&b"p"[..])
+                .with_header("k", "v")
+                .with_idempotency_key("i"),
+        );
+        for cut in 0..full.len() - 1 {
+            assert_eq!(
+                decode(&full.slice(..cut)).unwrap_err().kind(),
+                ErrorKind::Decode,
+                "cut {cut}"
+            );
+        }
+        // Pseudo-random junk after a valid header.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let mut junk = b"QE\x01".to_vec();
+            let len = (state % 96) as usize;
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                junk.push(state as u8);
+            }
+            let _ = decode(&Bytes::from(junk));
+        }
+    }
+}

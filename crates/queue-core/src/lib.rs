@@ -1,0 +1,43 @@
+//! Core of the `queue` workspace: the types, traits, errors, configuration
+//! and capability tables every backend shares, and the embedded
+//! [`MemoryBackend`].
+//!
+//! Most users depend on the umbrella crate `queue`, which re-exports this
+//! crate and turns backends on by feature. Backend authors implement
+//! [`Backend`], [`Producer`], [`Consumer`], [`Acker`] and [`Admin`] and run
+//! the shared conformance suite of `queue-testkit`.
+//!
+//! - Messages and typed jobs: [`Message`], [`Job`], [`JobOptions`], [`Priority`], [`JobStatus`].
+//! - The contract: [`traits`] (`docs/architecture.md` maps it onto every broker).
+//! - Errors: [`Error`] with an [`ErrorKind`] and `is_retryable()`; [`HandlerError`] for user code.
+//! - Configuration: [`config::QueueConfig`] from a URL or `QUEUE_*` variables.
+//! - Wire format: [`envelope`] for brokers without native headers.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+pub mod capabilities;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod job;
+pub mod memory;
+pub mod message;
+pub mod stats;
+pub mod traits;
+
+pub use capabilities::{Capabilities, Ordering, Support};
+pub use config::{BackendKind, QueueConfig, SecretUrl};
+pub use error::{BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
+pub use job::{BackoffPolicy, Job, JobOptions, JobStatus};
+pub use memory::MemoryBackend;
+pub use message::{Headers, Message, MessageId, Priority, QueueName};
+pub use stats::{
+    ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
+};
+pub use traits::{Acker, Admin, Backend, Consumer, Delivery, DeliveryError, Producer, ProducerExt};

@@ -1,0 +1,731 @@
+//! The embedded in-process backend: the reference implementation of every
+//! semantic in the conformance suite, and the default when no server runs.
+//!
+//! Each queue is one mutex-guarded state: four FIFO lists (one per priority),
+//! a delay index ordered by due time, an in-flight index ordered by lease
+//! deadline, dead letters and an idempotency window. Waiting consumers sleep
+//! on a [`Notify`] and a timer set to the next due message or lease
+//! deadline, so nothing polls.
+//!
+//! ```
+//! use queue_core::{Backend, ConsumerOptions, MemoryBackend, Message, QueueName};
+//! use std::time::Duration;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> queue_core::Result<()> {
+//! let backend = MemoryBackend::new();
+//! let queue = QueueName::new("emails")?;
+//! let producer = backend.producer(&queue).await?;
+//! producer.send(Message::new(&b"hello"[..])).await?;
+//! let consumer = backend.consumer(&queue, ConsumerOptions::default()).await?;
+//! let deliveries = consumer.receive(10, Duration::from_secs(1)).await?;
+//! assert_eq!(deliveries[0].payload().as_ref(), b"hello");
+//! for delivery in deliveries {
+//!     delivery.ack().await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::capabilities::{Capabilities, Ordering, Support};
+use crate::config::{BackendKind, QueueConfig, DEFAULT_LEASE};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Message, MessageId, QueueName};
+use crate::stats::{
+    ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
+};
+use crate::traits::{Acker, Admin, Backend, Consumer, Delivery, Producer};
+
+/// Default payload limit of the memory backend: 16 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+/// Most messages one `receive` returns.
+pub const MAX_RECEIVE: usize = 10_000;
+
+/// The embedded backend. Clones share the same queues.
+#[derive(Clone, Debug)]
+pub struct MemoryBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    capabilities: Capabilities,
+    lease: Duration,
+    queues: Mutex<HashMap<QueueName, Arc<MemQueue>>>,
+    closed: AtomicBool,
+}
+
+#[derive(Debug)]
+struct MemQueue {
+    name: QueueName,
+    state: Mutex<State>,
+    notify: Notify,
+    /// Consumers currently waiting; senders skip the wake-up when zero.
+    waiters: AtomicUsize,
+    idempotency_window: Duration,
+}
+
+/// Key of the delay and lease indexes: (due time, unique sequence).
+type TimeKey = (Instant, u64);
+
+#[derive(Debug, Default)]
+struct State {
+    options: QueueOptions,
+    ready: [VecDeque<Message>; 4],
+    delayed: BTreeMap<TimeKey, Message>,
+    in_flight: BTreeMap<TimeKey, Message>,
+    dead: VecDeque<DeadLetter>,
+    seen_keys: HashMap<String, Instant>,
+    seen_order: VecDeque<(Instant, String)>,
+    next_seq: u64,
+    any_ttl: bool,
+    deleted: bool,
+    stats: QueueStats,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::new()
+    }
+}
+
+impl MemoryBackend {
+    /// A backend with default settings.
+    pub fn new() -> Self {
+        MemoryBackend::build(DEFAULT_MAX_PAYLOAD, Duration::from_secs(300), DEFAULT_LEASE)
+    }
+
+    /// A backend from a `memory://` config (`max_payload`, `idempotency_window`
+    /// and `lease` apply; any other parameter is an error naming it).
+    pub fn from_config(config: &QueueConfig) -> Result<Self> {
+        if config.backend != BackendKind::Memory {
+            return Err(Error::config(format!(
+                "url: the memory backend needs a memory:// URL, got a {} URL",
+                config.backend
+            )));
+        }
+        config.reject_unknown_params(&[])?;
+        Ok(MemoryBackend::build(
+            config.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD),
+            config.idempotency_window,
+            config.lease,
+        ))
+    }
+
+    fn build(max_payload: usize, idempotency_window: Duration, lease: Duration) -> Self {
+        MemoryBackend {
+            shared: Arc::new(Shared {
+                capabilities: Capabilities {
+                    backend: "memory",
+                    priority: Support::Native,
+                    delay: Support::Native,
+                    ttl: Support::Native,
+                    dead_letter: Support::Native,
+                    redrive: Support::Native,
+                    idempotency: Support::Native,
+                    lease_extension: Support::Native,
+                    max_length: Support::Native,
+                    purge: Support::Native,
+                    exact_stats: true,
+                    ordering: Ordering::FifoPerPriority,
+                    max_payload,
+                    max_native_delay: None,
+                    max_batch: 10_000,
+                    max_receive: MAX_RECEIVE,
+                    idempotency_window: Some(idempotency_window),
+                },
+                lease,
+                queues: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A producer with its concrete type.
+    pub fn memory_producer(&self, queue: &QueueName) -> Result<MemoryProducer> {
+        Ok(MemoryProducer {
+            queue: self.shared.queue(queue, None)?,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// A consumer with its concrete type.
+    pub fn memory_consumer(
+        &self,
+        queue: &QueueName,
+        options: ConsumerOptions,
+    ) -> Result<MemoryConsumer> {
+        options.check()?;
+        Ok(MemoryConsumer {
+            queue: self.shared.queue(queue, None)?,
+            lease: options.lease.unwrap_or(self.shared.lease),
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+impl Shared {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(AtomicOrdering::Acquire) {
+            return Err(Error::closed("the memory backend"));
+        }
+        Ok(())
+    }
+
+    /// The queue `name`, created with `options` (or defaults) if missing.
+    fn queue(&self, name: &QueueName, options: Option<&QueueOptions>) -> Result<Arc<MemQueue>> {
+        self.check_open()?;
+        let mut queues = lock(&self.queues);
+        let queue = queues.entry(name.clone()).or_insert_with(|| {
+            Arc::new(MemQueue {
+                name: name.clone(),
+                state: Mutex::new(State::default()),
+                notify: Notify::new(),
+                waiters: AtomicUsize::new(0),
+                idempotency_window: self
+                    .capabilities
+                    .idempotency_window
+                    .unwrap_or(Duration::from_secs(300)),
+            })
+        });
+        if let Some(options) = options {
+            lock(&queue.state).options = options.clone();
+        }
+        Ok(queue.clone())
+    }
+
+    fn existing(&self, name: &QueueName) -> Result<Arc<MemQueue>> {
+        self.check_open()?;
+        lock(&self.queues).get(name).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("queue {name:?} does not exist"),
+            )
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the state half-updated in
+    // a way later calls rely on, so a poisoned lock is still used.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lease_lost(message: &Message) -> Error {
+    Error::new(
+        ErrorKind::LeaseLost,
+        format!(
+            "message {} is no longer leased to this delivery (lease expired, or the message was settled or purged)",
+            message.id
+        ),
+    )
+}
+
+impl MemQueue {
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        let state = lock(&self.state);
+        if state.deleted {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("queue {:?} was deleted", self.name),
+            ));
+        }
+        Ok(state)
+    }
+
+    fn wake(&self) {
+        if self.waiters.load(AtomicOrdering::Acquire) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Decrements the waiter count however the wait ends (including cancellation).
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::AcqRel);
+    }
+}
+
+/// `SystemTime` `at` as an `Instant`, never earlier than the wall-clock time.
+fn instant_of(at: SystemTime, sys_now: SystemTime, now: Instant) -> Instant {
+    now + at.duration_since(sys_now).unwrap_or(Duration::ZERO)
+}
+
+impl State {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn depth(&self) -> u64 {
+        (self.ready.iter().map(VecDeque::len).sum::<usize>()
+            + self.delayed.len()
+            + self.in_flight.len()) as u64
+    }
+
+    /// Whether `key` was sent inside the window; records it if not.
+    fn is_duplicate(&mut self, key: &str, now: Instant, window: Duration) -> bool {
+        while let Some((expiry, _)) = self.seen_order.front() {
+            if *expiry > now {
+                break;
+            }
+            let (expiry, old) = self.seen_order.pop_front().expect("front exists");
+            if self.seen_keys.get(&old) == Some(&expiry) {
+                self.seen_keys.remove(&old);
+            }
+        }
+        if self.seen_keys.contains_key(key) {
+            return true;
+        }
+        let expiry = now + window;
+        self.seen_keys.insert(key.to_owned(), expiry);
+        self.seen_order.push_back((expiry, key.to_owned()));
+        false
+    }
+
+    /// Queue `message` as ready or delayed by its `not_before`.
+    fn enqueue(&mut self, message: Message, sys_now: SystemTime, now: Instant) {
+        if message.expires_at.is_some() {
+            self.any_ttl = true;
+        }
+        match message.not_before {
+            Some(at) if at > sys_now => {
+                let key = (instant_of(at, sys_now, now), self.seq());
+                self.delayed.insert(key, message);
+            }
+            _ => self.ready[message.priority.rank()].push_back(message),
+        }
+    }
+
+    fn bury(&mut self, message: Message, reason: DeadLetterReason, attempts: u32) {
+        if reason == DeadLetterReason::Expired {
+            self.stats.expired_total += 1;
+        }
+        self.stats.dead_lettered_total += 1;
+        self.dead
+            .push_back(DeadLetter::new(message, reason, attempts));
+    }
+
+    /// A failed attempt: deliver again after `delay`, or dead-letter on the last attempt.
+    fn retry(&mut self, mut message: Message, delay: Duration, sys_now: SystemTime, now: Instant) {
+        self.stats.retried_total += 1;
+        if message.is_last_attempt() {
+            let attempts = message.attempt;
+            self.bury(message, DeadLetterReason::MaxAttempts, attempts);
+            return;
+        }
+        message.attempt += 1;
+        message.not_before = (delay > Duration::ZERO).then(|| sys_now + delay);
+        self.enqueue(message, sys_now, now);
+    }
+
+    /// Move due delayed messages to ready and take back expired leases.
+    fn maintain(&mut self, sys_now: SystemTime, now: Instant) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let message = entry.remove();
+            self.ready[message.priority.rank()].push_back(message);
+        }
+        while let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let mut message = entry.remove();
+            message.last_error = Some("lease expired before the delivery was settled".to_owned());
+            self.retry(message, Duration::ZERO, sys_now, now);
+        }
+    }
+
+    /// Dead-letter every queued message whose TTL has passed (for exact stats).
+    fn sweep_expired(&mut self, sys_now: SystemTime) {
+        if !self.any_ttl {
+            return;
+        }
+        let mut expired = Vec::new();
+        for list in &mut self.ready {
+            list.retain(|m| {
+                let keep = !m.is_expired_at(sys_now);
+                if !keep {
+                    expired.push(m.clone());
+                }
+                keep
+            });
+        }
+        self.delayed.retain(|_, m| {
+            let keep = !m.is_expired_at(sys_now);
+            if !keep {
+                expired.push(m.clone());
+            }
+            keep
+        });
+        for message in expired {
+            let attempts = message.attempt - 1;
+            self.bury(message, DeadLetterReason::Expired, attempts);
+        }
+    }
+
+    /// The next instant at which a delayed message becomes due or a lease expires.
+    fn next_event(&self) -> Option<Instant> {
+        let delayed = self.delayed.keys().next().map(|k| k.0);
+        let lease = self.in_flight.keys().next().map(|k| k.0);
+        match (delayed, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Sends to one memory queue.
+#[derive(Debug)]
+pub struct MemoryProducer {
+    shared: Arc<Shared>,
+    queue: Arc<MemQueue>,
+}
+
+impl MemoryProducer {
+    fn push(&self, messages: impl IntoIterator<Item = Message>) -> Result<Vec<MessageId>> {
+        self.shared.check_open()?;
+        let mut state = self.queue.state()?;
+        let sys_now = SystemTime::now();
+        let now = Instant::now();
+        let mut ids = Vec::new();
+        for message in messages {
+            ids.push(message.id);
+            if let Some(key) = &message.idempotency_key {
+                if state.is_duplicate(key, now, self.queue.idempotency_window) {
+                    state.stats.deduplicated_total += 1;
+                    continue;
+                }
+            }
+            if let Some(max) = state.options.max_length {
+                if state.depth() >= max {
+                    return Err(Error::new(
+                        ErrorKind::QueueFull,
+                        format!(
+                            "queue {:?} is full: it holds its maximum of {max} messages",
+                            self.queue.name
+                        ),
+                    ));
+                }
+            }
+            state.stats.enqueued_total += 1;
+            state.enqueue(message, sys_now, now);
+        }
+        drop(state);
+        self.queue.wake();
+        Ok(ids)
+    }
+}
+
+#[async_trait]
+impl Producer for MemoryProducer {
+    fn queue(&self) -> &QueueName {
+        &self.queue.name
+    }
+
+    async fn send(&self, message: Message) -> Result<MessageId> {
+        self.shared.capabilities.check_message(&message)?;
+        let id = message.id;
+        self.push(std::iter::once(message))?;
+        Ok(id)
+    }
+
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+        self.shared.capabilities.check_batch(&messages)?;
+        self.push(messages)
+    }
+}
+
+/// Receives from one memory queue.
+#[derive(Debug)]
+pub struct MemoryConsumer {
+    shared: Arc<Shared>,
+    queue: Arc<MemQueue>,
+    lease: Duration,
+}
+
+impl MemoryConsumer {
+    /// Take up to `max` ready messages as deliveries.
+    fn take(
+        &self,
+        state: &mut State,
+        max: usize,
+        sys_now: SystemTime,
+        now: Instant,
+    ) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let deadline = now + self.lease;
+        let sys_deadline = sys_now + self.lease;
+        for rank in 0..4 {
+            while out.len() < max {
+                let Some(message) = state.ready[rank].pop_front() else {
+                    break;
+                };
+                if message.is_expired_at(sys_now) {
+                    let attempts = message.attempt - 1;
+                    state.bury(message, DeadLetterReason::Expired, attempts);
+                    continue;
+                }
+                let key = (deadline, state.seq());
+                state.in_flight.insert(key, message.clone());
+                out.push(Delivery::new(
+                    self.queue.name.clone(),
+                    message,
+                    sys_deadline,
+                    Box::new(MemoryAcker {
+                        queue: self.queue.clone(),
+                        key,
+                    }),
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    fn queue(&self) -> &QueueName {
+        &self.queue.name
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if max == 0 || max > MAX_RECEIVE {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("receive max must be 1 to {MAX_RECEIVE}, got {max}"),
+            ));
+        }
+        let give_up_at = Instant::now() + wait;
+        loop {
+            let notified = self.queue.notify.notified();
+            tokio::pin!(notified);
+            let (next_event, _guard) = {
+                self.shared.check_open()?;
+                let mut state = self.queue.state()?;
+                let sys_now = SystemTime::now();
+                let now = Instant::now();
+                state.maintain(sys_now, now);
+                let batch = self.take(&mut state, max, sys_now, now);
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+                if now >= give_up_at {
+                    return Ok(batch);
+                }
+                // Register before unlocking so no send between here and the
+                // wait below is missed.
+                notified.as_mut().enable();
+                self.queue.waiters.fetch_add(1, AtomicOrdering::AcqRel);
+                (state.next_event(), WaiterGuard(&self.queue.waiters))
+            };
+            let wake_at = next_event.map_or(give_up_at, |at| at.min(give_up_at));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+}
+
+/// Settles one memory delivery.
+#[derive(Debug)]
+struct MemoryAcker {
+    queue: Arc<MemQueue>,
+    key: TimeKey,
+}
+
+impl MemoryAcker {
+    fn settle(&self, message: &Message, then: impl FnOnce(&mut State, Message)) -> Result<()> {
+        let mut state = self.queue.state()?;
+        let stored = state
+            .in_flight
+            .remove(&self.key)
+            .ok_or_else(|| lease_lost(message))?;
+        then(&mut state, stored);
+        drop(state);
+        self.queue.wake();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(&self, message: &Message) -> Result<()> {
+        let mut state = self.queue.state()?;
+        if state.in_flight.remove(&self.key).is_none() {
+            return Err(lease_lost(message));
+        }
+        state.stats.acked_total += 1;
+        Ok(())
+    }
+
+    async fn nack(
+        &self,
+        message: &Message,
+        delay: Duration,
+        last_error: Option<&str>,
+    ) -> Result<()> {
+        self.settle(message, |state, mut stored| {
+            if let Some(error) = last_error {
+                stored.last_error = Some(error.to_owned());
+            }
+            state.retry(stored, delay, SystemTime::now(), Instant::now());
+        })
+    }
+
+    async fn extend(&mut self, message: &Message, lease: Duration) -> Result<SystemTime> {
+        crate::config::validate_lease(&lease).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("lease: {}", e.message.as_deref().unwrap_or("out of range")),
+            )
+        })?;
+        let mut state = self.queue.state()?;
+        let stored = state
+            .in_flight
+            .remove(&self.key)
+            .ok_or_else(|| lease_lost(message))?;
+        let key = (Instant::now() + lease, self.key.1);
+        state.in_flight.insert(key, stored);
+        self.key = key;
+        Ok(SystemTime::now() + lease)
+    }
+
+    async fn dead_letter(&self, message: &Message, reason: &DeadLetterReason) -> Result<()> {
+        self.settle(message, |state, stored| {
+            let attempts = stored.attempt;
+            state.bury(stored, reason.clone(), attempts);
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.shared.capabilities
+    }
+
+    async fn producer(&self, queue: &QueueName) -> Result<Box<dyn Producer>> {
+        Ok(Box::new(self.memory_producer(queue)?))
+    }
+
+    async fn consumer(
+        &self,
+        queue: &QueueName,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>> {
+        Ok(Box::new(self.memory_consumer(queue, options)?))
+    }
+
+    fn admin(&self) -> &dyn Admin {
+        self
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.closed.store(true, AtomicOrdering::Release);
+        for queue in lock(&self.shared.queues).values() {
+            queue.notify.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Admin for MemoryBackend {
+    async fn ensure_queue(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+        options.check()?;
+        self.shared.queue(queue, Some(options)).map(drop)
+    }
+
+    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+        self.shared.check_open()?;
+        let removed = lock(&self.shared.queues).remove(queue);
+        if let Some(removed) = removed {
+            lock(&removed.state).deleted = true;
+            removed.notify.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &QueueName) -> Result<u64> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        let removed = state.depth();
+        state.ready.iter_mut().for_each(VecDeque::clear);
+        state.delayed.clear();
+        state.in_flight.clear();
+        Ok(removed)
+    }
+
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        let sys_now = SystemTime::now();
+        state.maintain(sys_now, Instant::now());
+        state.sweep_expired(sys_now);
+        let mut stats = state.stats;
+        stats.ready = state.ready.iter().map(VecDeque::len).sum::<usize>() as u64;
+        stats.delayed = state.delayed.len() as u64;
+        stats.in_flight = state.in_flight.len() as u64;
+        stats.dead = state.dead.len() as u64;
+        drop(state);
+        // Maintenance may have made messages ready.
+        queue.wake();
+        Ok(stats)
+    }
+
+    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        state.sweep_expired(SystemTime::now());
+        Ok(state.dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        let dead = std::mem::take(&mut state.dead);
+        let (moved, kept): (VecDeque<_>, VecDeque<_>) =
+            dead.into_iter().partition(|d| match &which {
+                Redrive::All => true,
+                Redrive::Ids(ids) => ids.contains(&d.message.id),
+            });
+        state.dead = kept;
+        let sys_now = SystemTime::now();
+        let now = Instant::now();
+        let count = moved.len() as u64;
+        for dead_letter in moved {
+            let mut message = dead_letter.message;
+            message.attempt = 1;
+            message.not_before = None;
+            message.expires_at = None;
+            state.enqueue(message, sys_now, now);
+        }
+        drop(state);
+        queue.wake();
+        Ok(count)
+    }
+
+    async fn health(&self) -> HealthStatus {
+        let started = std::time::Instant::now();
+        match self.shared.check_open() {
+            Ok(()) => HealthStatus::healthy("memory", started.elapsed()),
+            Err(e) => HealthStatus::unhealthy("memory", started.elapsed(), &e),
+        }
+    }
+}

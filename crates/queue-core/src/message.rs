@@ -1,0 +1,468 @@
+//! Messages: what travels through a queue.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Message headers: a string map. W3C `traceparent` travels here.
+pub type Headers = BTreeMap<String, String>;
+
+/// The default number of attempts before a message is dead-lettered.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
+
+/// A message id: a UUID v7, so ids sort by creation time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(Uuid);
+
+impl MessageId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        MessageId(Uuid::now_v7())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// The id as 16 bytes, big-endian (the wire form).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        *self.0.as_bytes()
+    }
+
+    /// An id from its 16-byte wire form.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        MessageId(Uuid::from_bytes(bytes))
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        MessageId::new()
+    }
+}
+
+impl From<Uuid> for MessageId {
+    fn from(uuid: Uuid) -> Self {
+        MessageId(uuid)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Uuid::parse_str(s).map(MessageId).map_err(|e| {
+            Error::new(ErrorKind::InvalidInput, format!("invalid message id {s:?}")).with_source(e)
+        })
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0)
+    }
+}
+
+/// Job priority. Higher runs first; within one priority, first in first out
+/// (where the backend's capability table claims ordering).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Background work that may wait.
+    Low = 1,
+    /// The default.
+    #[default]
+    Normal = 5,
+    /// Ahead of normal work.
+    High = 10,
+    /// Ahead of everything.
+    Urgent = 15,
+}
+
+impl Priority {
+    /// All priorities, highest first.
+    pub const ALL_DESCENDING: [Priority; 4] = [
+        Priority::Urgent,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+    ];
+
+    /// The numeric level (1, 5, 10, 15).
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+
+    /// The priority of a numeric level; `None` for other numbers.
+    pub fn from_level(level: u8) -> Option<Priority> {
+        match level {
+            1 => Some(Priority::Low),
+            5 => Some(Priority::Normal),
+            10 => Some(Priority::High),
+            15 => Some(Priority::Urgent),
+            _ => None,
+        }
+    }
+
+    /// Index from 0 (Urgent) to 3 (Low), for per-priority arrays.
+    pub fn rank(self) -> usize {
+        match self {
+            Priority::Urgent => 0,
+            Priority::High => 1,
+            Priority::Normal => 2,
+            Priority::Low => 3,
+        }
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Urgent => "urgent",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" | "1" => Ok(Priority::Low),
+            "normal" | "5" => Ok(Priority::Normal),
+            "high" | "10" => Ok(Priority::High),
+            "urgent" | "15" => Ok(Priority::Urgent),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("invalid priority {s:?}: expected low, normal, high or urgent"),
+            )),
+        }
+    }
+}
+
+/// The longest queue name, leaving room for companion suffixes (`-dlq`,
+/// `.retry.30s`) within the strictest broker limit (SQS, 80 characters).
+pub const MAX_QUEUE_NAME_LEN: usize = 64;
+
+/// A validated queue name: 1 to 64 ASCII letters, digits, `-` or `_`,
+/// starting with a letter or digit. The rule is the intersection of what
+/// Redis keys, AMQP queues, Kafka topics and SQS queues all accept, so a name
+/// that works on one backend works on every backend.
+///
+/// ```
+/// use queue_core::QueueName;
+/// assert!(QueueName::new("emails-high_1").is_ok());
+/// assert!(QueueName::new("no spaces").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueName(Arc<str>);
+
+impl QueueName {
+    /// Validate `name`.
+    pub fn new(name: impl AsRef<str>) -> Result<Self> {
+        let name = name.as_ref();
+        let rule = "queue names are 1 to 64 ASCII letters, digits, '-' or '_', starting with a letter or digit";
+        let bad = |why: String| {
+            Err(Error::new(
+                ErrorKind::InvalidQueueName,
+                format!("{why}: {rule}"),
+            ))
+        };
+        if name.is_empty() {
+            return bad("empty queue name".to_owned());
+        }
+        if name.len() > MAX_QUEUE_NAME_LEN {
+            return bad(format!(
+                "queue name of {} characters is too long",
+                name.len()
+            ));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return bad(format!("queue name {name:?} contains {c:?}"));
+        }
+        if !name.as_bytes()[0].is_ascii_alphanumeric() {
+            return bad(format!(
+                "queue name {name:?} does not start with a letter or digit"
+            ));
+        }
+        Ok(QueueName(Arc::from(name)))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl AsRef<str> for QueueName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for QueueName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        QueueName::new(s)
+    }
+}
+
+impl TryFrom<&str> for QueueName {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self> {
+        QueueName::new(s)
+    }
+}
+
+impl Serialize for QueueName {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueName {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        QueueName::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A message: payload bytes plus the metadata every backend carries.
+///
+/// Build one with [`Message::new`] and the `with_*` methods; the producer
+/// fills in nothing else. On receipt, [`attempt`](Message::attempt) says which
+/// delivery this is (1 for the first).
+///
+/// ```
+/// use queue_core::{Message, Priority};
+/// use std::time::Duration;
+/// let msg = Message::new(&b"hello"[..])
+///     .with_priority(Priority::High)
+///     .with_delay(Duration::from_secs(5))
+///     .with_header("tenant", "acme")
+///     .with_idempotency_key("order-42");
+/// assert_eq!(msg.attempt, 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message {
+    /// Unique id (UUID v7).
+    pub id: MessageId,
+    /// The payload, any bytes.
+    pub payload: Bytes,
+    /// Headers.
+    pub headers: Headers,
+    /// Priority.
+    pub priority: Priority,
+    /// Which delivery this is, starting at 1.
+    pub attempt: u32,
+    /// After this many attempts the message is dead-lettered.
+    pub max_attempts: u32,
+    /// When the message was created.
+    pub created_at: SystemTime,
+    /// Not deliverable before this time (delay or scheduled run).
+    pub not_before: Option<SystemTime>,
+    /// Never handed to a consumer after this time; dead-lettered as `expired`.
+    pub expires_at: Option<SystemTime>,
+    /// Sends with the same key inside the backend's window deliver once.
+    pub idempotency_key: Option<String>,
+    /// The error of the previous failed attempt, if any.
+    pub last_error: Option<String>,
+}
+
+impl Message {
+    /// A message with this payload, normal priority, attempt 1 and a fresh id.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: MessageId::new(),
+            payload: payload.into(),
+            headers: Headers::new(),
+            priority: Priority::Normal,
+            attempt: 1,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            created_at: SystemTime::now(),
+            not_before: None,
+            expires_at: None,
+            idempotency_key: None,
+            last_error: None,
+        }
+    }
+
+    /// Set the priority.
+    #[must_use]
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Add a header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Deliver no earlier than `delay` from now.
+    #[must_use]
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.not_before = Some(SystemTime::now() + delay);
+        self
+    }
+
+    /// Deliver no earlier than `at`.
+    #[must_use]
+    pub fn with_run_at(mut self, at: SystemTime) -> Self {
+        self.not_before = Some(at);
+        self
+    }
+
+    /// Expire `ttl` from now if not yet delivered.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.expires_at = Some(SystemTime::now() + ttl);
+        self
+    }
+
+    /// Dead-letter after this many attempts (at least 1).
+    #[must_use]
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Deduplicate sends by this key within the backend's window.
+    #[must_use]
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Use this id instead of a fresh one.
+    #[must_use]
+    pub fn with_id(mut self, id: MessageId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Whether the message is expired at `now`.
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// How long from `now` until the message may be delivered (zero if due).
+    pub fn delay_from(&self, now: SystemTime) -> Duration {
+        self.not_before
+            .and_then(|at| at.duration_since(now).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Whether this delivery is the last one allowed.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+
+    /// The encoded size a backend counts against its payload limit:
+    /// payload plus header names and values.
+    pub fn wire_size(&self) -> usize {
+        self.payload.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_name_rule_names_the_problem() {
+        for (name, fragment) in [
+            ("", "empty"),
+            ("a b", "contains ' '"),
+            ("-lead", "does not start"),
+            ("a.b", "contains '.'"),
+            ("é", "contains 'é'"),
+        ] {
+            let err = QueueName::new(name).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidQueueName);
+            assert!(err.message().contains(fragment), "{name}: {err}");
+            assert!(err.message().contains("1 to 64"), "{err}");
+        }
+        let long = "a".repeat(65);
+        assert!(QueueName::new(&long)
+            .unwrap_err()
+            .message()
+            .contains("too long"));
+        assert!(QueueName::new("a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn priority_levels_and_ranks() {
+        assert_eq!(Priority::Urgent.level(), 15);
+        assert_eq!(Priority::from_level(10), Some(Priority::High));
+        assert_eq!(Priority::from_level(7), None);
+        assert!(Priority::Urgent > Priority::High && Priority::Normal > Priority::Low);
+        let ranks: Vec<usize> = Priority::ALL_DESCENDING.iter().map(|p| p.rank()).collect();
+        assert_eq!(ranks, [0, 1, 2, 3]);
+        assert_eq!("HIGH".parse::<Priority>().unwrap(), Priority::High);
+        assert!("medium".parse::<Priority>().is_err());
+    }
+
+    #[test]
+    fn message_ids_are_time_ordered() {
+        let a = MessageId::new();
+        let b = MessageId::new();
+        assert!(a < b);
+        assert_eq!(MessageId::from_bytes(a.to_bytes()), a);
+        assert_eq!(a.to_string().parse::<MessageId>().unwrap(), a);
+    }
+}

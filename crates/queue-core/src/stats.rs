@@ -1,0 +1,237 @@
+//! Queue statistics, health, dead letters and per-queue options.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use validator::Validate;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::Message;
+
+/// Counts of one queue at one moment.
+///
+/// Gauges (`ready`, `delayed`, `in_flight`, `dead`) are exact on backends
+/// whose capability table says `exact_stats`; totals count since the queue
+/// was created (or since the backend started, on brokers that keep no totals).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Deliverable now.
+    pub ready: u64,
+    /// Waiting for their delay (or a retry backoff) to pass.
+    pub delayed: u64,
+    /// Delivered and not yet settled.
+    pub in_flight: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+    /// Messages accepted by `send` (duplicates by idempotency key excluded).
+    pub enqueued_total: u64,
+    /// Deliveries acked.
+    pub acked_total: u64,
+    /// Deliveries nacked or whose lease expired.
+    pub retried_total: u64,
+    /// Messages moved to the dead-letter queue, for any reason.
+    pub dead_lettered_total: u64,
+    /// Messages that expired before pickup.
+    pub expired_total: u64,
+    /// Sends dropped as duplicates of an idempotency key.
+    pub deduplicated_total: u64,
+}
+
+impl QueueStats {
+    /// `ready + delayed + in_flight`: messages not yet settled.
+    pub fn depth(&self) -> u64 {
+        self.ready + self.delayed + self.in_flight
+    }
+}
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "detail")]
+#[non_exhaustive]
+pub enum DeadLetterReason {
+    /// The last allowed attempt failed.
+    MaxAttempts,
+    /// The message's TTL passed before pickup.
+    Expired,
+    /// The bytes on the queue could not be decoded.
+    Decode,
+    /// The handler said the failure is permanent, or a user dead-lettered it.
+    Rejected(String),
+}
+
+impl DeadLetterReason {
+    /// The short name: `max_attempts`, `expired`, `decode` or `rejected`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            DeadLetterReason::MaxAttempts => "max_attempts",
+            DeadLetterReason::Expired => "expired",
+            DeadLetterReason::Decode => "decode",
+            DeadLetterReason::Rejected(_) => "rejected",
+        }
+    }
+
+    /// Parse the form written by [`Display`](fmt::Display) (`rejected: detail` keeps its detail).
+    pub fn parse(s: &str) -> DeadLetterReason {
+        match s {
+            "max_attempts" => DeadLetterReason::MaxAttempts,
+            "expired" => DeadLetterReason::Expired,
+            "decode" => DeadLetterReason::Decode,
+            other => DeadLetterReason::Rejected(
+                other.strip_prefix("rejected: ").unwrap_or(other).to_owned(),
+            ),
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadLetterReason::Rejected(detail) => write!(f, "rejected: {detail}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// A message in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The message as it was last delivered (its `attempt` is the attempts made).
+    pub message: Message,
+    /// Why it is here.
+    pub reason: DeadLetterReason,
+    /// Attempts made before it was dead-lettered (0 if it never reached a consumer).
+    pub attempts: u32,
+    /// The error of the last failed attempt, if any.
+    pub last_error: Option<String>,
+    /// When it was dead-lettered.
+    pub dead_lettered_at: SystemTime,
+}
+
+impl DeadLetter {
+    /// A dead letter made now.
+    pub fn new(message: Message, reason: DeadLetterReason, attempts: u32) -> Self {
+        let last_error = message.last_error.clone();
+        DeadLetter {
+            message,
+            reason,
+            attempts,
+            last_error,
+            dead_lettered_at: SystemTime::now(),
+        }
+    }
+}
+
+/// Which dead letters to move back to their queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Redrive {
+    /// Every dead letter of the queue.
+    All,
+    /// These messages.
+    Ids(Vec<crate::message::MessageId>),
+}
+
+/// The result of a health check.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct HealthStatus {
+    /// Backend name.
+    pub backend: &'static str,
+    /// Whether the backend answered correctly.
+    pub healthy: bool,
+    /// How long the check took.
+    pub latency: Duration,
+    /// The error, when unhealthy (kind and message; never a credential).
+    pub error: Option<String>,
+    /// The error kind, when unhealthy.
+    #[serde(skip)]
+    pub error_kind: Option<ErrorKind>,
+}
+
+impl HealthStatus {
+    /// A healthy status.
+    pub fn healthy(backend: &'static str, latency: Duration) -> Self {
+        HealthStatus {
+            backend,
+            healthy: true,
+            latency,
+            error: None,
+            error_kind: None,
+        }
+    }
+
+    /// An unhealthy status from `error`.
+    pub fn unhealthy(backend: &'static str, latency: Duration, error: &Error) -> Self {
+        HealthStatus {
+            backend,
+            healthy: false,
+            latency,
+            error: Some(error.to_string()),
+            error_kind: Some(error.kind()),
+        }
+    }
+}
+
+/// Options of one queue, given to `Admin::ensure_queue`.
+#[derive(Debug, Clone, PartialEq, Eq, Validate, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct QueueOptions {
+    /// Most messages the queue holds (ready + delayed + in flight); a send
+    /// beyond it fails with [`ErrorKind::QueueFull`]. `None` is unbounded.
+    #[validate(range(min = 1, message = "max_length must be at least 1"))]
+    pub max_length: Option<u64>,
+    /// Default attempts for messages that do not set their own.
+    #[validate(range(min = 1, max = 1000, message = "max_attempts must be 1 to 1000"))]
+    pub max_attempts: u32,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            max_length: None,
+            max_attempts: crate::message::DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+impl QueueOptions {
+    /// Bound the queue's length.
+    #[must_use]
+    pub fn with_max_length(mut self, max_length: u64) -> Self {
+        self.max_length = Some(max_length);
+        self
+    }
+
+    /// Validate, naming the field on error.
+    pub fn check(&self) -> Result<()> {
+        self.validate().map_err(crate::config::validation_error)
+    }
+}
+
+/// Options of one consumer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Validate)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// How long a delivery stays invisible to other consumers before it is
+    /// handed out again with `attempt + 1` (100ms to 12h). `None` takes the
+    /// backend's configured lease (`lease` in the URL, default 30s).
+    #[validate(custom(function = "crate::config::validate_lease"))]
+    pub lease: Option<Duration>,
+}
+
+impl ConsumerOptions {
+    /// Set the lease.
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Validate, naming the field on error.
+    pub fn check(&self) -> Result<()> {
+        self.validate().map_err(crate::config::validation_error)
+    }
+}

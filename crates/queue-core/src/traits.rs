@@ -1,0 +1,375 @@
+//! The backend contract: backend, producer, consumer, delivery and admin.
+//!
+//! Every trait is object safe (`Box<dyn Producer>`, `Arc<dyn Backend>`) and
+//! forwards through `Box` and `Arc`, so code can be written generically
+//! (`fn f(p: &impl Producer)`) or over trait objects alike.
+//! `docs/architecture.md` shows, method by method, how each broker implements
+//! them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::capabilities::Capabilities;
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId, QueueName};
+use crate::stats::{
+    ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
+};
+
+/// A connected backend: hands out producers and consumers for queues and
+/// answers admin calls. Cheap to share behind an `Arc`.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// What this backend can do, and its limits.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// A producer for `queue`, creating the queue with default options if it
+    /// does not exist.
+    async fn producer(&self, queue: &QueueName) -> Result<Box<dyn Producer>>;
+
+    /// A consumer for `queue`, creating the queue with default options if it
+    /// does not exist.
+    async fn consumer(
+        &self,
+        queue: &QueueName,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>>;
+
+    /// Queue administration.
+    fn admin(&self) -> &dyn Admin;
+
+    /// Close connections; every later call fails with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    async fn close(&self) -> Result<()>;
+}
+
+/// Sends messages to one queue.
+#[async_trait]
+pub trait Producer: Send + Sync + fmt::Debug {
+    /// The queue this producer sends to.
+    fn queue(&self) -> &QueueName;
+
+    /// Send one message. Checked against the capability table before any
+    /// network call. Returns the message's id.
+    async fn send(&self, message: Message) -> Result<MessageId>;
+
+    /// Send many messages with the broker's native batching, in the given
+    /// order. Either every message is checked and sent, or an error says
+    /// which failed; the ids come back in order.
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>>;
+}
+
+/// Receives deliveries from one queue.
+#[async_trait]
+pub trait Consumer: Send + Sync + fmt::Debug {
+    /// The queue this consumer reads.
+    fn queue(&self) -> &QueueName;
+
+    /// Up to `max` deliveries, waiting at most `wait` for the first one.
+    /// Returns as soon as at least one is available; an empty vector means
+    /// nothing arrived within `wait`. Waiting never busy-polls the broker.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+}
+
+/// The backend side of a [`Delivery`]: settles one received message.
+///
+/// Backends implement this; users call the consuming methods of
+/// [`Delivery`] instead. Batching backends coalesce concurrent calls into
+/// one broker round trip.
+#[async_trait]
+pub trait Acker: Send + Sync + fmt::Debug {
+    /// The message is done: never deliver it again.
+    async fn ack(&self, message: &Message) -> Result<()>;
+
+    /// Deliver the message again after `delay` with `attempt + 1`, recording
+    /// `last_error`; on its last attempt it is dead-lettered instead with
+    /// reason `max_attempts`.
+    async fn nack(
+        &self,
+        message: &Message,
+        delay: Duration,
+        last_error: Option<&str>,
+    ) -> Result<()>;
+
+    /// Keep the message invisible for `lease` from now; returns the new deadline.
+    async fn extend(&mut self, message: &Message, lease: Duration) -> Result<SystemTime>;
+
+    /// Move the message to the dead-letter queue now.
+    async fn dead_letter(&self, message: &Message, reason: &DeadLetterReason) -> Result<()>;
+}
+
+/// Queue administration.
+#[async_trait]
+pub trait Admin: Send + Sync + fmt::Debug {
+    /// Create `queue` and its companions (dead-letter queue, retry queues) if
+    /// missing; update its options where the broker allows.
+    async fn ensure_queue(&self, queue: &QueueName, options: &QueueOptions) -> Result<()>;
+
+    /// Delete `queue` and its companions with everything in them.
+    async fn delete_queue(&self, queue: &QueueName) -> Result<()>;
+
+    /// Remove every ready, delayed and in-flight message of `queue` (dead
+    /// letters stay). Returns how many were removed where the broker says.
+    async fn purge(&self, queue: &QueueName) -> Result<u64>;
+
+    /// Counts of `queue`.
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats>;
+
+    /// Up to `limit` dead letters of `queue`, oldest first.
+    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Move dead letters back to `queue` with a fresh attempt count. Returns
+    /// how many moved.
+    async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64>;
+
+    /// Check the broker answers; bounded in time, never an error.
+    async fn health(&self) -> HealthStatus;
+}
+
+/// A received message with its lease.
+///
+/// Settle it with exactly one of [`ack`](Delivery::ack),
+/// [`nack`](Delivery::nack) or [`dead_letter`](Delivery::dead_letter); each
+/// consumes the delivery, so settling twice does not compile. On failure
+/// the delivery comes back inside the [`DeliveryError`] so the caller can try
+/// again. A delivery dropped unsettled returns to the queue when its lease
+/// expires.
+///
+/// ```compile_fail
+/// # async fn f(delivery: queue_core::Delivery) {
+/// delivery.ack().await.unwrap();
+/// delivery.ack().await.unwrap(); // use of moved value
+/// # }
+/// ```
+pub struct Delivery {
+    queue: QueueName,
+    message: Message,
+    lease_deadline: SystemTime,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    /// A delivery of `message` from `queue`, leased until `lease_deadline`.
+    /// Called by backends.
+    pub fn new(
+        queue: QueueName,
+        message: Message,
+        lease_deadline: SystemTime,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Delivery {
+            queue,
+            message,
+            lease_deadline,
+            acker,
+        }
+    }
+
+    /// The queue it came from.
+    pub fn queue(&self) -> &QueueName {
+        &self.queue
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    /// Which delivery of the message this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.message.attempt
+    }
+
+    /// When the lease runs out and the message may go to another consumer.
+    pub fn lease_deadline(&self) -> SystemTime {
+        self.lease_deadline
+    }
+
+    /// Done: the message is never delivered again.
+    pub async fn ack(self) -> Result<(), DeliveryError> {
+        match self.acker.ack(&self.message).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(DeliveryError::new(error, self)),
+        }
+    }
+
+    /// Deliver again after `delay` (zero for now) with `attempt + 1`; on the
+    /// last attempt the message is dead-lettered with reason `max_attempts`.
+    pub async fn nack(self, delay: Duration) -> Result<(), DeliveryError> {
+        self.nack_inner(delay, None).await
+    }
+
+    /// [`nack`](Delivery::nack), recording the error of this attempt so it
+    /// shows in the next delivery's `last_error` and in the dead letter.
+    pub async fn nack_with_error(
+        self,
+        delay: Duration,
+        error: impl fmt::Display,
+    ) -> Result<(), DeliveryError> {
+        let error = error.to_string();
+        self.nack_inner(delay, Some(&error)).await
+    }
+
+    async fn nack_inner(self, delay: Duration, error: Option<&str>) -> Result<(), DeliveryError> {
+        match self.acker.nack(&self.message, delay, error).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(DeliveryError::new(e, self)),
+        }
+    }
+
+    /// Keep the message invisible for `lease` from now.
+    pub async fn extend(mut self, lease: Duration) -> Result<Delivery, DeliveryError> {
+        match self.acker.extend(&self.message, lease).await {
+            Ok(deadline) => {
+                self.lease_deadline = deadline;
+                Ok(self)
+            }
+            Err(error) => Err(DeliveryError::new(error, self)),
+        }
+    }
+
+    /// Move the message to the dead-letter queue now.
+    pub async fn dead_letter(self, reason: DeadLetterReason) -> Result<(), DeliveryError> {
+        match self.acker.dead_letter(&self.message, &reason).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(DeliveryError::new(error, self)),
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("queue", &self.queue)
+            .field("id", &self.message.id)
+            .field("attempt", &self.message.attempt)
+            .field("lease_deadline", &self.lease_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failed settle call: the error, and the delivery to try again with.
+#[derive(Debug)]
+pub struct DeliveryError {
+    /// What went wrong.
+    pub error: Error,
+    /// The delivery, still unsettled.
+    pub delivery: Box<Delivery>,
+}
+
+impl DeliveryError {
+    fn new(error: Error, delivery: Delivery) -> Self {
+        DeliveryError {
+            error,
+            delivery: Box::new(delivery),
+        }
+    }
+}
+
+impl fmt::Display for DeliveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "settling message {}: {}",
+            self.delivery.message.id, self.error
+        )
+    }
+}
+
+impl std::error::Error for DeliveryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<DeliveryError> for Error {
+    fn from(e: DeliveryError) -> Self {
+        e.error
+    }
+}
+
+/// Conveniences for every [`Producer`].
+#[async_trait]
+pub trait ProducerExt: Producer {
+    /// Send a payload with default options.
+    async fn send_bytes(
+        &self,
+        payload: impl Into<Bytes> + Send + 'async_trait,
+    ) -> Result<MessageId> {
+        self.send(Message::new(payload)).await
+    }
+
+    /// Send a value encoded as JSON.
+    async fn send_json<T: serde::Serialize + Sync>(&self, value: &T) -> Result<MessageId> {
+        let payload = serde_json::to_vec(value).map_err(|e| {
+            Error::new(
+                crate::ErrorKind::InvalidInput,
+                "value does not encode as JSON",
+            )
+            .with_source(e)
+        })?;
+        self.send(Message::new(payload)).await
+    }
+}
+
+impl<P: Producer + ?Sized> ProducerExt for P {}
+
+macro_rules! forward_pointer {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: Backend + ?Sized> Backend for $ptr<T> {
+            fn capabilities(&self) -> &Capabilities {
+                (**self).capabilities()
+            }
+            async fn producer(&self, queue: &QueueName) -> Result<Box<dyn Producer>> {
+                (**self).producer(queue).await
+            }
+            async fn consumer(
+                &self,
+                queue: &QueueName,
+                options: ConsumerOptions,
+            ) -> Result<Box<dyn Consumer>> {
+                (**self).consumer(queue, options).await
+            }
+            fn admin(&self) -> &dyn Admin {
+                (**self).admin()
+            }
+            async fn close(&self) -> Result<()> {
+                (**self).close().await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Producer + ?Sized> Producer for $ptr<T> {
+            fn queue(&self) -> &QueueName {
+                (**self).queue()
+            }
+            async fn send(&self, message: Message) -> Result<MessageId> {
+                (**self).send(message).await
+            }
+            async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+                (**self).send_batch(messages).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: Consumer + ?Sized> Consumer for $ptr<T> {
+            fn queue(&self) -> &QueueName {
+                (**self).queue()
+            }
+            async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+                (**self).receive(max, wait).await
+            }
+        }
+    )*};
+}
+
+forward_pointer!(Box, Arc);
