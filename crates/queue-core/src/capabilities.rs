@@ -77,6 +77,9 @@ pub struct Capabilities {
     pub purge: Support,
     /// Exact counts in stats (as opposed to the broker's approximations).
     pub exact_stats: bool,
+    /// Whether settling a delivery whose lease was lost (and the message
+    /// re-delivered) is detected and refused with [`ErrorKind::LeaseLost`].
+    pub detects_lease_lost: bool,
     /// Message order a consumer sees.
     pub ordering: Ordering,
     /// Largest payload (plus headers) in bytes.
@@ -165,6 +168,7 @@ impl Capabilities {
             ("max length".into(), self.max_length.to_string()),
             ("purge".into(), self.purge.to_string()),
             ("exact stats".into(), self.exact_stats.to_string()),
+            ("detects lost leases".into(), self.detects_lease_lost.to_string()),
             ("ordering".into(), format!("{:?}", self.ordering)),
             ("max payload".into(), format!("{} bytes", self.max_payload)),
             ("max native delay".into(), duration(self.max_native_delay)),
@@ -191,6 +195,7 @@ mod tests {
             max_length: Support::Native,
             purge: Support::Native,
             exact_stats: true,
+            detects_lease_lost: true,
             ordering: Ordering::None,
             max_payload: 10,
             max_native_delay: None,

@@ -134,6 +134,7 @@ impl MemoryBackend {
                     max_length: Support::Native,
                     purge: Support::Native,
                     exact_stats: true,
+                    detects_lease_lost: true,
                     ordering: Ordering::FifoPerPriority,
                     max_payload,
                     max_native_delay: None,

@@ -1,0 +1,188 @@
+//! Backend-neutral benchmark drivers, used by `cargo xtask bench <backend>`.
+//!
+//! The same measurement code runs on every backend, so figures compare.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use queue_core::{Backend, ConsumerOptions, Message, QueueName};
+use serde::Serialize;
+
+/// Throughput of send -> receive -> ack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Messages moved.
+    pub messages: u64,
+    /// Messages per send batch and per receive.
+    pub batch: usize,
+    /// Producer tasks.
+    pub producers: usize,
+    /// Consumer tasks.
+    pub consumers: usize,
+    /// Wall time from the first send to the last ack.
+    pub seconds: f64,
+    /// `messages / seconds`.
+    pub messages_per_second: f64,
+}
+
+/// Pickup latency at a steady offered rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Offered rate, messages per second (sent one at a time).
+    pub rate: u64,
+    /// Messages measured.
+    pub messages: u64,
+    /// Median send-to-receive time, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// Largest, microseconds.
+    pub max_us: f64,
+}
+
+/// Send `messages` in batches of `batch` from `producers` tasks while
+/// `consumers` tasks receive up to `batch` at a time and ack each delivery.
+pub async fn throughput(
+    backend: Arc<dyn Backend>,
+    queue: &QueueName,
+    messages: u64,
+    batch: usize,
+    producers: usize,
+    consumers: usize,
+    payload_size: usize,
+) -> queue_core::Result<Throughput> {
+    let payload = bytes::Bytes::from(vec![b'x'; payload_size]);
+    let acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..consumers {
+        let consumer = backend.consumer(queue, ConsumerOptions::default()).await?;
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = c;
+            while acked.load(AtomicOrdering::Relaxed) < messages {
+                let deliveries = consumer.receive(batch, Duration::from_millis(100)).await?;
+                let n = deliveries.len() as u64;
+                for delivery in deliveries {
+                    delivery.ack().await?;
+                }
+                acked.fetch_add(n, AtomicOrdering::Relaxed);
+            }
+            Ok::<(), queue_core::Error>(())
+        }));
+    }
+    let per_producer = messages / producers as u64;
+    for p in 0..producers {
+        let producer = backend.producer(queue).await?;
+        let payload = payload.clone();
+        let count = if p == producers - 1 {
+            messages - per_producer * (producers as u64 - 1)
+        } else {
+            per_producer
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while sent < count {
+                let n = (count - sent).min(batch as u64);
+                let batch: Vec<Message> = (0..n).map(|_| Message::new(payload.clone())).collect();
+                producer.send_batch(batch).await?;
+                sent += n;
+            }
+            Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| queue_core::Error::new(queue_core::ErrorKind::Other, e.to_string()))??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Throughput {
+        messages,
+        batch,
+        producers,
+        consumers,
+        seconds,
+        messages_per_second: messages as f64 / seconds,
+    })
+}
+
+/// Offer `rate` messages per second one at a time for `duration` while
+/// `consumers` tasks receive; report send-to-receive latency.
+pub async fn pickup_latency(
+    backend: Arc<dyn Backend>,
+    queue: &QueueName,
+    rate: u64,
+    duration: Duration,
+    consumers: usize,
+) -> queue_core::Result<Latency> {
+    let base = Instant::now();
+    let samples: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..consumers {
+        let consumer = backend.consumer(queue, ConsumerOptions::default()).await?;
+        let samples = samples.clone();
+        let done = done.clone();
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut local = Vec::new();
+            while !(done.load(AtomicOrdering::Acquire) && received.load(AtomicOrdering::Acquire) >= total) {
+                let deliveries = consumer.receive(100, Duration::from_millis(50)).await?;
+                let now = base.elapsed().as_nanos() as u64;
+                for delivery in deliveries {
+                    let sent = u64::from_be_bytes(
+                        delivery.payload()[..8].try_into().expect("8-byte timestamp"),
+                    );
+                    local.push(now.saturating_sub(sent));
+                    delivery.ack().await?;
+                    received.fetch_add(1, AtomicOrdering::AcqRel);
+                }
+            }
+            samples.lock().expect("samples lock").extend(local);
+            Ok::<(), queue_core::Error>(())
+        }));
+    }
+    let producer = backend.producer(queue).await?;
+    // Send in 1 ms ticks (the timer's resolution), spreading each tick's share.
+    let per_tick = (rate / 1000).max(1);
+    let ticks = total / per_tick;
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for _ in 0..ticks {
+        interval.tick().await;
+        for _ in 0..per_tick {
+            let now = base.elapsed().as_nanos() as u64;
+            producer.send(Message::new(now.to_be_bytes().to_vec())).await?;
+        }
+    }
+    done.store(true, AtomicOrdering::Release);
+    let sent = ticks * per_tick;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(AtomicOrdering::Acquire) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    received.fetch_max(total, AtomicOrdering::AcqRel);
+    for task in tasks {
+        task.await
+            .map_err(|e| queue_core::Error::new(queue_core::ErrorKind::Other, e.to_string()))??;
+    }
+    let mut samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    samples.sort_unstable();
+    let pick = |q: f64| -> f64 {
+        if samples.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[index] as f64 / 1000.0
+    };
+    Ok(Latency {
+        rate,
+        messages: samples.len() as u64,
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+        max_us: pick(1.0),
+    })
+}

@@ -1,0 +1,859 @@
+//! The conformance cases of `CONFORMANCE.md`, one function each.
+//!
+//! Timing assertions are generous for a loaded 2-core machine, but "not
+//! before" is always strict.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use queue_core::{
+    envelope, Backend, DeadLetterReason, ErrorKind, Message, MessageId, Ordering, Priority,
+    QueueName, QueueOptions, Redrive, Result,
+};
+
+use crate::harness::{receive_n, Ctx};
+
+/// Generous upper bound for anything that should happen "soon".
+const SOON: Duration = Duration::from_secs(15);
+/// How long to watch for something that must not happen.
+const QUIET: Duration = Duration::from_millis(1500);
+/// The short lease used by lease cases.
+const LEASE: Duration = Duration::from_secs(1);
+
+fn assert_kind<T: std::fmt::Debug>(result: Result<T>, kind: ErrorKind, context: &str) -> String {
+    match result {
+        Ok(v) => panic!("{context}: expected a {kind} error, got Ok({v:?})"),
+        Err(e) => {
+            assert_eq!(e.kind(), kind, "{context}: wrong kind in {e}");
+            e.to_string()
+        }
+    }
+}
+
+/// Where the backend lacks a feature, the call must say so with a typed error.
+fn assert_unsupported<T: std::fmt::Debug>(result: Result<T>, feature: &str) {
+    let text = assert_kind(result, ErrorKind::Unsupported, feature);
+    eprintln!("{feature}: unsupported as the capability table says ({text})");
+}
+
+async fn send(ctx: &Ctx, queue: &QueueName, message: Message) -> MessageId {
+    ctx.producer(queue)
+        .await
+        .send(message)
+        .await
+        .unwrap_or_else(|e| panic!("{}: send: {e}", ctx.case()))
+}
+
+/// Case 1: payload bytes and headers arrive exactly as sent; attempt 1.
+pub async fn send_receive_ack(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let sent = vec![
+        Message::new(Bytes::new()),
+        Message::new(vec![0u8, 0xff, 0xfe, 0x00, 0x80, 0x7f])
+            .with_header("binary", "yes")
+            .with_header("empty", ""),
+        Message::new("grüße ✓ 漢字").with_header("note", "välue ✓ 漢字"),
+    ];
+    let mut by_id = HashMap::new();
+    for message in &sent {
+        let id = producer.send(message.clone()).await.expect("send");
+        assert_eq!(id, message.id, "send returns the message's id");
+        by_id.insert(id, message.clone());
+    }
+    let consumer = ctx.consumer(&queue, None).await;
+    let deliveries = receive_n(&*consumer, sent.len(), SOON).await;
+    assert_eq!(deliveries.len(), sent.len(), "every message arrives");
+    for delivery in deliveries {
+        let original = by_id.remove(&delivery.message().id).expect("known id, delivered once");
+        assert_eq!(delivery.payload(), &original.payload, "payload bytes intact");
+        assert_eq!(delivery.message().headers, original.headers, "headers intact");
+        assert_eq!(delivery.attempt(), 1);
+        assert_eq!(delivery.queue(), &queue);
+        assert!(delivery.lease_deadline() > SystemTime::now());
+        delivery.ack().await.expect("ack");
+    }
+    let rest = consumer.receive(10, Duration::from_millis(300)).await.expect("receive");
+    assert!(rest.is_empty(), "acked messages do not come back");
+}
+
+/// Case 2: 1,000 messages by `send_batch`, each received once.
+pub async fn batch_round_trip(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let messages: Vec<Message> = (0..1000u32)
+        .map(|i| Message::new(i.to_be_bytes().to_vec()))
+        .collect();
+    let expected: HashSet<MessageId> = messages.iter().map(|m| m.id).collect();
+    let mut ids = Vec::new();
+    for chunk in messages.chunks(ctx.caps().max_batch.max(1)) {
+        ids.extend(producer.send_batch(chunk.to_vec()).await.expect("send_batch"));
+    }
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(ids.iter().copied().collect::<HashSet<_>>(), expected, "ids come back in order");
+    let consumer = ctx.consumer(&queue, None).await;
+    let deliveries = receive_n(&*consumer, 1000, Duration::from_secs(60)).await;
+    let mut seen = HashSet::new();
+    for delivery in deliveries {
+        assert!(seen.insert(delivery.message().id), "each message received once");
+        delivery.ack().await.expect("ack");
+    }
+    assert_eq!(seen, expected, "all 1,000 received");
+}
+
+/// Case 3: an empty queue returns an empty batch no later than the wait.
+pub async fn receive_empty_respects_wait(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let consumer = ctx.consumer(&queue, None).await;
+    let wait = Duration::from_secs(1);
+    let started = Instant::now();
+    let batch = consumer.receive(10, wait).await.expect("receive");
+    let elapsed = started.elapsed();
+    assert!(batch.is_empty());
+    assert!(elapsed <= wait + Duration::from_secs(2), "returned after {elapsed:?}, wait was {wait:?}");
+    // Returning at once would make every caller's loop a busy spin.
+    assert!(elapsed >= wait / 2, "returned after only {elapsed:?}: it did not wait");
+    let started = Instant::now();
+    let batch = consumer.receive(10, Duration::ZERO).await.expect("receive without waiting");
+    assert!(batch.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(2), "zero wait took {:?}", started.elapsed());
+}
+
+/// Case 4: after ack, no redelivery even after the lease would expire.
+pub async fn ack_is_final(ctx: &Ctx) {
+    let queue = ctx.queue();
+    send(ctx, &queue, Message::new("once")).await;
+    let consumer = ctx.consumer(&queue, Some(LEASE)).await;
+    let deliveries = receive_n(&*consumer, 1, SOON).await;
+    assert_eq!(deliveries.len(), 1);
+    for d in deliveries {
+        d.ack().await.expect("ack");
+    }
+    let again = consumer.receive(10, LEASE + QUIET).await.expect("receive");
+    assert!(again.is_empty(), "an acked message came back: {again:?}");
+    if ctx.caps().exact_stats {
+        let stats = ctx.backend().admin().stats(&queue).await.expect("stats");
+        assert_eq!((stats.ready, stats.in_flight, stats.acked_total), (0, 0, 1), "{stats:?}");
+    }
+}
+
+/// Case 5: nack without delay brings the message back with attempt 2.
+pub async fn nack_redelivers(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let id = send(ctx, &queue, Message::new("retry me")).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let first = receive_n(&*consumer, 1, SOON).await.pop().expect("first delivery");
+    assert_eq!(first.attempt(), 1);
+    first.nack(Duration::ZERO).await.expect("nack");
+    let second = receive_n(&*consumer, 1, SOON).await.pop().expect("redelivery");
+    assert_eq!(second.message().id, id);
+    assert_eq!(second.attempt(), 2);
+    assert_eq!(second.payload().as_ref(), b"retry me");
+    second.ack().await.expect("ack");
+}
+
+/// Case 6: after nack with delay, not visible before the delay, visible after.
+pub async fn nack_with_delay(ctx: &Ctx) {
+    let queue = ctx.queue();
+    send(ctx, &queue, Message::new("later")).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let first = receive_n(&*consumer, 1, SOON).await.pop().expect("first delivery");
+    let delay = Duration::from_millis(1500);
+    let nacked_at = Instant::now();
+    first.nack(delay).await.expect("nack with delay");
+    let early = consumer.receive(10, Duration::from_millis(500)).await.expect("receive");
+    assert!(early.is_empty(), "visible {:?} after a nack delayed {delay:?}", nacked_at.elapsed());
+    let later = receive_n(&*consumer, 1, SOON + delay).await.pop().expect("redelivery after the delay");
+    let elapsed = nacked_at.elapsed();
+    assert!(elapsed >= delay, "redelivered after {elapsed:?}, before the delay of {delay:?}");
+    assert_eq!(later.attempt(), 2);
+    later.ack().await.expect("ack");
+}
+
+/// Case 7: an unacked delivery returns after its lease with attempt + 1.
+pub async fn lease_expiry_redelivers(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let id = send(ctx, &queue, Message::new("slow")).await;
+    let consumer = ctx.consumer(&queue, Some(LEASE)).await;
+    let held = receive_n(&*consumer, 1, SOON).await.pop().expect("first delivery");
+    let received_at = Instant::now();
+    let again = receive_n(&*consumer, 1, SOON).await.pop().expect("redelivery after the lease");
+    let elapsed = received_at.elapsed();
+    assert_eq!(again.message().id, id);
+    assert_eq!(again.attempt(), 2);
+    assert!(elapsed >= LEASE.mul_f32(0.9), "redelivered {elapsed:?} into a {LEASE:?} lease");
+    again.ack().await.expect("ack");
+    drop(held);
+}
+
+/// Case 8: extending keeps the message invisible past the original deadline.
+pub async fn extend_lease(ctx: &Ctx) {
+    let queue = ctx.queue();
+    send(ctx, &queue, Message::new("long job")).await;
+    let consumer = ctx.consumer(&queue, Some(LEASE)).await;
+    let delivery = receive_n(&*consumer, 1, SOON).await.pop().expect("delivery");
+    let original_deadline = delivery.lease_deadline();
+    let extended = delivery.extend(Duration::from_secs(5)).await;
+    if !ctx.caps().lease_extension.is_available() {
+        assert_unsupported(extended.map_err(|e| e.error).map(|_| ()), "lease extension");
+        return;
+    }
+    let delivery = extended.expect("extend");
+    assert!(delivery.lease_deadline() > original_deadline, "deadline moved");
+    let during = consumer.receive(10, LEASE + QUIET).await.expect("receive");
+    assert!(during.is_empty(), "visible while the extended lease holds: {during:?}");
+    delivery.ack().await.expect("ack within the extended lease");
+}
+
+/// Case 9: acking after the lease was lost and the message re-delivered
+/// returns `LeaseLost` (where the backend can tell) and never removes the
+/// other holder's delivery.
+pub async fn ack_after_lease_lost(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let id = send(ctx, &queue, Message::new("contended")).await;
+    let consumer = ctx.consumer(&queue, Some(LEASE)).await;
+    let stale = receive_n(&*consumer, 1, SOON).await.pop().expect("first delivery");
+    let current = receive_n(&*consumer, 1, SOON).await.pop().expect("redelivery");
+    assert_eq!(current.attempt(), 2);
+    let stale_ack = stale.ack().await;
+    if ctx.caps().detects_lease_lost {
+        let err = stale_ack.expect_err("acking a lost lease must fail");
+        assert_eq!(err.error.kind(), ErrorKind::LeaseLost, "{}", err.error);
+    }
+    // The current holder still owns the message: give it back and see it again.
+    current.nack(Duration::ZERO).await.expect("the current holder can still settle");
+    let third = receive_n(&*consumer, 1, SOON).await.pop().expect("not removed by the stale ack");
+    assert_eq!(third.message().id, id);
+    assert_eq!(third.attempt(), 3);
+    third.ack().await.expect("ack");
+}
+
+/// Case 10: two queues never see each other's messages.
+pub async fn queues_are_isolated(ctx: &Ctx) {
+    let a = ctx.queue();
+    let b = ctx.queue();
+    send(ctx, &a, Message::new("for a")).await;
+    send(ctx, &b, Message::new("for b")).await;
+    for (queue, expected) in [(&b, "for b"), (&a, "for a")] {
+        let consumer = ctx.consumer(queue, None).await;
+        let got = receive_n(&*consumer, 1, SOON).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].payload().as_ref(), expected.as_bytes());
+        for d in got {
+            d.ack().await.expect("ack");
+        }
+        let rest = consumer.receive(10, Duration::from_millis(500)).await.expect("receive");
+        assert!(rest.is_empty(), "{queue} saw another queue's message");
+    }
+}
+
+/// Shared body of the delay cases: `message` must not arrive before `not_before`.
+async fn assert_held_until(ctx: &Ctx, queue: &QueueName, not_before: SystemTime) {
+    let consumer = ctx.consumer(queue, None).await;
+    let early = consumer.receive(10, Duration::from_millis(500)).await.expect("receive");
+    assert!(
+        early.is_empty() || SystemTime::now() >= not_before,
+        "a delayed message arrived before its time"
+    );
+    let wait = not_before.duration_since(SystemTime::now()).unwrap_or_default() + SOON;
+    let got = if early.is_empty() { receive_n(&*consumer, 1, wait).await } else { early };
+    let arrived = SystemTime::now();
+    assert_eq!(got.len(), 1, "the delayed message arrives after its time");
+    assert!(arrived >= not_before, "arrived {:?} early", not_before.duration_since(arrived).unwrap_or_default());
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Case 11: a message sent with delay D is not visible before D.
+pub async fn delayed_send(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let delay = Duration::from_millis(1500);
+    let message = Message::new("delayed").with_delay(delay);
+    let not_before = message.not_before.expect("delay sets not_before");
+    let result = ctx.producer(&queue).await.send(message).await;
+    if !ctx.caps().delay.is_available() {
+        return assert_unsupported(result, "delayed delivery");
+    }
+    result.expect("send delayed");
+    assert_held_until(ctx, &queue, not_before).await;
+}
+
+/// Case 12: the same with an absolute time.
+pub async fn scheduled_at(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let at = SystemTime::now() + Duration::from_millis(1500);
+    let result = ctx.producer(&queue).await.send(Message::new("scheduled").with_run_at(at)).await;
+    if !ctx.caps().delay.is_available() {
+        return assert_unsupported(result, "scheduled delivery");
+    }
+    result.expect("send scheduled");
+    assert_held_until(ctx, &queue, at).await;
+}
+
+/// Case 13: a delay longer than the backend's native maximum still holds.
+pub async fn delay_beyond_native_limit(ctx: &Ctx) {
+    if !ctx.caps().delay.is_available() {
+        let queue = ctx.queue();
+        let result = ctx.producer(&queue).await.send(Message::new("x").with_delay(Duration::from_secs(1))).await;
+        return assert_unsupported(result, "delayed delivery");
+    }
+    let limit = Duration::from_secs(1);
+    let backend: Arc<dyn Backend> = match ctx.harness().connect_with_native_delay_limit(limit).await {
+        Some(backend) => backend.expect("connect with a lowered native delay limit"),
+        None => {
+            match ctx.caps().max_native_delay {
+                None => eprintln!("no native delay limit: the case checks a long delay holds"),
+                Some(max) => eprintln!("native delay limit {max:?} cannot be lowered here; checking a delay within it"),
+            }
+            ctx.backend().clone()
+        }
+    };
+    let queue = ctx.queue_on(&backend);
+    let delay = Duration::from_millis(2500);
+    let message = Message::new("far future").with_delay(delay);
+    let not_before = message.not_before.expect("delay sets not_before");
+    backend.producer(&queue).await.expect("producer").send(message).await.expect("send");
+    let consumer = backend.consumer(&queue, Default::default()).await.expect("consumer");
+    let early = consumer.receive(10, Duration::from_millis(1500)).await.expect("receive");
+    assert!(early.is_empty() || SystemTime::now() >= not_before, "arrived before its delay");
+    let got = if early.is_empty() { receive_n(&*consumer, 1, SOON).await } else { early };
+    assert_eq!(got.len(), 1, "the message arrives after a delay beyond the native limit");
+    assert!(SystemTime::now() >= not_before);
+    for d in got {
+        assert_eq!(d.payload().as_ref(), b"far future");
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Case 14: a message whose TTL passes before pickup is never handed out;
+/// it is counted and dead-lettered with reason `expired`.
+pub async fn ttl_expiry(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let ttl = Duration::from_secs(1);
+    let result = producer.send(Message::new("short-lived").with_ttl(ttl)).await;
+    if !ctx.caps().ttl.is_available() {
+        return assert_unsupported(result, "message TTL");
+    }
+    let expiring = result.expect("send with ttl");
+    let keeper = producer.send(Message::new("keeper")).await.expect("send");
+    // Time passing is the event under test: let the TTL run out before any consumer looks.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let got = receive_n(&*consumer, 2, Duration::from_secs(3)).await;
+    let ids: Vec<MessageId> = got.iter().map(|d| d.message().id).collect();
+    assert!(!ids.contains(&expiring), "an expired message was handed out");
+    assert_eq!(ids, vec![keeper], "the unexpired message still arrives");
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    let dead = ctx.backend().admin().dead_letters(&queue, 10).await.expect("dead letters");
+    let entry = dead.iter().find(|d| d.message.id == expiring).expect("expired message is dead-lettered");
+    assert_eq!(entry.reason, DeadLetterReason::Expired);
+    let stats = ctx.backend().admin().stats(&queue).await.expect("stats");
+    assert_eq!(stats.expired_total, 1, "{stats:?}");
+}
+
+/// Case 15: all four priorities queued before a consumer starts come out
+/// Urgent, High, Normal, Low.
+pub async fn priority_order(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    if !ctx.caps().priority.is_available() {
+        let result = producer.send(Message::new("x").with_priority(Priority::High)).await;
+        return assert_unsupported(result, "priority");
+    }
+    for _round in 0..2 {
+        for priority in [Priority::Low, Priority::Normal, Priority::High, Priority::Urgent] {
+            producer
+                .send(Message::new(priority.as_str()).with_priority(priority))
+                .await
+                .expect("send");
+        }
+    }
+    let consumer = ctx.consumer(&queue, None).await;
+    let mut order = Vec::new();
+    while order.len() < 8 {
+        let batch = consumer.receive(1, SOON).await.expect("receive");
+        assert!(!batch.is_empty(), "all 8 arrive; got {order:?}");
+        for d in batch {
+            order.push(d.message().priority);
+            d.ack().await.expect("ack");
+        }
+    }
+    use Priority::*;
+    assert_eq!(order, [Urgent, Urgent, High, High, Normal, Normal, Low, Low]);
+}
+
+/// Case 16: where the table claims ordering, same-priority messages come in send order.
+pub async fn fifo_within_priority(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let count = 200u32;
+    for i in 0..count {
+        producer.send(Message::new(i.to_be_bytes().to_vec())).await.expect("send");
+    }
+    let consumer = ctx.consumer(&queue, None).await;
+    let got = receive_n(&*consumer, count as usize, Duration::from_secs(30)).await;
+    let order: Vec<u32> = got
+        .iter()
+        .map(|d| u32::from_be_bytes(d.payload().as_ref().try_into().expect("4-byte payload")))
+        .collect();
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(order.len(), count as usize, "all arrive");
+    if ctx.caps().ordering == Ordering::None {
+        eprintln!("the table claims no ordering: only completeness is checked");
+        let unique: HashSet<u32> = order.into_iter().collect();
+        assert_eq!(unique.len(), count as usize);
+    } else {
+        assert_eq!(order, (0..count).collect::<Vec<_>>(), "send order kept");
+    }
+}
+
+/// Case 17: after the last attempt the message sits in the dead-letter queue
+/// with its attempts, last error and reason.
+pub async fn max_attempts_dead_letters(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let id = send(ctx, &queue, Message::new("doomed").with_max_attempts(2)).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    for attempt in 1..=2u32 {
+        let d = receive_n(&*consumer, 1, SOON).await.pop().expect("delivery");
+        assert_eq!(d.attempt(), attempt);
+        if attempt == 2 {
+            assert_eq!(d.message().last_error.as_deref(), Some("boom 1"), "last error travels");
+        }
+        d.nack_with_error(Duration::ZERO, format!("boom {attempt}")).await.expect("nack");
+    }
+    let rest = consumer.receive(10, QUIET).await.expect("receive");
+    assert!(rest.is_empty(), "no delivery after the last attempt");
+    let dead = ctx.backend().admin().dead_letters(&queue, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let entry = &dead[0];
+    assert_eq!(entry.message.id, id);
+    assert_eq!(entry.reason, DeadLetterReason::MaxAttempts);
+    assert_eq!(entry.attempts, 2);
+    assert_eq!(entry.last_error.as_deref(), Some("boom 2"));
+    assert_eq!(entry.message.payload.as_ref(), b"doomed");
+}
+
+/// Case 18: `dead_letter(reason)` goes straight there.
+pub async fn dead_letter_explicit(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let id = send(ctx, &queue, Message::new("poison")).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let d = receive_n(&*consumer, 1, SOON).await.pop().expect("delivery");
+    d.dead_letter(DeadLetterReason::Rejected("bad data".into())).await.expect("dead_letter");
+    let dead = ctx.backend().admin().dead_letters(&queue, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, id);
+    assert_eq!(dead[0].reason, DeadLetterReason::Rejected("bad data".into()));
+    assert_eq!(dead[0].attempts, 1);
+    let rest = consumer.receive(10, Duration::from_millis(500)).await.expect("receive");
+    assert!(rest.is_empty());
+}
+
+/// Case 19: dead letters can be listed, inspected and moved back, then are processed normally.
+pub async fn redrive(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(producer.send(Message::new(format!("dead {i}"))).await.expect("send"));
+    }
+    let consumer = ctx.consumer(&queue, None).await;
+    for d in receive_n(&*consumer, 3, SOON).await {
+        d.dead_letter(DeadLetterReason::Rejected("to redrive".into())).await.expect("dead_letter");
+    }
+    let admin = ctx.backend().admin();
+    let dead = admin.dead_letters(&queue, 10).await.expect("list");
+    assert_eq!(dead.len(), 3);
+    if !ctx.caps().redrive.is_available() {
+        return assert_unsupported(admin.redrive(&queue, Redrive::All).await, "redrive");
+    }
+    let moved = admin.redrive(&queue, Redrive::Ids(vec![ids[1]])).await.expect("redrive one");
+    assert_eq!(moved, 1);
+    let back = receive_n(&*consumer, 1, SOON).await.pop().expect("redriven message");
+    assert_eq!(back.message().id, ids[1]);
+    assert_eq!(back.attempt(), 1, "redrive starts a fresh attempt count");
+    back.ack().await.expect("ack");
+    assert_eq!(admin.redrive(&queue, Redrive::All).await.expect("redrive all"), 2);
+    let rest = receive_n(&*consumer, 2, SOON).await;
+    let rest_ids: HashSet<MessageId> = rest.iter().map(|d| d.message().id).collect();
+    assert_eq!(rest_ids, HashSet::from([ids[0], ids[2]]));
+    for d in rest {
+        d.ack().await.expect("ack");
+    }
+    assert!(admin.dead_letters(&queue, 10).await.expect("list").is_empty());
+}
+
+/// Case 20: two sends with the same key inside the window deliver once.
+pub async fn idempotency_key(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let first = producer.send(Message::new("first").with_idempotency_key("order-42")).await;
+    if !ctx.caps().idempotency.is_available() {
+        return assert_unsupported(first, "idempotency keys");
+    }
+    first.expect("send");
+    producer.send(Message::new("second").with_idempotency_key("order-42")).await.expect("duplicate send is not an error");
+    producer.send(Message::new("other").with_idempotency_key("order-43")).await.expect("send");
+    let consumer = ctx.consumer(&queue, None).await;
+    let got = receive_n(&*consumer, 3, Duration::from_secs(3)).await;
+    let payloads: Vec<Bytes> = got.iter().map(|d| d.payload().clone()).collect();
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(payloads, vec![Bytes::from("first"), Bytes::from("other")]);
+}
+
+/// Case 21: ready, delayed, in-flight and dead counts match a known sequence.
+pub async fn stats_are_exact(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    for i in 0..5 {
+        producer.send(Message::new(format!("ready {i}"))).await.expect("send");
+    }
+    let delayed = ctx.caps().delay.is_available();
+    if delayed {
+        for i in 0..2 {
+            producer.send(Message::new(format!("delayed {i}")).with_delay(Duration::from_secs(120))).await.expect("send delayed");
+        }
+    }
+    let consumer = ctx.consumer(&queue, None).await;
+    let mut taken = receive_n(&*consumer, 2, SOON).await;
+    assert_eq!(taken.len(), 2);
+    let buried = taken.pop().expect("two taken");
+    buried.dead_letter(DeadLetterReason::Rejected("stats".into())).await.expect("dead_letter");
+    let expected = (3, if delayed { 2 } else { 0 }, 1, 1);
+    let admin = ctx.backend().admin();
+    let stats = admin.stats(&queue).await.expect("stats");
+    let got = (stats.ready, stats.delayed, stats.in_flight, stats.dead);
+    if ctx.caps().exact_stats {
+        assert_eq!(got, expected, "{stats:?}");
+        assert_eq!(stats.enqueued_total, 5 + expected.1);
+        assert_eq!(stats.dead_lettered_total, 1);
+    } else {
+        // Approximate counts converge; look again a few times before failing.
+        let mut got = got;
+        for _ in 0..20 {
+            if got == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let s = admin.stats(&queue).await.expect("stats");
+            got = (s.ready, s.delayed, s.in_flight, s.dead);
+        }
+        assert_eq!(got, expected, "approximate stats did not converge");
+    }
+    drop(taken);
+}
+
+/// Case 22: purge empties a queue and touches no other.
+pub async fn purge(ctx: &Ctx) {
+    let a = ctx.queue();
+    let b = ctx.queue();
+    let pa = ctx.producer(&a).await;
+    let pb = ctx.producer(&b).await;
+    for i in 0..3 {
+        pa.send(Message::new(format!("a{i}"))).await.expect("send");
+    }
+    for i in 0..2 {
+        pb.send(Message::new(format!("b{i}"))).await.expect("send");
+    }
+    let admin = ctx.backend().admin();
+    let purged = admin.purge(&a).await;
+    if !ctx.caps().purge.is_available() {
+        return assert_unsupported(purged, "purge");
+    }
+    purged.expect("purge");
+    let ca = ctx.consumer(&a, None).await;
+    assert!(ca.receive(10, Duration::from_millis(500)).await.expect("receive").is_empty(), "purged queue is empty");
+    let cb = ctx.consumer(&b, None).await;
+    let got = receive_n(&*cb, 2, SOON).await;
+    assert_eq!(got.len(), 2, "the other queue is untouched");
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    if ctx.caps().exact_stats {
+        assert_eq!(admin.stats(&a).await.expect("stats").depth(), 0);
+    }
+}
+
+/// Case 23: healthy against a live broker; unhealthy with a Connection error
+/// naming the address against a closed port, within a bounded time.
+pub async fn health(ctx: &Ctx) {
+    let status = ctx.backend().admin().health().await;
+    assert!(status.healthy, "live backend reports {status:?}");
+    assert_eq!(status.backend, ctx.caps().backend);
+    if let Some(url) = ctx.harness().unreachable_url() {
+        let started = Instant::now();
+        let connected = tokio::time::timeout(Duration::from_secs(20), ctx.harness().connect(&url))
+            .await
+            .expect("connect to a closed port returns within 20s");
+        let address = url.split("://").nth(1).and_then(|rest| rest.split(['/', '?']).next()).unwrap_or_default().rsplit('@').next().unwrap_or_default().to_owned();
+        match connected {
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+                assert!(e.to_string().contains(&address), "{e} does not name {address}");
+            }
+            Ok(backend) => {
+                let status = tokio::time::timeout(Duration::from_secs(20), backend.admin().health())
+                    .await
+                    .expect("health returns within 20s");
+                assert!(!status.healthy);
+                assert_eq!(status.error_kind, Some(ErrorKind::Connection), "{status:?}");
+                let error = status.error.unwrap_or_default();
+                assert!(error.contains(&address), "{error} does not name {address}");
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(20));
+    } else {
+        eprintln!("in-process backend: no closed port to check against");
+    }
+    // A closed backend reports unhealthy, typed.
+    let backend = ctx.harness().connect(&ctx.harness().url()).await.expect("connect");
+    backend.close().await.expect("close");
+    let status = backend.admin().health().await;
+    assert!(!status.healthy);
+    assert_eq!(status.error_kind, Some(ErrorKind::Closed), "{status:?}");
+    let queue = ctx.queue();
+    let err = backend.producer(&queue).await.expect_err("closed backend refuses work");
+    assert_eq!(err.kind(), ErrorKind::Closed);
+}
+
+/// Case 24: 4 consumers, 10,000 messages: each acked exactly once.
+pub async fn competing_consumers(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let total = 10_000usize;
+    let producer = ctx.producer(&queue).await;
+    let messages: Vec<Message> = (0..total as u32).map(|i| Message::new(i.to_be_bytes().to_vec())).collect();
+    for chunk in messages.chunks(ctx.caps().max_batch.clamp(1, 500)) {
+        producer.send_batch(chunk.to_vec()).await.expect("send_batch");
+    }
+    let seen: Arc<Mutex<HashMap<MessageId, usize>>> = Arc::default();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let consumer = ctx.consumer(&queue, None).await;
+        let seen = seen.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while acked.load(AtomicOrdering::SeqCst) < total && Instant::now() < deadline {
+                let batch = consumer.receive(100, Duration::from_millis(500)).await.expect("receive");
+                for d in batch {
+                    *seen.lock().expect("lock").entry(d.message().id).or_default() += 1;
+                    d.ack().await.expect("ack");
+                    acked.fetch_add(1, AtomicOrdering::SeqCst);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("consumer task");
+    }
+    let seen = seen.lock().expect("lock");
+    assert_eq!(seen.len(), total, "none lost");
+    let duplicates = seen.values().filter(|&&n| n > 1).count();
+    assert_eq!(duplicates, 0, "no duplicates in normal operation");
+}
+
+/// Case 25: a consumer dropped with unacked deliveries: they reach another consumer.
+pub async fn dropped_consumer_redelivers(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let mut ids = HashSet::new();
+    for i in 0..5 {
+        ids.insert(producer.send(Message::new(format!("m{i}"))).await.expect("send"));
+    }
+    {
+        let doomed = ctx.consumer(&queue, Some(LEASE)).await;
+        let held = receive_n(&*doomed, 5, SOON).await;
+        assert_eq!(held.len(), 5);
+        drop(held);
+        drop(doomed);
+    }
+    let survivor = ctx.consumer(&queue, None).await;
+    let got = receive_n(&*survivor, 5, SOON).await;
+    let got_ids: HashSet<MessageId> = got.iter().map(|d| d.message().id).collect();
+    assert_eq!(got_ids, ids, "every unacked message reaches the other consumer");
+    for d in got {
+        assert!(d.attempt() >= 2);
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Case 26: after connections are cut server-side, producer and consumer
+/// carry on without being rebuilt; nothing acked is lost or redelivered.
+pub async fn reconnect(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let mut before = HashSet::new();
+    for i in 0..10 {
+        before.insert(producer.send(Message::new(format!("before {i}"))).await.expect("send"));
+    }
+    let mut acked = HashSet::new();
+    for d in receive_n(&*consumer, 5, SOON).await {
+        acked.insert(d.message().id);
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(acked.len(), 5);
+    match ctx.harness().cut_connections().await {
+        Some(result) => result.expect("cut connections"),
+        None => eprintln!("in-process backend: no connections to cut; checking it carries on"),
+    }
+    let mut after = HashSet::new();
+    for i in 0..10 {
+        let message = Message::new(format!("after {i}"));
+        let id = message.id;
+        // The first send after the cut may see the broken connection; the
+        // same producer must recover on its own.
+        let mut attempt = 0;
+        loop {
+            match producer.send(message.clone()).await {
+                Ok(_) => break,
+                Err(e) if e.is_retryable() && attempt < 5 => attempt += 1,
+                Err(e) => panic!("send after reconnect: {e}"),
+            }
+        }
+        after.insert(id);
+    }
+    let expected: HashSet<MessageId> = before.difference(&acked).copied().chain(after.iter().copied()).collect();
+    let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < expected.len() && Instant::now() < deadline {
+        match consumer.receive(100, Duration::from_secs(2)).await {
+            Ok(batch) => {
+                for d in batch {
+                    let id = d.message().id;
+                    assert!(!acked.contains(&id), "a message acked before the cut came back");
+                    got.insert(id);
+                    let _ = d.ack().await;
+                }
+            }
+            Err(e) if e.is_retryable() => continue,
+            Err(e) => panic!("receive after reconnect: {e}"),
+        }
+    }
+    assert_eq!(got, expected, "every unacked and new message arrives after the cut");
+}
+
+/// Appends `query` to a URL.
+fn with_query(url: &str, query: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{query}")
+}
+
+/// Case 27: an oversize payload is a typed error before any network call.
+pub async fn payload_too_large(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let max = ctx.caps().max_payload;
+    let text = assert_kind(producer.send(Message::new(vec![7u8; max + 1])).await, ErrorKind::PayloadTooLarge, "send");
+    assert!(text.contains(&max.to_string()), "{text} names the limit");
+    assert_kind(
+        producer.send_batch(vec![Message::new("ok"), Message::new(vec![7u8; max + 1])]).await,
+        ErrorKind::PayloadTooLarge,
+        "send_batch",
+    );
+    // A lowered limit from the URL applies the same way.
+    let backend = ctx.harness().connect(&with_query(&ctx.harness().url(), "max_payload=1024")).await.expect("connect");
+    assert_eq!(backend.capabilities().max_payload, 1024);
+    let small = ctx.queue_on(&backend);
+    let p = backend.producer(&small).await.expect("producer");
+    assert_kind(p.send(Message::new(vec![0u8; 1025])).await, ErrorKind::PayloadTooLarge, "lowered limit");
+    p.send(Message::new(vec![0u8; 1000])).await.expect("within the lowered limit");
+    // Nothing oversize was queued.
+    let consumer = backend.consumer(&small, Default::default()).await.expect("consumer");
+    let got = receive_n(&*consumer, 2, Duration::from_secs(2)).await;
+    assert_eq!(got.len(), 1);
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+}
+
+/// Case 28: an invalid queue name is a typed error naming the rule.
+pub async fn invalid_queue_name(ctx: &Ctx) {
+    for bad in ["", "has space", "dot.ted", "-leading", "ünï", "a/b", &"x".repeat(65)] {
+        let err = QueueName::new(bad).expect_err(bad);
+        assert_eq!(err.kind(), ErrorKind::InvalidQueueName);
+        assert!(err.to_string().contains("1 to 64 ASCII letters, digits"), "{err}");
+    }
+    // The longest valid name works on the backend end to end.
+    let long = QueueName::new(format!("qt-{}", "l".repeat(61))).expect("64 characters are allowed");
+    let _ = ctx.backend().admin().delete_queue(&long).await;
+    ctx.producer(&long).await.send(Message::new("x")).await.expect("send to the longest name");
+    let consumer = ctx.consumer(&long, None).await;
+    for d in receive_n(&*consumer, 1, SOON).await {
+        d.ack().await.expect("ack");
+    }
+    ctx.backend().admin().delete_queue(&long).await.expect("delete");
+}
+
+/// Case 29: bytes written by a plain client are delivered raw or
+/// dead-lettered with reason `decode`; never a panic or an endless loop.
+pub async fn foreign_message(ctx: &Ctx) {
+    let junk: &[u8] = b"\xff\xfe not an envelope \x00";
+    assert_eq!(envelope::decode(&Bytes::from_static(b"\xff\xfe not an envelope \x00")).unwrap_err().kind(), ErrorKind::Decode);
+    let queue = ctx.queue();
+    // Make the queue exist before a plain client writes next to it.
+    ctx.backend().admin().ensure_queue(&queue, &QueueOptions::default()).await.expect("ensure queue");
+    match ctx.harness().inject_foreign(&queue, junk).await {
+        None => {
+            eprintln!("in-process backend: no plain client can write foreign bytes; checked the decoder");
+        }
+        Some(result) => {
+            result.expect("inject foreign bytes");
+            let consumer = ctx.consumer(&queue, Some(LEASE)).await;
+            let got = consumer.receive(10, Duration::from_secs(3)).await.expect("receive never fails on foreign bytes");
+            if let Some(d) = got.into_iter().next() {
+                assert_eq!(d.payload().as_ref(), junk, "delivered as the raw payload");
+                d.ack().await.expect("ack a raw delivery");
+            } else {
+                let dead = ctx.backend().admin().dead_letters(&queue, 10).await.expect("dead letters");
+                assert_eq!(dead.len(), 1, "not delivered, so dead-lettered");
+                assert_eq!(dead[0].reason, DeadLetterReason::Decode);
+            }
+            let again = consumer.receive(10, LEASE + QUIET).await.expect("receive");
+            assert!(again.is_empty(), "foreign bytes came back: an endless loop");
+        }
+    }
+}
+
+/// Case 30: malformed URL, unknown scheme, out-of-range option: typed
+/// errors naming the field; credentials absent from the message.
+pub async fn bad_config(ctx: &Ctx) {
+    let url = ctx.harness().url();
+    let scheme = url.split("://").next().unwrap_or_default().to_owned();
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
+    // Put a known password into the URL, replacing any credentials.
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let hosts = rest[..authority_end].rsplit('@').next().unwrap_or_default();
+    let hosts = if hosts.is_empty() { "localhost" } else { hosts };
+    let secret_url = format!("{scheme}://qtuser:hunter2@{hosts}{}", &rest[authority_end..]);
+    for (input, field) in [
+        (with_query(&secret_url, "lease=0s"), "lease"),
+        (with_query(&secret_url, "lease=soon"), "lease"),
+        (with_query(&secret_url, "max_payload=-1"), "max_payload"),
+        (with_query(&secret_url, "connect_timeout=99d"), "connect_timeout"),
+        (with_query(&secret_url, "no_such_option=1"), "no_such_option"),
+        ("nope://qtuser:hunter2@host".to_owned(), "scheme"),
+        (format!("{scheme}://qtuser:hunter2@[::1"), "url"),
+    ] {
+        let err = match ctx.harness().connect(&input).await {
+            Ok(_) => panic!("{field}: a bad URL connected"),
+            Err(e) => e,
+        };
+        let text = format!("{err} {err:?}");
+        assert_eq!(err.kind(), ErrorKind::Config, "{field}: {text}");
+        assert!(err.message().contains(field), "{field} not named in {text}");
+        assert!(!text.contains("hunter2"), "password leaked: {text}");
+    }
+}

@@ -1,0 +1,212 @@
+//! What a backend provides to the suite, and the per-case context.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use queue_core::{
+    Backend, Capabilities, Consumer, ConsumerOptions, Delivery, MemoryBackend, Producer,
+    QueueConfig, QueueName, Result,
+};
+
+/// A backend under test: how to connect it, and the fault hooks it has.
+///
+/// Only [`name`](Harness::name), [`url`](Harness::url) and
+/// [`connect`](Harness::connect) are required; a hook a backend cannot
+/// offer returns `None`, and the cases that use it say so and check what
+/// they still can.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// Backend name, as in the capability table.
+    fn name(&self) -> &'static str;
+
+    /// The URL of the broker under test.
+    fn url(&self) -> String;
+
+    /// Connect a backend from a URL (the suite passes variations of
+    /// [`url`](Harness::url) to test configuration errors).
+    async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>>;
+
+    /// A URL of this backend's scheme pointing at a closed port, for the
+    /// health case. `None` for in-process backends.
+    fn unreachable_url(&self) -> Option<String> {
+        None
+    }
+
+    /// Cut every client connection from the server side.
+    async fn cut_connections(&self) -> Option<Result<()>> {
+        None
+    }
+
+    /// Write `payload` to `queue` as a plain broker client would, with no envelope.
+    async fn inject_foreign(&self, _queue: &QueueName, _payload: &[u8]) -> Option<Result<()>> {
+        None
+    }
+
+    /// Connect a backend whose native delay limit is lowered to `limit`, so
+    /// the delay-hopping path is exercised quickly.
+    async fn connect_with_native_delay_limit(
+        &self,
+        _limit: Duration,
+    ) -> Option<Result<Arc<dyn Backend>>> {
+        None
+    }
+}
+
+/// Read a broker URL from `var` (`QUEUE_TEST_REDIS_URL`, ...).
+///
+/// Unset: prints the reason the suite is skipped and returns `None`, or
+/// panics when `QUEUE_TEST_REQUIRED=1` (CI sets it, so a missing broker
+/// fails the build instead of passing silently).
+pub fn broker_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            let required = std::env::var("QUEUE_TEST_REQUIRED").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "{var} is not set and QUEUE_TEST_REQUIRED=1: the broker is required (run `cargo xtask test`)"
+            );
+            eprintln!("skipping: {var} is not set (run `cargo xtask test` to start the brokers)");
+            None
+        }
+    }
+}
+
+/// The embedded backend as a harness: every plain `cargo test` runs it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryHarness;
+
+#[async_trait]
+impl Harness for MemoryHarness {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn url(&self) -> String {
+        "memory://".to_owned()
+    }
+
+    async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
+        let config = QueueConfig::from_url(url)?;
+        Ok(Arc::new(MemoryBackend::from_config(&config)?))
+    }
+}
+
+/// One case's context: the backend, a unique queue, and helpers. Queues
+/// made through it are deleted when the case ends.
+#[derive(Clone)]
+pub struct Ctx {
+    case: &'static str,
+    harness: Arc<dyn Harness>,
+    backend: Arc<dyn Backend>,
+    queues: Arc<Mutex<Vec<(Arc<dyn Backend>, QueueName)>>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("case", &self.case)
+            .field("backend", &self.harness.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    pub(crate) async fn new(case: &'static str, harness: Arc<dyn Harness>) -> Result<Ctx> {
+        let backend = harness.connect(&harness.url()).await?;
+        Ok(Ctx {
+            case,
+            harness,
+            backend,
+            queues: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// The case name.
+    pub fn case(&self) -> &'static str {
+        self.case
+    }
+
+    /// The harness.
+    pub fn harness(&self) -> &dyn Harness {
+        &*self.harness
+    }
+
+    /// The backend under test.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Its capability table.
+    pub fn caps(&self) -> &Capabilities {
+        self.backend.capabilities()
+    }
+
+    /// A fresh, uniquely named queue, deleted after the case.
+    pub fn queue(&self) -> QueueName {
+        self.queue_on(&self.backend)
+    }
+
+    /// A fresh queue on another backend instance, deleted after the case.
+    pub fn queue_on(&self, backend: &Arc<dyn Backend>) -> QueueName {
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        let short: String = self.case.chars().take(32).collect();
+        // The random tail of a v7 UUID, so names made in one millisecond differ.
+        let name = format!("qt-{short}-{}", &unique[unique.len() - 16..]);
+        let name = QueueName::new(name).expect("generated queue names follow the rule");
+        self.queues
+            .lock()
+            .expect("queue list lock")
+            .push((backend.clone(), name.clone()));
+        name
+    }
+
+    /// A producer for `queue`.
+    pub async fn producer(&self, queue: &QueueName) -> Box<dyn Producer> {
+        self.backend
+            .producer(queue)
+            .await
+            .unwrap_or_else(|e| panic!("{}: producer for {queue}: {e}", self.case))
+    }
+
+    /// A consumer for `queue` with `lease` (or the backend default).
+    pub async fn consumer(&self, queue: &QueueName, lease: Option<Duration>) -> Box<dyn Consumer> {
+        let mut options = ConsumerOptions::default();
+        if let Some(lease) = lease {
+            options = options.with_lease(lease);
+        }
+        self.backend
+            .consumer(queue, options)
+            .await
+            .unwrap_or_else(|e| panic!("{}: consumer for {queue}: {e}", self.case))
+    }
+
+    pub(crate) async fn cleanup(&self) {
+        let queues = std::mem::take(&mut *self.queues.lock().expect("queue list lock"));
+        for (backend, queue) in queues {
+            if let Err(e) = backend.admin().delete_queue(&queue).await {
+                eprintln!("{}: could not delete queue {queue}: {e}", self.case);
+            }
+        }
+    }
+}
+
+/// Receive until `n` deliveries arrived or `timeout` passed.
+pub async fn receive_n(consumer: &dyn Consumer, n: usize, timeout: Duration) -> Vec<Delivery> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let max = (n - out.len()).min(100);
+        let batch = consumer
+            .receive(max, left.min(Duration::from_secs(5)))
+            .await
+            .expect("receive");
+        out.extend(batch);
+    }
+    out
+}
