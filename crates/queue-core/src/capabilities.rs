@@ -168,7 +168,10 @@ impl Capabilities {
             ("max length".into(), self.max_length.to_string()),
             ("purge".into(), self.purge.to_string()),
             ("exact stats".into(), self.exact_stats.to_string()),
-            ("detects lost leases".into(), self.detects_lease_lost.to_string()),
+            (
+                "detects lost leases".into(),
+                self.detects_lease_lost.to_string(),
+            ),
             ("ordering".into(), format!("{:?}", self.ordering)),
             ("max payload".into(), format!("{} bytes", self.max_payload)),
             ("max native delay".into(), duration(self.max_native_delay)),

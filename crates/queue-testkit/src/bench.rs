@@ -129,12 +129,16 @@ pub async fn pickup_latency(
         let received = received.clone();
         tasks.push(tokio::spawn(async move {
             let mut local = Vec::new();
-            while !(done.load(AtomicOrdering::Acquire) && received.load(AtomicOrdering::Acquire) >= total) {
+            while !(done.load(AtomicOrdering::Acquire)
+                && received.load(AtomicOrdering::Acquire) >= total)
+            {
                 let deliveries = consumer.receive(100, Duration::from_millis(50)).await?;
                 let now = base.elapsed().as_nanos() as u64;
                 for delivery in deliveries {
                     let sent = u64::from_be_bytes(
-                        delivery.payload()[..8].try_into().expect("8-byte timestamp"),
+                        delivery.payload()[..8]
+                            .try_into()
+                            .expect("8-byte timestamp"),
                     );
                     local.push(now.saturating_sub(sent));
                     delivery.ack().await?;
@@ -155,7 +159,9 @@ pub async fn pickup_latency(
         interval.tick().await;
         for _ in 0..per_tick {
             let now = base.elapsed().as_nanos() as u64;
-            producer.send(Message::new(now.to_be_bytes().to_vec())).await?;
+            producer
+                .send(Message::new(now.to_be_bytes().to_vec()))
+                .await?;
         }
     }
     done.store(true, AtomicOrdering::Release);

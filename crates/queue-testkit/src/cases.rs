@@ -68,15 +68,28 @@ pub async fn send_receive_ack(ctx: &Ctx) {
     let deliveries = receive_n(&*consumer, sent.len(), SOON).await;
     assert_eq!(deliveries.len(), sent.len(), "every message arrives");
     for delivery in deliveries {
-        let original = by_id.remove(&delivery.message().id).expect("known id, delivered once");
-        assert_eq!(delivery.payload(), &original.payload, "payload bytes intact");
-        assert_eq!(delivery.message().headers, original.headers, "headers intact");
+        let original = by_id
+            .remove(&delivery.message().id)
+            .expect("known id, delivered once");
+        assert_eq!(
+            delivery.payload(),
+            &original.payload,
+            "payload bytes intact"
+        );
+        assert_eq!(
+            delivery.message().headers,
+            original.headers,
+            "headers intact"
+        );
         assert_eq!(delivery.attempt(), 1);
         assert_eq!(delivery.queue(), &queue);
         assert!(delivery.lease_deadline() > SystemTime::now());
         delivery.ack().await.expect("ack");
     }
-    let rest = consumer.receive(10, Duration::from_millis(300)).await.expect("receive");
+    let rest = consumer
+        .receive(10, Duration::from_millis(300))
+        .await
+        .expect("receive");
     assert!(rest.is_empty(), "acked messages do not come back");
 }
 
@@ -90,15 +103,27 @@ pub async fn batch_round_trip(ctx: &Ctx) {
     let expected: HashSet<MessageId> = messages.iter().map(|m| m.id).collect();
     let mut ids = Vec::new();
     for chunk in messages.chunks(ctx.caps().max_batch.max(1)) {
-        ids.extend(producer.send_batch(chunk.to_vec()).await.expect("send_batch"));
+        ids.extend(
+            producer
+                .send_batch(chunk.to_vec())
+                .await
+                .expect("send_batch"),
+        );
     }
     assert_eq!(ids.len(), 1000);
-    assert_eq!(ids.iter().copied().collect::<HashSet<_>>(), expected, "ids come back in order");
+    assert_eq!(
+        ids.iter().copied().collect::<HashSet<_>>(),
+        expected,
+        "ids come back in order"
+    );
     let consumer = ctx.consumer(&queue, None).await;
     let deliveries = receive_n(&*consumer, 1000, Duration::from_secs(60)).await;
     let mut seen = HashSet::new();
     for delivery in deliveries {
-        assert!(seen.insert(delivery.message().id), "each message received once");
+        assert!(
+            seen.insert(delivery.message().id),
+            "each message received once"
+        );
         delivery.ack().await.expect("ack");
     }
     assert_eq!(seen, expected, "all 1,000 received");
@@ -113,13 +138,26 @@ pub async fn receive_empty_respects_wait(ctx: &Ctx) {
     let batch = consumer.receive(10, wait).await.expect("receive");
     let elapsed = started.elapsed();
     assert!(batch.is_empty());
-    assert!(elapsed <= wait + Duration::from_secs(2), "returned after {elapsed:?}, wait was {wait:?}");
+    assert!(
+        elapsed <= wait + Duration::from_secs(2),
+        "returned after {elapsed:?}, wait was {wait:?}"
+    );
     // Returning at once would make every caller's loop a busy spin.
-    assert!(elapsed >= wait / 2, "returned after only {elapsed:?}: it did not wait");
+    assert!(
+        elapsed >= wait / 2,
+        "returned after only {elapsed:?}: it did not wait"
+    );
     let started = Instant::now();
-    let batch = consumer.receive(10, Duration::ZERO).await.expect("receive without waiting");
+    let batch = consumer
+        .receive(10, Duration::ZERO)
+        .await
+        .expect("receive without waiting");
     assert!(batch.is_empty());
-    assert!(started.elapsed() < Duration::from_secs(2), "zero wait took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "zero wait took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Case 4: after ack, no redelivery even after the lease would expire.
@@ -136,7 +174,11 @@ pub async fn ack_is_final(ctx: &Ctx) {
     assert!(again.is_empty(), "an acked message came back: {again:?}");
     if ctx.caps().exact_stats {
         let stats = ctx.backend().admin().stats(&queue).await.expect("stats");
-        assert_eq!((stats.ready, stats.in_flight, stats.acked_total), (0, 0, 1), "{stats:?}");
+        assert_eq!(
+            (stats.ready, stats.in_flight, stats.acked_total),
+            (0, 0, 1),
+            "{stats:?}"
+        );
     }
 }
 
@@ -145,10 +187,16 @@ pub async fn nack_redelivers(ctx: &Ctx) {
     let queue = ctx.queue();
     let id = send(ctx, &queue, Message::new("retry me")).await;
     let consumer = ctx.consumer(&queue, None).await;
-    let first = receive_n(&*consumer, 1, SOON).await.pop().expect("first delivery");
+    let first = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("first delivery");
     assert_eq!(first.attempt(), 1);
     first.nack(Duration::ZERO).await.expect("nack");
-    let second = receive_n(&*consumer, 1, SOON).await.pop().expect("redelivery");
+    let second = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("redelivery");
     assert_eq!(second.message().id, id);
     assert_eq!(second.attempt(), 2);
     assert_eq!(second.payload().as_ref(), b"retry me");
@@ -160,15 +208,31 @@ pub async fn nack_with_delay(ctx: &Ctx) {
     let queue = ctx.queue();
     send(ctx, &queue, Message::new("later")).await;
     let consumer = ctx.consumer(&queue, None).await;
-    let first = receive_n(&*consumer, 1, SOON).await.pop().expect("first delivery");
+    let first = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("first delivery");
     let delay = Duration::from_millis(1500);
     let nacked_at = Instant::now();
     first.nack(delay).await.expect("nack with delay");
-    let early = consumer.receive(10, Duration::from_millis(500)).await.expect("receive");
-    assert!(early.is_empty(), "visible {:?} after a nack delayed {delay:?}", nacked_at.elapsed());
-    let later = receive_n(&*consumer, 1, SOON + delay).await.pop().expect("redelivery after the delay");
+    let early = consumer
+        .receive(10, Duration::from_millis(500))
+        .await
+        .expect("receive");
+    assert!(
+        early.is_empty(),
+        "visible {:?} after a nack delayed {delay:?}",
+        nacked_at.elapsed()
+    );
+    let later = receive_n(&*consumer, 1, SOON + delay)
+        .await
+        .pop()
+        .expect("redelivery after the delay");
     let elapsed = nacked_at.elapsed();
-    assert!(elapsed >= delay, "redelivered after {elapsed:?}, before the delay of {delay:?}");
+    assert!(
+        elapsed >= delay,
+        "redelivered after {elapsed:?}, before the delay of {delay:?}"
+    );
     assert_eq!(later.attempt(), 2);
     later.ack().await.expect("ack");
 }
@@ -178,13 +242,22 @@ pub async fn lease_expiry_redelivers(ctx: &Ctx) {
     let queue = ctx.queue();
     let id = send(ctx, &queue, Message::new("slow")).await;
     let consumer = ctx.consumer(&queue, Some(LEASE)).await;
-    let held = receive_n(&*consumer, 1, SOON).await.pop().expect("first delivery");
+    let held = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("first delivery");
     let received_at = Instant::now();
-    let again = receive_n(&*consumer, 1, SOON).await.pop().expect("redelivery after the lease");
+    let again = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("redelivery after the lease");
     let elapsed = received_at.elapsed();
     assert_eq!(again.message().id, id);
     assert_eq!(again.attempt(), 2);
-    assert!(elapsed >= LEASE.mul_f32(0.9), "redelivered {elapsed:?} into a {LEASE:?} lease");
+    assert!(
+        elapsed >= LEASE.mul_f32(0.9),
+        "redelivered {elapsed:?} into a {LEASE:?} lease"
+    );
     again.ack().await.expect("ack");
     drop(held);
 }
@@ -194,7 +267,10 @@ pub async fn extend_lease(ctx: &Ctx) {
     let queue = ctx.queue();
     send(ctx, &queue, Message::new("long job")).await;
     let consumer = ctx.consumer(&queue, Some(LEASE)).await;
-    let delivery = receive_n(&*consumer, 1, SOON).await.pop().expect("delivery");
+    let delivery = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("delivery");
     let original_deadline = delivery.lease_deadline();
     let extended = delivery.extend(Duration::from_secs(5)).await;
     if !ctx.caps().lease_extension.is_available() {
@@ -202,9 +278,15 @@ pub async fn extend_lease(ctx: &Ctx) {
         return;
     }
     let delivery = extended.expect("extend");
-    assert!(delivery.lease_deadline() > original_deadline, "deadline moved");
+    assert!(
+        delivery.lease_deadline() > original_deadline,
+        "deadline moved"
+    );
     let during = consumer.receive(10, LEASE + QUIET).await.expect("receive");
-    assert!(during.is_empty(), "visible while the extended lease holds: {during:?}");
+    assert!(
+        during.is_empty(),
+        "visible while the extended lease holds: {during:?}"
+    );
     delivery.ack().await.expect("ack within the extended lease");
 }
 
@@ -215,8 +297,14 @@ pub async fn ack_after_lease_lost(ctx: &Ctx) {
     let queue = ctx.queue();
     let id = send(ctx, &queue, Message::new("contended")).await;
     let consumer = ctx.consumer(&queue, Some(LEASE)).await;
-    let stale = receive_n(&*consumer, 1, SOON).await.pop().expect("first delivery");
-    let current = receive_n(&*consumer, 1, SOON).await.pop().expect("redelivery");
+    let stale = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("first delivery");
+    let current = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("redelivery");
     assert_eq!(current.attempt(), 2);
     let stale_ack = stale.ack().await;
     if ctx.caps().detects_lease_lost {
@@ -224,8 +312,14 @@ pub async fn ack_after_lease_lost(ctx: &Ctx) {
         assert_eq!(err.error.kind(), ErrorKind::LeaseLost, "{}", err.error);
     }
     // The current holder still owns the message: give it back and see it again.
-    current.nack(Duration::ZERO).await.expect("the current holder can still settle");
-    let third = receive_n(&*consumer, 1, SOON).await.pop().expect("not removed by the stale ack");
+    current
+        .nack(Duration::ZERO)
+        .await
+        .expect("the current holder can still settle");
+    let third = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("not removed by the stale ack");
     assert_eq!(third.message().id, id);
     assert_eq!(third.attempt(), 3);
     third.ack().await.expect("ack");
@@ -245,7 +339,10 @@ pub async fn queues_are_isolated(ctx: &Ctx) {
         for d in got {
             d.ack().await.expect("ack");
         }
-        let rest = consumer.receive(10, Duration::from_millis(500)).await.expect("receive");
+        let rest = consumer
+            .receive(10, Duration::from_millis(500))
+            .await
+            .expect("receive");
         assert!(rest.is_empty(), "{queue} saw another queue's message");
     }
 }
@@ -253,16 +350,30 @@ pub async fn queues_are_isolated(ctx: &Ctx) {
 /// Shared body of the delay cases: `message` must not arrive before `not_before`.
 async fn assert_held_until(ctx: &Ctx, queue: &QueueName, not_before: SystemTime) {
     let consumer = ctx.consumer(queue, None).await;
-    let early = consumer.receive(10, Duration::from_millis(500)).await.expect("receive");
+    let early = consumer
+        .receive(10, Duration::from_millis(500))
+        .await
+        .expect("receive");
     assert!(
         early.is_empty() || SystemTime::now() >= not_before,
         "a delayed message arrived before its time"
     );
-    let wait = not_before.duration_since(SystemTime::now()).unwrap_or_default() + SOON;
-    let got = if early.is_empty() { receive_n(&*consumer, 1, wait).await } else { early };
+    let wait = not_before
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        + SOON;
+    let got = if early.is_empty() {
+        receive_n(&*consumer, 1, wait).await
+    } else {
+        early
+    };
     let arrived = SystemTime::now();
     assert_eq!(got.len(), 1, "the delayed message arrives after its time");
-    assert!(arrived >= not_before, "arrived {:?} early", not_before.duration_since(arrived).unwrap_or_default());
+    assert!(
+        arrived >= not_before,
+        "arrived {:?} early",
+        not_before.duration_since(arrived).unwrap_or_default()
+    );
     for d in got {
         d.ack().await.expect("ack");
     }
@@ -286,7 +397,11 @@ pub async fn delayed_send(ctx: &Ctx) {
 pub async fn scheduled_at(ctx: &Ctx) {
     let queue = ctx.queue();
     let at = SystemTime::now() + Duration::from_millis(1500);
-    let result = ctx.producer(&queue).await.send(Message::new("scheduled").with_run_at(at)).await;
+    let result = ctx
+        .producer(&queue)
+        .await
+        .send(Message::new("scheduled").with_run_at(at))
+        .await;
     if !ctx.caps().delay.is_available() {
         return assert_unsupported(result, "scheduled delivery");
     }
@@ -298,16 +413,23 @@ pub async fn scheduled_at(ctx: &Ctx) {
 pub async fn delay_beyond_native_limit(ctx: &Ctx) {
     if !ctx.caps().delay.is_available() {
         let queue = ctx.queue();
-        let result = ctx.producer(&queue).await.send(Message::new("x").with_delay(Duration::from_secs(1))).await;
+        let result = ctx
+            .producer(&queue)
+            .await
+            .send(Message::new("x").with_delay(Duration::from_secs(1)))
+            .await;
         return assert_unsupported(result, "delayed delivery");
     }
     let limit = Duration::from_secs(1);
-    let backend: Arc<dyn Backend> = match ctx.harness().connect_with_native_delay_limit(limit).await {
+    let backend: Arc<dyn Backend> = match ctx.harness().connect_with_native_delay_limit(limit).await
+    {
         Some(backend) => backend.expect("connect with a lowered native delay limit"),
         None => {
             match ctx.caps().max_native_delay {
                 None => eprintln!("no native delay limit: the case checks a long delay holds"),
-                Some(max) => eprintln!("native delay limit {max:?} cannot be lowered here; checking a delay within it"),
+                Some(max) => eprintln!(
+                    "native delay limit {max:?} cannot be lowered here; checking a delay within it"
+                ),
             }
             ctx.backend().clone()
         }
@@ -316,12 +438,35 @@ pub async fn delay_beyond_native_limit(ctx: &Ctx) {
     let delay = Duration::from_millis(2500);
     let message = Message::new("far future").with_delay(delay);
     let not_before = message.not_before.expect("delay sets not_before");
-    backend.producer(&queue).await.expect("producer").send(message).await.expect("send");
-    let consumer = backend.consumer(&queue, Default::default()).await.expect("consumer");
-    let early = consumer.receive(10, Duration::from_millis(1500)).await.expect("receive");
-    assert!(early.is_empty() || SystemTime::now() >= not_before, "arrived before its delay");
-    let got = if early.is_empty() { receive_n(&*consumer, 1, SOON).await } else { early };
-    assert_eq!(got.len(), 1, "the message arrives after a delay beyond the native limit");
+    backend
+        .producer(&queue)
+        .await
+        .expect("producer")
+        .send(message)
+        .await
+        .expect("send");
+    let consumer = backend
+        .consumer(&queue, Default::default())
+        .await
+        .expect("consumer");
+    let early = consumer
+        .receive(10, Duration::from_millis(1500))
+        .await
+        .expect("receive");
+    assert!(
+        early.is_empty() || SystemTime::now() >= not_before,
+        "arrived before its delay"
+    );
+    let got = if early.is_empty() {
+        receive_n(&*consumer, 1, SOON).await
+    } else {
+        early
+    };
+    assert_eq!(
+        got.len(),
+        1,
+        "the message arrives after a delay beyond the native limit"
+    );
     assert!(SystemTime::now() >= not_before);
     for d in got {
         assert_eq!(d.payload().as_ref(), b"far future");
@@ -335,7 +480,9 @@ pub async fn ttl_expiry(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
     let ttl = Duration::from_secs(1);
-    let result = producer.send(Message::new("short-lived").with_ttl(ttl)).await;
+    let result = producer
+        .send(Message::new("short-lived").with_ttl(ttl))
+        .await;
     if !ctx.caps().ttl.is_available() {
         return assert_unsupported(result, "message TTL");
     }
@@ -346,13 +493,24 @@ pub async fn ttl_expiry(ctx: &Ctx) {
     let consumer = ctx.consumer(&queue, None).await;
     let got = receive_n(&*consumer, 2, Duration::from_secs(3)).await;
     let ids: Vec<MessageId> = got.iter().map(|d| d.message().id).collect();
-    assert!(!ids.contains(&expiring), "an expired message was handed out");
+    assert!(
+        !ids.contains(&expiring),
+        "an expired message was handed out"
+    );
     assert_eq!(ids, vec![keeper], "the unexpired message still arrives");
     for d in got {
         d.ack().await.expect("ack");
     }
-    let dead = ctx.backend().admin().dead_letters(&queue, 10).await.expect("dead letters");
-    let entry = dead.iter().find(|d| d.message.id == expiring).expect("expired message is dead-lettered");
+    let dead = ctx
+        .backend()
+        .admin()
+        .dead_letters(&queue, 10)
+        .await
+        .expect("dead letters");
+    let entry = dead
+        .iter()
+        .find(|d| d.message.id == expiring)
+        .expect("expired message is dead-lettered");
     assert_eq!(entry.reason, DeadLetterReason::Expired);
     let stats = ctx.backend().admin().stats(&queue).await.expect("stats");
     assert_eq!(stats.expired_total, 1, "{stats:?}");
@@ -364,11 +522,18 @@ pub async fn priority_order(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
     if !ctx.caps().priority.is_available() {
-        let result = producer.send(Message::new("x").with_priority(Priority::High)).await;
+        let result = producer
+            .send(Message::new("x").with_priority(Priority::High))
+            .await;
         return assert_unsupported(result, "priority");
     }
     for _round in 0..2 {
-        for priority in [Priority::Low, Priority::Normal, Priority::High, Priority::Urgent] {
+        for priority in [
+            Priority::Low,
+            Priority::Normal,
+            Priority::High,
+            Priority::Urgent,
+        ] {
             producer
                 .send(Message::new(priority.as_str()).with_priority(priority))
                 .await
@@ -386,7 +551,10 @@ pub async fn priority_order(ctx: &Ctx) {
         }
     }
     use Priority::*;
-    assert_eq!(order, [Urgent, Urgent, High, High, Normal, Normal, Low, Low]);
+    assert_eq!(
+        order,
+        [Urgent, Urgent, High, High, Normal, Normal, Low, Low]
+    );
 }
 
 /// Case 16: where the table claims ordering, same-priority messages come in send order.
@@ -395,7 +563,10 @@ pub async fn fifo_within_priority(ctx: &Ctx) {
     let producer = ctx.producer(&queue).await;
     let count = 200u32;
     for i in 0..count {
-        producer.send(Message::new(i.to_be_bytes().to_vec())).await.expect("send");
+        producer
+            .send(Message::new(i.to_be_bytes().to_vec()))
+            .await
+            .expect("send");
     }
     let consumer = ctx.consumer(&queue, None).await;
     let got = receive_n(&*consumer, count as usize, Duration::from_secs(30)).await;
@@ -423,16 +594,30 @@ pub async fn max_attempts_dead_letters(ctx: &Ctx) {
     let id = send(ctx, &queue, Message::new("doomed").with_max_attempts(2)).await;
     let consumer = ctx.consumer(&queue, None).await;
     for attempt in 1..=2u32 {
-        let d = receive_n(&*consumer, 1, SOON).await.pop().expect("delivery");
+        let d = receive_n(&*consumer, 1, SOON)
+            .await
+            .pop()
+            .expect("delivery");
         assert_eq!(d.attempt(), attempt);
         if attempt == 2 {
-            assert_eq!(d.message().last_error.as_deref(), Some("boom 1"), "last error travels");
+            assert_eq!(
+                d.message().last_error.as_deref(),
+                Some("boom 1"),
+                "last error travels"
+            );
         }
-        d.nack_with_error(Duration::ZERO, format!("boom {attempt}")).await.expect("nack");
+        d.nack_with_error(Duration::ZERO, format!("boom {attempt}"))
+            .await
+            .expect("nack");
     }
     let rest = consumer.receive(10, QUIET).await.expect("receive");
     assert!(rest.is_empty(), "no delivery after the last attempt");
-    let dead = ctx.backend().admin().dead_letters(&queue, 10).await.expect("dead letters");
+    let dead = ctx
+        .backend()
+        .admin()
+        .dead_letters(&queue, 10)
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
     let entry = &dead[0];
     assert_eq!(entry.message.id, id);
@@ -447,14 +632,30 @@ pub async fn dead_letter_explicit(ctx: &Ctx) {
     let queue = ctx.queue();
     let id = send(ctx, &queue, Message::new("poison")).await;
     let consumer = ctx.consumer(&queue, None).await;
-    let d = receive_n(&*consumer, 1, SOON).await.pop().expect("delivery");
-    d.dead_letter(DeadLetterReason::Rejected("bad data".into())).await.expect("dead_letter");
-    let dead = ctx.backend().admin().dead_letters(&queue, 10).await.expect("dead letters");
+    let d = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("delivery");
+    d.dead_letter(DeadLetterReason::Rejected("bad data".into()))
+        .await
+        .expect("dead_letter");
+    let dead = ctx
+        .backend()
+        .admin()
+        .dead_letters(&queue, 10)
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, id);
-    assert_eq!(dead[0].reason, DeadLetterReason::Rejected("bad data".into()));
+    assert_eq!(
+        dead[0].reason,
+        DeadLetterReason::Rejected("bad data".into())
+    );
     assert_eq!(dead[0].attempts, 1);
-    let rest = consumer.receive(10, Duration::from_millis(500)).await.expect("receive");
+    let rest = consumer
+        .receive(10, Duration::from_millis(500))
+        .await
+        .expect("receive");
     assert!(rest.is_empty());
 }
 
@@ -464,11 +665,18 @@ pub async fn redrive(ctx: &Ctx) {
     let producer = ctx.producer(&queue).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(producer.send(Message::new(format!("dead {i}"))).await.expect("send"));
+        ids.push(
+            producer
+                .send(Message::new(format!("dead {i}")))
+                .await
+                .expect("send"),
+        );
     }
     let consumer = ctx.consumer(&queue, None).await;
     for d in receive_n(&*consumer, 3, SOON).await {
-        d.dead_letter(DeadLetterReason::Rejected("to redrive".into())).await.expect("dead_letter");
+        d.dead_letter(DeadLetterReason::Rejected("to redrive".into()))
+            .await
+            .expect("dead_letter");
     }
     let admin = ctx.backend().admin();
     let dead = admin.dead_letters(&queue, 10).await.expect("list");
@@ -476,33 +684,57 @@ pub async fn redrive(ctx: &Ctx) {
     if !ctx.caps().redrive.is_available() {
         return assert_unsupported(admin.redrive(&queue, Redrive::All).await, "redrive");
     }
-    let moved = admin.redrive(&queue, Redrive::Ids(vec![ids[1]])).await.expect("redrive one");
+    let moved = admin
+        .redrive(&queue, Redrive::Ids(vec![ids[1]]))
+        .await
+        .expect("redrive one");
     assert_eq!(moved, 1);
-    let back = receive_n(&*consumer, 1, SOON).await.pop().expect("redriven message");
+    let back = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("redriven message");
     assert_eq!(back.message().id, ids[1]);
     assert_eq!(back.attempt(), 1, "redrive starts a fresh attempt count");
     back.ack().await.expect("ack");
-    assert_eq!(admin.redrive(&queue, Redrive::All).await.expect("redrive all"), 2);
+    assert_eq!(
+        admin
+            .redrive(&queue, Redrive::All)
+            .await
+            .expect("redrive all"),
+        2
+    );
     let rest = receive_n(&*consumer, 2, SOON).await;
     let rest_ids: HashSet<MessageId> = rest.iter().map(|d| d.message().id).collect();
     assert_eq!(rest_ids, HashSet::from([ids[0], ids[2]]));
     for d in rest {
         d.ack().await.expect("ack");
     }
-    assert!(admin.dead_letters(&queue, 10).await.expect("list").is_empty());
+    assert!(admin
+        .dead_letters(&queue, 10)
+        .await
+        .expect("list")
+        .is_empty());
 }
 
 /// Case 20: two sends with the same key inside the window deliver once.
 pub async fn idempotency_key(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
-    let first = producer.send(Message::new("first").with_idempotency_key("order-42")).await;
+    let first = producer
+        .send(Message::new("first").with_idempotency_key("order-42"))
+        .await;
     if !ctx.caps().idempotency.is_available() {
         return assert_unsupported(first, "idempotency keys");
     }
     first.expect("send");
-    producer.send(Message::new("second").with_idempotency_key("order-42")).await.expect("duplicate send is not an error");
-    producer.send(Message::new("other").with_idempotency_key("order-43")).await.expect("send");
+    producer
+        .send(Message::new("second").with_idempotency_key("order-42"))
+        .await
+        .expect("duplicate send is not an error");
+    producer
+        .send(Message::new("other").with_idempotency_key("order-43"))
+        .await
+        .expect("send");
     let consumer = ctx.consumer(&queue, None).await;
     let got = receive_n(&*consumer, 3, Duration::from_secs(3)).await;
     let payloads: Vec<Bytes> = got.iter().map(|d| d.payload().clone()).collect();
@@ -517,19 +749,28 @@ pub async fn stats_are_exact(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
     for i in 0..5 {
-        producer.send(Message::new(format!("ready {i}"))).await.expect("send");
+        producer
+            .send(Message::new(format!("ready {i}")))
+            .await
+            .expect("send");
     }
     let delayed = ctx.caps().delay.is_available();
     if delayed {
         for i in 0..2 {
-            producer.send(Message::new(format!("delayed {i}")).with_delay(Duration::from_secs(120))).await.expect("send delayed");
+            producer
+                .send(Message::new(format!("delayed {i}")).with_delay(Duration::from_secs(120)))
+                .await
+                .expect("send delayed");
         }
     }
     let consumer = ctx.consumer(&queue, None).await;
     let mut taken = receive_n(&*consumer, 2, SOON).await;
     assert_eq!(taken.len(), 2);
     let buried = taken.pop().expect("two taken");
-    buried.dead_letter(DeadLetterReason::Rejected("stats".into())).await.expect("dead_letter");
+    buried
+        .dead_letter(DeadLetterReason::Rejected("stats".into()))
+        .await
+        .expect("dead_letter");
     let expected = (3, if delayed { 2 } else { 0 }, 1, 1);
     let admin = ctx.backend().admin();
     let stats = admin.stats(&queue).await.expect("stats");
@@ -573,7 +814,13 @@ pub async fn purge(ctx: &Ctx) {
     }
     purged.expect("purge");
     let ca = ctx.consumer(&a, None).await;
-    assert!(ca.receive(10, Duration::from_millis(500)).await.expect("receive").is_empty(), "purged queue is empty");
+    assert!(
+        ca.receive(10, Duration::from_millis(500))
+            .await
+            .expect("receive")
+            .is_empty(),
+        "purged queue is empty"
+    );
     let cb = ctx.consumer(&b, None).await;
     let got = receive_n(&*cb, 2, SOON).await;
     assert_eq!(got.len(), 2, "the other queue is untouched");
@@ -596,16 +843,28 @@ pub async fn health(ctx: &Ctx) {
         let connected = tokio::time::timeout(Duration::from_secs(20), ctx.harness().connect(&url))
             .await
             .expect("connect to a closed port returns within 20s");
-        let address = url.split("://").nth(1).and_then(|rest| rest.split(['/', '?']).next()).unwrap_or_default().rsplit('@').next().unwrap_or_default().to_owned();
+        let address = url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', '?']).next())
+            .unwrap_or_default()
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         match connected {
             Err(e) => {
                 assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
-                assert!(e.to_string().contains(&address), "{e} does not name {address}");
+                assert!(
+                    e.to_string().contains(&address),
+                    "{e} does not name {address}"
+                );
             }
             Ok(backend) => {
-                let status = tokio::time::timeout(Duration::from_secs(20), backend.admin().health())
-                    .await
-                    .expect("health returns within 20s");
+                let status =
+                    tokio::time::timeout(Duration::from_secs(20), backend.admin().health())
+                        .await
+                        .expect("health returns within 20s");
                 assert!(!status.healthy);
                 assert_eq!(status.error_kind, Some(ErrorKind::Connection), "{status:?}");
                 let error = status.error.unwrap_or_default();
@@ -617,13 +876,20 @@ pub async fn health(ctx: &Ctx) {
         eprintln!("in-process backend: no closed port to check against");
     }
     // A closed backend reports unhealthy, typed.
-    let backend = ctx.harness().connect(&ctx.harness().url()).await.expect("connect");
+    let backend = ctx
+        .harness()
+        .connect(&ctx.harness().url())
+        .await
+        .expect("connect");
     backend.close().await.expect("close");
     let status = backend.admin().health().await;
     assert!(!status.healthy);
     assert_eq!(status.error_kind, Some(ErrorKind::Closed), "{status:?}");
     let queue = ctx.queue();
-    let err = backend.producer(&queue).await.expect_err("closed backend refuses work");
+    let err = backend
+        .producer(&queue)
+        .await
+        .expect_err("closed backend refuses work");
     assert_eq!(err.kind(), ErrorKind::Closed);
 }
 
@@ -632,9 +898,14 @@ pub async fn competing_consumers(ctx: &Ctx) {
     let queue = ctx.queue();
     let total = 10_000usize;
     let producer = ctx.producer(&queue).await;
-    let messages: Vec<Message> = (0..total as u32).map(|i| Message::new(i.to_be_bytes().to_vec())).collect();
+    let messages: Vec<Message> = (0..total as u32)
+        .map(|i| Message::new(i.to_be_bytes().to_vec()))
+        .collect();
     for chunk in messages.chunks(ctx.caps().max_batch.clamp(1, 500)) {
-        producer.send_batch(chunk.to_vec()).await.expect("send_batch");
+        producer
+            .send_batch(chunk.to_vec())
+            .await
+            .expect("send_batch");
     }
     let seen: Arc<Mutex<HashMap<MessageId, usize>>> = Arc::default();
     let acked = Arc::new(AtomicUsize::new(0));
@@ -646,9 +917,16 @@ pub async fn competing_consumers(ctx: &Ctx) {
         tasks.push(tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(120);
             while acked.load(AtomicOrdering::SeqCst) < total && Instant::now() < deadline {
-                let batch = consumer.receive(100, Duration::from_millis(500)).await.expect("receive");
+                let batch = consumer
+                    .receive(100, Duration::from_millis(500))
+                    .await
+                    .expect("receive");
                 for d in batch {
-                    *seen.lock().expect("lock").entry(d.message().id).or_default() += 1;
+                    *seen
+                        .lock()
+                        .expect("lock")
+                        .entry(d.message().id)
+                        .or_default() += 1;
                     d.ack().await.expect("ack");
                     acked.fetch_add(1, AtomicOrdering::SeqCst);
                 }
@@ -670,7 +948,12 @@ pub async fn dropped_consumer_redelivers(ctx: &Ctx) {
     let producer = ctx.producer(&queue).await;
     let mut ids = HashSet::new();
     for i in 0..5 {
-        ids.insert(producer.send(Message::new(format!("m{i}"))).await.expect("send"));
+        ids.insert(
+            producer
+                .send(Message::new(format!("m{i}")))
+                .await
+                .expect("send"),
+        );
     }
     {
         let doomed = ctx.consumer(&queue, Some(LEASE)).await;
@@ -682,7 +965,10 @@ pub async fn dropped_consumer_redelivers(ctx: &Ctx) {
     let survivor = ctx.consumer(&queue, None).await;
     let got = receive_n(&*survivor, 5, SOON).await;
     let got_ids: HashSet<MessageId> = got.iter().map(|d| d.message().id).collect();
-    assert_eq!(got_ids, ids, "every unacked message reaches the other consumer");
+    assert_eq!(
+        got_ids, ids,
+        "every unacked message reaches the other consumer"
+    );
     for d in got {
         assert!(d.attempt() >= 2);
         d.ack().await.expect("ack");
@@ -697,7 +983,12 @@ pub async fn reconnect(ctx: &Ctx) {
     let consumer = ctx.consumer(&queue, None).await;
     let mut before = HashSet::new();
     for i in 0..10 {
-        before.insert(producer.send(Message::new(format!("before {i}"))).await.expect("send"));
+        before.insert(
+            producer
+                .send(Message::new(format!("before {i}")))
+                .await
+                .expect("send"),
+        );
     }
     let mut acked = HashSet::new();
     for d in receive_n(&*consumer, 5, SOON).await {
@@ -725,7 +1016,11 @@ pub async fn reconnect(ctx: &Ctx) {
         }
         after.insert(id);
     }
-    let expected: HashSet<MessageId> = before.difference(&acked).copied().chain(after.iter().copied()).collect();
+    let expected: HashSet<MessageId> = before
+        .difference(&acked)
+        .copied()
+        .chain(after.iter().copied())
+        .collect();
     let mut got = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.len() < expected.len() && Instant::now() < deadline {
@@ -733,7 +1028,10 @@ pub async fn reconnect(ctx: &Ctx) {
             Ok(batch) => {
                 for d in batch {
                     let id = d.message().id;
-                    assert!(!acked.contains(&id), "a message acked before the cut came back");
+                    assert!(
+                        !acked.contains(&id),
+                        "a message acked before the cut came back"
+                    );
                     got.insert(id);
                     let _ = d.ack().await;
                 }
@@ -742,7 +1040,10 @@ pub async fn reconnect(ctx: &Ctx) {
             Err(e) => panic!("receive after reconnect: {e}"),
         }
     }
-    assert_eq!(got, expected, "every unacked and new message arrives after the cut");
+    assert_eq!(
+        got, expected,
+        "every unacked and new message arrives after the cut"
+    );
 }
 
 /// Appends `query` to a URL.
@@ -756,22 +1057,41 @@ pub async fn payload_too_large(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
     let max = ctx.caps().max_payload;
-    let text = assert_kind(producer.send(Message::new(vec![7u8; max + 1])).await, ErrorKind::PayloadTooLarge, "send");
+    let text = assert_kind(
+        producer.send(Message::new(vec![7u8; max + 1])).await,
+        ErrorKind::PayloadTooLarge,
+        "send",
+    );
     assert!(text.contains(&max.to_string()), "{text} names the limit");
     assert_kind(
-        producer.send_batch(vec![Message::new("ok"), Message::new(vec![7u8; max + 1])]).await,
+        producer
+            .send_batch(vec![Message::new("ok"), Message::new(vec![7u8; max + 1])])
+            .await,
         ErrorKind::PayloadTooLarge,
         "send_batch",
     );
     // A lowered limit from the URL applies the same way.
-    let backend = ctx.harness().connect(&with_query(&ctx.harness().url(), "max_payload=1024")).await.expect("connect");
+    let backend = ctx
+        .harness()
+        .connect(&with_query(&ctx.harness().url(), "max_payload=1024"))
+        .await
+        .expect("connect");
     assert_eq!(backend.capabilities().max_payload, 1024);
     let small = ctx.queue_on(&backend);
     let p = backend.producer(&small).await.expect("producer");
-    assert_kind(p.send(Message::new(vec![0u8; 1025])).await, ErrorKind::PayloadTooLarge, "lowered limit");
-    p.send(Message::new(vec![0u8; 1000])).await.expect("within the lowered limit");
+    assert_kind(
+        p.send(Message::new(vec![0u8; 1025])).await,
+        ErrorKind::PayloadTooLarge,
+        "lowered limit",
+    );
+    p.send(Message::new(vec![0u8; 1000]))
+        .await
+        .expect("within the lowered limit");
     // Nothing oversize was queued.
-    let consumer = backend.consumer(&small, Default::default()).await.expect("consumer");
+    let consumer = backend
+        .consumer(&small, Default::default())
+        .await
+        .expect("consumer");
     let got = receive_n(&*consumer, 2, Duration::from_secs(2)).await;
     assert_eq!(got.len(), 1);
     for d in got {
@@ -781,43 +1101,81 @@ pub async fn payload_too_large(ctx: &Ctx) {
 
 /// Case 28: an invalid queue name is a typed error naming the rule.
 pub async fn invalid_queue_name(ctx: &Ctx) {
-    for bad in ["", "has space", "dot.ted", "-leading", "ünï", "a/b", &"x".repeat(65)] {
+    for bad in [
+        "",
+        "has space",
+        "dot.ted",
+        "-leading",
+        "ünï",
+        "a/b",
+        &"x".repeat(65),
+    ] {
         let err = QueueName::new(bad).expect_err(bad);
         assert_eq!(err.kind(), ErrorKind::InvalidQueueName);
-        assert!(err.to_string().contains("1 to 64 ASCII letters, digits"), "{err}");
+        assert!(
+            err.to_string().contains("1 to 64 ASCII letters, digits"),
+            "{err}"
+        );
     }
     // The longest valid name works on the backend end to end.
     let long = QueueName::new(format!("qt-{}", "l".repeat(61))).expect("64 characters are allowed");
     let _ = ctx.backend().admin().delete_queue(&long).await;
-    ctx.producer(&long).await.send(Message::new("x")).await.expect("send to the longest name");
+    ctx.producer(&long)
+        .await
+        .send(Message::new("x"))
+        .await
+        .expect("send to the longest name");
     let consumer = ctx.consumer(&long, None).await;
     for d in receive_n(&*consumer, 1, SOON).await {
         d.ack().await.expect("ack");
     }
-    ctx.backend().admin().delete_queue(&long).await.expect("delete");
+    ctx.backend()
+        .admin()
+        .delete_queue(&long)
+        .await
+        .expect("delete");
 }
 
 /// Case 29: bytes written by a plain client are delivered raw or
 /// dead-lettered with reason `decode`; never a panic or an endless loop.
 pub async fn foreign_message(ctx: &Ctx) {
     let junk: &[u8] = b"\xff\xfe not an envelope \x00";
-    assert_eq!(envelope::decode(&Bytes::from_static(b"\xff\xfe not an envelope \x00")).unwrap_err().kind(), ErrorKind::Decode);
+    assert_eq!(
+        envelope::decode(&Bytes::from_static(b"\xff\xfe not an envelope \x00"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Decode
+    );
     let queue = ctx.queue();
     // Make the queue exist before a plain client writes next to it.
-    ctx.backend().admin().ensure_queue(&queue, &QueueOptions::default()).await.expect("ensure queue");
+    ctx.backend()
+        .admin()
+        .ensure_queue(&queue, &QueueOptions::default())
+        .await
+        .expect("ensure queue");
     match ctx.harness().inject_foreign(&queue, junk).await {
         None => {
-            eprintln!("in-process backend: no plain client can write foreign bytes; checked the decoder");
+            eprintln!(
+                "in-process backend: no plain client can write foreign bytes; checked the decoder"
+            );
         }
         Some(result) => {
             result.expect("inject foreign bytes");
             let consumer = ctx.consumer(&queue, Some(LEASE)).await;
-            let got = consumer.receive(10, Duration::from_secs(3)).await.expect("receive never fails on foreign bytes");
+            let got = consumer
+                .receive(10, Duration::from_secs(3))
+                .await
+                .expect("receive never fails on foreign bytes");
             if let Some(d) = got.into_iter().next() {
                 assert_eq!(d.payload().as_ref(), junk, "delivered as the raw payload");
                 d.ack().await.expect("ack a raw delivery");
             } else {
-                let dead = ctx.backend().admin().dead_letters(&queue, 10).await.expect("dead letters");
+                let dead = ctx
+                    .backend()
+                    .admin()
+                    .dead_letters(&queue, 10)
+                    .await
+                    .expect("dead letters");
                 assert_eq!(dead.len(), 1, "not delivered, so dead-lettered");
                 assert_eq!(dead[0].reason, DeadLetterReason::Decode);
             }
@@ -837,13 +1195,22 @@ pub async fn bad_config(ctx: &Ctx) {
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let hosts = rest[..authority_end].rsplit('@').next().unwrap_or_default();
     let hosts = if hosts.is_empty() { "localhost" } else { hosts };
-    let secret_url = format!("{scheme}://qtuser:hunter2@{hosts}{}", &rest[authority_end..]);
+    let secret_url = format!(
+        "{scheme}://qtuser:hunter2@{hosts}{}",
+        &rest[authority_end..]
+    );
     for (input, field) in [
         (with_query(&secret_url, "lease=0s"), "lease"),
         (with_query(&secret_url, "lease=soon"), "lease"),
         (with_query(&secret_url, "max_payload=-1"), "max_payload"),
-        (with_query(&secret_url, "connect_timeout=99d"), "connect_timeout"),
-        (with_query(&secret_url, "no_such_option=1"), "no_such_option"),
+        (
+            with_query(&secret_url, "connect_timeout=99d"),
+            "connect_timeout",
+        ),
+        (
+            with_query(&secret_url, "no_such_option=1"),
+            "no_such_option",
+        ),
         ("nope://qtuser:hunter2@host".to_owned(), "scheme"),
         (format!("{scheme}://qtuser:hunter2@[::1"), "url"),
     ] {

@@ -93,6 +93,9 @@ impl Harness for MemoryHarness {
     }
 }
 
+/// A queue a case made, with the backend it lives on.
+type CreatedQueue = (Arc<dyn Backend>, QueueName);
+
 /// One case's context: the backend, a unique queue, and helpers. Queues
 /// made through it are deleted when the case ends.
 #[derive(Clone)]
@@ -100,7 +103,7 @@ pub struct Ctx {
     case: &'static str,
     harness: Arc<dyn Harness>,
     backend: Arc<dyn Backend>,
-    queues: Arc<Mutex<Vec<(Arc<dyn Backend>, QueueName)>>>,
+    queues: Arc<Mutex<Vec<CreatedQueue>>>,
 }
 
 impl std::fmt::Debug for Ctx {
