@@ -148,6 +148,17 @@ impl Error {
         self.retryable
     }
 
+    /// The same kind, message and retryability, without the source (which
+    /// may not be cloneable): for reporting one failure against many items.
+    pub fn clone_kind(&self) -> Self {
+        Error {
+            kind: self.kind,
+            message: self.message.clone(),
+            retryable: self.retryable,
+            source: None,
+        }
+    }
+
     /// Shorthand for an [`ErrorKind::Config`] error.
     pub fn config(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Config, message)

@@ -25,8 +25,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -41,7 +41,7 @@ use crate::message::{Message, MessageId, QueueName};
 use crate::stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
 };
-use crate::traits::{Acker, Admin, Backend, Consumer, Delivery, Producer};
+use crate::traits::{Acker, Admin, Backend, Consumer, Delivery, DeliveryError, Producer};
 
 /// Default payload limit of the memory backend: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
@@ -67,8 +67,6 @@ struct MemQueue {
     name: QueueName,
     state: Mutex<State>,
     notify: Notify,
-    /// Consumers currently waiting; senders skip the wake-up when zero.
-    waiters: AtomicUsize,
     idempotency_window: Duration,
 }
 
@@ -80,7 +78,11 @@ struct State {
     options: QueueOptions,
     ready: [VecDeque<Message>; 4],
     delayed: BTreeMap<TimeKey, Message>,
-    in_flight: BTreeMap<TimeKey, Message>,
+    /// Leased messages by lease key. Messages live in a hash map and the
+    /// ordered index holds only keys, so settling a delivery moves no message.
+    in_flight: HashMap<u64, Message, SeqHasher>,
+    /// Lease keys ordered by deadline, for expiry.
+    leases: BTreeSet<TimeKey>,
     dead: VecDeque<DeadLetter>,
     seen_keys: HashMap<String, Instant>,
     seen_order: VecDeque<(Instant, String)>,
@@ -88,6 +90,11 @@ struct State {
     any_ttl: bool,
     deleted: bool,
     stats: QueueStats,
+    /// When each waiting consumer's timer fires (a multiset), so a new
+    /// event earlier than all of them wakes one consumer to re-arm.
+    waiting: BTreeMap<Instant, usize>,
+    /// A change since the last unlock needs a waiting consumer woken.
+    wake_one: bool,
 }
 
 impl Default for MemoryBackend {
@@ -189,7 +196,6 @@ impl Shared {
                 name: name.clone(),
                 state: Mutex::new(State::default()),
                 notify: Notify::new(),
-                waiters: AtomicUsize::new(0),
                 idempotency_window: self
                     .capabilities
                     .idempotency_window
@@ -243,19 +249,68 @@ impl MemQueue {
         Ok(state)
     }
 
-    fn wake(&self) {
-        if self.waiters.load(AtomicOrdering::Acquire) > 0 {
-            self.notify.notify_waiters();
+    /// Unlock `state`, first waking one waiting consumer if a change made
+    /// under the lock needs one. The woken consumer passes the wake-up on
+    /// when it leaves messages behind, so a large batch reaches every
+    /// consumer without waking all of them for a single message.
+    fn unlock(&self, mut state: MutexGuard<'_, State>) {
+        if std::mem::take(&mut state.wake_one) {
+            self.notify.notify_one();
+        }
+        drop(state);
+    }
+
+    /// Wake every waiting consumer (close, delete).
+    fn wake_all(&self) {
+        self.notify.notify_waiters();
+    }
+}
+
+/// Removes a waiting consumer's timer from the registry however the wait
+/// ends (including cancellation of the `receive` future).
+struct WaiterGuard<'a> {
+    queue: &'a MemQueue,
+    wake_at: Instant,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.queue.state);
+        if let Some(count) = state.waiting.get_mut(&self.wake_at) {
+            *count -= 1;
+            if *count == 0 {
+                state.waiting.remove(&self.wake_at);
+            }
         }
     }
 }
 
-/// Decrements the waiter count however the wait ends (including cancellation).
-struct WaiterGuard<'a>(&'a AtomicUsize);
+/// Hashes the unique sequence numbers keying the in-flight map with one
+/// multiplication (Fibonacci hashing): they are never attacker-chosen.
+#[derive(Debug, Clone, Copy, Default)]
+struct SeqHasher;
 
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, AtomicOrdering::AcqRel);
+impl std::hash::BuildHasher for SeqHasher {
+    type Hasher = SeqHash;
+    fn build_hasher(&self) -> SeqHash {
+        SeqHash(0)
+    }
+}
+
+#[derive(Debug)]
+struct SeqHash(u64);
+
+impl std::hash::Hasher for SeqHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -265,6 +320,35 @@ fn instant_of(at: SystemTime, sys_now: SystemTime, now: Instant) -> Instant {
 }
 
 impl State {
+    /// A message became ready: a waiting consumer should take it.
+    fn note_ready(&mut self) {
+        if !self.waiting.is_empty() {
+            self.wake_one = true;
+        }
+    }
+
+    /// Something becomes due at `at`: if every waiting consumer sleeps past
+    /// it, wake one to re-arm its timer.
+    fn note_due(&mut self, at: Instant) {
+        if self.waiting.keys().next().is_some_and(|&first| first > at) {
+            self.wake_one = true;
+        }
+    }
+
+    /// Lease `message` under `key`.
+    fn lease(&mut self, key: TimeKey, message: Message) {
+        self.leases.insert(key);
+        self.in_flight.insert(key.1, message);
+    }
+
+    /// End the lease `key`, returning its message; `None` if it is not held.
+    /// Sequences are never reused, so a stale key finds nothing.
+    fn release(&mut self, key: &TimeKey) -> Option<Message> {
+        let message = self.in_flight.remove(&key.1)?;
+        self.leases.remove(key);
+        Some(message)
+    }
+
     fn seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
@@ -304,9 +388,13 @@ impl State {
         match message.not_before {
             Some(at) if at > sys_now => {
                 let key = (instant_of(at, sys_now, now), self.seq());
+                self.note_due(key.0);
                 self.delayed.insert(key, message);
             }
-            _ => self.ready[message.priority.rank()].push_back(message),
+            _ => {
+                self.ready[message.priority.rank()].push_back(message);
+                self.note_ready();
+            }
         }
     }
 
@@ -340,12 +428,15 @@ impl State {
             }
             let message = entry.remove();
             self.ready[message.priority.rank()].push_back(message);
+            self.note_ready();
         }
-        while let Some(entry) = self.in_flight.first_entry() {
-            if entry.key().0 > now {
+        while let Some(&key) = self.leases.first() {
+            if key.0 > now {
                 break;
             }
-            let mut message = entry.remove();
+            let mut message = self
+                .release(&key)
+                .expect("lease index matches in-flight map");
             message.last_error = Some("lease expired before the delivery was settled".to_owned());
             self.retry(message, Duration::ZERO, sys_now, now);
         }
@@ -382,7 +473,7 @@ impl State {
     /// The next instant at which a delayed message becomes due or a lease expires.
     fn next_event(&self) -> Option<Instant> {
         let delayed = self.delayed.keys().next().map(|k| k.0);
-        let lease = self.in_flight.keys().next().map(|k| k.0);
+        let lease = self.leases.first().map(|k| k.0);
         match (delayed, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -414,6 +505,7 @@ impl MemoryProducer {
             }
             if let Some(max) = state.options.max_length {
                 if state.depth() >= max {
+                    self.queue.unlock(state);
                     return Err(Error::new(
                         ErrorKind::QueueFull,
                         format!(
@@ -426,8 +518,7 @@ impl MemoryProducer {
             state.stats.enqueued_total += 1;
             state.enqueue(message, sys_now, now);
         }
-        drop(state);
-        self.queue.wake();
+        self.queue.unlock(state);
         Ok(ids)
     }
 }
@@ -468,7 +559,8 @@ impl MemoryConsumer {
         sys_now: SystemTime,
         now: Instant,
     ) -> Vec<Delivery> {
-        let mut out = Vec::new();
+        let ready: usize = state.ready.iter().map(VecDeque::len).sum();
+        let mut out = Vec::with_capacity(max.min(ready));
         let deadline = now + self.lease;
         let sys_deadline = sys_now + self.lease;
         for rank in 0..4 {
@@ -482,7 +574,10 @@ impl MemoryConsumer {
                     continue;
                 }
                 let key = (deadline, state.seq());
-                state.in_flight.insert(key, message.clone());
+                if out.is_empty() {
+                    state.note_due(deadline);
+                }
+                state.lease(key, message.clone());
                 out.push(Delivery::new(
                     self.queue.name.clone(),
                     message,
@@ -515,30 +610,85 @@ impl Consumer for MemoryConsumer {
         loop {
             let notified = self.queue.notify.notified();
             tokio::pin!(notified);
-            let (next_event, _guard) = {
+            let (wake_at, _guard) = {
                 self.shared.check_open()?;
                 let mut state = self.queue.state()?;
                 let sys_now = SystemTime::now();
                 let now = Instant::now();
                 state.maintain(sys_now, now);
                 let batch = self.take(&mut state, max, sys_now, now);
-                if !batch.is_empty() {
+                if !batch.is_empty() || now >= give_up_at {
+                    if !batch.is_empty() && state.ready.iter().any(|list| !list.is_empty()) {
+                        state.note_ready();
+                    }
+                    self.queue.unlock(state);
                     return Ok(batch);
                 }
-                if now >= give_up_at {
-                    return Ok(batch);
+                let wake_at = state
+                    .next_event()
+                    .map_or(give_up_at, |at| at.min(give_up_at));
+                // Wake whoever a change above needs before registering, so the
+                // wake-up does not land on this consumer.
+                if std::mem::take(&mut state.wake_one) {
+                    self.queue.notify.notify_one();
                 }
-                // Register before unlocking so no send between here and the
+                // Register under the lock so no send between here and the
                 // wait below is missed.
                 notified.as_mut().enable();
-                self.queue.waiters.fetch_add(1, AtomicOrdering::AcqRel);
-                (state.next_event(), WaiterGuard(&self.queue.waiters))
+                *state.waiting.entry(wake_at).or_default() += 1;
+                (
+                    wake_at,
+                    WaiterGuard {
+                        queue: &self.queue,
+                        wake_at,
+                    },
+                )
             };
-            let wake_at = next_event.map_or(give_up_at, |at| at.min(give_up_at));
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
             }
+        }
+    }
+
+    /// Acks every delivery of this queue under one lock.
+    async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
+        let mut failed = Vec::new();
+        let mut foreign = Vec::new();
+        match self.queue.state() {
+            Err(e) => {
+                failed.extend(
+                    deliveries
+                        .into_iter()
+                        .map(|d| DeliveryError::new(e.clone_kind(), d)),
+                );
+            }
+            Ok(mut state) => {
+                for delivery in deliveries {
+                    let key = match delivery.acker().as_any().downcast_ref::<MemoryAcker>() {
+                        Some(acker) if Arc::ptr_eq(&acker.queue, &self.queue) => acker.key,
+                        _ => {
+                            foreign.push(delivery);
+                            continue;
+                        }
+                    };
+                    if state.release(&key).is_some() {
+                        state.stats.acked_total += 1;
+                    } else {
+                        failed.push(DeliveryError::new(lease_lost(delivery.message()), delivery));
+                    }
+                }
+            }
+        }
+        for delivery in foreign {
+            if let Err(e) = delivery.ack().await {
+                failed.push(e);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
         }
     }
 }
@@ -554,12 +704,10 @@ impl MemoryAcker {
     fn settle(&self, message: &Message, then: impl FnOnce(&mut State, Message)) -> Result<()> {
         let mut state = self.queue.state()?;
         let stored = state
-            .in_flight
-            .remove(&self.key)
+            .release(&self.key)
             .ok_or_else(|| lease_lost(message))?;
         then(&mut state, stored);
-        drop(state);
-        self.queue.wake();
+        self.queue.unlock(state);
         Ok(())
     }
 }
@@ -568,7 +716,7 @@ impl MemoryAcker {
 impl Acker for MemoryAcker {
     async fn ack(&self, message: &Message) -> Result<()> {
         let mut state = self.queue.state()?;
-        if state.in_flight.remove(&self.key).is_none() {
+        if state.release(&self.key).is_none() {
             return Err(lease_lost(message));
         }
         state.stats.acked_total += 1;
@@ -598,11 +746,12 @@ impl Acker for MemoryAcker {
         })?;
         let mut state = self.queue.state()?;
         let stored = state
-            .in_flight
-            .remove(&self.key)
+            .release(&self.key)
             .ok_or_else(|| lease_lost(message))?;
         let key = (Instant::now() + lease, self.key.1);
-        state.in_flight.insert(key, stored);
+        state.note_due(key.0);
+        state.lease(key, stored);
+        self.queue.unlock(state);
         self.key = key;
         Ok(SystemTime::now() + lease)
     }
@@ -612,6 +761,10 @@ impl Acker for MemoryAcker {
             let attempts = stored.attempt;
             state.bury(stored, reason.clone(), attempts);
         })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -640,7 +793,7 @@ impl Backend for MemoryBackend {
     async fn close(&self) -> Result<()> {
         self.shared.closed.store(true, AtomicOrdering::Release);
         for queue in lock(&self.shared.queues).values() {
-            queue.notify.notify_waiters();
+            queue.wake_all();
         }
         Ok(())
     }
@@ -658,7 +811,7 @@ impl Admin for MemoryBackend {
         let removed = lock(&self.shared.queues).remove(queue);
         if let Some(removed) = removed {
             lock(&removed.state).deleted = true;
-            removed.notify.notify_waiters();
+            removed.wake_all();
         }
         Ok(())
     }
@@ -670,6 +823,7 @@ impl Admin for MemoryBackend {
         state.ready.iter_mut().for_each(VecDeque::clear);
         state.delayed.clear();
         state.in_flight.clear();
+        state.leases.clear();
         Ok(removed)
     }
 
@@ -684,9 +838,8 @@ impl Admin for MemoryBackend {
         stats.delayed = state.delayed.len() as u64;
         stats.in_flight = state.in_flight.len() as u64;
         stats.dead = state.dead.len() as u64;
-        drop(state);
         // Maintenance may have made messages ready.
-        queue.wake();
+        queue.unlock(state);
         Ok(stats)
     }
 
@@ -717,8 +870,7 @@ impl Admin for MemoryBackend {
             message.expires_at = None;
             state.enqueue(message, sys_now, now);
         }
-        drop(state);
-        queue.wake();
+        queue.unlock(state);
         Ok(count)
     }
 

@@ -24,9 +24,13 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
 pub struct MessageId(Uuid);
 
 impl MessageId {
-    /// A new time-ordered id.
+    /// A new time-ordered id: a UUID v7 whose 74 bits after the millisecond
+    /// timestamp are a per-thread counter started at a random value each
+    /// millisecond, so ids made by one thread sort in creation order.
+    /// Random bits come from a per-thread generator seeded once from the OS,
+    /// which keeps id creation off the system-call path.
     pub fn new() -> Self {
-        MessageId(Uuid::now_v7())
+        MessageId(id_generator::next())
     }
 
     /// The id as a UUID.
@@ -42,6 +46,64 @@ impl MessageId {
     /// An id from its 16-byte wire form.
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         MessageId(Uuid::from_bytes(bytes))
+    }
+}
+
+mod id_generator {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use uuid::Uuid;
+
+    thread_local! {
+        /// (last millisecond, counter within it, generator state)
+        static STATE: Cell<(u64, u128, u64)> = Cell::new((0, 0, seed()));
+    }
+
+    fn seed() -> u64 {
+        // The 62 random bits of a v7 UUID made by the uuid crate from the OS.
+        let bytes = Uuid::now_v7().into_bytes();
+        u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"))
+    }
+
+    /// splitmix64: fast, and plenty for the random part of an id.
+    fn next_random(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    const COUNTER_BITS: u32 = 74;
+
+    pub(super) fn next() -> Uuid {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        STATE.with(|cell| {
+            let (last_ms, counter, mut rng) = cell.get();
+            let (ms, counter) = if now_ms > last_ms {
+                // Start low in the counter space so increments never overflow within a millisecond.
+                let start =
+                    (u128::from(next_random(&mut rng)) << 8) & ((1u128 << (COUNTER_BITS - 2)) - 1);
+                (now_ms, start)
+            } else if counter + 1 < (1u128 << COUNTER_BITS) {
+                (last_ms, counter + 1)
+            } else {
+                // Counter exhausted (or the clock went back): borrow the next millisecond.
+                (last_ms + 1, 0)
+            };
+            cell.set((ms, counter, rng));
+            let rand_a = ((counter >> 62) & 0xfff) as u16;
+            let rand_b = (counter & ((1u128 << 62) - 1)) as u64;
+            let mut bytes = [0u8; 16];
+            bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+            bytes[6..8].copy_from_slice(&(0x7000 | rand_a).to_be_bytes());
+            bytes[8..].copy_from_slice(&((0b10u64 << 62) | rand_b).to_be_bytes());
+            Uuid::from_bytes(bytes)
+        })
     }
 }
 
@@ -458,10 +520,21 @@ mod tests {
     }
 
     #[test]
-    fn message_ids_are_time_ordered() {
-        let a = MessageId::new();
-        let b = MessageId::new();
-        assert!(a < b);
+    fn message_ids_are_time_ordered_v7() {
+        let ids: Vec<MessageId> = (0..10_000).map(|_| MessageId::new()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids sort in creation order"
+        );
+        let a = ids[0];
+        assert_eq!(a.as_uuid().get_version_num(), 7);
+        assert_eq!(a.as_uuid().get_variant(), uuid::Variant::RFC4122);
+        let (secs, _) = a.as_uuid().get_timestamp().expect("v7 timestamp").to_unix();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(secs) < 5, "timestamp is now");
         assert_eq!(MessageId::from_bytes(a.to_bytes()), a);
         assert_eq!(a.to_string().parse::<MessageId>().unwrap(), a);
     }

@@ -72,6 +72,23 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// Returns as soon as at least one is available; an empty vector means
     /// nothing arrived within `wait`. Waiting never busy-polls the broker.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Ack many deliveries at once, in one broker round trip where the
+    /// backend can (the provided method acks one by one). The deliveries
+    /// that could not be acked come back inside their errors.
+    async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
+        let mut failed = Vec::new();
+        for delivery in deliveries {
+            if let Err(e) = delivery.ack().await {
+                failed.push(e);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
 }
 
 /// The backend side of a [`Delivery`]: settles one received message.
@@ -99,6 +116,10 @@ pub trait Acker: Send + Sync + fmt::Debug {
 
     /// Move the message to the dead-letter queue now.
     async fn dead_letter(&self, message: &Message, reason: &DeadLetterReason) -> Result<()>;
+
+    /// The acker as `Any`, so a backend's [`Consumer::ack_batch`] can
+    /// recognise its own deliveries and settle them in one call.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Queue administration.
@@ -193,6 +214,11 @@ impl Delivery {
         self.lease_deadline
     }
 
+    /// The backend side of this delivery (for backends batching settles).
+    pub fn acker(&self) -> &dyn Acker {
+        &*self.acker
+    }
+
     /// Done: the message is never delivered again.
     pub async fn ack(self) -> Result<(), DeliveryError> {
         match self.acker.ack(&self.message).await {
@@ -266,7 +292,8 @@ pub struct DeliveryError {
 }
 
 impl DeliveryError {
-    fn new(error: Error, delivery: Delivery) -> Self {
+    /// `delivery` could not be settled because of `error`.
+    pub fn new(error: Error, delivery: Delivery) -> Self {
         DeliveryError {
             error,
             delivery: Box::new(delivery),
@@ -367,6 +394,9 @@ macro_rules! forward_pointer {
             }
             async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
                 (**self).receive(max, wait).await
+            }
+            async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
+                (**self).ack_batch(deliveries).await
             }
         }
     )*};

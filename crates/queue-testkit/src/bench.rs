@@ -43,6 +43,9 @@ pub struct Latency {
 
 /// Send `messages` in batches of `batch` from `producers` tasks while
 /// `consumers` tasks receive up to `batch` at a time and ack each delivery.
+///
+/// Producers stay at most `MAX_BACKLOG` messages ahead of the acks, so the
+/// run measures a steady pipeline rather than the growth of a huge backlog.
 pub async fn throughput(
     backend: Arc<dyn Backend>,
     queue: &QueueName,
@@ -52,7 +55,8 @@ pub async fn throughput(
     consumers: usize,
     payload_size: usize,
 ) -> queue_core::Result<Throughput> {
-    let payload = bytes::Bytes::from(vec![b'x'; payload_size]);
+    // Every message gets its own payload buffer, as real jobs do.
+    let payload = vec![b'x'; payload_size];
     let acked = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -64,17 +68,22 @@ pub async fn throughput(
             while acked.load(AtomicOrdering::Relaxed) < messages {
                 let deliveries = consumer.receive(batch, Duration::from_millis(100)).await?;
                 let n = deliveries.len() as u64;
-                for delivery in deliveries {
-                    delivery.ack().await?;
-                }
+                consumer
+                    .ack_batch(deliveries)
+                    .await
+                    .map_err(|mut failed| failed.swap_remove(0).error)?;
                 acked.fetch_add(n, AtomicOrdering::Relaxed);
             }
             Ok::<(), queue_core::Error>(())
         }));
     }
     let per_producer = messages / producers as u64;
+    const MAX_BACKLOG: u64 = 20_000;
+    let sent_total = Arc::new(AtomicU64::new(0));
     for p in 0..producers {
         let producer = backend.producer(queue).await?;
+        let acked = acked.clone();
+        let sent_total = sent_total.clone();
         let payload = payload.clone();
         let count = if p == producers - 1 {
             messages - per_producer * (producers as u64 - 1)
@@ -84,10 +93,19 @@ pub async fn throughput(
         tasks.push(tokio::spawn(async move {
             let mut sent = 0u64;
             while sent < count {
+                if sent_total.load(AtomicOrdering::Relaxed)
+                    > acked.load(AtomicOrdering::Relaxed) + MAX_BACKLOG
+                {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 let n = (count - sent).min(batch as u64);
-                let batch: Vec<Message> = (0..n).map(|_| Message::new(payload.clone())).collect();
+                let batch: Vec<Message> = (0..n)
+                    .map(|_| Message::new(bytes::Bytes::copy_from_slice(&payload)))
+                    .collect();
                 producer.send_batch(batch).await?;
                 sent += n;
+                sent_total.fetch_add(n, AtomicOrdering::Relaxed);
             }
             Ok(())
         }));

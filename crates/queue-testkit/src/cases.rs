@@ -119,12 +119,35 @@ pub async fn batch_round_trip(ctx: &Ctx) {
     let consumer = ctx.consumer(&queue, None).await;
     let deliveries = receive_n(&*consumer, 1000, Duration::from_secs(60)).await;
     let mut seen = HashSet::new();
-    for delivery in deliveries {
+    for delivery in &deliveries {
         assert!(
             seen.insert(delivery.message().id),
             "each message received once"
         );
+    }
+    // Settle half one by one and half in one batch call.
+    let mut deliveries = deliveries;
+    let batch = deliveries.split_off(deliveries.len() / 2);
+    for delivery in deliveries {
         delivery.ack().await.expect("ack");
+    }
+    consumer
+        .ack_batch(batch)
+        .await
+        .map_err(|failed| failed[0].error.to_string())
+        .expect("ack_batch");
+    let rest = consumer
+        .receive(10, Duration::from_millis(500))
+        .await
+        .expect("receive");
+    assert!(rest.is_empty(), "acked messages came back: {rest:?}");
+    if ctx.caps().exact_stats {
+        let stats = ctx.backend().admin().stats(&queue).await.expect("stats");
+        assert_eq!(
+            (stats.acked_total, stats.in_flight, stats.ready),
+            (1000, 0, 0),
+            "{stats:?}"
+        );
     }
     assert_eq!(seen, expected, "all 1,000 received");
 }
@@ -322,7 +345,25 @@ pub async fn ack_after_lease_lost(ctx: &Ctx) {
         .expect("not removed by the stale ack");
     assert_eq!(third.message().id, id);
     assert_eq!(third.attempt(), 3);
-    third.ack().await.expect("ack");
+    // A batch ack holding a lost lease hands that delivery back, typed.
+    let stale = third;
+    let current = receive_n(&*consumer, 1, SOON)
+        .await
+        .pop()
+        .expect("redelivery after the lease");
+    assert_eq!(current.attempt(), 4);
+    let result = consumer.ack_batch(vec![stale]).await;
+    if ctx.caps().detects_lease_lost {
+        let failed = result.expect_err("a batch with a lost lease fails for that delivery");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error.kind(), ErrorKind::LeaseLost);
+        assert_eq!(
+            failed[0].delivery.attempt(),
+            3,
+            "the failed delivery comes back"
+        );
+    }
+    current.ack().await.expect("the current holder acks");
 }
 
 /// Case 10: two queues never see each other's messages.
