@@ -8,6 +8,16 @@
 //! queue_testkit::conformance_suite!(MyHarness::from_env());
 //! ```
 //!
+//! One case can also be run directly, which is what each generated test does:
+//!
+//! ```
+//! use queue_testkit::{cases, run_case, MemoryHarness};
+//!
+//! run_case("send_receive_ack", || Some(MemoryHarness), |ctx| {
+//!     Box::pin(async move { cases::send_receive_ack(&ctx).await })
+//! });
+//! ```
+//!
 //! The expression yields `Option<impl Harness>`: `None` skips every case with
 //! the reason [`broker_url`] printed (a missing `QUEUE_TEST_<BACKEND>_URL`),
 //! unless `QUEUE_TEST_REQUIRED=1`, which turns a missing broker into a failure.
