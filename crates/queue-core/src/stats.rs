@@ -176,25 +176,13 @@ impl HealthStatus {
 }
 
 /// Options of one queue, given to `Admin::ensure_queue`.
-#[derive(Debug, Clone, PartialEq, Eq, Validate, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Validate, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct QueueOptions {
     /// Most messages the queue holds (ready + delayed + in flight); a send
     /// beyond it fails with [`ErrorKind::QueueFull`]. `None` is unbounded.
-    #[validate(range(min = 1, message = "max_length must be at least 1"))]
+    #[validate(range(min = 1, message = "must be at least 1"))]
     pub max_length: Option<u64>,
-    /// Default attempts for messages that do not set their own.
-    #[validate(range(min = 1, max = 1000, message = "max_attempts must be 1 to 1000"))]
-    pub max_attempts: u32,
-}
-
-impl Default for QueueOptions {
-    fn default() -> Self {
-        QueueOptions {
-            max_length: None,
-            max_attempts: crate::message::DEFAULT_MAX_ATTEMPTS,
-        }
-    }
 }
 
 impl QueueOptions {
