@@ -41,7 +41,7 @@ use crate::message::{Message, MessageId, QueueName};
 use crate::stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
 };
-use crate::traits::{Acker, Admin, Backend, Consumer, Delivery, DeliveryError, Producer};
+use crate::traits::{ack_each, Acker, Admin, Backend, Consumer, Delivery, DeliveryError, Producer};
 
 /// Default payload limit of the memory backend: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
@@ -683,16 +683,7 @@ impl Consumer for MemoryConsumer {
                 }
             }
         }
-        for delivery in foreign {
-            if let Err(e) = delivery.ack().await {
-                failed.push(e);
-            }
-        }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(failed)
-        }
+        ack_each(foreign, failed).await
     }
 }
 

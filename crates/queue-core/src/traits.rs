@@ -77,17 +77,26 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// backend can (the provided method acks one by one). The deliveries
     /// that could not be acked come back inside their errors.
     async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
-        let mut failed = Vec::new();
-        for delivery in deliveries {
-            if let Err(e) = delivery.ack().await {
-                failed.push(e);
-            }
+        ack_each(deliveries, Vec::new()).await
+    }
+}
+
+/// Ack `deliveries` one by one, adding failures to `failed`; `Err` if any
+/// failed. The provided [`Consumer::ack_batch`], and a backend's fallback
+/// for deliveries it does not recognise.
+pub async fn ack_each(
+    deliveries: Vec<Delivery>,
+    mut failed: Vec<DeliveryError>,
+) -> Result<(), Vec<DeliveryError>> {
+    for delivery in deliveries {
+        if let Err(e) = delivery.ack().await {
+            failed.push(e);
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(failed)
-        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed)
     }
 }
 

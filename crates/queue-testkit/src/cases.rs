@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use queue_core::{
-    envelope, Backend, DeadLetterReason, ErrorKind, Message, MessageId, Ordering, Priority,
-    QueueName, QueueOptions, Redrive, Result,
+    envelope, Backend, Consumer, DeadLetterReason, Delivery, ErrorKind, Message, MessageId,
+    Ordering, Priority, QueueName, QueueOptions, Redrive, Result,
 };
 
 use crate::harness::{receive_n, Ctx};
@@ -45,6 +45,14 @@ async fn send(ctx: &Ctx, queue: &QueueName, message: Message) -> MessageId {
         .send(message)
         .await
         .unwrap_or_else(|e| panic!("{}: send: {e}", ctx.case()))
+}
+
+/// Receive one delivery within [`SOON`], or fail naming `what` was awaited.
+async fn receive_one(consumer: &dyn Consumer, what: &str) -> Delivery {
+    receive_n(consumer, 1, SOON)
+        .await
+        .pop()
+        .unwrap_or_else(|| panic!("no {what} within {SOON:?}"))
 }
 
 /// Case 1: payload bytes and headers arrive exactly as sent; attempt 1.
@@ -210,16 +218,10 @@ pub async fn nack_redelivers(ctx: &Ctx) {
     let queue = ctx.queue();
     let id = send(ctx, &queue, Message::new("retry me")).await;
     let consumer = ctx.consumer(&queue, None).await;
-    let first = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("first delivery");
+    let first = receive_one(&*consumer, "first delivery").await;
     assert_eq!(first.attempt(), 1);
     first.nack(Duration::ZERO).await.expect("nack");
-    let second = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("redelivery");
+    let second = receive_one(&*consumer, "redelivery").await;
     assert_eq!(second.message().id, id);
     assert_eq!(second.attempt(), 2);
     assert_eq!(second.payload().as_ref(), b"retry me");
@@ -231,10 +233,7 @@ pub async fn nack_with_delay(ctx: &Ctx) {
     let queue = ctx.queue();
     send(ctx, &queue, Message::new("later")).await;
     let consumer = ctx.consumer(&queue, None).await;
-    let first = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("first delivery");
+    let first = receive_one(&*consumer, "first delivery").await;
     let delay = Duration::from_millis(1500);
     let nacked_at = Instant::now();
     first.nack(delay).await.expect("nack with delay");
@@ -265,15 +264,9 @@ pub async fn lease_expiry_redelivers(ctx: &Ctx) {
     let queue = ctx.queue();
     let id = send(ctx, &queue, Message::new("slow")).await;
     let consumer = ctx.consumer(&queue, Some(LEASE)).await;
-    let held = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("first delivery");
+    let held = receive_one(&*consumer, "first delivery").await;
     let received_at = Instant::now();
-    let again = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("redelivery after the lease");
+    let again = receive_one(&*consumer, "redelivery after the lease").await;
     let elapsed = received_at.elapsed();
     assert_eq!(again.message().id, id);
     assert_eq!(again.attempt(), 2);
@@ -290,10 +283,7 @@ pub async fn extend_lease(ctx: &Ctx) {
     let queue = ctx.queue();
     send(ctx, &queue, Message::new("long job")).await;
     let consumer = ctx.consumer(&queue, Some(LEASE)).await;
-    let delivery = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("delivery");
+    let delivery = receive_one(&*consumer, "delivery").await;
     let original_deadline = delivery.lease_deadline();
     let extended = delivery.extend(Duration::from_secs(5)).await;
     if !ctx.caps().lease_extension.is_available() {
@@ -320,14 +310,8 @@ pub async fn ack_after_lease_lost(ctx: &Ctx) {
     let queue = ctx.queue();
     let id = send(ctx, &queue, Message::new("contended")).await;
     let consumer = ctx.consumer(&queue, Some(LEASE)).await;
-    let stale = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("first delivery");
-    let current = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("redelivery");
+    let stale = receive_one(&*consumer, "first delivery").await;
+    let current = receive_one(&*consumer, "redelivery").await;
     assert_eq!(current.attempt(), 2);
     let stale_ack = stale.ack().await;
     if ctx.caps().detects_lease_lost {
@@ -339,18 +323,12 @@ pub async fn ack_after_lease_lost(ctx: &Ctx) {
         .nack(Duration::ZERO)
         .await
         .expect("the current holder can still settle");
-    let third = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("not removed by the stale ack");
+    let third = receive_one(&*consumer, "not removed by the stale ack").await;
     assert_eq!(third.message().id, id);
     assert_eq!(third.attempt(), 3);
     // A batch ack holding a lost lease hands that delivery back, typed.
     let stale = third;
-    let current = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("redelivery after the lease");
+    let current = receive_one(&*consumer, "redelivery after the lease").await;
     assert_eq!(current.attempt(), 4);
     let result = consumer.ack_batch(vec![stale]).await;
     if ctx.caps().detects_lease_lost {
@@ -635,10 +613,7 @@ pub async fn max_attempts_dead_letters(ctx: &Ctx) {
     let id = send(ctx, &queue, Message::new("doomed").with_max_attempts(2)).await;
     let consumer = ctx.consumer(&queue, None).await;
     for attempt in 1..=2u32 {
-        let d = receive_n(&*consumer, 1, SOON)
-            .await
-            .pop()
-            .expect("delivery");
+        let d = receive_one(&*consumer, "delivery").await;
         assert_eq!(d.attempt(), attempt);
         if attempt == 2 {
             assert_eq!(
@@ -673,10 +648,7 @@ pub async fn dead_letter_explicit(ctx: &Ctx) {
     let queue = ctx.queue();
     let id = send(ctx, &queue, Message::new("poison")).await;
     let consumer = ctx.consumer(&queue, None).await;
-    let d = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("delivery");
+    let d = receive_one(&*consumer, "delivery").await;
     d.dead_letter(DeadLetterReason::Rejected("bad data".into()))
         .await
         .expect("dead_letter");
@@ -730,10 +702,7 @@ pub async fn redrive(ctx: &Ctx) {
         .await
         .expect("redrive one");
     assert_eq!(moved, 1);
-    let back = receive_n(&*consumer, 1, SOON)
-        .await
-        .pop()
-        .expect("redriven message");
+    let back = receive_one(&*consumer, "redriven message").await;
     assert_eq!(back.message().id, ids[1]);
     assert_eq!(back.attempt(), 1, "redrive starts a fresh attempt count");
     back.ack().await.expect("ack");
