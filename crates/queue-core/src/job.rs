@@ -14,6 +14,8 @@ use crate::message::{Headers, Message, MessageId, Priority};
 
 /// Header carrying a job's timeout in milliseconds.
 pub const HEADER_TIMEOUT_MS: &str = "queue-timeout-ms";
+/// Header carrying a job's own backoff: `initial_ms,max_ms,multiplier,jitter(0|1)`.
+pub const HEADER_BACKOFF: &str = "queue-backoff";
 /// Header carrying a job's payload content type.
 pub const HEADER_CONTENT_TYPE: &str = "content-type";
 /// The content type of JSON-encoded jobs.
@@ -161,9 +163,9 @@ pub struct JobOptions {
     /// Retries after the first attempt (0 to 1000).
     #[validate(range(max = 1000, message = "must be at most 1000"))]
     pub max_retries: u32,
-    /// Backoff between attempts.
+    /// Backoff between attempts; `None` uses the worker's retry policy.
     #[validate(nested)]
-    pub backoff: BackoffPolicy,
+    pub backoff: Option<BackoffPolicy>,
     /// Cancel an attempt that runs longer (1ms to 24h).
     #[validate(custom(function = "validate_timeout"))]
     pub timeout: Option<Duration>,
@@ -182,7 +184,7 @@ impl Default for JobOptions {
             delay: None,
             run_at: None,
             max_retries: 3,
-            backoff: BackoffPolicy::default(),
+            backoff: None,
             timeout: None,
             ttl: None,
             idempotency_key: None,
@@ -247,7 +249,7 @@ impl JobOptions {
     /// Back off by `backoff`.
     #[must_use]
     pub fn with_backoff(mut self, backoff: BackoffPolicy) -> Self {
-        self.backoff = backoff;
+        self.backoff = Some(backoff);
         self
     }
     /// Cancel attempts running longer than `timeout`.
@@ -300,6 +302,8 @@ pub struct Job<T> {
     pub created_at: SystemTime,
     /// Per-attempt timeout, if any.
     pub timeout: Option<Duration>,
+    /// The job's own backoff, if it set one.
+    pub backoff: Option<BackoffPolicy>,
     /// The previous attempt's error, if any.
     pub last_error: Option<String>,
 }
@@ -334,7 +338,20 @@ impl<T: Serialize> Job<T> {
         if let Some(timeout) = options.timeout {
             message = message.with_header(HEADER_TIMEOUT_MS, timeout.as_millis().to_string());
         }
-        Ok(message)
+        if let Some(b) = options.backoff {
+            message = message.with_header(
+                HEADER_BACKOFF,
+                format!(
+                    "{},{},{},{}",
+                    b.initial.as_millis(),
+                    b.max.as_millis(),
+                    b.multiplier,
+                    u8::from(b.jitter)
+                ),
+            );
+        }
+        let trace = crate::trace::for_send();
+        Ok(message.with_header(crate::trace::TRACEPARENT, trace.to_traceparent()))
     }
 }
 
@@ -358,7 +375,9 @@ impl<T: DeserializeOwned> Job<T> {
             .get(HEADER_TIMEOUT_MS)
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis);
+        let backoff = backoff_of(message);
         Ok(Job {
+            backoff,
             id: message.id,
             payload,
             attempt: message.attempt,
@@ -370,6 +389,26 @@ impl<T: DeserializeOwned> Job<T> {
             last_error: message.last_error.clone(),
         })
     }
+}
+
+/// The backoff a job set for itself (header `queue-backoff`), if valid.
+pub(crate) fn backoff_of(message: &Message) -> Option<BackoffPolicy> {
+    message.headers.get(HEADER_BACKOFF).and_then(|v| parse_backoff(v))
+}
+
+fn parse_backoff(value: &str) -> Option<BackoffPolicy> {
+    let mut parts = value.split(',');
+    let initial = Duration::from_millis(parts.next()?.parse().ok()?);
+    let max = Duration::from_millis(parts.next()?.parse().ok()?);
+    let multiplier = parts.next()?.parse().ok()?;
+    let jitter = parts.next()? == "1";
+    let policy = BackoffPolicy {
+        initial,
+        max,
+        multiplier,
+        jitter,
+    };
+    policy.validate().ok().map(|()| policy)
 }
 
 #[cfg(test)]
@@ -393,6 +432,16 @@ mod tests {
         assert_eq!(job.payload.to, "a@b");
         assert_eq!(job.priority, Priority::Urgent);
         assert_eq!(job.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(job.backoff, None);
+        assert!(crate::trace::TraceContext::parse(&job.headers["traceparent"]).is_some());
+        let backoff = BackoffPolicy {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(4),
+            multiplier: 1.5,
+            jitter: false,
+        };
+        let msg = Job::encode(&1u8, &JobOptions::default().with_backoff(backoff)).unwrap();
+        assert_eq!(Job::<u8>::decode(&msg).unwrap().backoff, Some(backoff));
     }
 
     #[test]

@@ -25,16 +25,23 @@ pub mod capabilities;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod job;
 pub mod memory;
 pub mod message;
 pub mod stats;
+pub mod store;
+pub mod trace;
 pub mod traits;
+pub mod worker;
 
 pub use capabilities::{Capabilities, Ordering, Support};
 pub use config::{BackendKind, QueueConfig, SecretUrl};
 pub use error::{BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
+pub use events::{EventBus, JobEvent, JobEventKind};
 pub use job::{BackoffPolicy, Job, JobOptions, JobStatus};
+pub use store::{JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore, RetentionPolicy};
+pub use worker::{ShutdownReport, Worker, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerStats, WorkerWithHandler};
 pub use memory::MemoryBackend;
 pub use message::{Headers, Message, MessageId, Priority, QueueName};
 pub use stats::{

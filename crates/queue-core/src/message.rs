@@ -77,6 +77,16 @@ mod id_generator {
 
     const COUNTER_BITS: u32 = 74;
 
+    /// A random u64 from the per-thread generator (for jitter and span ids).
+    pub(super) fn random_u64() -> u64 {
+        STATE.with(|cell| {
+            let (ms, counter, mut rng) = cell.get();
+            let value = next_random(&mut rng);
+            cell.set((ms, counter, rng));
+            value
+        })
+    }
+
     pub(super) fn next() -> Uuid {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -105,6 +115,16 @@ mod id_generator {
             Uuid::from_bytes(bytes)
         })
     }
+}
+
+/// A uniform random number in `[0, 1)` (for backoff jitter); not for secrets.
+pub fn random_unit() -> f64 {
+    (id_generator::random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A random u64 (for trace and span ids); not for secrets.
+pub fn random_u64() -> u64 {
+    id_generator::random_u64()
 }
 
 impl Default for MessageId {

@@ -1,0 +1,354 @@
+//! Where job status, attempts, results and errors are kept.
+//!
+//! [`JobStore`] is the contract; [`MemoryJobStore`] keeps records in
+//! process. A backend may provide a shared store (Redis does, in its own
+//! issue) so every process sees the same statuses.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::job::JobStatus;
+use crate::message::{MessageId, Priority, QueueName};
+
+/// Everything known about one submitted job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct JobRecord {
+    /// The job's id (its message id).
+    pub id: MessageId,
+    /// Its queue.
+    pub queue: QueueName,
+    /// Where it is in its life.
+    pub status: JobStatus,
+    /// Priority.
+    pub priority: Priority,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The handler's result (JSON) once completed.
+    pub result: Option<serde_json::Value>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Submitted at.
+    pub created_at: SystemTime,
+    /// Last status change.
+    pub updated_at: SystemTime,
+    /// When the latest attempt started.
+    pub started_at: Option<SystemTime>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<SystemTime>,
+}
+
+impl JobRecord {
+    /// A record for a job just submitted.
+    pub fn submitted(
+        id: MessageId,
+        queue: QueueName,
+        priority: Priority,
+        max_attempts: u32,
+        scheduled: bool,
+    ) -> Self {
+        let now = SystemTime::now();
+        JobRecord {
+            id,
+            queue,
+            status: if scheduled {
+                JobStatus::Scheduled
+            } else {
+                JobStatus::Pending
+            },
+            priority,
+            attempts: 0,
+            max_attempts,
+            result: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// A status change reported by a worker or the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum JobUpdate {
+    /// Attempt `attempt` started.
+    Running {
+        /// The attempt number.
+        attempt: u32,
+    },
+    /// Finished with this result.
+    Completed {
+        /// The handler's result as JSON.
+        result: Option<serde_json::Value>,
+    },
+    /// The attempt failed; another follows.
+    Retry {
+        /// The failure.
+        error: String,
+    },
+    /// Dead-lettered.
+    Dead {
+        /// Why.
+        error: String,
+    },
+    /// Cancelled.
+    Cancelled,
+}
+
+/// Counts of jobs by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct JobStats {
+    /// Waiting for a worker.
+    pub pending: u64,
+    /// Waiting for their time.
+    pub scheduled: u64,
+    /// Running now.
+    pub running: u64,
+    /// Completed.
+    pub completed: u64,
+    /// Failed for good (not dead-lettered).
+    pub failed: u64,
+    /// Waiting for a retry.
+    pub retry: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// Dead-lettered.
+    pub dead: u64,
+}
+
+impl JobStats {
+    fn count(&mut self, status: JobStatus) {
+        let slot = match status {
+            JobStatus::Pending => &mut self.pending,
+            JobStatus::Scheduled => &mut self.scheduled,
+            JobStatus::Running => &mut self.running,
+            JobStatus::Completed => &mut self.completed,
+            JobStatus::Failed => &mut self.failed,
+            JobStatus::Retry => &mut self.retry,
+            JobStatus::Cancelled => &mut self.cancelled,
+            JobStatus::Dead => &mut self.dead,
+        };
+        *slot += 1;
+    }
+
+    /// Jobs tracked in all.
+    pub fn total(&self) -> u64 {
+        self.pending
+            + self.scheduled
+            + self.running
+            + self.completed
+            + self.failed
+            + self.retry
+            + self.cancelled
+            + self.dead
+    }
+}
+
+/// How long finished jobs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetentionPolicy {
+    /// Remove finished jobs older than this (by finish time).
+    pub max_age: Option<Duration>,
+    /// Keep at most this many finished jobs (the newest).
+    pub max_count: Option<usize>,
+}
+
+impl RetentionPolicy {
+    /// Keep finished jobs for `max_age` and at most `max_count` of them.
+    pub fn new(max_age: Option<Duration>, max_count: Option<usize>) -> Self {
+        RetentionPolicy { max_age, max_count }
+    }
+}
+
+/// Storage of job records.
+#[async_trait]
+pub trait JobStore: Send + Sync + std::fmt::Debug {
+    /// Record a submitted job.
+    async fn insert(&self, record: JobRecord) -> Result<()>;
+    /// The record of `id`, if kept.
+    async fn get(&self, id: MessageId) -> Result<Option<JobRecord>>;
+    /// Apply a status change; unknown ids are ignored (the job may have been
+    /// submitted without tracking, or cleaned up).
+    async fn update(&self, id: MessageId, update: JobUpdate) -> Result<()>;
+    /// Mark `id` cancelled if it has not started; `true` if it was.
+    async fn cancel(&self, id: MessageId) -> Result<bool>;
+    /// Counts by status.
+    async fn stats(&self) -> Result<JobStats>;
+    /// Remove finished jobs the policy no longer keeps; returns how many.
+    async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64>;
+}
+
+/// An in-process [`JobStore`].
+#[derive(Debug, Default)]
+pub struct MemoryJobStore {
+    records: Mutex<HashMap<MessageId, JobRecord>>,
+}
+
+impl MemoryJobStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryJobStore::default()
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, JobRecord>> {
+        self.records
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Apply `update` to `record`.
+pub fn apply_update(record: &mut JobRecord, update: JobUpdate) {
+    let now = SystemTime::now();
+    record.updated_at = now;
+    match update {
+        JobUpdate::Running { attempt } => {
+            record.status = JobStatus::Running;
+            record.attempts = record.attempts.max(attempt);
+            record.started_at = Some(now);
+        }
+        JobUpdate::Completed { result } => {
+            record.status = JobStatus::Completed;
+            record.result = result;
+            record.finished_at = Some(now);
+        }
+        JobUpdate::Retry { error } => {
+            record.status = JobStatus::Retry;
+            record.last_error = Some(error);
+        }
+        JobUpdate::Dead { error } => {
+            record.status = JobStatus::Dead;
+            record.last_error = Some(error);
+            record.finished_at = Some(now);
+        }
+        JobUpdate::Cancelled => {
+            record.status = JobStatus::Cancelled;
+            record.finished_at = Some(now);
+        }
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn insert(&self, record: JobRecord) -> Result<()> {
+        self.records().insert(record.id, record);
+        Ok(())
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<JobRecord>> {
+        Ok(self.records().get(&id).cloned())
+    }
+
+    async fn update(&self, id: MessageId, update: JobUpdate) -> Result<()> {
+        if let Some(record) = self.records().get_mut(&id) {
+            apply_update(record, update);
+        }
+        Ok(())
+    }
+
+    async fn cancel(&self, id: MessageId) -> Result<bool> {
+        let mut records = self.records();
+        match records.get_mut(&id) {
+            Some(record) if matches!(record.status, JobStatus::Pending | JobStatus::Scheduled) => {
+                apply_update(record, JobUpdate::Cancelled);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn stats(&self) -> Result<JobStats> {
+        let mut stats = JobStats::default();
+        for record in self.records().values() {
+            stats.count(record.status);
+        }
+        Ok(stats)
+    }
+
+    async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64> {
+        let mut records = self.records();
+        let before = records.len();
+        let now = SystemTime::now();
+        if let Some(max_age) = policy.max_age {
+            records.retain(|_, r| {
+                r.finished_at
+                    .is_none_or(|at| now.duration_since(at).unwrap_or_default() <= max_age)
+            });
+        }
+        if let Some(max_count) = policy.max_count {
+            let mut finished: Vec<(SystemTime, MessageId)> = records
+                .values()
+                .filter_map(|r| r.finished_at.map(|at| (at, r.id)))
+                .collect();
+            if finished.len() > max_count {
+                finished.sort_unstable();
+                let excess = finished.len() - max_count;
+                for (_, id) in finished.into_iter().take(excess) {
+                    records.remove(&id);
+                }
+            }
+        }
+        Ok((before - records.len()) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: JobStatus) -> JobRecord {
+        let mut r = JobRecord::submitted(
+            MessageId::new(),
+            QueueName::new("q").unwrap(),
+            Priority::Normal,
+            3,
+            false,
+        );
+        r.status = status;
+        if status.is_terminal() {
+            r.finished_at = Some(SystemTime::now());
+        }
+        r
+    }
+
+    #[tokio::test]
+    async fn cancel_only_before_start_and_cleanup_by_count() {
+        let store = MemoryJobStore::new();
+        let pending = record(JobStatus::Pending);
+        let running = record(JobStatus::Running);
+        store.insert(pending.clone()).await.unwrap();
+        store.insert(running.clone()).await.unwrap();
+        assert!(store.cancel(pending.id).await.unwrap());
+        assert!(!store.cancel(running.id).await.unwrap());
+        assert!(!store.cancel(MessageId::new()).await.unwrap());
+        for _ in 0..5 {
+            store.insert(record(JobStatus::Completed)).await.unwrap();
+        }
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.completed, stats.cancelled, stats.running), (5, 1, 1));
+        // 6 finished (5 completed + 1 cancelled); keep 2.
+        let removed = store
+            .cleanup(&RetentionPolicy::new(None, Some(2)))
+            .await
+            .unwrap();
+        assert_eq!(removed, 4);
+        assert_eq!(store.stats().await.unwrap().total(), 3);
+        assert!(store.get(running.id).await.unwrap().is_some(), "unfinished jobs stay");
+        let removed = store
+            .cleanup(&RetentionPolicy::new(Some(Duration::ZERO), None))
+            .await
+            .unwrap();
+        assert_eq!(removed, 2);
+    }
+}

@@ -1,0 +1,787 @@
+//! The worker runtime: a pool that runs a handler for every job of a queue,
+//! on any backend.
+//!
+//! ```
+//! use queue_core::{Job, JobOptions, MemoryBackend, QueueName, Worker, ProducerExt};
+//! use std::{sync::Arc, time::Duration};
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> queue_core::Result<()> {
+//! let backend = Arc::new(MemoryBackend::new());
+//! let queue = QueueName::new("emails")?;
+//! let handle = Worker::builder(backend.clone(), queue.clone())
+//!     .concurrency(8)
+//!     .handler(|job: Job<String>| async move {
+//!         println!("sending to {}", job.payload);
+//!         Ok::<_, std::io::Error>(())
+//!     })
+//!     .start()
+//!     .await?;
+//! let producer = queue_core::Backend::producer(&*backend, &queue).await?;
+//! producer.send(Job::encode(&"ada@example.com".to_owned(), &JobOptions::default())?).await?;
+//! # let mut events = handle.subscribe();
+//! # while !matches!(events.recv().await.unwrap().kind, queue_core::JobEventKind::Completed) {}
+//! handle.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! How it works, per job: the dispatcher receives at most as many
+//! deliveries as there are free slots (never more than `prefetch` per call),
+//! so no job waits locally while holding a lease. Each job runs on its own
+//! task inside a `job` tracing span whose parent is the message's
+//! `traceparent`. The handler's future is polled under `catch_unwind` (a
+//! panic fails that attempt only) and dropped when the timeout passes (code
+//! after its pending await point never runs). While it runs near the end
+//! of its lease, the lease is extended. Successes are acked in batches
+//! through [`Consumer::ack_batch`]; failures are nacked with the backoff of
+//! the retry policy, durably (the broker holds the delay, not a sleeping
+//! task), and the last attempt is dead-lettered by the backend.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::Instrument;
+use validator::Validate;
+
+use crate::config::validation_error;
+use crate::error::{BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
+use crate::events::{EventBus, JobEvent, JobEventKind};
+use crate::job::{BackoffPolicy, Job, HEADER_TIMEOUT_MS};
+use crate::message::{random_unit, Message, QueueName};
+use crate::stats::{ConsumerOptions, DeadLetterReason};
+use crate::store::{JobStore, JobUpdate};
+use crate::trace::{TraceContext, TRACEPARENT};
+use crate::traits::{Backend, Consumer, Delivery};
+
+/// What a handler returns, type-erased: the result as JSON, or the error.
+type HandlerFuture = Pin<Box<dyn Future<Output = std::result::Result<Option<serde_json::Value>, BoxError>> + Send>>;
+
+/// A handler with its payload type erased: decodes the message, then runs.
+type ErasedHandler = Arc<dyn Fn(&Message) -> Result<HandlerFuture> + Send + Sync>;
+
+/// Worker settings, validated by [`WorkerBuilder::start`].
+#[derive(Debug, Clone, Validate)]
+struct Settings {
+    #[validate(range(min = 1, max = 10_000, message = "must be 1 to 10000"))]
+    concurrency: usize,
+    #[validate(range(min = 1, max = 10_000, message = "must be 1 to 10000"))]
+    prefetch: usize,
+    #[validate(nested)]
+    retry: BackoffPolicy,
+    timeout: Option<Duration>,
+    lease: Option<Duration>,
+    poll_wait: Duration,
+    shutdown_grace: Duration,
+    liveness_timeout: Duration,
+}
+
+/// Builds a [`Worker`]: queue, handler, concurrency, prefetch, retry policy,
+/// timeout, lease and shutdown grace.
+#[must_use]
+pub struct WorkerBuilder {
+    backend: Arc<dyn Backend>,
+    queue: QueueName,
+    settings: Settings,
+    events: EventBus,
+    store: Option<Arc<dyn JobStore>>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("queue", &self.queue)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The entry point: `Worker::builder(backend, queue)`.
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// Start building a worker for `queue` on `backend`.
+    pub fn builder(backend: Arc<dyn Backend>, queue: QueueName) -> WorkerBuilder {
+        WorkerBuilder {
+            backend,
+            queue,
+            settings: Settings {
+                concurrency: 16,
+                prefetch: 100,
+                retry: BackoffPolicy::default(),
+                timeout: None,
+                lease: None,
+                poll_wait: Duration::from_secs(1),
+                shutdown_grace: Duration::from_secs(30),
+                liveness_timeout: Duration::from_secs(60),
+            },
+            events: EventBus::default(),
+            store: None,
+        }
+    }
+}
+
+impl WorkerBuilder {
+    /// Jobs run at once (1 to 10,000; default 16).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.settings.concurrency = concurrency;
+        self
+    }
+
+    /// Most deliveries fetched per receive call (1 to 10,000; default 100).
+    /// Never more than the free slots, so no job waits locally holding a lease.
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.settings.prefetch = prefetch;
+        self
+    }
+
+    /// Backoff between attempts of jobs that set none of their own
+    /// (default: 1 s doubling to 15 min, full jitter). Attempts per job come
+    /// from the job (`JobOptions::max_retries`).
+    pub fn retry(mut self, policy: BackoffPolicy) -> Self {
+        self.settings.retry = policy;
+        self
+    }
+
+    /// Timeout of attempts whose job sets none (default: none).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = Some(timeout);
+        self
+    }
+
+    /// Lease of each delivery (default: the backend's); extended while the job runs.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = Some(lease);
+        self
+    }
+
+    /// Longest wait of one receive call (default 1 s).
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.settings.poll_wait = wait;
+        self
+    }
+
+    /// How long shutdown lets running jobs finish (default 30 s); jobs still
+    /// running then are stopped and returned to the queue.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// A worker that has not fetched for this long (while it had free
+    /// slots) reports unhealthy (default 60 s).
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.liveness_timeout = timeout;
+        self
+    }
+
+    /// Send lifecycle events to `events` (for one stream across workers).
+    pub fn events(mut self, events: EventBus) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Record job status in `store` (the scheduler sets this).
+    pub fn job_store(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The handler: `async fn(Job<T>) -> Result<R, E>`, where `R` is any
+    /// serializable result (kept in the job store) and `E` any
+    /// `std::error::Error`, `anyhow::Error` or [`HandlerError`] (to ask for
+    /// a specific retry, a permanent failure or a cancel).
+    pub fn handler<T, F, Fut, R, E>(self, handler: F) -> WorkerWithHandler
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, E>> + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        let erased: ErasedHandler = Arc::new(move |message: &Message| {
+            let job = Job::<T>::decode(message)?;
+            let fut = handler(job);
+            Ok(Box::pin(async move {
+                match fut.await {
+                    Ok(value) => Ok(serde_json::to_value(value).ok().filter(|v| !v.is_null())),
+                    Err(e) => Err(e.into()),
+                }
+            }) as HandlerFuture)
+        });
+        WorkerWithHandler {
+            builder: self,
+            handler: erased,
+        }
+    }
+}
+
+/// A configured worker, ready to [`start`](WorkerWithHandler::start).
+#[must_use]
+pub struct WorkerWithHandler {
+    builder: WorkerBuilder,
+    handler: ErasedHandler,
+}
+
+impl std::fmt::Debug for WorkerWithHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.builder.fmt(f)
+    }
+}
+
+/// Counters of one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Attempts started.
+    pub started: u64,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Attempts failed (error, timeout, panic).
+    pub failed: u64,
+    /// Failed attempts handed back for a retry.
+    pub retried: u64,
+    /// Jobs dead-lettered by this worker (permanent failures and last attempts).
+    pub dead_lettered: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+    /// Running now.
+    pub in_flight: u64,
+}
+
+/// Liveness of one worker.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct WorkerHealth {
+    /// The queue.
+    pub queue: QueueName,
+    /// Fetching (or saturated with running jobs) and not shut down.
+    pub healthy: bool,
+    /// Every slot is busy, so it is not fetching on purpose.
+    pub saturated: bool,
+    /// Time since the last successful receive call.
+    pub since_last_fetch: Duration,
+    /// The last receive error, if the last call failed.
+    pub last_error: Option<String>,
+}
+
+/// What shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Jobs that finished during the grace period.
+    pub finished_in_grace: u64,
+    /// Jobs stopped at the end of the grace period and returned to the queue.
+    pub returned: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    started: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    cancelled: AtomicU64,
+    returned: AtomicU64,
+}
+
+struct Shared {
+    queue: QueueName,
+    settings: Settings,
+    handler: ErasedHandler,
+    events: EventBus,
+    store: Option<Arc<dyn JobStore>>,
+    counters: Counters,
+    lease: Duration,
+    /// Jobs stop at once when this turns true (end of the grace period).
+    hard_stop: watch::Receiver<bool>,
+    last_fetch: Mutex<(Instant, Option<String>)>,
+    saturated: AtomicBool,
+    metrics: Metrics,
+}
+
+/// Pre-registered metric handles, so the hot path builds no labels.
+struct Metrics {
+    completed: metrics::Counter,
+    failed: metrics::Counter,
+    retried: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    cancelled: metrics::Counter,
+    pickup: metrics::Histogram,
+    run_time: metrics::Histogram,
+    in_flight: metrics::Gauge,
+}
+
+impl Metrics {
+    fn new(queue: &QueueName) -> Self {
+        let q = queue.to_string();
+        let outcome = |o: &'static str| metrics::counter!("queue_jobs_total", "queue" => q.clone(), "outcome" => o);
+        Metrics {
+            completed: outcome("completed"),
+            failed: outcome("failed"),
+            retried: outcome("retried"),
+            dead_lettered: outcome("dead_lettered"),
+            cancelled: outcome("cancelled"),
+            pickup: metrics::histogram!("queue_job_pickup_seconds", "queue" => q.clone()),
+            run_time: metrics::histogram!("queue_job_run_seconds", "queue" => q.clone()),
+            in_flight: metrics::gauge!("queue_jobs_in_flight", "queue" => q),
+        }
+    }
+}
+
+/// A running worker. Dropping the handle does not stop it; call
+/// [`shutdown`](WorkerHandle::shutdown).
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    hard_stop: watch::Sender<bool>,
+    dispatcher: tokio::task::JoinHandle<Result<ShutdownReport>>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("queue", &self.shared.queue)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerWithHandler {
+    /// Validate the settings, open a consumer and start the pool.
+    pub async fn start(self) -> Result<WorkerHandle> {
+        let WorkerWithHandler { builder, handler } = self;
+        builder.settings.validate().map_err(validation_error)?;
+        let mut options = ConsumerOptions::default();
+        if let Some(lease) = builder.settings.lease {
+            options = options.with_lease(lease);
+        }
+        options.check()?;
+        let consumer: Arc<dyn Consumer> = Arc::from(builder.backend.consumer(&builder.queue, options).await?);
+        let (stop, stop_rx) = watch::channel(false);
+        let (hard_stop, hard_stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            lease: builder.settings.lease.unwrap_or(crate::config::DEFAULT_LEASE),
+            metrics: Metrics::new(&builder.queue),
+            queue: builder.queue,
+            settings: builder.settings,
+            handler,
+            events: builder.events,
+            store: builder.store,
+            counters: Counters::default(),
+            hard_stop: hard_stop_rx,
+            last_fetch: Mutex::new((Instant::now(), None)),
+            saturated: AtomicBool::new(false),
+        });
+        let dispatcher = tokio::spawn(dispatch(shared.clone(), consumer, stop_rx));
+        Ok(WorkerHandle {
+            shared,
+            stop,
+            hard_stop,
+            dispatcher,
+        })
+    }
+}
+
+impl WorkerHandle {
+    /// Lifecycle events of this worker's jobs.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<JobEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &QueueName {
+        &self.shared.queue
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.shared.counters;
+        let load = |a: &AtomicU64| a.load(AtomicOrdering::Relaxed);
+        let started = load(&c.started);
+        let finished = load(&c.completed) + load(&c.failed) + load(&c.cancelled) + load(&c.returned);
+        WorkerStats {
+            started,
+            completed: load(&c.completed),
+            failed: load(&c.failed),
+            retried: load(&c.retried),
+            dead_lettered: load(&c.dead_lettered),
+            cancelled: load(&c.cancelled),
+            in_flight: started.saturating_sub(finished),
+        }
+    }
+
+    /// Liveness: unhealthy once shut down, or when it has not fetched for
+    /// the liveness timeout while it had free slots.
+    pub fn health(&self) -> WorkerHealth {
+        let (last, error) = self
+            .shared
+            .last_fetch
+            .lock()
+            .map(|g| (g.0, g.1.clone()))
+            .unwrap_or_else(|p| {
+                let g = p.into_inner();
+                (g.0, g.1.clone())
+            });
+        let since_last_fetch = last.elapsed();
+        let saturated = self.shared.saturated.load(AtomicOrdering::Relaxed);
+        let running = !self.dispatcher.is_finished() && !*self.stop.borrow();
+        WorkerHealth {
+            queue: self.shared.queue.clone(),
+            healthy: running
+                && (saturated || since_last_fetch <= self.shared.settings.liveness_timeout),
+            saturated,
+            since_last_fetch,
+            last_error: error,
+        }
+    }
+
+    /// Stop fetching, let running jobs finish within the grace period, then
+    /// stop the rest and return them to the queue. Waits for all of it.
+    pub async fn shutdown(self) -> Result<ShutdownReport> {
+        let _ = self.stop.send(true);
+        let grace = self.shared.settings.shutdown_grace;
+        let hard_stop = self.hard_stop;
+        let mut dispatcher = self.dispatcher;
+        let joined = tokio::select! {
+            joined = &mut dispatcher => joined,
+            () = tokio::time::sleep(grace) => {
+                let _ = hard_stop.send(true);
+                dispatcher.await
+            }
+        };
+        joined.map_err(|e| Error::new(ErrorKind::Other, format!("worker dispatcher failed: {e}")))?
+    }
+}
+
+/// The fetch loop; on stop, waits for running jobs and the ack flusher.
+async fn dispatch(
+    shared: Arc<Shared>,
+    consumer: Arc<dyn Consumer>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<ShutdownReport> {
+    let slots = Arc::new(Semaphore::new(shared.settings.concurrency));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Delivery>();
+    let flusher = tokio::spawn(flush_acks(consumer.clone(), ack_rx));
+    let mut failures = 0u32;
+    'fetch: loop {
+        if *stop.borrow() {
+            break;
+        }
+        shared.saturated.store(slots.available_permits() == 0, AtomicOrdering::Relaxed);
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = stop.changed() => break 'fetch,
+        };
+        shared.saturated.store(false, AtomicOrdering::Relaxed);
+        let mut permits = vec![first];
+        while permits.len() < shared.settings.prefetch {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let received = tokio::select! {
+            r = consumer.receive(permits.len(), shared.settings.poll_wait) => r,
+            _ = stop.changed() => break 'fetch,
+        };
+        match received {
+            Ok(deliveries) => {
+                failures = 0;
+                if let Ok(mut g) = shared.last_fetch.lock() {
+                    *g = (Instant::now(), None);
+                }
+                for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
+                    let shared = shared.clone();
+                    let ack_tx = ack_tx.clone();
+                    tokio::spawn(async move {
+                        run_job(&shared, delivery, ack_tx).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(queue = %shared.queue, error = %e, "receive failed");
+                if let Ok(mut g) = shared.last_fetch.lock() {
+                    g.1 = Some(e.to_string());
+                }
+                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break 'fetch,
+                }
+            }
+        }
+    }
+    // Stop fetching; wait for every slot to come back (the handle sets
+    // `hard_stop` when the grace period ends, and jobs then return early).
+    let in_flight_at_stop = shared.settings.concurrency - slots.available_permits();
+    let _all = slots
+        .acquire_many(shared.settings.concurrency as u32)
+        .await
+        .expect("the semaphore is never closed");
+    drop(ack_tx);
+    let _ = flusher.await;
+    let returned = shared.counters.returned.load(AtomicOrdering::Relaxed);
+    Ok(ShutdownReport {
+        finished_in_grace: (in_flight_at_stop as u64).saturating_sub(returned),
+        returned,
+    })
+}
+
+/// Acks successes in batches: whatever arrived while the last batch was on
+/// the wire goes in the next one.
+async fn flush_acks(consumer: Arc<dyn Consumer>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 1000).await > 0 {
+        if let Err(failed) = consumer.ack_batch(std::mem::take(&mut batch)).await {
+            for f in failed {
+                tracing::warn!(job_id = %f.delivery.message().id, error = %f.error, "ack failed; the job may run again");
+            }
+        }
+    }
+}
+
+/// A future polled under `catch_unwind`: a panic becomes `Err(message)`.
+struct CatchUnwind(HandlerFuture);
+
+impl Future for CatchUnwind {
+    type Output = std::result::Result<std::result::Result<Option<serde_json::Value>, BoxError>, String>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(&*payload))),
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// How one attempt ended.
+enum Outcome {
+    Done(Option<serde_json::Value>),
+    Failed(HandlerError),
+    Panicked(String),
+    TimedOut(Duration),
+    Stopped,
+}
+
+fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
+    tokio::time::Instant::now() + deadline.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// Run one delivery through the handler and settle it.
+async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::UnboundedSender<Delivery>) {
+    let message = delivery.message();
+    let (id, attempt) = (message.id, message.attempt);
+    let queue = &shared.queue;
+    shared.counters.started.fetch_add(1, AtomicOrdering::Relaxed);
+    shared.metrics.in_flight.increment(1.0);
+    let due = message.not_before.map_or(message.created_at, |nb| nb.max(message.created_at));
+    let pickup = SystemTime::now().duration_since(due).unwrap_or_default();
+    shared.metrics.pickup.record(pickup.as_secs_f64());
+    shared.events.emit(|| JobEvent::new(JobEventKind::Started, id, queue.clone(), attempt).with_duration(pickup));
+
+    if let Some(store) = &shared.store {
+        // A job cancelled before it started is settled without running.
+        if let Ok(Some(record)) = store.get(id).await {
+            if record.status == crate::job::JobStatus::Cancelled {
+                shared.counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
+                shared.metrics.cancelled.increment(1);
+                shared.metrics.in_flight.decrement(1.0);
+                shared.events.emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
+                let _ = ack_tx.send(delivery);
+                return;
+            }
+        }
+        let _ = store.update(id, JobUpdate::Running { attempt }).await;
+    }
+
+    let parent = message.headers.get(TRACEPARENT).and_then(|v| TraceContext::parse(v));
+    let context = parent.map_or_else(TraceContext::new_root, |p| p.child());
+    let span = tracing::info_span!(
+        "job",
+        queue = %queue,
+        job_id = %id,
+        attempt,
+        trace_id = %format_args!("{:032x}", context.trace_id),
+        span_id = %format_args!("{:016x}", context.span_id),
+        parent_span_id = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
+    );
+    let timeout = message
+        .headers
+        .get(HEADER_TIMEOUT_MS)
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .or(shared.settings.timeout);
+    let own_backoff = crate::job::backoff_of(message);
+
+    let started = Instant::now();
+    let outcome = match (shared.handler)(message) {
+        Err(decode_error) => {
+            // Bytes that are not this handler's job type: retrying cannot help.
+            tracing::warn!(parent: &span, error = %decode_error, "undecodable job dead-lettered");
+            settle_dead(shared, delivery, DeadLetterReason::Decode, decode_error.to_string(), attempt).await;
+            shared.metrics.in_flight.decrement(1.0);
+            return;
+        }
+        Ok(fut) => {
+            let fut = CatchUnwind(Box::pin(crate::trace::scope(context, fut).instrument(span.clone())));
+            tokio::pin!(fut);
+            let timeout_at = timeout.map(|t| tokio::time::Instant::now() + t);
+            let mut hard_stop = shared.hard_stop.clone();
+            let mut can_extend = true;
+            loop {
+                let extend_at = instant_of(delivery.lease_deadline())
+                    .checked_sub(shared.lease / 3)
+                    .unwrap_or_else(tokio::time::Instant::now);
+                tokio::select! {
+                    out = &mut fut => break match out {
+                        Ok(Ok(value)) => Outcome::Done(value),
+                        Ok(Err(error)) => Outcome::Failed(HandlerError::from_boxed(error)),
+                        Err(panic) => Outcome::Panicked(panic),
+                    },
+                    () = sleep_until_opt(timeout_at) => break Outcome::TimedOut(timeout.unwrap_or_default()),
+                    () = tokio::time::sleep_until(extend_at), if can_extend => {
+                        delivery = match delivery.extend(shared.lease).await {
+                            Ok(d) => d,
+                            Err(e) => {
+                                tracing::warn!(parent: &span, error = %e.error, "lease extension failed; the job may run twice");
+                                can_extend = false;
+                                *e.delivery
+                            }
+                        };
+                    }
+                    () = until_true(&mut hard_stop) => break Outcome::Stopped,
+                }
+            }
+            // Leaving the loop drops nothing yet; the future is dropped here,
+            // before settling, so a timed-out handler never resumes.
+        }
+    };
+    let run_time = started.elapsed();
+    shared.metrics.run_time.record(run_time.as_secs_f64());
+    shared.metrics.in_flight.decrement(1.0);
+
+    let (error, action) = match outcome {
+        Outcome::Done(result) => {
+            shared.counters.completed.fetch_add(1, AtomicOrdering::Relaxed);
+            shared.metrics.completed.increment(1);
+            if let Some(store) = &shared.store {
+                let _ = store.update(id, JobUpdate::Completed { result }).await;
+            }
+            shared.events.emit(|| JobEvent::new(JobEventKind::Completed, id, queue.clone(), attempt).with_duration(run_time));
+            let _ = ack_tx.send(delivery);
+            return;
+        }
+        Outcome::Stopped => {
+            shared.counters.returned.fetch_add(1, AtomicOrdering::Relaxed);
+            if let Err(e) = delivery.nack_with_error(Duration::ZERO, "worker shut down before the job finished").await {
+                tracing::warn!(job_id = %id, error = %e.error, "could not return a stopped job; it returns when its lease expires");
+            }
+            return;
+        }
+        Outcome::Failed(error) => (error.to_string(), error.action()),
+        Outcome::Panicked(message) => (format!("handler panicked: {message}"), HandlerAction::Retry),
+        Outcome::TimedOut(after) => (format!("timed out after {after:?}"), HandlerAction::Retry),
+    };
+    shared.counters.failed.fetch_add(1, AtomicOrdering::Relaxed);
+    shared.metrics.failed.increment(1);
+    shared.events.emit(|| {
+        JobEvent::new(JobEventKind::Failed { error: error.clone() }, id, queue.clone(), attempt).with_duration(run_time)
+    });
+    match action {
+        HandlerAction::Cancel => {
+            shared.counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
+            shared.metrics.cancelled.increment(1);
+            if let Some(store) = &shared.store {
+                let _ = store.update(id, JobUpdate::Cancelled).await;
+            }
+            shared.events.emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
+            let _ = ack_tx.send(delivery);
+        }
+        HandlerAction::Permanent => {
+            settle_dead(shared, delivery, DeadLetterReason::Rejected(error.clone()), error, attempt).await;
+        }
+        HandlerAction::Retry | HandlerAction::RetryAfter(_) => {
+            let last_attempt = delivery.message().is_last_attempt();
+            let delay = match action {
+                HandlerAction::RetryAfter(delay) => delay,
+                _ => {
+                    let policy = own_backoff.unwrap_or(shared.settings.retry);
+                    policy.delay(attempt, random_unit())
+                }
+            };
+            if let Err(e) = delivery.nack_with_error(delay, &error).await {
+                tracing::warn!(job_id = %id, error = %e.error, "nack failed; the job returns when its lease expires");
+            }
+            if last_attempt {
+                shared.counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+                shared.metrics.dead_lettered.increment(1);
+                if let Some(store) = &shared.store {
+                    let _ = store.update(id, JobUpdate::Dead { error }).await;
+                }
+                shared.events.emit(|| {
+                    JobEvent::new(JobEventKind::DeadLettered { reason: "max_attempts".into() }, id, queue.clone(), attempt)
+                });
+            } else {
+                shared.counters.retried.fetch_add(1, AtomicOrdering::Relaxed);
+                shared.metrics.retried.increment(1);
+                if let Some(store) = &shared.store {
+                    let _ = store.update(id, JobUpdate::Retry { error }).await;
+                }
+                shared.events.emit(|| JobEvent::new(JobEventKind::Retried { delay }, id, queue.clone(), attempt));
+            }
+        }
+    }
+}
+
+async fn settle_dead(shared: &Shared, delivery: Delivery, reason: DeadLetterReason, error: String, attempt: u32) {
+    let id = delivery.message().id;
+    let reason_text = reason.to_string();
+    if let Err(e) = delivery.dead_letter(reason).await {
+        tracing::warn!(job_id = %id, error = %e.error, "dead-lettering failed; the job returns when its lease expires");
+        return;
+    }
+    shared.counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+    shared.metrics.dead_lettered.increment(1);
+    if let Some(store) = &shared.store {
+        let _ = store.update(id, JobUpdate::Dead { error }).await;
+    }
+    shared.events.emit(|| {
+        JobEvent::new(JobEventKind::DeadLettered { reason: reason_text }, id, shared.queue.clone(), attempt)
+    });
+}
+
+/// Resolves once the flag turns true; never if its sender is gone first.
+async fn until_true(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|set| *set).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
