@@ -393,7 +393,10 @@ impl<T: DeserializeOwned> Job<T> {
 
 /// The backoff a job set for itself (header `queue-backoff`), if valid.
 pub(crate) fn backoff_of(message: &Message) -> Option<BackoffPolicy> {
-    message.headers.get(HEADER_BACKOFF).and_then(|v| parse_backoff(v))
+    message
+        .headers
+        .get(HEADER_BACKOFF)
+        .and_then(|v| parse_backoff(v))
 }
 
 fn parse_backoff(value: &str) -> Option<BackoffPolicy> {

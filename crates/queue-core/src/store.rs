@@ -35,6 +35,8 @@ pub struct JobRecord {
     pub result: Option<serde_json::Value>,
     /// The last failure.
     pub last_error: Option<String>,
+    /// The job's idempotency key: a second submission with it returns this job.
+    pub idempotency_key: Option<String>,
     /// Submitted at.
     pub created_at: SystemTime,
     /// Last status change.
@@ -68,6 +70,7 @@ impl JobRecord {
             max_attempts,
             result: None,
             last_error: None,
+            idempotency_key: None,
             created_at: now,
             updated_at: now,
             started_at: None,
@@ -89,6 +92,11 @@ pub enum JobUpdate {
     Completed {
         /// The handler's result as JSON.
         result: Option<serde_json::Value>,
+    },
+    /// Failed for good without a dead letter (e.g. it could not be enqueued).
+    Failed {
+        /// The failure.
+        error: String,
     },
     /// The attempt failed; another follows.
     Retry {
@@ -174,8 +182,9 @@ impl RetentionPolicy {
 /// Storage of job records.
 #[async_trait]
 pub trait JobStore: Send + Sync + std::fmt::Debug {
-    /// Record a submitted job.
-    async fn insert(&self, record: JobRecord) -> Result<()>;
+    /// Record a submitted job. If a kept record has the same idempotency
+    /// key, nothing is inserted and that record's id is returned instead.
+    async fn insert(&self, record: JobRecord) -> Result<MessageId>;
     /// The record of `id`, if kept.
     async fn get(&self, id: MessageId) -> Result<Option<JobRecord>>;
     /// Apply a status change; unknown ids are ignored (the job may have been
@@ -192,7 +201,23 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
 /// An in-process [`JobStore`].
 #[derive(Debug, Default)]
 pub struct MemoryJobStore {
-    records: Mutex<HashMap<MessageId, JobRecord>>,
+    records: Mutex<Records>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    by_id: HashMap<MessageId, JobRecord>,
+    by_key: HashMap<String, MessageId>,
+}
+
+impl Records {
+    fn remove(&mut self, id: &MessageId) {
+        if let Some(record) = self.by_id.remove(id) {
+            if let Some(key) = record.idempotency_key {
+                self.by_key.remove(&key);
+            }
+        }
+    }
 }
 
 impl MemoryJobStore {
@@ -201,7 +226,7 @@ impl MemoryJobStore {
         MemoryJobStore::default()
     }
 
-    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, JobRecord>> {
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
         self.records
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -223,6 +248,11 @@ pub fn apply_update(record: &mut JobRecord, update: JobUpdate) {
             record.result = result;
             record.finished_at = Some(now);
         }
+        JobUpdate::Failed { error } => {
+            record.status = JobStatus::Failed;
+            record.last_error = Some(error);
+            record.finished_at = Some(now);
+        }
         JobUpdate::Retry { error } => {
             record.status = JobStatus::Retry;
             record.last_error = Some(error);
@@ -241,17 +271,25 @@ pub fn apply_update(record: &mut JobRecord, update: JobUpdate) {
 
 #[async_trait]
 impl JobStore for MemoryJobStore {
-    async fn insert(&self, record: JobRecord) -> Result<()> {
-        self.records().insert(record.id, record);
-        Ok(())
+    async fn insert(&self, record: JobRecord) -> Result<MessageId> {
+        let mut records = self.records();
+        if let Some(key) = &record.idempotency_key {
+            if let Some(existing) = records.by_key.get(key) {
+                return Ok(*existing);
+            }
+            records.by_key.insert(key.clone(), record.id);
+        }
+        let id = record.id;
+        records.by_id.insert(id, record);
+        Ok(id)
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<JobRecord>> {
-        Ok(self.records().get(&id).cloned())
+        Ok(self.records().by_id.get(&id).cloned())
     }
 
     async fn update(&self, id: MessageId, update: JobUpdate) -> Result<()> {
-        if let Some(record) = self.records().get_mut(&id) {
+        if let Some(record) = self.records().by_id.get_mut(&id) {
             apply_update(record, update);
         }
         Ok(())
@@ -259,7 +297,7 @@ impl JobStore for MemoryJobStore {
 
     async fn cancel(&self, id: MessageId) -> Result<bool> {
         let mut records = self.records();
-        match records.get_mut(&id) {
+        match records.by_id.get_mut(&id) {
             Some(record) if matches!(record.status, JobStatus::Pending | JobStatus::Scheduled) => {
                 apply_update(record, JobUpdate::Cancelled);
                 Ok(true)
@@ -270,7 +308,7 @@ impl JobStore for MemoryJobStore {
 
     async fn stats(&self) -> Result<JobStats> {
         let mut stats = JobStats::default();
-        for record in self.records().values() {
+        for record in self.records().by_id.values() {
             stats.count(record.status);
         }
         Ok(stats)
@@ -278,28 +316,29 @@ impl JobStore for MemoryJobStore {
 
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64> {
         let mut records = self.records();
-        let before = records.len();
         let now = SystemTime::now();
-        if let Some(max_age) = policy.max_age {
-            records.retain(|_, r| {
-                r.finished_at
-                    .is_none_or(|at| now.duration_since(at).unwrap_or_default() <= max_age)
-            });
-        }
-        if let Some(max_count) = policy.max_count {
-            let mut finished: Vec<(SystemTime, MessageId)> = records
-                .values()
-                .filter_map(|r| r.finished_at.map(|at| (at, r.id)))
-                .collect();
-            if finished.len() > max_count {
-                finished.sort_unstable();
-                let excess = finished.len() - max_count;
-                for (_, id) in finished.into_iter().take(excess) {
-                    records.remove(&id);
-                }
+        let mut finished: Vec<(SystemTime, MessageId)> = records
+            .by_id
+            .values()
+            .filter_map(|r| r.finished_at.map(|at| (at, r.id)))
+            .collect();
+        finished.sort_unstable();
+        let too_old = |at: SystemTime| {
+            policy
+                .max_age
+                .is_some_and(|max_age| now.duration_since(at).unwrap_or_default() > max_age)
+        };
+        let excess = policy
+            .max_count
+            .map_or(0, |max_count| finished.len().saturating_sub(max_count));
+        let mut removed = 0u64;
+        for (index, (at, id)) in finished.into_iter().enumerate() {
+            if index < excess || too_old(at) {
+                records.remove(&id);
+                removed += 1;
             }
         }
-        Ok((before - records.len()) as u64)
+        Ok(removed)
     }
 }
 
@@ -344,11 +383,24 @@ mod tests {
             .unwrap();
         assert_eq!(removed, 4);
         assert_eq!(store.stats().await.unwrap().total(), 3);
-        assert!(store.get(running.id).await.unwrap().is_some(), "unfinished jobs stay");
+        assert!(
+            store.get(running.id).await.unwrap().is_some(),
+            "unfinished jobs stay"
+        );
+        std::thread::sleep(Duration::from_millis(5));
         let removed = store
-            .cleanup(&RetentionPolicy::new(Some(Duration::ZERO), None))
+            .cleanup(&RetentionPolicy::new(Some(Duration::from_millis(1)), None))
             .await
             .unwrap();
         assert_eq!(removed, 2);
+        let mut keyed = record(JobStatus::Pending);
+        keyed.idempotency_key = Some("k".into());
+        let first = store.insert(keyed.clone()).await.unwrap();
+        keyed.id = MessageId::new();
+        assert_eq!(
+            store.insert(keyed).await.unwrap(),
+            first,
+            "same key, same job"
+        );
     }
 }

@@ -68,7 +68,12 @@ impl TraceContext {
         let mut parts = value.trim().split('-');
         let (version, trace, span, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+        if version != "00"
+            || parts.next().is_some()
+            || trace.len() != 32
+            || span.len() != 16
+            || flags.len() != 2
+        {
             return None;
         }
         let trace_id = u128::from_str_radix(trace, 16).ok().filter(|&t| t != 0)?;
@@ -99,17 +104,34 @@ impl fmt::Display for TraceContext {
 }
 
 tokio::task_local! {
-    static CURRENT: TraceContext;
+    /// (current span, its parent span if it came from a message)
+    static CURRENT: (TraceContext, Option<TraceContext>);
 }
 
 /// The trace context of the running job handler (or [`scope`]), if any.
 pub fn current() -> Option<TraceContext> {
-    CURRENT.try_with(|ctx| *ctx).ok()
+    CURRENT.try_with(|ctx| ctx.0).ok()
+}
+
+/// The parent of the running job handler's span: the context its message
+/// carried in `traceparent`.
+pub fn parent() -> Option<TraceContext> {
+    CURRENT.try_with(|ctx| ctx.1).ok().flatten()
 }
 
 /// Run `future` with `context` as the current trace context.
 pub async fn scope<F: Future>(context: TraceContext, future: F) -> F::Output {
-    CURRENT.scope(context, future).await
+    CURRENT.scope((context, None), future).await
+}
+
+/// Run `future` as span `context` whose parent is `parent` (the worker
+/// does this for every job).
+pub async fn scope_with_parent<F: Future>(
+    context: TraceContext,
+    parent: Option<TraceContext>,
+    future: F,
+) -> F::Output {
+    CURRENT.scope((context, parent), future).await
 }
 
 /// The context a message sent now should carry: a child of the current
@@ -146,6 +168,10 @@ mod tests {
         let sent = scope(root, async { for_send() }).await;
         assert_eq!(sent.trace_id, root.trace_id);
         assert_ne!(sent.span_id, root.span_id);
-        assert_ne!(for_send().trace_id, root.trace_id, "outside a scope: a new trace");
+        assert_ne!(
+            for_send().trace_id,
+            root.trace_id,
+            "outside a scope: a new trace"
+        );
     }
 }

@@ -62,7 +62,8 @@ use crate::trace::{TraceContext, TRACEPARENT};
 use crate::traits::{Backend, Consumer, Delivery};
 
 /// What a handler returns, type-erased: the result as JSON, or the error.
-type HandlerFuture = Pin<Box<dyn Future<Output = std::result::Result<Option<serde_json::Value>, BoxError>> + Send>>;
+type HandlerFuture =
+    Pin<Box<dyn Future<Output = std::result::Result<Option<serde_json::Value>, BoxError>> + Send>>;
 
 /// A handler with its payload type erased: decodes the message, then runs.
 type ErasedHandler = Arc<dyn Fn(&Message) -> Result<HandlerFuture> + Send + Sync>;
@@ -366,11 +367,15 @@ impl WorkerWithHandler {
             options = options.with_lease(lease);
         }
         options.check()?;
-        let consumer: Arc<dyn Consumer> = Arc::from(builder.backend.consumer(&builder.queue, options).await?);
+        let consumer: Arc<dyn Consumer> =
+            Arc::from(builder.backend.consumer(&builder.queue, options).await?);
         let (stop, stop_rx) = watch::channel(false);
         let (hard_stop, hard_stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            lease: builder.settings.lease.unwrap_or(crate::config::DEFAULT_LEASE),
+            lease: builder
+                .settings
+                .lease
+                .unwrap_or(crate::config::DEFAULT_LEASE),
             metrics: Metrics::new(&builder.queue),
             queue: builder.queue,
             settings: builder.settings,
@@ -408,7 +413,8 @@ impl WorkerHandle {
         let c = &self.shared.counters;
         let load = |a: &AtomicU64| a.load(AtomicOrdering::Relaxed);
         let started = load(&c.started);
-        let finished = load(&c.completed) + load(&c.failed) + load(&c.cancelled) + load(&c.returned);
+        let finished =
+            load(&c.completed) + load(&c.failed) + load(&c.cancelled) + load(&c.returned);
         WorkerStats {
             started,
             completed: load(&c.completed),
@@ -459,7 +465,8 @@ impl WorkerHandle {
                 dispatcher.await
             }
         };
-        joined.map_err(|e| Error::new(ErrorKind::Other, format!("worker dispatcher failed: {e}")))?
+        joined
+            .map_err(|e| Error::new(ErrorKind::Other, format!("worker dispatcher failed: {e}")))?
     }
 }
 
@@ -477,7 +484,9 @@ async fn dispatch(
         if *stop.borrow() {
             break;
         }
-        shared.saturated.store(slots.available_permits() == 0, AtomicOrdering::Relaxed);
+        shared
+            .saturated
+            .store(slots.available_permits() == 0, AtomicOrdering::Relaxed);
         let first = tokio::select! {
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             _ = stop.changed() => break 'fetch,
@@ -556,7 +565,8 @@ async fn flush_acks(consumer: Arc<dyn Consumer>, mut rx: mpsc::UnboundedReceiver
 struct CatchUnwind(HandlerFuture);
 
 impl Future for CatchUnwind {
-    type Output = std::result::Result<std::result::Result<Option<serde_json::Value>, BoxError>, String>;
+    type Output =
+        std::result::Result<std::result::Result<Option<serde_json::Value>, BoxError>, String>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let fut = self.0.as_mut();
@@ -586,7 +596,10 @@ enum Outcome {
 }
 
 fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
-    tokio::time::Instant::now() + deadline.duration_since(SystemTime::now()).unwrap_or_default()
+    tokio::time::Instant::now()
+        + deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
 }
 
 /// Run one delivery through the handler and settle it.
@@ -594,21 +607,33 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
     let message = delivery.message();
     let (id, attempt) = (message.id, message.attempt);
     let queue = &shared.queue;
-    shared.counters.started.fetch_add(1, AtomicOrdering::Relaxed);
+    shared
+        .counters
+        .started
+        .fetch_add(1, AtomicOrdering::Relaxed);
     shared.metrics.in_flight.increment(1.0);
-    let due = message.not_before.map_or(message.created_at, |nb| nb.max(message.created_at));
+    let due = message
+        .not_before
+        .map_or(message.created_at, |nb| nb.max(message.created_at));
     let pickup = SystemTime::now().duration_since(due).unwrap_or_default();
     shared.metrics.pickup.record(pickup.as_secs_f64());
-    shared.events.emit(|| JobEvent::new(JobEventKind::Started, id, queue.clone(), attempt).with_duration(pickup));
+    shared.events.emit(|| {
+        JobEvent::new(JobEventKind::Started, id, queue.clone(), attempt).with_duration(pickup)
+    });
 
     if let Some(store) = &shared.store {
         // A job cancelled before it started is settled without running.
         if let Ok(Some(record)) = store.get(id).await {
             if record.status == crate::job::JobStatus::Cancelled {
-                shared.counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
+                shared
+                    .counters
+                    .cancelled
+                    .fetch_add(1, AtomicOrdering::Relaxed);
                 shared.metrics.cancelled.increment(1);
                 shared.metrics.in_flight.decrement(1.0);
-                shared.events.emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
+                shared
+                    .events
+                    .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
                 let _ = ack_tx.send(delivery);
                 return;
             }
@@ -616,7 +641,10 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
         let _ = store.update(id, JobUpdate::Running { attempt }).await;
     }
 
-    let parent = message.headers.get(TRACEPARENT).and_then(|v| TraceContext::parse(v));
+    let parent = message
+        .headers
+        .get(TRACEPARENT)
+        .and_then(|v| TraceContext::parse(v));
     let context = parent.map_or_else(TraceContext::new_root, |p| p.child());
     let span = tracing::info_span!(
         "job",
@@ -640,12 +668,21 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
         Err(decode_error) => {
             // Bytes that are not this handler's job type: retrying cannot help.
             tracing::warn!(parent: &span, error = %decode_error, "undecodable job dead-lettered");
-            settle_dead(shared, delivery, DeadLetterReason::Decode, decode_error.to_string(), attempt).await;
+            settle_dead(
+                shared,
+                delivery,
+                DeadLetterReason::Decode,
+                decode_error.to_string(),
+                attempt,
+            )
+            .await;
             shared.metrics.in_flight.decrement(1.0);
             return;
         }
         Ok(fut) => {
-            let fut = CatchUnwind(Box::pin(crate::trace::scope(context, fut).instrument(span.clone())));
+            let fut = CatchUnwind(Box::pin(
+                crate::trace::scope_with_parent(context, parent, fut).instrument(span.clone()),
+            ));
             tokio::pin!(fut);
             let timeout_at = timeout.map(|t| tokio::time::Instant::now() + t);
             let mut hard_stop = shared.hard_stop.clone();
@@ -684,43 +721,77 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
 
     let (error, action) = match outcome {
         Outcome::Done(result) => {
-            shared.counters.completed.fetch_add(1, AtomicOrdering::Relaxed);
+            shared
+                .counters
+                .completed
+                .fetch_add(1, AtomicOrdering::Relaxed);
             shared.metrics.completed.increment(1);
             if let Some(store) = &shared.store {
                 let _ = store.update(id, JobUpdate::Completed { result }).await;
             }
-            shared.events.emit(|| JobEvent::new(JobEventKind::Completed, id, queue.clone(), attempt).with_duration(run_time));
+            shared.events.emit(|| {
+                JobEvent::new(JobEventKind::Completed, id, queue.clone(), attempt)
+                    .with_duration(run_time)
+            });
             let _ = ack_tx.send(delivery);
             return;
         }
         Outcome::Stopped => {
-            shared.counters.returned.fetch_add(1, AtomicOrdering::Relaxed);
-            if let Err(e) = delivery.nack_with_error(Duration::ZERO, "worker shut down before the job finished").await {
+            shared
+                .counters
+                .returned
+                .fetch_add(1, AtomicOrdering::Relaxed);
+            if let Err(e) = delivery
+                .nack_with_error(Duration::ZERO, "worker shut down before the job finished")
+                .await
+            {
                 tracing::warn!(job_id = %id, error = %e.error, "could not return a stopped job; it returns when its lease expires");
             }
             return;
         }
         Outcome::Failed(error) => (error.to_string(), error.action()),
-        Outcome::Panicked(message) => (format!("handler panicked: {message}"), HandlerAction::Retry),
+        Outcome::Panicked(message) => {
+            (format!("handler panicked: {message}"), HandlerAction::Retry)
+        }
         Outcome::TimedOut(after) => (format!("timed out after {after:?}"), HandlerAction::Retry),
     };
     shared.counters.failed.fetch_add(1, AtomicOrdering::Relaxed);
     shared.metrics.failed.increment(1);
     shared.events.emit(|| {
-        JobEvent::new(JobEventKind::Failed { error: error.clone() }, id, queue.clone(), attempt).with_duration(run_time)
+        JobEvent::new(
+            JobEventKind::Failed {
+                error: error.clone(),
+            },
+            id,
+            queue.clone(),
+            attempt,
+        )
+        .with_duration(run_time)
     });
     match action {
         HandlerAction::Cancel => {
-            shared.counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
+            shared
+                .counters
+                .cancelled
+                .fetch_add(1, AtomicOrdering::Relaxed);
             shared.metrics.cancelled.increment(1);
             if let Some(store) = &shared.store {
                 let _ = store.update(id, JobUpdate::Cancelled).await;
             }
-            shared.events.emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
+            shared
+                .events
+                .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
             let _ = ack_tx.send(delivery);
         }
         HandlerAction::Permanent => {
-            settle_dead(shared, delivery, DeadLetterReason::Rejected(error.clone()), error, attempt).await;
+            settle_dead(
+                shared,
+                delivery,
+                DeadLetterReason::Rejected(error.clone()),
+                error,
+                attempt,
+            )
+            .await;
         }
         HandlerAction::Retry | HandlerAction::RetryAfter(_) => {
             let last_attempt = delivery.message().is_last_attempt();
@@ -735,40 +806,71 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
                 tracing::warn!(job_id = %id, error = %e.error, "nack failed; the job returns when its lease expires");
             }
             if last_attempt {
-                shared.counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+                shared
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, AtomicOrdering::Relaxed);
                 shared.metrics.dead_lettered.increment(1);
                 if let Some(store) = &shared.store {
                     let _ = store.update(id, JobUpdate::Dead { error }).await;
                 }
                 shared.events.emit(|| {
-                    JobEvent::new(JobEventKind::DeadLettered { reason: "max_attempts".into() }, id, queue.clone(), attempt)
+                    JobEvent::new(
+                        JobEventKind::DeadLettered {
+                            reason: "max_attempts".into(),
+                        },
+                        id,
+                        queue.clone(),
+                        attempt,
+                    )
                 });
             } else {
-                shared.counters.retried.fetch_add(1, AtomicOrdering::Relaxed);
+                shared
+                    .counters
+                    .retried
+                    .fetch_add(1, AtomicOrdering::Relaxed);
                 shared.metrics.retried.increment(1);
                 if let Some(store) = &shared.store {
                     let _ = store.update(id, JobUpdate::Retry { error }).await;
                 }
-                shared.events.emit(|| JobEvent::new(JobEventKind::Retried { delay }, id, queue.clone(), attempt));
+                shared.events.emit(|| {
+                    JobEvent::new(JobEventKind::Retried { delay }, id, queue.clone(), attempt)
+                });
             }
         }
     }
 }
 
-async fn settle_dead(shared: &Shared, delivery: Delivery, reason: DeadLetterReason, error: String, attempt: u32) {
+async fn settle_dead(
+    shared: &Shared,
+    delivery: Delivery,
+    reason: DeadLetterReason,
+    error: String,
+    attempt: u32,
+) {
     let id = delivery.message().id;
     let reason_text = reason.to_string();
     if let Err(e) = delivery.dead_letter(reason).await {
         tracing::warn!(job_id = %id, error = %e.error, "dead-lettering failed; the job returns when its lease expires");
         return;
     }
-    shared.counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
+    shared
+        .counters
+        .dead_lettered
+        .fetch_add(1, AtomicOrdering::Relaxed);
     shared.metrics.dead_lettered.increment(1);
     if let Some(store) = &shared.store {
         let _ = store.update(id, JobUpdate::Dead { error }).await;
     }
     shared.events.emit(|| {
-        JobEvent::new(JobEventKind::DeadLettered { reason: reason_text }, id, shared.queue.clone(), attempt)
+        JobEvent::new(
+            JobEventKind::DeadLettered {
+                reason: reason_text,
+            },
+            id,
+            shared.queue.clone(),
+            attempt,
+        )
     });
 }
 

@@ -1,0 +1,358 @@
+//! The queue manager: several named backends at once, queue routing,
+//! validation before send, job tracking, aggregated stats and health, and
+//! one event stream.
+//!
+//! ```
+//! use queue_core::{Job, JobOptions, MemoryBackend, Message, QueueManager, QueueName};
+//! use std::sync::Arc;
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> queue_core::Result<()> {
+//! let manager = QueueManager::builder()
+//!     .backend("main", Arc::new(MemoryBackend::new()))
+//!     .backend("bulk", Arc::new(MemoryBackend::new()))
+//!     .routes("reports=bulk")?
+//!     .build()?;
+//! let reports = QueueName::new("reports")?;
+//! assert_eq!(manager.backend_name(&reports), "bulk");
+//! manager.send(&QueueName::new("emails")?, Message::new("hi")).await?; // default backend
+//! let id = manager.submit(&reports, &42u32, &JobOptions::default()).await?;
+//! assert!(manager.status(id).await?.is_some());
+//! let health = manager.health().await;
+//! assert!(health.healthy);
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::{EventBus, JobEvent};
+use crate::job::JobOptions;
+use crate::message::{Message, MessageId, QueueName};
+use crate::scheduler::JobScheduler;
+use crate::stats::{HealthStatus, QueueStats};
+use crate::store::{JobRecord, JobStats, JobStore, MemoryJobStore, RetentionPolicy};
+use crate::traits::{Backend, Producer};
+use crate::worker::{ShutdownReport, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerWithHandler};
+
+/// Builds a [`QueueManager`].
+#[must_use]
+pub struct QueueManagerBuilder {
+    backends: BTreeMap<String, Arc<dyn Backend>>,
+    default: Option<String>,
+    routes: HashMap<QueueName, String>,
+    store: Option<Arc<dyn JobStore>>,
+    events: EventBus,
+}
+
+impl std::fmt::Debug for QueueManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueManagerBuilder")
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .field("default", &self.default)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueManagerBuilder {
+    /// Add a backend under `name`. The first one added is the default.
+    pub fn backend(mut self, name: impl Into<String>, backend: Arc<dyn Backend>) -> Self {
+        let name = name.into();
+        if self.default.is_none() {
+            self.default = Some(name.clone());
+        }
+        self.backends.insert(name, backend);
+        self
+    }
+
+    /// Queues not routed elsewhere go to backend `name`.
+    pub fn default_backend(mut self, name: impl Into<String>) -> Self {
+        self.default = Some(name.into());
+        self
+    }
+
+    /// Send `queue` to backend `backend`.
+    pub fn route(mut self, queue: QueueName, backend: impl Into<String>) -> Self {
+        self.routes.insert(queue, backend.into());
+        self
+    }
+
+    /// Routes from text: `queue=backend,queue=backend` (as in `QUEUE_ROUTES`).
+    pub fn routes(mut self, spec: &str) -> Result<Self> {
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (queue, backend) = pair.split_once('=').ok_or_else(|| {
+                Error::config(format!("routes: expected queue=backend, got {pair:?}"))
+            })?;
+            let queue = QueueName::new(queue.trim())
+                .map_err(|e| Error::config(format!("routes: {}", e.message())).with_source(e))?;
+            self.routes.insert(queue, backend.trim().to_owned());
+        }
+        Ok(self)
+    }
+
+    /// Keep job records in `store` (default: an in-process store).
+    pub fn job_store(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Check that every route and the default name a known backend.
+    pub fn build(self) -> Result<QueueManager> {
+        let default = self
+            .default
+            .ok_or_else(|| Error::config("backends: a manager needs at least one backend"))?;
+        let known = |name: &str| self.backends.contains_key(name);
+        if !known(&default) {
+            return Err(Error::config(format!(
+                "default_backend: no backend named {default:?}; known: {}",
+                self.backends.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if let Some((queue, backend)) = self.routes.iter().find(|(_, b)| !known(b)) {
+            return Err(Error::config(format!(
+                "routes: queue {queue} goes to unknown backend {backend:?}; known: {}",
+                self.backends.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryJobStore::new()));
+        let schedulers = self
+            .backends
+            .iter()
+            .map(|(name, backend)| {
+                let scheduler = JobScheduler::new(backend.clone(), store.clone())
+                    .with_events(self.events.clone());
+                (name.clone(), scheduler)
+            })
+            .collect();
+        Ok(QueueManager {
+            backends: self.backends,
+            default,
+            routes: self.routes,
+            schedulers,
+            store,
+            events: self.events,
+            producers: tokio::sync::Mutex::new(HashMap::new()),
+            workers: Mutex::new(Vec::new()),
+            seen: Mutex::new(BTreeSet::new()),
+        })
+    }
+}
+
+/// Health of everything a manager runs.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct ManagerHealth {
+    /// All backends and workers are healthy.
+    pub healthy: bool,
+    /// Per backend, by name.
+    pub backends: BTreeMap<String, HealthStatus>,
+    /// Per worker.
+    pub workers: Vec<WorkerHealth>,
+}
+
+/// Stats of one queue as the manager sees it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct ManagedQueueStats {
+    /// The queue.
+    pub queue: QueueName,
+    /// The backend it is routed to.
+    pub backend: String,
+    /// Its counts.
+    pub stats: QueueStats,
+}
+
+/// Several backends behind one façade. See the module docs.
+pub struct QueueManager {
+    backends: BTreeMap<String, Arc<dyn Backend>>,
+    default: String,
+    routes: HashMap<QueueName, String>,
+    schedulers: BTreeMap<String, JobScheduler>,
+    store: Arc<dyn JobStore>,
+    events: EventBus,
+    producers: tokio::sync::Mutex<HashMap<QueueName, Arc<dyn Producer>>>,
+    workers: Mutex<Vec<WorkerHandle>>,
+    /// Queues used through the manager, for aggregated stats.
+    seen: Mutex<BTreeSet<QueueName>>,
+}
+
+impl std::fmt::Debug for QueueManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueManager")
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .field("default", &self.default)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueManager {
+    /// Start building.
+    pub fn builder() -> QueueManagerBuilder {
+        QueueManagerBuilder {
+            backends: BTreeMap::new(),
+            default: None,
+            routes: HashMap::new(),
+            store: None,
+            events: EventBus::default(),
+        }
+    }
+
+    /// The name of the backend `queue` is routed to.
+    pub fn backend_name(&self, queue: &QueueName) -> &str {
+        self.routes.get(queue).unwrap_or(&self.default)
+    }
+
+    /// The backend `queue` is routed to.
+    pub fn backend_for(&self, queue: &QueueName) -> &Arc<dyn Backend> {
+        &self.backends[self.backend_name(queue)]
+    }
+
+    fn scheduler_for(&self, queue: &QueueName) -> &JobScheduler {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.clone());
+        &self.schedulers[self.backend_name(queue)]
+    }
+
+    /// Every job event of every backend and worker.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// Send a raw message to `queue`, checked against its backend's
+    /// capability table first.
+    pub async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
+        self.scheduler_for(queue);
+        self.backend_for(queue)
+            .capabilities()
+            .check_message(&message)?;
+        let producer = {
+            let mut producers = self.producers.lock().await;
+            match producers.get(queue) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Arc<dyn Producer> =
+                        Arc::from(self.backend_for(queue).producer(queue).await?);
+                    producers.insert(queue.clone(), p.clone());
+                    p
+                }
+            }
+        };
+        producer.send(message).await
+    }
+
+    /// Submit a typed job to `queue` and track it.
+    pub async fn submit<T: Serialize>(
+        &self,
+        queue: &QueueName,
+        payload: &T,
+        options: &JobOptions,
+    ) -> Result<MessageId> {
+        self.scheduler_for(queue)
+            .submit(queue, payload, options)
+            .await
+    }
+
+    /// The record of job `id`.
+    pub async fn status(&self, id: MessageId) -> Result<Option<JobRecord>> {
+        self.store.get(id).await
+    }
+
+    /// Cancel job `id` if it has not started.
+    pub async fn cancel(&self, id: MessageId) -> Result<bool> {
+        let Some(record) = self.store.get(id).await? else {
+            return Ok(false);
+        };
+        self.scheduler_for(&record.queue).cancel(id).await
+    }
+
+    /// Job counts by status, across backends.
+    pub async fn job_stats(&self) -> Result<JobStats> {
+        self.store.stats().await
+    }
+
+    /// Remove finished job records by `policy`.
+    pub async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64> {
+        self.store.cleanup(policy).await
+    }
+
+    /// A worker builder for `queue` on its backend, tracked in the store
+    /// and feeding the manager's event stream.
+    pub fn worker(&self, queue: QueueName) -> WorkerBuilder {
+        self.scheduler_for(&queue).worker(queue)
+    }
+
+    /// Start a worker and keep it for health reports and shutdown.
+    pub async fn spawn_worker(&self, worker: WorkerWithHandler) -> Result<()> {
+        let handle = worker.start().await?;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+        Ok(())
+    }
+
+    /// Stats of every queue routed or used through the manager.
+    pub async fn stats(&self) -> Result<Vec<ManagedQueueStats>> {
+        let mut queues: BTreeSet<QueueName> = self.routes.keys().cloned().collect();
+        queues.extend(
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        let mut out = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let backend = self.backend_for(&queue);
+            match backend.admin().stats(&queue).await {
+                Ok(stats) => out.push(ManagedQueueStats {
+                    backend: self.backend_name(&queue).to_owned(),
+                    queue,
+                    stats,
+                }),
+                // A routed queue nobody has used yet has no stats.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Health of every backend and worker.
+    pub async fn health(&self) -> ManagerHealth {
+        let mut backends = BTreeMap::new();
+        for (name, backend) in &self.backends {
+            backends.insert(name.clone(), backend.admin().health().await);
+        }
+        let workers: Vec<WorkerHealth> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(WorkerHandle::health)
+            .collect();
+        ManagerHealth {
+            healthy: backends.values().all(|h| h.healthy) && workers.iter().all(|w| w.healthy),
+            backends,
+            workers,
+        }
+    }
+
+    /// Shut every worker down gracefully.
+    pub async fn shutdown(&self) -> Result<Vec<ShutdownReport>> {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut reports = Vec::with_capacity(workers.len());
+        for worker in workers {
+            reports.push(worker.shutdown().await?);
+        }
+        Ok(reports)
+    }
+}
