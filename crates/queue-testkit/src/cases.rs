@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use queue_core::trace::{self, TraceContext};
 use queue_core::{
-    envelope, Backend, Consumer, DeadLetterReason, Delivery, ErrorKind, Message, MessageId,
-    Ordering, Priority, QueueName, QueueOptions, Redrive, Result,
+    envelope, Backend, BackoffPolicy, Consumer, DeadLetterReason, Delivery, ErrorKind, Job,
+    JobEvent, JobOptions, JobScheduler, JobStatus, MemoryJobStore, Message, MessageId, Ordering,
+    Priority, QueueName, QueueOptions, Redrive, Result, Worker,
 };
 
 use crate::harness::{receive_n, Ctx};
@@ -1233,4 +1235,455 @@ pub async fn bad_config(ctx: &Ctx) {
         assert!(err.message().contains(field), "{field} not named in {text}");
         assert!(!text.contains("hunter2"), "password leaked: {text}");
     }
+}
+
+/// A fast retry policy for worker cases: no jitter, so gaps are predictable.
+fn test_backoff(initial: Duration) -> BackoffPolicy {
+    BackoffPolicy {
+        initial,
+        max: initial * 8,
+        multiplier: 2.0,
+        jitter: false,
+    }
+}
+
+/// Wait until `done` holds, checking on every event of `events`, for at most `timeout`.
+async fn until(
+    events: &mut tokio::sync::broadcast::Receiver<JobEvent>,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => return done(),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return done(),
+            Ok(_) => {}
+        }
+    }
+    true
+}
+
+/// Case 31: 10,000 jobs, concurrency 32: all completed once, statistics match.
+pub async fn worker_processes_all(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let total = 10_000u32;
+    let producer = ctx.producer(&queue).await;
+    let messages: Vec<Message> = (0..total)
+        .map(|i| Job::encode(&i, &JobOptions::default()).expect("encode"))
+        .collect();
+    for chunk in messages.chunks(ctx.caps().max_batch.clamp(1, 500)) {
+        producer
+            .send_batch(chunk.to_vec())
+            .await
+            .expect("send_batch");
+    }
+    let seen: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let counter = seen.clone();
+    let worker = Worker::builder(ctx.backend().clone(), queue.clone())
+        .concurrency(32)
+        .handler(move |job: Job<u32>| {
+            let counter = counter.clone();
+            async move {
+                *counter
+                    .lock()
+                    .expect("lock")
+                    .entry(job.payload)
+                    .or_default() += 1;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .expect("start worker");
+    let mut events = worker.subscribe();
+    let finished = until(&mut events, Duration::from_secs(120), || {
+        worker.stats().completed >= u64::from(total)
+    })
+    .await;
+    let stats = worker.stats();
+    worker.shutdown().await.expect("shutdown");
+    assert!(finished, "only {} of {total} completed", stats.completed);
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
+    assert_eq!(seen.len(), total as usize, "every job ran");
+    assert!(seen.values().all(|&n| n == 1), "no job ran twice");
+    assert_eq!(
+        (stats.started, stats.completed, stats.failed),
+        (u64::from(total), u64::from(total), 0)
+    );
+    if ctx.caps().exact_stats {
+        let q = ctx.backend().admin().stats(&queue).await.expect("stats");
+        assert_eq!((q.acked_total, q.depth()), (u64::from(total), 0), "{q:?}");
+    }
+}
+
+/// Case 32: a handler failing twice then succeeding completes on attempt 3,
+/// and the gaps respect the backoff policy.
+pub async fn worker_retry_backoff(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let initial = Duration::from_millis(300);
+    let starts: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+    let record = starts.clone();
+    let worker = Worker::builder(ctx.backend().clone(), queue.clone())
+        .concurrency(2)
+        .retry(test_backoff(initial))
+        .handler(move |job: Job<String>| {
+            let record = record.clone();
+            async move {
+                record
+                    .lock()
+                    .expect("lock")
+                    .push((job.attempt, Instant::now()));
+                if job.attempt < 3 {
+                    return Err(std::io::Error::other(format!(
+                        "flaky on attempt {}",
+                        job.attempt
+                    )));
+                }
+                Ok(job.attempt)
+            }
+        })
+        .start()
+        .await
+        .expect("start worker");
+    let mut events = worker.subscribe();
+    let message = Job::encode(
+        &"flaky".to_owned(),
+        &JobOptions::default().with_max_retries(5),
+    )
+    .expect("encode");
+    ctx.producer(&queue)
+        .await
+        .send(message)
+        .await
+        .expect("send");
+    let done = until(&mut events, SOON * 2, || worker.stats().completed == 1).await;
+    let stats = worker.stats();
+    worker.shutdown().await.expect("shutdown");
+    assert!(done, "the job did not complete: {stats:?}");
+    assert_eq!((stats.failed, stats.retried, stats.completed), (2, 2, 1));
+    let starts = starts.lock().expect("lock").clone();
+    let attempts: Vec<u32> = starts.iter().map(|(a, _)| *a).collect();
+    assert_eq!(attempts, [1, 2, 3], "completed on attempt 3");
+    let gap1 = starts[1].1 - starts[0].1;
+    let gap2 = starts[2].1 - starts[1].1;
+    assert!(
+        gap1 >= initial,
+        "first retry after {gap1:?}, backoff {initial:?}"
+    );
+    assert!(
+        gap2 >= initial * 2,
+        "second retry after {gap2:?}, backoff {:?}",
+        initial * 2
+    );
+}
+
+/// Case 33: a handler over its timeout is cancelled: its future is dropped
+/// and the side effect after the await never happens; the attempt fails.
+pub async fn worker_timeout_cancels(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let after_await = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    struct OnDrop(Arc<AtomicUsize>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, AtomicOrdering::SeqCst);
+        }
+    }
+    let (effect, drops) = (after_await.clone(), dropped.clone());
+    let worker = Worker::builder(ctx.backend().clone(), queue.clone())
+        .concurrency(1)
+        .handler(move |_job: Job<String>| {
+            let (effect, guard) = (effect.clone(), OnDrop(drops.clone()));
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                effect.fetch_add(1, AtomicOrdering::SeqCst);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .expect("start worker");
+    let mut events = worker.subscribe();
+    let options = JobOptions::default()
+        .with_timeout(Duration::from_millis(200))
+        .with_max_retries(0);
+    let id = ctx
+        .producer(&queue)
+        .await
+        .send(Job::encode(&"slow".to_owned(), &options).expect("encode"))
+        .await
+        .expect("send");
+    let failed = until(&mut events, SOON, || worker.stats().failed == 1).await;
+    assert!(failed, "the attempt was not failed by its timeout");
+    assert_eq!(
+        dropped.load(AtomicOrdering::SeqCst),
+        1,
+        "the handler's future was dropped"
+    );
+    // Past the point the handler would have resumed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stats = worker.stats();
+    worker.shutdown().await.expect("shutdown");
+    assert_eq!(
+        after_await.load(AtomicOrdering::SeqCst),
+        0,
+        "code after the await ran"
+    );
+    assert_eq!(
+        (stats.completed, stats.failed, stats.dead_lettered),
+        (0, 1, 1)
+    );
+    let dead = ctx
+        .backend()
+        .admin()
+        .dead_letters(&queue, 10)
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, id);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("timed out"),
+        "{:?}",
+        dead[0].last_error
+    );
+}
+
+/// Case 34: a panicking handler fails that attempt only.
+pub async fn worker_panic_isolated(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let worker = Worker::builder(ctx.backend().clone(), queue.clone())
+        .concurrency(4)
+        .retry(test_backoff(Duration::from_millis(50)))
+        .handler(|job: Job<u32>| async move {
+            if job.payload == 0 && job.attempt == 1 {
+                panic!("boom in job 0");
+            }
+            Ok::<_, std::io::Error>(job.attempt)
+        })
+        .start()
+        .await
+        .expect("start worker");
+    let mut events = worker.subscribe();
+    let producer = ctx.producer(&queue).await;
+    for i in 0..10u32 {
+        producer
+            .send(Job::encode(&i, &JobOptions::default()).expect("encode"))
+            .await
+            .expect("send");
+    }
+    let done = until(&mut events, SOON * 2, || worker.stats().completed == 10).await;
+    let stats = worker.stats();
+    let health = worker.health();
+    worker.shutdown().await.expect("shutdown");
+    assert!(done, "not all completed: {stats:?}");
+    assert_eq!(
+        (stats.failed, stats.retried, stats.completed),
+        (1, 1, 10),
+        "only the panicking attempt failed"
+    );
+    assert!(health.healthy, "the worker survives a panic: {health:?}");
+}
+
+/// Case 35: in-flight jobs finish, prefetched ones return to the queue,
+/// nothing lost, nothing run twice.
+pub async fn graceful_shutdown(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let total = 20u32;
+    let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let producer = ctx.producer(&queue).await;
+    for i in 0..total {
+        producer
+            .send(Job::encode(&i, &JobOptions::default()).expect("encode"))
+            .await
+            .expect("send");
+    }
+    let start_worker = |runs: Arc<Mutex<HashMap<u32, u32>>>| {
+        Worker::builder(ctx.backend().clone(), queue.clone())
+            .concurrency(4)
+            .shutdown_grace(Duration::from_secs(20))
+            .handler(move |job: Job<u32>| {
+                let runs = runs.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    *runs.lock().expect("lock").entry(job.payload).or_default() += 1;
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .start()
+    };
+    let first = start_worker(runs.clone()).await.expect("start worker");
+    let mut events = first.subscribe();
+    assert!(
+        until(&mut events, SOON, || first.stats().started >= 4).await,
+        "jobs started"
+    );
+    let report = first.shutdown().await.expect("shutdown");
+    let finished_by_first = runs.lock().expect("lock").len() as u32;
+    assert_eq!(
+        report.returned, 0,
+        "every running job finished within the grace period"
+    );
+    assert!(
+        finished_by_first >= 4 && finished_by_first < total,
+        "{finished_by_first} finished before shutdown"
+    );
+    let second = start_worker(runs.clone())
+        .await
+        .expect("start second worker");
+    let mut events = second.subscribe();
+    let rest = u64::from(total - finished_by_first);
+    assert!(
+        until(&mut events, SOON * 2, || second.stats().completed >= rest).await,
+        "the rest completed"
+    );
+    second.shutdown().await.expect("shutdown");
+    let runs = runs.lock().expect("lock");
+    assert_eq!(runs.len(), total as usize, "nothing lost");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "nothing run twice: {runs:?}"
+    );
+}
+
+/// Case 37: a `traceparent` set at send is the parent of the handler's span.
+pub async fn trace_propagation(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let root = TraceContext::new_root();
+    let message = trace::scope(root, async {
+        Job::encode(&"traced".to_owned(), &JobOptions::default())
+    })
+    .await
+    .expect("encode");
+    let sent =
+        TraceContext::parse(&message.headers[trace::TRACEPARENT]).expect("traceparent set at send");
+    assert_eq!(
+        sent.trace_id, root.trace_id,
+        "the send is part of the caller's trace"
+    );
+    let seen: Arc<Mutex<Option<(Option<TraceContext>, Option<TraceContext>)>>> = Arc::default();
+    let record = seen.clone();
+    let worker = Worker::builder(ctx.backend().clone(), queue.clone())
+        .handler(move |_job: Job<String>| {
+            let record = record.clone();
+            async move {
+                *record.lock().expect("lock") = Some((trace::current(), trace::parent()));
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .expect("start worker");
+    let mut events = worker.subscribe();
+    ctx.producer(&queue)
+        .await
+        .send(message)
+        .await
+        .expect("send");
+    assert!(until(&mut events, SOON, || worker.stats().completed == 1).await);
+    worker.shutdown().await.expect("shutdown");
+    let (current, parent) = seen.lock().expect("lock").expect("handler ran");
+    let current = current.expect("the handler runs inside a trace context");
+    assert_eq!(
+        parent,
+        Some(sent),
+        "the handler's parent is the sent traceparent"
+    );
+    assert_eq!(current.trace_id, root.trace_id);
+    assert_ne!(
+        current.span_id, sent.span_id,
+        "the handler has its own span"
+    );
+}
+
+/// Case 38: a submitted job's status moves Pending -> Running -> Completed
+/// (or Retry -> Dead) and is readable by id.
+pub async fn job_status(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let scheduler = JobScheduler::new(ctx.backend().clone(), Arc::new(MemoryJobStore::new()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let ok = scheduler
+        .submit(&queue, &"ok".to_owned(), &JobOptions::default())
+        .await
+        .expect("submit");
+    let bad = scheduler
+        .submit(
+            &queue,
+            &"bad".to_owned(),
+            &JobOptions::default().with_max_retries(1),
+        )
+        .await
+        .expect("submit");
+    for id in [ok, bad] {
+        let record = scheduler
+            .status(id)
+            .await
+            .expect("status")
+            .expect("tracked");
+        assert_eq!(record.status, JobStatus::Pending);
+        assert_eq!(record.queue, queue);
+    }
+    let open = gate.clone();
+    let worker = scheduler
+        .worker(queue.clone())
+        .concurrency(2)
+        .retry(test_backoff(Duration::from_millis(100)))
+        .handler(move |job: Job<String>| {
+            let open = open.clone();
+            async move {
+                if job.payload == "bad" {
+                    return Err(std::io::Error::other("always fails"));
+                }
+                let _permit = open.acquire().await.expect("gate");
+                Ok(format!("done {}", job.payload))
+            }
+        })
+        .start()
+        .await
+        .expect("start worker");
+    let mut events = worker.subscribe();
+    let status = |id| {
+        let scheduler = &scheduler;
+        async move {
+            scheduler
+                .status(id)
+                .await
+                .expect("status")
+                .expect("tracked")
+        }
+    };
+    // The good job holds at the gate: Running.
+    let mut running = false;
+    let mut saw_retry = false;
+    let deadline = tokio::time::Instant::now() + SOON;
+    while tokio::time::Instant::now() < deadline
+        && !(running && status(bad).await.status == JobStatus::Dead)
+    {
+        running |= status(ok).await.status == JobStatus::Running;
+        saw_retry |= status(bad).await.status == JobStatus::Retry;
+        let _ = tokio::time::timeout(Duration::from_millis(50), events.recv()).await;
+    }
+    assert!(running, "the gated job was seen Running");
+    let bad_record = status(bad).await;
+    assert_eq!(bad_record.status, JobStatus::Dead, "{bad_record:?}");
+    assert_eq!(bad_record.attempts, 2);
+    assert_eq!(bad_record.last_error.as_deref(), Some("always fails"));
+    assert!(
+        saw_retry || worker.stats().retried == 1,
+        "the failing job went through Retry"
+    );
+    gate.add_permits(1);
+    assert!(until(&mut events, SOON, || worker.stats().completed == 1).await);
+    worker.shutdown().await.expect("shutdown");
+    let ok_record = status(ok).await;
+    assert_eq!(ok_record.status, JobStatus::Completed);
+    assert_eq!(ok_record.result, Some(serde_json::json!("done ok")));
+    assert_eq!(ok_record.attempts, 1);
+    let stats = scheduler.stats().await.expect("stats");
+    assert_eq!((stats.completed, stats.dead), (1, 1));
 }

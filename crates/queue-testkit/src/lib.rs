@@ -116,7 +116,14 @@ macro_rules! conformance_suite {
             payload_too_large,
             invalid_queue_name,
             foreign_message,
-            bad_config
+            bad_config,
+            worker_processes_all,
+            worker_retry_backoff,
+            worker_timeout_cancels,
+            worker_panic_isolated,
+            graceful_shutdown,
+            trace_propagation,
+            job_status
         );
     };
 }
