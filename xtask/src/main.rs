@@ -4,7 +4,7 @@
 //!   URLs with `QUEUE_TEST_REQUIRED=1`, and run the workspace tests.
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
-//! - `cargo xtask bench <backend>`: run a backend's benchmark (`memory`).
+//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`).
 //!
 //! It stays thin: it starts services and runs cargo; test logic lives in tests.
 
@@ -18,7 +18,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   test             start services, run every workspace test (the README's test command)
   ci               fmt --check, clippy -D warnings, doc -D warnings, then test
-  bench <backend>  run a benchmark; backends: memory";
+  bench <name>     run a benchmark: memory (backend), worker (worker pool on memory)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();

@@ -1,5 +1,7 @@
 //! Job lifecycle events, broadcast to any number of listeners.
 
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -80,6 +82,7 @@ impl JobEvent {
 #[derive(Debug, Clone)]
 pub struct EventBus {
     sender: tokio::sync::broadcast::Sender<JobEvent>,
+    listeners: Arc<AtomicUsize>,
 }
 
 impl Default for EventBus {
@@ -94,17 +97,22 @@ impl EventBus {
     pub fn new(capacity: usize) -> Self {
         EventBus {
             sender: tokio::sync::broadcast::channel(capacity.max(1)).0,
+            listeners: Arc::new(AtomicUsize::new(0)),
         }
     }
 
     /// Listen from now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<JobEvent> {
-        self.sender.subscribe()
+    pub fn subscribe(&self) -> EventStream {
+        self.listeners.fetch_add(1, AtomicOrdering::AcqRel);
+        EventStream {
+            receiver: self.sender.subscribe(),
+            listeners: self.listeners.clone(),
+        }
     }
 
     /// Whether anyone listens (events are only built when someone does).
     pub fn has_listeners(&self) -> bool {
-        self.sender.receiver_count() > 0
+        self.listeners.load(AtomicOrdering::Acquire) > 0
     }
 
     /// Send an event built by `make`, if anyone listens.
@@ -112,5 +120,31 @@ impl EventBus {
         if self.has_listeners() {
             let _ = self.sender.send(make());
         }
+    }
+}
+
+/// A listener of an [`EventBus`].
+#[derive(Debug)]
+pub struct EventStream {
+    receiver: tokio::sync::broadcast::Receiver<JobEvent>,
+    listeners: Arc<AtomicUsize>,
+}
+
+impl EventStream {
+    /// The next event. `Lagged(n)` says `n` events were skipped because
+    /// this listener fell behind; `Closed` that no sender is left.
+    pub async fn recv(&mut self) -> Result<JobEvent, tokio::sync::broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<JobEvent, tokio::sync::broadcast::error::TryRecvError> {
+        self.receiver.try_recv()
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.listeners.fetch_sub(1, AtomicOrdering::AcqRel);
     }
 }

@@ -40,7 +40,7 @@ pub mod worker;
 pub use capabilities::{Capabilities, Ordering, Support};
 pub use config::{BackendKind, QueueConfig, SecretUrl};
 pub use error::{BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
-pub use events::{EventBus, JobEvent, JobEventKind};
+pub use events::{EventBus, EventStream, JobEvent, JobEventKind};
 pub use job::{BackoffPolicy, Job, JobOptions, JobStatus};
 pub use manager::{ManagedQueueStats, ManagerHealth, QueueManager, QueueManagerBuilder};
 pub use memory::MemoryBackend;

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{EventBus, JobEvent};
+use crate::events::{EventBus, EventStream};
 use crate::job::JobOptions;
 use crate::message::{Message, MessageId, QueueName};
 use crate::scheduler::JobScheduler;
@@ -222,7 +222,7 @@ impl QueueManager {
     }
 
     /// Every job event of every backend and worker.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<JobEvent> {
+    pub fn subscribe(&self) -> EventStream {
         self.events.subscribe()
     }
 

@@ -12,8 +12,89 @@ use uuid::Uuid;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Message headers: a string map. W3C `traceparent` travels here.
-pub type Headers = BTreeMap<String, String>;
+/// Message headers: a string map (W3C `traceparent` travels here).
+///
+/// Reads go through `Deref` to a `BTreeMap<String, String>`; cloning is
+/// cheap (the map is shared and copied only when a clone is changed), so a
+/// backend can keep a message and hand out a copy without copying headers.
+///
+/// ```
+/// use queue_core::Headers;
+/// let mut headers = Headers::new();
+/// headers.insert("tenant", "acme");
+/// let copy = headers.clone();
+/// headers.insert("tenant", "globex");
+/// assert_eq!(copy["tenant"], "acme");
+/// assert_eq!(headers.get("tenant").map(String::as_str), Some("globex"));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Headers(Arc<BTreeMap<String, String>>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Headers::default()
+    }
+
+    /// Set `name` to `value`, returning the previous value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Option<String> {
+        Arc::make_mut(&mut self.0).insert(name.into(), value.into())
+    }
+
+    /// Remove `name`, returning its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        if !self.0.contains_key(name) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0).remove(name)
+    }
+}
+
+impl std::ops::Deref for Headers {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Headers(Arc::new(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        ))
+    }
+}
+
+impl From<BTreeMap<String, String>> for Headers {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Headers(Arc::new(map))
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        BTreeMap::deserialize(deserializer).map(Headers::from)
+    }
+}
 
 /// The default number of attempts before a message is dead-lettered.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
@@ -426,7 +507,7 @@ impl Message {
     /// Add a header.
     #[must_use]
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(name.into(), value.into());
+        self.headers.insert(name, value);
         self
     }
 

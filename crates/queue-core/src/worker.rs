@@ -24,10 +24,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! How it works, per job: the dispatcher receives at most as many
-//! deliveries as there are free slots (never more than `prefetch` per call),
-//! so no job waits locally while holding a lease. Each job runs on its own
-//! task inside a `job` tracing span whose parent is the message's
+//! How it works, per job: the worker runs `lanes` tasks (one per CPU by
+//! default), each owning a share of the `concurrency` slots. A lane receives
+//! at most as many deliveries as it has free slots (never more than
+//! `prefetch` per call), so no job waits locally while holding a lease, and
+//! drives its jobs as futures without spawning a task per job. Each job runs
+//! inside a `job` tracing span whose parent is the message's
 //! `traceparent`. The handler's future is polled under `catch_unwind` (a
 //! panic fails that attempt only) and dropped when the timeout passes (code
 //! after its pending await point never runs). While it runs near the end
@@ -45,15 +47,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use validator::Validate;
 
 use crate::config::validation_error;
 use crate::error::{BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
-use crate::events::{EventBus, JobEvent, JobEventKind};
+use crate::events::{EventBus, EventStream, JobEvent, JobEventKind};
 use crate::job::{BackoffPolicy, Job, HEADER_TIMEOUT_MS};
 use crate::message::{random_unit, Message, QueueName};
 use crate::stats::{ConsumerOptions, DeadLetterReason};
@@ -82,6 +85,8 @@ struct Settings {
     poll_wait: Duration,
     shutdown_grace: Duration,
     liveness_timeout: Duration,
+    #[validate(range(min = 1, max = 1024, message = "must be 1 to 1024"))]
+    lanes: usize,
 }
 
 /// Builds a [`Worker`]: queue, handler, concurrency, prefetch, retry policy,
@@ -123,6 +128,7 @@ impl Worker {
                 poll_wait: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(30),
                 liveness_timeout: Duration::from_secs(60),
+                lanes: std::thread::available_parallelism().map_or(2, usize::from),
             },
             events: EventBus::default(),
             store: None,
@@ -181,6 +187,15 @@ impl WorkerBuilder {
     /// slots) reports unhealthy (default 60 s).
     pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
         self.settings.liveness_timeout = timeout;
+        self
+    }
+
+    /// Tasks the worker drives its jobs on (default: one per CPU). Jobs of
+    /// one lane are polled by one task, so a handler that computes for long
+    /// without awaiting delays its lane: run such work in
+    /// `tokio::task::spawn_blocking`.
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.settings.lanes = lanes;
         self
     }
 
@@ -399,7 +414,7 @@ impl WorkerWithHandler {
 
 impl WorkerHandle {
     /// Lifecycle events of this worker's jobs.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<JobEvent> {
+    pub fn subscribe(&self) -> EventStream {
         self.shared.events.subscribe()
     }
 
@@ -470,87 +485,130 @@ impl WorkerHandle {
     }
 }
 
-/// The fetch loop; on stop, waits for running jobs and the ack flusher.
+/// Runs the lanes; on stop, waits for them and for the ack flusher.
 async fn dispatch(
     shared: Arc<Shared>,
     consumer: Arc<dyn Consumer>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<ShutdownReport> {
-    let slots = Arc::new(Semaphore::new(shared.settings.concurrency));
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Delivery>();
+    // Bounded, so a slow ack path holds jobs back instead of letting
+    // unacked deliveries pile up.
+    let (ack_tx, ack_rx) = mpsc::channel::<Delivery>(shared.settings.concurrency.max(64) * 4);
     let flusher = tokio::spawn(flush_acks(consumer.clone(), ack_rx));
-    let mut failures = 0u32;
-    'fetch: loop {
-        if *stop.borrow() {
-            break;
-        }
-        shared
-            .saturated
-            .store(slots.available_permits() == 0, AtomicOrdering::Relaxed);
-        let first = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = stop.changed() => break 'fetch,
-        };
-        shared.saturated.store(false, AtomicOrdering::Relaxed);
-        let mut permits = vec![first];
-        while permits.len() < shared.settings.prefetch {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
-        let received = tokio::select! {
-            r = consumer.receive(permits.len(), shared.settings.poll_wait) => r,
-            _ = stop.changed() => break 'fetch,
-        };
-        match received {
-            Ok(deliveries) => {
-                failures = 0;
-                if let Ok(mut g) = shared.last_fetch.lock() {
-                    *g = (Instant::now(), None);
-                }
-                for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
-                    let shared = shared.clone();
-                    let ack_tx = ack_tx.clone();
-                    tokio::spawn(async move {
-                        run_job(&shared, delivery, ack_tx).await;
-                        drop(permit);
-                    });
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(queue = %shared.queue, error = %e, "receive failed");
-                if let Ok(mut g) = shared.last_fetch.lock() {
-                    g.1 = Some(e.to_string());
-                }
-                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => break 'fetch,
-                }
-            }
-        }
+    let concurrency = shared.settings.concurrency;
+    let lanes = shared.settings.lanes.clamp(1, concurrency);
+    let at_stop = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        let slots = concurrency / lanes + usize::from(lane < concurrency % lanes);
+        tasks.push(tokio::spawn(run_lane(
+            shared.clone(),
+            consumer.clone(),
+            slots,
+            ack_tx.clone(),
+            stop.clone(),
+            at_stop.clone(),
+        )));
     }
-    // Stop fetching; wait for every slot to come back (the handle sets
-    // `hard_stop` when the grace period ends, and jobs then return early).
-    let in_flight_at_stop = shared.settings.concurrency - slots.available_permits();
-    let _all = slots
-        .acquire_many(shared.settings.concurrency as u32)
-        .await
-        .expect("the semaphore is never closed");
     drop(ack_tx);
+    for task in tasks {
+        task.await
+            .map_err(|e| Error::new(ErrorKind::Other, format!("worker lane failed: {e}")))?;
+    }
     let _ = flusher.await;
     let returned = shared.counters.returned.load(AtomicOrdering::Relaxed);
     Ok(ShutdownReport {
-        finished_in_grace: (in_flight_at_stop as u64).saturating_sub(returned),
+        finished_in_grace: at_stop
+            .load(AtomicOrdering::Relaxed)
+            .saturating_sub(returned),
         returned,
     })
 }
 
+type ReceiveFuture = Pin<Box<dyn Future<Output = Result<Vec<Delivery>>> + Send>>;
+
+/// One lane: fetches for its share of the slots and drives its jobs as
+/// futures in one task (no task spawn per job). A receive call stays
+/// pending across job completions rather than being dropped, so a broker
+/// receive is never cancelled half-way while the worker runs.
+async fn run_lane(
+    shared: Arc<Shared>,
+    consumer: Arc<dyn Consumer>,
+    slots: usize,
+    ack_tx: mpsc::Sender<Delivery>,
+    mut stop: watch::Receiver<bool>,
+    at_stop: Arc<AtomicU64>,
+) {
+    let mut running = FuturesUnordered::new();
+    let mut receiving: Option<ReceiveFuture> = None;
+    let mut failures = 0u32;
+    let mut stopping = *stop.borrow();
+    loop {
+        let free = slots - running.len();
+        shared.saturated.store(free == 0, AtomicOrdering::Relaxed);
+        if stopping {
+            break;
+        }
+        if receiving.is_none() && free > 0 {
+            let consumer = consumer.clone();
+            let (max, wait) = (
+                free.min(shared.settings.prefetch),
+                shared.settings.poll_wait,
+            );
+            receiving = Some(Box::pin(async move { consumer.receive(max, wait).await }));
+        }
+        tokio::select! {
+            Some(()) = running.next(), if !running.is_empty() => {}
+            received = async { receiving.as_mut().expect("guarded").await }, if receiving.is_some() => {
+                receiving = None;
+                match received {
+                    Ok(deliveries) => {
+                        failures = 0;
+                        if let Ok(mut g) = shared.last_fetch.lock() {
+                            *g = (Instant::now(), None);
+                        }
+                        for delivery in deliveries {
+                            running.push(run_job(shared.clone(), delivery, ack_tx.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(queue = %shared.queue, error = %e, "receive failed");
+                        if let Ok(mut g) = shared.last_fetch.lock() {
+                            g.1 = Some(e.to_string());
+                        }
+                        let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                        let pause = tokio::time::sleep(backoff);
+                        tokio::pin!(pause);
+                        // Keep running jobs moving while pausing.
+                        loop {
+                            tokio::select! {
+                                () = &mut pause => break,
+                                Some(()) = running.next(), if !running.is_empty() => {}
+                                _ = stop.changed() => { stopping = true; break; }
+                            }
+                        }
+                    }
+                }
+            }
+            changed = stop.changed() => {
+                stopping = changed.is_err() || *stop.borrow();
+            }
+        }
+    }
+    // Stop fetching. A pending receive is dropped: memory returns nothing
+    // it had not handed out; a broker's unreturned deliveries come back when
+    // their lease expires. Running jobs finish (or stop at the end of the
+    // grace period, when `hard_stop` is set).
+    drop(receiving);
+    at_stop.fetch_add(running.len() as u64, AtomicOrdering::Relaxed);
+    while running.next().await.is_some() {}
+    shared.saturated.store(false, AtomicOrdering::Relaxed);
+}
+
 /// Acks successes in batches: whatever arrived while the last batch was on
 /// the wire goes in the next one.
-async fn flush_acks(consumer: Arc<dyn Consumer>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
+async fn flush_acks(consumer: Arc<dyn Consumer>, mut rx: mpsc::Receiver<Delivery>) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 1000).await > 0 {
         if let Err(failed) = consumer.ack_batch(std::mem::take(&mut batch)).await {
@@ -595,6 +653,16 @@ enum Outcome {
     Stopped,
 }
 
+impl Outcome {
+    fn of(out: <CatchUnwind as Future>::Output) -> Outcome {
+        match out {
+            Ok(Ok(value)) => Outcome::Done(value),
+            Ok(Err(error)) => Outcome::Failed(HandlerError::from_boxed(error)),
+            Err(panic) => Outcome::Panicked(panic),
+        }
+    }
+}
+
 fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
     tokio::time::Instant::now()
         + deadline
@@ -603,7 +671,8 @@ fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
 }
 
 /// Run one delivery through the handler and settle it.
-async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::UnboundedSender<Delivery>) {
+async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Sender<Delivery>) {
+    let shared = &*shared;
     let message = delivery.message();
     let (id, attempt) = (message.id, message.attempt);
     let queue = &shared.queue;
@@ -634,7 +703,7 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
                 shared
                     .events
                     .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
-                let _ = ack_tx.send(delivery);
+                let _ = ack_tx.send(delivery).await;
                 return;
             }
         }
@@ -680,23 +749,28 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
             return;
         }
         Ok(fut) => {
-            let fut = CatchUnwind(Box::pin(
+            let mut fut = CatchUnwind(Box::pin(
                 crate::trace::scope_with_parent(context, parent, fut).instrument(span.clone()),
             ));
-            tokio::pin!(fut);
+            // Most jobs finish on their first poll: settle those without
+            // creating a single timer.
+            let first_poll =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
             let timeout_at = timeout.map(|t| tokio::time::Instant::now() + t);
             let mut hard_stop = shared.hard_stop.clone();
             let mut can_extend = true;
             loop {
+                if let Poll::Ready(out) = first_poll {
+                    break Outcome::of(out);
+                }
                 let extend_at = instant_of(delivery.lease_deadline())
                     .checked_sub(shared.lease / 3)
                     .unwrap_or_else(tokio::time::Instant::now);
+                // Biased: the handler is polled first, so a job that finishes
+                // at once never registers its timers.
                 tokio::select! {
-                    out = &mut fut => break match out {
-                        Ok(Ok(value)) => Outcome::Done(value),
-                        Ok(Err(error)) => Outcome::Failed(HandlerError::from_boxed(error)),
-                        Err(panic) => Outcome::Panicked(panic),
-                    },
+                    biased;
+                    out = &mut fut => break Outcome::of(out),
                     () = sleep_until_opt(timeout_at) => break Outcome::TimedOut(timeout.unwrap_or_default()),
                     () = tokio::time::sleep_until(extend_at), if can_extend => {
                         delivery = match delivery.extend(shared.lease).await {
@@ -733,7 +807,7 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
                 JobEvent::new(JobEventKind::Completed, id, queue.clone(), attempt)
                     .with_duration(run_time)
             });
-            let _ = ack_tx.send(delivery);
+            let _ = ack_tx.send(delivery).await;
             return;
         }
         Outcome::Stopped => {
@@ -781,7 +855,7 @@ async fn run_job(shared: &Shared, mut delivery: Delivery, ack_tx: mpsc::Unbounde
             shared
                 .events
                 .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
-            let _ = ack_tx.send(delivery);
+            let _ = ack_tx.send(delivery).await;
         }
         HandlerAction::Permanent => {
             settle_dead(

@@ -210,3 +210,55 @@ pub async fn pickup_latency(
         max_us: pick(1.0),
     })
 }
+
+/// Jobs through the worker pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerThroughput {
+    /// Jobs processed.
+    pub jobs: u64,
+    /// Worker concurrency.
+    pub concurrency: usize,
+    /// Wall time from worker start to the last completion.
+    pub seconds: f64,
+    /// `jobs / seconds`.
+    pub jobs_per_second: f64,
+}
+
+/// Queue `jobs` no-op jobs, then run them through a worker with
+/// `concurrency` slots; time from start to the last completion.
+pub async fn worker_throughput(
+    backend: Arc<dyn Backend>,
+    queue: &QueueName,
+    jobs: u64,
+    concurrency: usize,
+) -> queue_core::Result<WorkerThroughput> {
+    let producer = backend.producer(queue).await?;
+    let mut sent = 0u64;
+    while sent < jobs {
+        let n = (jobs - sent).min(1000);
+        let batch = (sent..sent + n)
+            .map(|i| queue_core::Job::encode(&i, &queue_core::JobOptions::default()))
+            .collect::<queue_core::Result<Vec<_>>>()?;
+        producer.send_batch(batch).await?;
+        sent += n;
+    }
+    let started = Instant::now();
+    let worker = queue_core::Worker::builder(backend.clone(), queue.clone())
+        .concurrency(concurrency)
+        .prefetch(concurrency)
+        .handler(|_job: queue_core::Job<u64>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await?;
+    // A benchmark harness may watch a counter: nothing here is under test.
+    while worker.stats().completed < jobs {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    worker.shutdown().await?;
+    Ok(WorkerThroughput {
+        jobs,
+        concurrency,
+        seconds,
+        jobs_per_second: jobs as f64 / seconds,
+    })
+}

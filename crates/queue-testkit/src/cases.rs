@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use queue_core::trace::{self, TraceContext};
 use queue_core::{
-    envelope, Backend, BackoffPolicy, Consumer, DeadLetterReason, Delivery, ErrorKind, Job,
-    JobEvent, JobOptions, JobScheduler, JobStatus, MemoryJobStore, Message, MessageId, Ordering,
+    envelope, Backend, BackoffPolicy, Consumer, DeadLetterReason, Delivery, ErrorKind, EventStream,
+    Job, JobOptions, JobScheduler, JobStatus, MemoryJobStore, Message, MessageId, Ordering,
     Priority, QueueName, QueueOptions, Redrive, Result, Worker,
 };
 
@@ -1249,7 +1249,7 @@ fn test_backoff(initial: Duration) -> BackoffPolicy {
 
 /// Wait until `done` holds, checking on every event of `events`, for at most `timeout`.
 async fn until(
-    events: &mut tokio::sync::broadcast::Receiver<JobEvent>,
+    events: &mut EventStream,
     timeout: Duration,
     mut done: impl FnMut() -> bool,
 ) -> bool {
