@@ -16,10 +16,6 @@ use crate::message::{Headers, Message, MessageId, Priority};
 pub const HEADER_TIMEOUT_MS: &str = "queue-timeout-ms";
 /// Header carrying a job's own backoff: `initial_ms,max_ms,multiplier,jitter(0|1)`.
 pub const HEADER_BACKOFF: &str = "queue-backoff";
-/// Header carrying a job's payload content type.
-pub const HEADER_CONTENT_TYPE: &str = "content-type";
-/// The content type of JSON-encoded jobs.
-pub const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -300,6 +296,9 @@ pub struct Job<T> {
     pub headers: Headers,
     /// When it was submitted.
     pub created_at: SystemTime,
+    /// When this attempt became due: the delay or retry backoff's end, or
+    /// `created_at` (pickup latency is measured from here).
+    pub due_at: SystemTime,
     /// Per-attempt timeout, if any.
     pub timeout: Option<Duration>,
     /// The job's own backoff, if it set one.
@@ -321,8 +320,7 @@ impl<T: Serialize> Job<T> {
         })?;
         let mut message = Message::new(bytes)
             .with_priority(options.priority)
-            .with_max_attempts(options.max_attempts())
-            .with_header(HEADER_CONTENT_TYPE, JSON_CONTENT_TYPE);
+            .with_max_attempts(options.max_attempts());
         if let Some(delay) = options.delay {
             message = message.with_delay(delay);
         }
@@ -385,6 +383,9 @@ impl<T: DeserializeOwned> Job<T> {
             priority: message.priority,
             headers: message.headers.clone(),
             created_at: message.created_at,
+            due_at: message
+                .not_before
+                .map_or(message.created_at, |at| at.max(message.created_at)),
             timeout,
             last_error: message.last_error.clone(),
         })

@@ -533,6 +533,9 @@ impl Producer for MemoryProducer {
     }
 
     async fn send(&self, message: Message) -> Result<MessageId> {
+        // In-process sends never wait on I/O: give the scheduler a chance to
+        // run consumers, or a tight send loop would starve them.
+        tokio::task::consume_budget().await;
         self.shared.capabilities.check_message(&message)?;
         let id = message.id;
         self.push(vec![message])?;
@@ -540,6 +543,7 @@ impl Producer for MemoryProducer {
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+        tokio::task::consume_budget().await;
         self.shared.capabilities.check_batch(&messages)?;
         self.push(messages)
     }

@@ -229,7 +229,7 @@ impl WorkerBuilder {
             Ok(Box::pin(async move {
                 match fut.await {
                     Ok(value) => Ok(serde_json::to_value(value).ok().filter(|v| !v.is_null())),
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(into_boxed(e)),
                 }
             }) as HandlerFuture)
         });
@@ -543,18 +543,24 @@ async fn run_lane(
     let mut receiving: Option<ReceiveFuture> = None;
     let mut failures = 0u32;
     let mut stopping = *stop.borrow();
+    let (mut backlog, mut asked) = (false, 0usize);
     loop {
         let free = slots - running.len();
         shared.saturated.store(free == 0, AtomicOrdering::Relaxed);
         if stopping {
             break;
         }
-        if receiving.is_none() && free > 0 {
+        // With a backlog (the last receive came back full), refill in
+        // batches of half the lane; otherwise keep a receive pending for
+        // every free slot so a new job is picked up at once.
+        let refill_at = if backlog { (slots / 2).max(1) } else { 1 };
+        if receiving.is_none() && free >= refill_at {
             let consumer = consumer.clone();
             let (max, wait) = (
                 free.min(shared.settings.prefetch),
                 shared.settings.poll_wait,
             );
+            asked = max;
             receiving = Some(Box::pin(async move { consumer.receive(max, wait).await }));
         }
         tokio::select! {
@@ -564,6 +570,7 @@ async fn run_lane(
                 match received {
                     Ok(deliveries) => {
                         failures = 0;
+                        backlog = deliveries.len() == asked;
                         if let Ok(mut g) = shared.last_fetch.lock() {
                             *g = (Instant::now(), None);
                         }
@@ -619,6 +626,22 @@ async fn flush_acks(consumer: Arc<dyn Consumer>, mut rx: mpsc::Receiver<Delivery
     }
 }
 
+/// Box a handler's error, keeping a [`HandlerError`] findable when it
+/// travels inside an `anyhow::Error` (whose own boxing would hide it).
+fn into_boxed<E: Into<BoxError> + 'static>(error: E) -> BoxError {
+    let any: Box<dyn Any> = Box::new(error);
+    match any.downcast::<anyhow::Error>() {
+        Ok(error) => match error.downcast::<HandlerError>() {
+            Ok(handler_error) => Box::new(handler_error),
+            Err(error) => error.into(),
+        },
+        Err(any) => match any.downcast::<E>() {
+            Ok(error) => (*error).into(),
+            Err(_) => unreachable!("the box holds an E"),
+        },
+    }
+}
+
 /// A future polled under `catch_unwind`: a panic becomes `Err(message)`.
 struct CatchUnwind(HandlerFuture);
 
@@ -651,6 +674,47 @@ enum Outcome {
     Panicked(String),
     TimedOut(Duration),
     Stopped,
+}
+
+/// Drive a handler that did not finish at once: time it out, extend the
+/// lease while it runs, stop it at the end of the shutdown grace period.
+/// The handler's future is dropped on return, before the job is settled,
+/// so a timed-out handler never resumes.
+async fn supervise(
+    shared: &Shared,
+    mut delivery: Delivery,
+    mut fut: CatchUnwind,
+    timeout: Option<Duration>,
+    span: &tracing::Span,
+) -> (Outcome, Delivery) {
+    let timeout_at = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut hard_stop = shared.hard_stop.clone();
+    let mut can_extend = true;
+    loop {
+        let extend_at = instant_of(delivery.lease_deadline())
+            .checked_sub(shared.lease / 3)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let outcome = tokio::select! {
+            biased;
+            out = &mut fut => Outcome::of(out),
+            () = sleep_until_opt(timeout_at) => Outcome::TimedOut(timeout.unwrap_or_default()),
+            () = tokio::time::sleep_until(extend_at), if can_extend => {
+                delivery = match delivery.extend(shared.lease).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(parent: span, error = %e.error, "lease extension failed; the job may run twice");
+                        can_extend = false;
+                        *e.delivery
+                    }
+                };
+                continue;
+            }
+            () = until_true(&mut hard_stop) => Outcome::Stopped,
+        };
+        // Drop the handler's future before the job is settled.
+        drop(fut);
+        return (outcome, delivery);
+    }
 }
 
 impl Outcome {
@@ -753,36 +817,17 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Send
                 crate::trace::scope_with_parent(context, parent, fut).instrument(span.clone()),
             ));
             // Most jobs finish on their first poll: settle those without
-            // creating a single timer.
+            // creating a single timer (and keep the timers' state out of
+            // this future, which every job allocates).
             let first_poll =
                 std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await;
-            let timeout_at = timeout.map(|t| tokio::time::Instant::now() + t);
-            let mut hard_stop = shared.hard_stop.clone();
-            let mut can_extend = true;
-            loop {
-                if let Poll::Ready(out) = first_poll {
-                    break Outcome::of(out);
-                }
-                let extend_at = instant_of(delivery.lease_deadline())
-                    .checked_sub(shared.lease / 3)
-                    .unwrap_or_else(tokio::time::Instant::now);
-                // Biased: the handler is polled first, so a job that finishes
-                // at once never registers its timers.
-                tokio::select! {
-                    biased;
-                    out = &mut fut => break Outcome::of(out),
-                    () = sleep_until_opt(timeout_at) => break Outcome::TimedOut(timeout.unwrap_or_default()),
-                    () = tokio::time::sleep_until(extend_at), if can_extend => {
-                        delivery = match delivery.extend(shared.lease).await {
-                            Ok(d) => d,
-                            Err(e) => {
-                                tracing::warn!(parent: &span, error = %e.error, "lease extension failed; the job may run twice");
-                                can_extend = false;
-                                *e.delivery
-                            }
-                        };
-                    }
-                    () = until_true(&mut hard_stop) => break Outcome::Stopped,
+            match first_poll {
+                Poll::Ready(out) => Outcome::of(out),
+                Poll::Pending => {
+                    let (outcome, held) =
+                        Box::pin(supervise(shared, delivery, fut, timeout, &span)).await;
+                    delivery = held;
+                    outcome
                 }
             }
             // Leaving the loop drops nothing yet; the future is dropped here,
@@ -959,5 +1004,137 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobOptions;
+    use crate::memory::MemoryBackend;
+    use crate::traits::Producer;
+
+    async fn send(backend: &MemoryBackend, queue: &QueueName, payload: &str, options: &JobOptions) {
+        let producer = backend.memory_producer(queue).unwrap();
+        producer
+            .send(Job::encode(&payload.to_owned(), options).unwrap())
+            .await
+            .unwrap();
+    }
+
+    async fn until(handle: &WorkerHandle, done: impl Fn(WorkerStats) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut events = handle.subscribe();
+        while !done(handle.stats()) {
+            assert!(Instant::now() < deadline, "timed out: {:?}", handle.stats());
+            let _ = tokio::time::timeout(Duration::from_millis(50), events.recv()).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handler_actions_survive_anyhow_and_are_applied() {
+        let backend = MemoryBackend::new();
+        let queue = QueueName::new("actions").unwrap();
+        let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+            .handler(|job: Job<String>| async move {
+                match job.payload.as_str() {
+                    "permanent" => Err(anyhow::Error::from(HandlerError::permanent("bad input"))),
+                    "cancel" => Err(HandlerError::cancel("no longer wanted").into()),
+                    "later" if job.attempt == 1 => Err(anyhow::Error::from(
+                        HandlerError::retry_after("busy", Duration::from_millis(300)),
+                    )),
+                    _ => Ok(job.attempt),
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+        let options = JobOptions::default().with_max_retries(5);
+        for payload in ["permanent", "cancel", "later"] {
+            send(&backend, &queue, payload, &options).await;
+        }
+        let started = Instant::now();
+        until(&handle, |s| {
+            s.completed == 1 && s.dead_lettered == 1 && s.cancelled == 1
+        })
+        .await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "retry_after was honoured"
+        );
+        let stats = handle.stats();
+        assert_eq!((stats.failed, stats.retried), (3, 1), "{stats:?}");
+        handle.shutdown().await.unwrap();
+        let dead = crate::traits::Admin::dead_letters(&backend, &queue, 10)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            dead[0].reason,
+            DeadLetterReason::Rejected("bad input".into())
+        );
+        assert_eq!(dead[0].attempts, 1, "a permanent failure is not retried");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_cannot_fetch_reports_unhealthy() {
+        let backend = MemoryBackend::new();
+        let queue = QueueName::new("liveness").unwrap();
+        let handle = Worker::builder(Arc::new(backend.clone()), queue)
+            .liveness_timeout(Duration::from_millis(200))
+            .poll_wait(Duration::from_millis(50))
+            .handler(|_job: Job<String>| async { Ok::<_, std::io::Error>(()) })
+            .start()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(handle.health().healthy, "{:?}", handle.health());
+        crate::traits::Backend::close(&backend).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let health = handle.health();
+        assert!(!health.healthy, "{health:?}");
+        assert!(health.last_error.unwrap_or_default().contains("closed"));
+        handle.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalid_settings_name_the_field() {
+        let backend = Arc::new(MemoryBackend::new());
+        let err = Worker::builder(backend, QueueName::new("bad").unwrap())
+            .concurrency(0)
+            .handler(|_job: Job<String>| async { Ok::<_, std::io::Error>(()) })
+            .start()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.message().contains("concurrency: must be 1 to 10000"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_jobs_get_their_lease_extended() {
+        let backend = MemoryBackend::new();
+        let queue = QueueName::new("extend").unwrap();
+        let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+            .lease(Duration::from_millis(300))
+            .handler(|_job: Job<String>| async {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                Ok::<_, std::io::Error>(())
+            })
+            .start()
+            .await
+            .unwrap();
+        send(&backend, &queue, "long", &JobOptions::default()).await;
+        until(&handle, |s| s.completed == 1).await;
+        let stats = handle.stats();
+        handle.shutdown().await.unwrap();
+        assert_eq!(
+            stats.started, 1,
+            "never redelivered while running: {stats:?}"
+        );
+        let q = crate::traits::Admin::stats(&backend, &queue).await.unwrap();
+        assert_eq!((q.retried_total, q.acked_total), (0, 1), "{q:?}");
     }
 }

@@ -14,7 +14,7 @@ fn main() {
     runtime.block_on(async {
         let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
         let queue = QueueName::new("bench-worker").expect("queue name");
-        let result = bench::worker_throughput(backend, &queue, 1_000_000, 64)
+        let result = bench::worker_throughput(backend, &queue, 200_000, 64)
             .await
             .expect("worker run");
         println!(

@@ -1566,7 +1566,9 @@ pub async fn trace_propagation(ctx: &Ctx) {
         sent.trace_id, root.trace_id,
         "the send is part of the caller's trace"
     );
-    let seen: Arc<Mutex<Option<(Option<TraceContext>, Option<TraceContext>)>>> = Arc::default();
+    // (the handler's own context, its parent) as the handler saw them
+    type Seen = Option<(Option<TraceContext>, Option<TraceContext>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let record = seen.clone();
     let worker = Worker::builder(ctx.backend().clone(), queue.clone())
         .handler(move |_job: Job<String>| {
