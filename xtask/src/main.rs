@@ -61,7 +61,7 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     // Broker suites arrive with their backend crates; each exports its
     // QUEUE_TEST_<BACKEND>_URL here after starting or checking its service.
-    let mut args = vec!["test", "--workspace"];
+    let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args, &[("QUEUE_TEST_REQUIRED", "1")])
 }

@@ -30,6 +30,8 @@ pub mod job;
 pub mod manager;
 pub mod memory;
 pub mod message;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod scheduler;
 pub mod stats;
 pub mod store;

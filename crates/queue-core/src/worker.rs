@@ -87,6 +87,7 @@ struct Settings {
     liveness_timeout: Duration,
     #[validate(range(min = 1, max = 1024, message = "must be 1 to 1024"))]
     lanes: usize,
+    depth_interval: Option<Duration>,
 }
 
 /// Builds a [`Worker`]: queue, handler, concurrency, prefetch, retry policy,
@@ -129,6 +130,7 @@ impl Worker {
                 shutdown_grace: Duration::from_secs(30),
                 liveness_timeout: Duration::from_secs(60),
                 lanes: std::thread::available_parallelism().map_or(2, usize::from),
+                depth_interval: Some(Duration::from_secs(15)),
             },
             events: EventBus::default(),
             store: None,
@@ -196,6 +198,14 @@ impl WorkerBuilder {
     /// `tokio::task::spawn_blocking`.
     pub fn lanes(mut self, lanes: usize) -> Self {
         self.settings.lanes = lanes;
+        self
+    }
+
+    /// How often the queue depth gauges (`queue_depth{queue, state}`) are
+    /// refreshed from the backend's stats (default 15 s; `None` turns it off,
+    /// for brokers where a stats call costs).
+    pub fn depth_interval(mut self, interval: Option<Duration>) -> Self {
+        self.settings.depth_interval = interval;
         self
     }
 
@@ -402,6 +412,14 @@ impl WorkerWithHandler {
             last_fetch: Mutex::new((Instant::now(), None)),
             saturated: AtomicBool::new(false),
         });
+        if let Some(interval) = shared.settings.depth_interval {
+            tokio::spawn(report_depth(
+                builder.backend.clone(),
+                shared.queue.clone(),
+                interval,
+                stop_rx.clone(),
+            ));
+        }
         let dispatcher = tokio::spawn(dispatch(shared.clone(), consumer, stop_rx));
         Ok(WorkerHandle {
             shared,
@@ -482,6 +500,34 @@ impl WorkerHandle {
         };
         joined
             .map_err(|e| Error::new(ErrorKind::Other, format!("worker dispatcher failed: {e}")))?
+    }
+}
+
+/// Refresh the `queue_depth` gauges every `interval` until stopped.
+async fn report_depth(
+    backend: Arc<dyn Backend>,
+    queue: QueueName,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let gauge = |state: &'static str| metrics::gauge!("queue_depth", "queue" => queue.to_string(), "state" => state);
+    let (ready, delayed, in_flight, dead) = (
+        gauge("ready"),
+        gauge("delayed"),
+        gauge("in_flight"),
+        gauge("dead"),
+    );
+    loop {
+        if let Ok(stats) = backend.admin().stats(&queue).await {
+            ready.set(stats.ready as f64);
+            delayed.set(stats.delayed as f64);
+            in_flight.set(stats.in_flight as f64);
+            dead.set(stats.dead as f64);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = until_true(&mut stop) => return,
+        }
     }
 }
 
