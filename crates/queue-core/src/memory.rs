@@ -671,6 +671,10 @@ impl Consumer for MemoryConsumer {
                 );
             }
             Ok(mut state) => {
+                // Freeing messages is slow next to the bookkeeping: keep it
+                // out of the lock, which other consumers are waiting for.
+                let mut released = Vec::with_capacity(deliveries.len());
+                let mut settled = Vec::with_capacity(deliveries.len());
                 for delivery in deliveries {
                     let key = match delivery.acker().as_any().downcast_ref::<MemoryAcker>() {
                         Some(acker) if Arc::ptr_eq(&acker.queue, &self.queue) => acker.key,
@@ -679,12 +683,20 @@ impl Consumer for MemoryConsumer {
                             continue;
                         }
                     };
-                    if state.release(&key).is_some() {
-                        state.stats.acked_total += 1;
-                    } else {
-                        failed.push(DeliveryError::new(lease_lost(delivery.message()), delivery));
+                    match state.release(&key) {
+                        Some(message) => {
+                            state.stats.acked_total += 1;
+                            released.push(message);
+                            settled.push(delivery);
+                        }
+                        None => {
+                            failed.push(DeliveryError::new(lease_lost(delivery.message()), delivery))
+                        }
                     }
                 }
+                drop(state);
+                drop(released);
+                drop(settled);
             }
         }
         ack_each(foreign, failed).await
@@ -714,10 +726,12 @@ impl MemoryAcker {
 impl Acker for MemoryAcker {
     async fn ack(&self, message: &Message) -> Result<()> {
         let mut state = self.queue.state()?;
-        if state.release(&self.key).is_none() {
+        let Some(released) = state.release(&self.key) else {
             return Err(lease_lost(message));
-        }
+        };
         state.stats.acked_total += 1;
+        drop(state);
+        drop(released);
         Ok(())
     }
 
