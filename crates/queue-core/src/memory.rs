@@ -689,9 +689,8 @@ impl Consumer for MemoryConsumer {
                             released.push(message);
                             settled.push(delivery);
                         }
-                        None => {
-                            failed.push(DeliveryError::new(lease_lost(delivery.message()), delivery))
-                        }
+                        None => failed
+                            .push(DeliveryError::new(lease_lost(delivery.message()), delivery)),
                     }
                 }
                 drop(state);

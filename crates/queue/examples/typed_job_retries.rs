@@ -1,7 +1,7 @@
 //! Typed jobs with retries and permanent failures.
 //!
-//! The handler returns `anyhow::Error` (the worker gets it through
-//! `handler_error`, which keeps the action of a `HandlerError` inside it).
+//! The handler returns `anyhow::Error`; a `HandlerError` inside it keeps
+//! its action (permanent, retry after, cancel).
 //! One job is flaky: it fails on its first two attempts (`job.attempt`) and
 //! succeeds on the third, after the worker's backoff. Another has bad
 //! input: the handler fails it with `HandlerError::permanent`, so it goes
@@ -48,15 +48,6 @@ async fn resize(job: Job<Resize>) -> anyhow::Result<String> {
     Ok(format!("{image} resized to {width}px"))
 }
 
-/// Hand the worker the `HandlerError` inside an `anyhow::Error`, so its
-/// action (permanent, retry after, cancel) is kept: converting an
-/// `anyhow::Error` to a boxed error wraps it in a type the worker cannot
-/// look into, and every such error would be retried.
-fn handler_error(error: anyhow::Error) -> HandlerError {
-    error
-        .downcast::<HandlerError>()
-        .unwrap_or_else(HandlerError::retry)
-}
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let backend = queue::connect("memory://").await?;
@@ -69,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
             multiplier: 2.0,
             jitter: false,
         })
-        .handler(|job| async move { resize(job).await.map_err(handler_error) })
+        .handler(resize)
         .start()
         .await?;
     let mut events = handle.subscribe();
