@@ -50,7 +50,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 use validator::Validate;
 
@@ -537,10 +537,6 @@ async fn dispatch(
     consumer: Arc<dyn Consumer>,
     stop: watch::Receiver<bool>,
 ) -> Result<ShutdownReport> {
-    // Bounded, so a slow ack path holds jobs back instead of letting
-    // unacked deliveries pile up.
-    let (ack_tx, ack_rx) = mpsc::channel::<Delivery>(shared.settings.concurrency.max(64) * 4);
-    let flusher = tokio::spawn(flush_acks(consumer.clone(), ack_rx));
     let concurrency = shared.settings.concurrency;
     let lanes = shared.settings.lanes.clamp(1, concurrency);
     let at_stop = Arc::new(AtomicU64::new(0));
@@ -551,17 +547,14 @@ async fn dispatch(
             shared.clone(),
             consumer.clone(),
             slots,
-            ack_tx.clone(),
             stop.clone(),
             at_stop.clone(),
         )));
     }
-    drop(ack_tx);
     for task in tasks {
         task.await
             .map_err(|e| Error::new(ErrorKind::Other, format!("worker lane failed: {e}")))?;
     }
-    let _ = flusher.await;
     let returned = shared.counters.returned.load(AtomicOrdering::Relaxed);
     Ok(ShutdownReport {
         finished_in_grace: at_stop
@@ -572,26 +565,50 @@ async fn dispatch(
 }
 
 type ReceiveFuture = Pin<Box<dyn Future<Output = Result<Vec<Delivery>>> + Send>>;
+type AckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Ack `batch` in one call, logging what could not be acked.
+fn ack_batch(consumer: &Arc<dyn Consumer>, batch: Vec<Delivery>) -> AckFuture {
+    let consumer = consumer.clone();
+    Box::pin(async move {
+        if let Err(failed) = consumer.ack_batch(batch).await {
+            for f in failed {
+                tracing::warn!(job_id = %f.delivery.message().id, error = %f.error, "ack failed; the job may run again");
+            }
+        }
+    })
+}
 
 /// One lane: fetches for its share of the slots and drives its jobs as
-/// futures in one task (no task spawn per job). A receive call stays
-/// pending across job completions rather than being dropped, so a broker
-/// receive is never cancelled half-way while the worker runs.
+/// futures in one task (no task spawn per job). Finished jobs hand their
+/// delivery back to the lane, which acks whatever finished while the last
+/// ack call was on its way in one batch; a delivery waiting for its ack
+/// still holds its slot, so unacked deliveries never pile up. A receive or
+/// ack call stays pending across job completions rather than being
+/// dropped, so a broker call is never cancelled half-way while the worker
+/// runs.
 async fn run_lane(
     shared: Arc<Shared>,
     consumer: Arc<dyn Consumer>,
     slots: usize,
-    ack_tx: mpsc::Sender<Delivery>,
     mut stop: watch::Receiver<bool>,
     at_stop: Arc<AtomicU64>,
 ) {
     let mut running = FuturesUnordered::new();
     let mut receiving: Option<ReceiveFuture> = None;
+    let mut to_ack: Vec<Delivery> = Vec::new();
+    let mut acking: Option<(AckFuture, usize)> = None;
     let mut failures = 0u32;
     let mut stopping = *stop.borrow();
     let (mut backlog, mut asked) = (false, 0usize);
     loop {
-        let free = slots - running.len();
+        if acking.is_none() && !to_ack.is_empty() {
+            let batch = std::mem::take(&mut to_ack);
+            let len = batch.len();
+            acking = Some((ack_batch(&consumer, batch), len));
+        }
+        let unacked = to_ack.len() + acking.as_ref().map_or(0, |(_, n)| *n);
+        let free = slots.saturating_sub(running.len() + unacked);
         shared.saturated.store(free == 0, AtomicOrdering::Relaxed);
         if stopping {
             break;
@@ -610,7 +627,8 @@ async fn run_lane(
             receiving = Some(Box::pin(async move { consumer.receive(max, wait).await }));
         }
         tokio::select! {
-            Some(()) = running.next(), if !running.is_empty() => {}
+            Some(finished) = running.next(), if !running.is_empty() => to_ack.extend(finished),
+            () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => acking = None,
             received = async { receiving.as_mut().expect("guarded").await }, if receiving.is_some() => {
                 receiving = None;
                 match received {
@@ -621,7 +639,7 @@ async fn run_lane(
                             *g = (Instant::now(), None);
                         }
                         for delivery in deliveries {
-                            running.push(run_job(shared.clone(), delivery, ack_tx.clone()));
+                            running.push(run_job(shared.clone(), delivery));
                         }
                     }
                     Err(e) => {
@@ -637,7 +655,7 @@ async fn run_lane(
                         loop {
                             tokio::select! {
                                 () = &mut pause => break,
-                                Some(()) = running.next(), if !running.is_empty() => {}
+                                Some(finished) = running.next(), if !running.is_empty() => to_ack.extend(finished),
                                 _ = stop.changed() => { stopping = true; break; }
                             }
                         }
@@ -655,21 +673,16 @@ async fn run_lane(
     // grace period, when `hard_stop` is set).
     drop(receiving);
     at_stop.fetch_add(running.len() as u64, AtomicOrdering::Relaxed);
-    while running.next().await.is_some() {}
-    shared.saturated.store(false, AtomicOrdering::Relaxed);
-}
-
-/// Acks successes in batches: whatever arrived while the last batch was on
-/// the wire goes in the next one.
-async fn flush_acks(consumer: Arc<dyn Consumer>, mut rx: mpsc::Receiver<Delivery>) {
-    let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 1000).await > 0 {
-        if let Err(failed) = consumer.ack_batch(std::mem::take(&mut batch)).await {
-            for f in failed {
-                tracing::warn!(job_id = %f.delivery.message().id, error = %f.error, "ack failed; the job may run again");
-            }
-        }
+    while let Some(finished) = running.next().await {
+        to_ack.extend(finished);
     }
+    if let Some((ack, _)) = acking {
+        ack.await;
+    }
+    if !to_ack.is_empty() {
+        ack_batch(&consumer, to_ack).await;
+    }
+    shared.saturated.store(false, AtomicOrdering::Relaxed);
 }
 
 /// Box a handler's error, keeping a [`HandlerError`] findable when it
@@ -780,8 +793,9 @@ fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
             .unwrap_or_default()
 }
 
-/// Run one delivery through the handler and settle it.
-async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Sender<Delivery>) {
+/// Run one delivery through the handler and settle it; a delivery to ack
+/// is handed back to the lane, which acks in batches.
+async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery> {
     let shared = &*shared;
     let message = delivery.message();
     let (id, attempt) = (message.id, message.attempt);
@@ -813,8 +827,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Send
                 shared
                     .events
                     .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
-                let _ = ack_tx.send(delivery).await;
-                return;
+                return Some(delivery);
             }
         }
         let _ = store.update(id, JobUpdate::Running { attempt }).await;
@@ -856,7 +869,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Send
             )
             .await;
             shared.metrics.in_flight.decrement(1.0);
-            return;
+            return None;
         }
         Ok(fut) => {
             let mut fut = CatchUnwind(Box::pin(
@@ -898,8 +911,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Send
                 JobEvent::new(JobEventKind::Completed, id, queue.clone(), attempt)
                     .with_duration(run_time)
             });
-            let _ = ack_tx.send(delivery).await;
-            return;
+            return Some(delivery);
         }
         Outcome::Stopped => {
             shared
@@ -912,7 +924,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Send
             {
                 tracing::warn!(job_id = %id, error = %e.error, "could not return a stopped job; it returns when its lease expires");
             }
-            return;
+            return None;
         }
         Outcome::Failed(error) => (error.to_string(), error.action()),
         Outcome::Panicked(message) => {
@@ -946,7 +958,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Send
             shared
                 .events
                 .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
-            let _ = ack_tx.send(delivery).await;
+            return Some(delivery);
         }
         HandlerAction::Permanent => {
             settle_dead(
@@ -957,6 +969,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Send
                 attempt,
             )
             .await;
+            None
         }
         HandlerAction::Retry | HandlerAction::RetryAfter(_) => {
             let last_attempt = delivery.message().is_last_attempt();
@@ -1002,6 +1015,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery, ack_tx: mpsc::Send
                     JobEvent::new(JobEventKind::Retried { delay }, id, queue.clone(), attempt)
                 });
             }
+            None
         }
     }
 }
