@@ -76,9 +76,9 @@ impl TraceContext {
         {
             return None;
         }
-        let trace_id = u128::from_str_radix(trace, 16).ok().filter(|&t| t != 0)?;
-        let span_id = u64::from_str_radix(span, 16).ok().filter(|&s| s != 0)?;
-        let flags = u8::from_str_radix(flags, 16).ok()?;
+        let trace_id = parse_hex(trace).filter(|&t| t != 0)?;
+        let span_id = u64::try_from(parse_hex(span)?).ok().filter(|&s| s != 0)?;
+        let flags = u8::try_from(parse_hex(flags)?).ok()?;
         Some(TraceContext {
             trace_id,
             span_id,
@@ -95,6 +95,24 @@ impl TraceContext {
             u8::from(self.sampled)
         )
     }
+}
+
+/// Lowercase or uppercase hex digits (at most 32) as a number; `None` for
+/// any other character. Faster than `from_str_radix`, which matters once
+/// per job.
+fn parse_hex(digits: &str) -> Option<u128> {
+    if digits.len() > 32 {
+        return None;
+    }
+    digits.bytes().try_fold(0u128, |acc, b| {
+        let nibble = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u128::from(nibble))
+    })
 }
 
 impl fmt::Display for TraceContext {

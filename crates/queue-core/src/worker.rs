@@ -69,7 +69,14 @@ type HandlerFuture =
     Pin<Box<dyn Future<Output = std::result::Result<Option<serde_json::Value>, BoxError>> + Send>>;
 
 /// A handler with its payload type erased: decodes the message, then runs.
-type ErasedHandler = Arc<dyn Fn(&Message) -> Result<HandlerFuture> + Send + Sync>;
+type ErasedHandler = Arc<dyn Fn(&Message, JobScope) -> Result<HandlerFuture> + Send + Sync>;
+
+/// Where a handler runs: its trace context, the sender's, and its span.
+struct JobScope {
+    context: TraceContext,
+    parent: Option<TraceContext>,
+    span: tracing::Span,
+}
 
 /// Worker settings, validated by [`WorkerBuilder::start`].
 #[derive(Debug, Clone, Validate)]
@@ -233,15 +240,21 @@ impl WorkerBuilder {
         R: Serialize + Send + 'static,
         E: Into<BoxError> + Send + 'static,
     {
-        let erased: ErasedHandler = Arc::new(move |message: &Message| {
+        let erased: ErasedHandler = Arc::new(move |message: &Message, scope: JobScope| {
             let job = Job::<T>::decode(message)?;
             let fut = handler(job);
-            Ok(Box::pin(async move {
+            let fut = async move {
                 match fut.await {
                     Ok(value) => Ok(serde_json::to_value(value).ok().filter(|v| !v.is_null())),
                     Err(e) => Err(into_boxed(e)),
                 }
-            }) as HandlerFuture)
+            };
+            // One allocation per job: the handler's future inside its trace
+            // scope and span.
+            Ok(Box::pin(
+                crate::trace::scope_with_parent(scope.context, scope.parent, fut)
+                    .instrument(scope.span),
+            ) as HandlerFuture)
         });
         WorkerWithHandler {
             builder: self,
@@ -856,7 +869,12 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery
     let own_backoff = crate::job::backoff_of(message);
 
     let started = Instant::now();
-    let outcome = match (shared.handler)(message) {
+    let scope = JobScope {
+        context,
+        parent,
+        span: span.clone(),
+    };
+    let outcome = match (shared.handler)(message, scope) {
         Err(decode_error) => {
             // Bytes that are not this handler's job type: retrying cannot help.
             tracing::warn!(parent: &span, error = %decode_error, "undecodable job dead-lettered");
@@ -872,9 +890,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery
             return None;
         }
         Ok(fut) => {
-            let mut fut = CatchUnwind(Box::pin(
-                crate::trace::scope_with_parent(context, parent, fut).instrument(span.clone()),
-            ));
+            let mut fut = CatchUnwind(fut);
             // Most jobs finish on their first poll: settle those without
             // creating a single timer (and keep the timers' state out of
             // this future, which every job allocates).
