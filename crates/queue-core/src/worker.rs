@@ -974,7 +974,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery
             shared
                 .events
                 .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
-            return Some(delivery);
+            Some(delivery)
         }
         HandlerAction::Permanent => {
             settle_dead(
