@@ -120,6 +120,32 @@ impl Capabilities {
         if message.idempotency_key.is_some() && !self.idempotency.is_available() {
             return Err(self.unsupported("idempotency keys"));
         }
+        let now = std::time::SystemTime::now();
+        let horizon = now + crate::message::MAX_DELAY + Duration::from_secs(60);
+        if message.not_before.is_some_and(|at| at > horizon) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "message {}: delay is longer than the maximum of 365 days",
+                    message.id
+                ),
+            ));
+        }
+        if message.expires_at.is_some_and(|at| at > horizon) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "message {}: TTL is longer than the maximum of 365 days",
+                    message.id
+                ),
+            ));
+        }
+        if message.attempt == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("message {}: attempt must be at least 1", message.id),
+            ));
+        }
         if message.max_attempts == 0 {
             return Err(Error::new(
                 ErrorKind::InvalidInput,

@@ -92,17 +92,27 @@ impl fmt::Display for BackendKind {
     }
 }
 
-/// Query parameters and user-info parts whose values are never shown.
-const SECRET_PARAMS: [&str; 8] = [
-    "password",
+/// Fragments that mark a query parameter as secret: any parameter whose
+/// name contains one (`password`, `sasl.password`, `aws_secret_access_key`,
+/// `api_key`, `token`, ...) is never shown. Over-redacting a harmless
+/// parameter is the safe side of this rule.
+const SECRET_FRAGMENTS: [&str; 7] = [
     "pass",
     "secret",
     "token",
-    "secret_key",
-    "secret_access_key",
-    "session_token",
-    "sasl_password",
+    "key",
+    "credential",
+    "auth",
+    "sig",
 ];
+
+/// Whether the value of query parameter `name` must never be shown.
+pub fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_FRAGMENTS
+        .iter()
+        .any(|fragment| name.contains(fragment))
+}
 
 /// A URL whose password and secret query parameters never appear in
 /// `Debug` or `Display`. [`SecretUrl::expose`] gives the real one to a client.
@@ -147,7 +157,7 @@ impl SecretUrl {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
-                    let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
+                    let secret = is_secret_param(&k);
                     (
                         k.into_owned(),
                         if secret {
@@ -257,8 +267,14 @@ impl fmt::Debug for QueueConfig {
             .params
             .iter()
             .map(|(k, v)| {
-                let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
-                (k.as_str(), if secret { "***" } else { v.as_str() })
+                (
+                    k.as_str(),
+                    if is_secret_param(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
             })
             .collect();
         f.debug_struct("QueueConfig")
@@ -584,11 +600,13 @@ mod tests {
     #[test]
     fn debug_and_display_redact_passwords_and_secret_params() {
         let config = QueueConfig::from_url(
-            "sqs://us-east-1?endpoint=http://127.0.0.1:5000&secret_access_key=abc123&token=t0k",
+            "sqs://us-east-1?endpoint=http://127.0.0.1:5000&aws_secret_access_key=abc123&token=t0k&sasl.password=pw9&api_key=k3y",
         )
         .unwrap();
         let text = format!("{config:?} {}", config.url);
-        assert!(!text.contains("abc123") && !text.contains("t0k"), "{text}");
+        for secret in ["abc123", "t0k", "pw9", "k3y"] {
+            assert!(!text.contains(secret), "{secret} shown in {text}");
+        }
         assert!(text.contains("endpoint=http"), "{text}");
         let config = QueueConfig::from_url("amqp://user:pa55@h:5672/vh").unwrap();
         assert_eq!(config.url.to_string(), "amqp://user:***@h:5672/vh");

@@ -123,10 +123,13 @@ impl BackoffPolicy {
 }
 
 fn validate_backoff(policy: &BackoffPolicy) -> Result<(), ValidationError> {
-    if policy.initial < Duration::from_millis(1) || policy.max < policy.initial {
+    if policy.initial < Duration::from_millis(1)
+        || policy.max < policy.initial
+        || policy.max > crate::message::MAX_DELAY
+    {
         let mut err = ValidationError::new("backoff_range");
         err.message = Some(Cow::Borrowed(
-            "backoff: initial must be at least 1ms and max at least initial",
+            "backoff: initial must be at least 1ms, max at least initial and at most 365 days",
         ));
         return Err(err);
     }

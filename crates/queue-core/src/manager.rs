@@ -346,13 +346,25 @@ impl QueueManager {
         }
     }
 
-    /// Shut every worker down gracefully.
+    /// Shut every worker down gracefully: all stop fetching at once, then
+    /// each is waited for (within its grace period). Every worker is shut
+    /// down even when one fails; the first error is returned.
     pub async fn shutdown(&self) -> Result<Vec<ShutdownReport>> {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        workers.iter().for_each(WorkerHandle::stop_fetching);
         let mut reports = Vec::with_capacity(workers.len());
+        let mut first_error = None;
         for worker in workers {
-            reports.push(worker.shutdown().await?);
+            match worker.shutdown().await {
+                Ok(report) => reports.push(report),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(reports)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
     }
 }

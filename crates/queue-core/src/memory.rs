@@ -84,7 +84,9 @@ struct State {
     /// Lease keys ordered by deadline, for expiry.
     leases: BTreeSet<TimeKey>,
     dead: VecDeque<DeadLetter>,
-    seen_keys: HashMap<String, Instant>,
+    /// Idempotency keys inside the window: when they expire, and the id of
+    /// the message first sent with them.
+    seen_keys: HashMap<String, (Instant, MessageId)>,
     seen_order: VecDeque<(Instant, String)>,
     next_seq: u64,
     any_ttl: bool,
@@ -360,24 +362,35 @@ impl State {
             + self.in_flight.len()) as u64
     }
 
-    /// Whether `key` was sent inside the window; records it if not.
-    fn is_duplicate(&mut self, key: &str, now: Instant, window: Duration) -> bool {
+    /// The id of the message first sent with `key` inside the window, if
+    /// any; otherwise records `id` under it.
+    fn first_with_key(
+        &mut self,
+        key: &str,
+        id: MessageId,
+        now: Instant,
+        window: Duration,
+    ) -> Option<MessageId> {
         while let Some((expiry, _)) = self.seen_order.front() {
             if *expiry > now {
                 break;
             }
             let (expiry, old) = self.seen_order.pop_front().expect("front exists");
-            if self.seen_keys.get(&old) == Some(&expiry) {
+            if self
+                .seen_keys
+                .get(&old)
+                .is_some_and(|(at, _)| *at == expiry)
+            {
                 self.seen_keys.remove(&old);
             }
         }
-        if self.seen_keys.contains_key(key) {
-            return true;
+        if let Some((_, first)) = self.seen_keys.get(key) {
+            return Some(*first);
         }
         let expiry = now + window;
-        self.seen_keys.insert(key.to_owned(), expiry);
+        self.seen_keys.insert(key.to_owned(), (expiry, id));
         self.seen_order.push_back((expiry, key.to_owned()));
-        false
+        None
     }
 
     /// Queue `message` as ready or delayed by its `not_before`.
@@ -416,7 +429,9 @@ impl State {
             return;
         }
         message.attempt += 1;
-        message.not_before = (delay > Duration::ZERO).then(|| sys_now + delay);
+        message.not_before = (delay > Duration::ZERO)
+            .then(|| sys_now.checked_add(delay.min(crate::message::MAX_DELAY)))
+            .flatten();
         self.enqueue(message, sys_now, now);
     }
 
@@ -465,7 +480,7 @@ impl State {
             keep
         });
         for message in expired {
-            let attempts = message.attempt - 1;
+            let attempts = message.attempt.saturating_sub(1);
             self.bury(message, DeadLetterReason::Expired, attempts);
         }
     }
@@ -495,29 +510,37 @@ impl MemoryProducer {
         self.shared.check_open()?;
         let mut state = self.queue.state()?;
         if let Some(max) = state.options.max_length {
+            // Expired leases and TTLs must not hold places in a full queue.
+            let sys_now = SystemTime::now();
+            state.maintain(sys_now, Instant::now());
+            state.sweep_expired(sys_now);
             let depth = state.depth();
             if depth + messages.len() as u64 > max {
-                return Err(Error::new(
+                let error = Error::new(
                     ErrorKind::QueueFull,
                     format!(
                         "queue {:?} is full: it holds {depth} of at most {max} messages, and {} more do not fit",
                         self.queue.name,
                         messages.len()
                     ),
-                ));
+                );
+                self.queue.unlock(state);
+                return Err(error);
             }
         }
         let sys_now = SystemTime::now();
         let now = Instant::now();
         let mut ids = Vec::with_capacity(messages.len());
         for message in messages {
-            ids.push(message.id);
             if let Some(key) = &message.idempotency_key {
-                if state.is_duplicate(key, now, self.queue.idempotency_window) {
+                let window = self.queue.idempotency_window;
+                if let Some(first) = state.first_with_key(key, message.id, now, window) {
                     state.stats.deduplicated_total += 1;
+                    ids.push(first);
                     continue;
                 }
             }
+            ids.push(message.id);
             state.stats.enqueued_total += 1;
             state.enqueue(message, sys_now, now);
         }
@@ -576,7 +599,7 @@ impl MemoryConsumer {
                     break;
                 };
                 if message.is_expired_at(sys_now) {
-                    let attempts = message.attempt - 1;
+                    let attempts = message.attempt.saturating_sub(1);
                     state.bury(message, DeadLetterReason::Expired, attempts);
                     continue;
                 }

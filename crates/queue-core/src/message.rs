@@ -96,6 +96,17 @@ impl<'de> Deserialize<'de> for Headers {
     }
 }
 
+/// The longest delay, TTL or nack delay accepted: 365 days. Longer values
+/// are a typed [`ErrorKind::InvalidInput`] error at the call.
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `now + d`, saturating far in the future instead of overflowing.
+fn later(d: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + MAX_DELAY + MAX_DELAY)
+}
+
 /// The default number of attempts before a message is dead-lettered.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
 
@@ -514,7 +525,7 @@ impl Message {
     /// Deliver no earlier than `delay` from now.
     #[must_use]
     pub fn with_delay(mut self, delay: Duration) -> Self {
-        self.not_before = Some(SystemTime::now() + delay);
+        self.not_before = Some(later(delay));
         self
     }
 
@@ -528,7 +539,7 @@ impl Message {
     /// Expire `ttl` from now if not yet delivered.
     #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        self.expires_at = Some(SystemTime::now() + ttl);
+        self.expires_at = Some(later(ttl));
         self
     }
 

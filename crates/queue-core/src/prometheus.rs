@@ -299,12 +299,20 @@ impl PrometheusExporter {
         tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
+                    // Out of file descriptors, say: back off rather than spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
                 let exporter = exporter.clone();
                 tokio::spawn(async move {
                     let mut request = vec![0u8; 4096];
-                    let n = stream.read(&mut request).await.unwrap_or(0);
+                    // A client that sends nothing is dropped after 5 s.
+                    let read = stream.read(&mut request);
+                    let n =
+                        match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
+                            Ok(Ok(n)) => n,
+                            _ => return,
+                        };
                     let head = String::from_utf8_lossy(&request[..n]);
                     let (status, body) =
                         if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {

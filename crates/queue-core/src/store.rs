@@ -188,8 +188,13 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// The record of `id`, if kept.
     async fn get(&self, id: MessageId) -> Result<Option<JobRecord>>;
     /// Apply a status change; unknown ids are ignored (the job may have been
-    /// submitted without tracking, or cleaned up).
+    /// submitted without tracking, or cleaned up). A `Failed` job (never
+    /// enqueued) releases its idempotency key, so a retry can submit again.
     async fn update(&self, id: MessageId, update: JobUpdate) -> Result<()>;
+    /// Atomically mark attempt `attempt` of `id` running, unless the job was
+    /// cancelled: `false` then, and the worker settles it without running.
+    /// Unknown ids are `true` (untracked jobs run).
+    async fn start(&self, id: MessageId, attempt: u32) -> Result<bool>;
     /// Mark `id` cancelled if it has not started; `true` if it was.
     async fn cancel(&self, id: MessageId) -> Result<bool>;
     /// Counts by status.
@@ -233,8 +238,13 @@ impl MemoryJobStore {
     }
 }
 
-/// Apply `update` to `record`.
+/// Apply `update` to `record`. `Cancelled` and `Completed` are final: a
+/// late update (a duplicate delivery, a worker racing a cancel) leaves them
+/// as they are. `Dead` is not, since a redriven job runs again.
 pub fn apply_update(record: &mut JobRecord, update: JobUpdate) {
+    if matches!(record.status, JobStatus::Cancelled | JobStatus::Completed) {
+        return;
+    }
     let now = SystemTime::now();
     record.updated_at = now;
     match update {
@@ -289,10 +299,31 @@ impl JobStore for MemoryJobStore {
     }
 
     async fn update(&self, id: MessageId, update: JobUpdate) -> Result<()> {
-        if let Some(record) = self.records().by_id.get_mut(&id) {
-            apply_update(record, update);
+        let mut records = self.records();
+        let release_key = matches!(update, JobUpdate::Failed { .. });
+        let Some(record) = records.by_id.get_mut(&id) else {
+            return Ok(());
+        };
+        apply_update(record, update);
+        let key = record.idempotency_key.clone();
+        if let (true, Some(key)) = (release_key, key) {
+            if records.by_key.get(&key) == Some(&id) {
+                records.by_key.remove(&key);
+            }
         }
         Ok(())
+    }
+
+    async fn start(&self, id: MessageId, attempt: u32) -> Result<bool> {
+        let mut records = self.records();
+        match records.by_id.get_mut(&id) {
+            Some(record) if record.status == JobStatus::Cancelled => Ok(false),
+            Some(record) => {
+                apply_update(record, JobUpdate::Running { attempt });
+                Ok(true)
+            }
+            None => Ok(true),
+        }
     }
 
     async fn cancel(&self, id: MessageId) -> Result<bool> {
@@ -398,9 +429,24 @@ mod tests {
         let first = store.insert(keyed.clone()).await.unwrap();
         keyed.id = MessageId::new();
         assert_eq!(
-            store.insert(keyed).await.unwrap(),
+            store.insert(keyed.clone()).await.unwrap(),
             first,
             "same key, same job"
         );
+        // A job that was never enqueued gives its key back.
+        let failed = JobUpdate::Failed {
+            error: "not enqueued".into(),
+        };
+        store.update(first, failed).await.unwrap();
+        assert_eq!(store.insert(keyed.clone()).await.unwrap(), keyed.id);
+        // Cancelled is final; a worker racing the cancel cannot start it.
+        let pending = record(JobStatus::Pending);
+        store.insert(pending.clone()).await.unwrap();
+        assert!(store.cancel(pending.id).await.unwrap());
+        assert!(!store.start(pending.id, 1).await.unwrap());
+        let late = JobUpdate::Completed { result: None };
+        store.update(pending.id, late).await.unwrap();
+        let status = store.get(pending.id).await.unwrap().unwrap().status;
+        assert_eq!(status, JobStatus::Cancelled);
     }
 }

@@ -53,7 +53,9 @@ pub trait Producer: Send + Sync + fmt::Debug {
     fn queue(&self) -> &QueueName;
 
     /// Send one message. Checked against the capability table before any
-    /// network call. Returns the message's id.
+    /// network call. Returns the message's id, or, for a duplicate of an
+    /// idempotency key inside the window, the id of the message first sent
+    /// with that key (where the broker tells; see the capability table).
     async fn send(&self, message: Message) -> Result<MessageId>;
 
     /// Send many messages with the broker's native batching, in the given
@@ -254,6 +256,13 @@ impl Delivery {
     }
 
     async fn nack_inner(self, delay: Duration, error: Option<&str>) -> Result<(), DeliveryError> {
+        if delay > crate::message::MAX_DELAY {
+            let error = Error::new(
+                crate::ErrorKind::InvalidInput,
+                format!("nack delay of {delay:?} is longer than the maximum of 365 days"),
+            );
+            return Err(DeliveryError::new(error, self));
+        }
         match self.acker.nack(&self.message, delay, error).await {
             Ok(()) => Ok(()),
             Err(e) => Err(DeliveryError::new(e, self)),

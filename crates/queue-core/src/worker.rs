@@ -16,10 +16,10 @@
 //!     })
 //!     .start()
 //!     .await?;
+//! let mut events = handle.subscribe();
 //! let producer = queue_core::Backend::producer(&*backend, &queue).await?;
 //! producer.send(Job::encode(&"ada@example.com".to_owned(), &JobOptions::default())?).await?;
-//! # let mut events = handle.subscribe();
-//! # while !matches!(events.recv().await.unwrap().kind, queue_core::JobEventKind::Completed) {}
+//! while !matches!(events.recv().await.unwrap().kind, queue_core::JobEventKind::Completed) {}
 //! handle.shutdown().await?;
 //! # Ok(()) }
 //! ```
@@ -87,14 +87,70 @@ struct Settings {
     prefetch: usize,
     #[validate(nested)]
     retry: BackoffPolicy,
+    #[validate(custom(function = "validate_timeout"))]
     timeout: Option<Duration>,
+    #[validate(custom(function = "crate::config::validate_lease"))]
     lease: Option<Duration>,
+    #[validate(custom(function = "validate_poll_wait"))]
     poll_wait: Duration,
+    #[validate(custom(function = "validate_grace"))]
     shutdown_grace: Duration,
+    #[validate(custom(function = "validate_liveness"))]
     liveness_timeout: Duration,
     #[validate(range(min = 1, max = 1024, message = "must be 1 to 1024"))]
     lanes: usize,
     depth_interval: Option<Duration>,
+}
+
+fn range(
+    d: &Duration,
+    min: Duration,
+    max: Duration,
+    text: &'static str,
+) -> std::result::Result<(), validator::ValidationError> {
+    if *d < min || *d > max {
+        let mut error = validator::ValidationError::new("range");
+        error.message = Some(std::borrow::Cow::Borrowed(text));
+        return Err(error);
+    }
+    Ok(())
+}
+
+fn validate_timeout(d: &Duration) -> std::result::Result<(), validator::ValidationError> {
+    range(
+        d,
+        Duration::from_millis(1),
+        Duration::from_secs(86_400),
+        "must be between 1ms and 24h",
+    )
+}
+
+fn validate_poll_wait(d: &Duration) -> std::result::Result<(), validator::ValidationError> {
+    // Zero would make an idle lane spin.
+    range(
+        d,
+        Duration::from_millis(1),
+        Duration::from_secs(300),
+        "must be between 1ms and 5 minutes",
+    )
+}
+
+fn validate_grace(d: &Duration) -> std::result::Result<(), validator::ValidationError> {
+    range(
+        d,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+        "must be at most 1 hour",
+    )
+}
+
+fn validate_liveness(d: &Duration) -> std::result::Result<(), validator::ValidationError> {
+    range(
+        d,
+        Duration::from_millis(100),
+        Duration::from_secs(86_400),
+        "must be between 100ms and 24h",
+    )
 }
 
 /// Builds a [`Worker`]: queue, handler, concurrency, prefetch, retry policy,
@@ -331,6 +387,8 @@ struct Counters {
     dead_lettered: AtomicU64,
     cancelled: AtomicU64,
     returned: AtomicU64,
+    /// Attempts that ended, however they ended.
+    finished: AtomicU64,
 }
 
 struct Shared {
@@ -340,7 +398,6 @@ struct Shared {
     events: EventBus,
     store: Option<Arc<dyn JobStore>>,
     counters: Counters,
-    lease: Duration,
     /// Jobs stop at once when this turns true (end of the grace period).
     hard_stop: watch::Receiver<bool>,
     last_fetch: Mutex<(Instant, Option<String>)>,
@@ -377,8 +434,9 @@ impl Metrics {
     }
 }
 
-/// A running worker. Dropping the handle does not stop it; call
-/// [`shutdown`](WorkerHandle::shutdown).
+/// A running worker. Dropping the handle stops fetching and lets running
+/// jobs finish in the background; call [`shutdown`](WorkerHandle::shutdown)
+/// to wait for them and bound the wait by the grace period.
 pub struct WorkerHandle {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -410,10 +468,6 @@ impl WorkerWithHandler {
         let (stop, stop_rx) = watch::channel(false);
         let (hard_stop, hard_stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            lease: builder
-                .settings
-                .lease
-                .unwrap_or(crate::config::DEFAULT_LEASE),
             metrics: Metrics::new(&builder.queue),
             queue: builder.queue,
             settings: builder.settings,
@@ -459,8 +513,7 @@ impl WorkerHandle {
         let c = &self.shared.counters;
         let load = |a: &AtomicU64| a.load(AtomicOrdering::Relaxed);
         let started = load(&c.started);
-        let finished =
-            load(&c.completed) + load(&c.failed) + load(&c.cancelled) + load(&c.returned);
+        let finished = load(&c.finished);
         WorkerStats {
             started,
             completed: load(&c.completed),
@@ -468,7 +521,7 @@ impl WorkerHandle {
             retried: load(&c.retried),
             dead_lettered: load(&c.dead_lettered),
             cancelled: load(&c.cancelled),
-            in_flight: started.saturating_sub(finished),
+            in_flight: started - finished.min(started),
         }
     }
 
@@ -495,6 +548,13 @@ impl WorkerHandle {
             since_last_fetch,
             last_error: error,
         }
+    }
+
+    /// Stop fetching now, without waiting (running jobs go on); follow with
+    /// [`shutdown`](WorkerHandle::shutdown) to wait. Lets a caller stop many
+    /// workers at once and then wait for all of them.
+    pub fn stop_fetching(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// Stop fetching, let running jobs finish within the grace period, then
@@ -539,7 +599,7 @@ async fn report_depth(
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            _ = until_true(&mut stop) => return,
+            _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
 }
@@ -762,16 +822,25 @@ async fn supervise(
     let timeout_at = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut hard_stop = shared.hard_stop.clone();
     let mut can_extend = true;
+    // Extend by the worker's lease, or by the lease the backend granted
+    // (its configured default), measured from the delivery.
+    let lease = shared.settings.lease.unwrap_or_else(|| {
+        delivery
+            .lease_deadline()
+            .duration_since(SystemTime::now())
+            .unwrap_or(crate::config::DEFAULT_LEASE)
+            .clamp(crate::config::MIN_LEASE, crate::config::MAX_LEASE)
+    });
     loop {
         let extend_at = instant_of(delivery.lease_deadline())
-            .checked_sub(shared.lease / 3)
+            .checked_sub(lease / 3)
             .unwrap_or_else(tokio::time::Instant::now);
         let outcome = tokio::select! {
             biased;
             out = &mut fut => Outcome::of(out),
             () = sleep_until_opt(timeout_at) => Outcome::TimedOut(timeout.unwrap_or_default()),
             () = tokio::time::sleep_until(extend_at), if can_extend => {
-                delivery = match delivery.extend(shared.lease).await {
+                delivery = match delivery.extend(lease).await {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::warn!(parent: span, error = %e.error, "lease extension failed; the job may run twice");
@@ -808,8 +877,16 @@ fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
 
 /// Run one delivery through the handler and settle it; a delivery to ack
 /// is handed back to the lane, which acks in batches.
-async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery> {
-    let shared = &*shared;
+async fn run_job(shared: Arc<Shared>, delivery: Delivery) -> Option<Delivery> {
+    let to_ack = attempt_job(&shared, delivery).await;
+    shared
+        .counters
+        .finished
+        .fetch_add(1, AtomicOrdering::Relaxed);
+    to_ack
+}
+
+async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery> {
     let message = delivery.message();
     let (id, attempt) = (message.id, message.attempt);
     let queue = &shared.queue;
@@ -828,22 +905,20 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery
     });
 
     if let Some(store) = &shared.store {
-        // A job cancelled before it started is settled without running.
-        if let Ok(Some(record)) = store.get(id).await {
-            if record.status == crate::job::JobStatus::Cancelled {
-                shared
-                    .counters
-                    .cancelled
-                    .fetch_add(1, AtomicOrdering::Relaxed);
-                shared.metrics.cancelled.increment(1);
-                shared.metrics.in_flight.decrement(1.0);
-                shared
-                    .events
-                    .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
-                return Some(delivery);
-            }
+        // A job cancelled before it started is settled without running;
+        // `start` checks and marks in one step, so a cancel cannot slip in.
+        if let Ok(false) = store.start(id, attempt).await {
+            shared
+                .counters
+                .cancelled
+                .fetch_add(1, AtomicOrdering::Relaxed);
+            shared.metrics.cancelled.increment(1);
+            shared.metrics.in_flight.decrement(1.0);
+            shared
+                .events
+                .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
+            return Some(delivery);
         }
-        let _ = store.update(id, JobUpdate::Running { attempt }).await;
     }
 
     let parent = message
@@ -874,8 +949,13 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery
         parent,
         span: span.clone(),
     };
-    let outcome = match (shared.handler)(message, scope) {
-        Err(decode_error) => {
+    // Decoding and the synchronous part of the handler run here, outside
+    // the future: a panic there fails the attempt too.
+    let started_handler =
+        std::panic::catch_unwind(AssertUnwindSafe(|| (shared.handler)(message, scope)));
+    let outcome = match started_handler {
+        Err(payload) => Outcome::Panicked(panic_message(&*payload)),
+        Ok(Err(decode_error)) => {
             // Bytes that are not this handler's job type: retrying cannot help.
             tracing::warn!(parent: &span, error = %decode_error, "undecodable job dead-lettered");
             settle_dead(
@@ -889,7 +969,7 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery
             shared.metrics.in_flight.decrement(1.0);
             return None;
         }
-        Ok(fut) => {
+        Ok(Ok(fut)) => {
             let mut fut = CatchUnwind(fut);
             // Most jobs finish on their first poll: settle those without
             // creating a single timer (and keep the timers' state out of
@@ -948,19 +1028,21 @@ async fn run_job(shared: Arc<Shared>, mut delivery: Delivery) -> Option<Delivery
         }
         Outcome::TimedOut(after) => (format!("timed out after {after:?}"), HandlerAction::Retry),
     };
-    shared.counters.failed.fetch_add(1, AtomicOrdering::Relaxed);
-    shared.metrics.failed.increment(1);
-    shared.events.emit(|| {
-        JobEvent::new(
-            JobEventKind::Failed {
-                error: error.clone(),
-            },
-            id,
-            queue.clone(),
-            attempt,
-        )
-        .with_duration(run_time)
-    });
+    if action != HandlerAction::Cancel {
+        shared.counters.failed.fetch_add(1, AtomicOrdering::Relaxed);
+        shared.metrics.failed.increment(1);
+        shared.events.emit(|| {
+            JobEvent::new(
+                JobEventKind::Failed {
+                    error: error.clone(),
+                },
+                id,
+                queue.clone(),
+                attempt,
+            )
+            .with_duration(run_time)
+        });
+    }
     match action {
         HandlerAction::Cancel => {
             shared
@@ -1131,7 +1213,7 @@ mod tests {
         }
         let started = Instant::now();
         until(&handle, |s| {
-            s.completed == 1 && s.dead_lettered == 1 && s.cancelled == 1
+            s.completed == 1 && s.dead_lettered == 1 && s.cancelled == 1 && s.in_flight == 0
         })
         .await;
         assert!(
@@ -1139,7 +1221,11 @@ mod tests {
             "retry_after was honoured"
         );
         let stats = handle.stats();
-        assert_eq!((stats.failed, stats.retried), (3, 1), "{stats:?}");
+        assert_eq!(
+            (stats.failed, stats.retried, stats.in_flight),
+            (2, 1, 0),
+            "{stats:?}"
+        );
         handle.shutdown().await.unwrap();
         let dead = crate::traits::Admin::dead_letters(&backend, &queue, 10)
             .await
@@ -1150,6 +1236,41 @@ mod tests {
             DeadLetterReason::Rejected("bad input".into())
         );
         assert_eq!(dead[0].attempts, 1, "a permanent failure is not retried");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_before_the_handler_awaits_fails_only_that_attempt() {
+        let backend = MemoryBackend::new();
+        let queue = QueueName::new("sync-panic").unwrap();
+        let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+            .retry(BackoffPolicy {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(10),
+                multiplier: 1.0,
+                jitter: false,
+            })
+            .handler(|job: Job<String>| {
+                // Synchronous code of the handler, before its future exists.
+                assert!(
+                    job.attempt > 1 || job.payload != "sync",
+                    "boom before the future"
+                );
+                async { Ok::<_, std::io::Error>(()) }
+            })
+            .start()
+            .await
+            .unwrap();
+        send(&backend, &queue, "sync", &JobOptions::default()).await;
+        send(&backend, &queue, "fine", &JobOptions::default()).await;
+        until(&handle, |s| s.completed == 2 && s.in_flight == 0).await;
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.failed, stats.retried, stats.in_flight),
+            (1, 1, 0),
+            "{stats:?}"
+        );
+        assert!(handle.health().healthy);
+        handle.shutdown().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1176,6 +1297,22 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn invalid_settings_name_the_field() {
         let backend = Arc::new(MemoryBackend::new());
+        let err = Worker::builder(backend.clone(), QueueName::new("bad").unwrap())
+            .poll_wait(Duration::ZERO)
+            .timeout(Duration::MAX)
+            .handler(|_job: Job<String>| async { Ok::<_, std::io::Error>(()) })
+            .start()
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("poll_wait: must be between 1ms"),
+            "{err}"
+        );
+        assert!(
+            err.message()
+                .contains("timeout: must be between 1ms and 24h"),
+            "{err}"
+        );
         let err = Worker::builder(backend, QueueName::new("bad").unwrap())
             .concurrency(0)
             .handler(|_job: Job<String>| async { Ok::<_, std::io::Error>(()) })
@@ -1194,9 +1331,9 @@ mod tests {
         let backend = MemoryBackend::new();
         let queue = QueueName::new("extend").unwrap();
         let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
-            .lease(Duration::from_millis(300))
+            .lease(Duration::from_secs(1))
             .handler(|_job: Job<String>| async {
-                tokio::time::sleep(Duration::from_millis(1200)).await;
+                tokio::time::sleep(Duration::from_millis(2500)).await;
                 Ok::<_, std::io::Error>(())
             })
             .start()

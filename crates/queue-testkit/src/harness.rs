@@ -153,10 +153,28 @@ impl Ctx {
 
     /// A fresh queue on another backend instance, deleted after the case.
     pub fn queue_on(&self, backend: &Arc<dyn Backend>) -> QueueName {
+        self.make_queue(backend, None)
+    }
+
+    /// A fresh queue whose name is exactly `len` characters (20 to 64).
+    pub fn queue_of_len(&self, len: usize) -> QueueName {
+        self.make_queue(&self.backend, Some(len))
+    }
+
+    fn make_queue(&self, backend: &Arc<dyn Backend>, len: Option<usize>) -> QueueName {
         let unique = uuid::Uuid::now_v7().simple().to_string();
-        let short: String = self.case.chars().take(32).collect();
         // The random tail of a v7 UUID, so names made in one millisecond differ.
-        let name = format!("qt-{short}-{}", &unique[unique.len() - 16..]);
+        let tail = &unique[unique.len() - 16..];
+        let short: String = self.case.chars().take(32).collect();
+        let mut name = format!("qt-{short}-");
+        if let Some(len) = len {
+            let len = len.clamp(20, 64);
+            name.truncate(len - tail.len() - 1);
+            while name.len() < len - tail.len() {
+                name.push('x');
+            }
+        }
+        name.push_str(tail);
         let name = QueueName::new(name).expect("generated queue names follow the rule");
         self.queues
             .lock()
