@@ -1020,6 +1020,10 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
             {
                 tracing::warn!(job_id = %id, error = %e.error, "could not return a stopped job; it returns when its lease expires");
             }
+            if let Some(store) = &shared.store {
+                let error = "worker shut down before the job finished".to_owned();
+                let _ = store.update(id, JobUpdate::Retry { error }).await;
+            }
             return None;
         }
         Outcome::Failed(error) => (error.to_string(), error.action()),
