@@ -34,7 +34,7 @@ use crate::message::{Message, MessageId, QueueName};
 use crate::scheduler::JobScheduler;
 use crate::stats::{HealthStatus, QueueStats};
 use crate::store::{JobRecord, JobStats, JobStore, MemoryJobStore, RetentionPolicy};
-use crate::traits::{Backend, Producer};
+use crate::traits::Backend;
 use crate::worker::{ShutdownReport, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerWithHandler};
 
 /// Builds a [`QueueManager`].
@@ -136,7 +136,6 @@ impl QueueManagerBuilder {
             schedulers,
             store,
             events: self.events,
-            producers: tokio::sync::Mutex::new(HashMap::new()),
             workers: Mutex::new(Vec::new()),
             seen: Mutex::new(BTreeSet::new()),
         })
@@ -175,7 +174,6 @@ pub struct QueueManager {
     schedulers: BTreeMap<String, JobScheduler>,
     store: Arc<dyn JobStore>,
     events: EventBus,
-    producers: tokio::sync::Mutex<HashMap<QueueName, Arc<dyn Producer>>>,
     workers: Mutex<Vec<WorkerHandle>>,
     /// Queues used through the manager, for aggregated stats.
     seen: Mutex<BTreeSet<QueueName>>,
@@ -229,23 +227,9 @@ impl QueueManager {
     /// Send a raw message to `queue`, checked against its backend's
     /// capability table first.
     pub async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
-        self.scheduler_for(queue);
-        self.backend_for(queue)
-            .capabilities()
-            .check_message(&message)?;
-        let producer = {
-            let mut producers = self.producers.lock().await;
-            match producers.get(queue) {
-                Some(p) => p.clone(),
-                None => {
-                    let p: Arc<dyn Producer> =
-                        Arc::from(self.backend_for(queue).producer(queue).await?);
-                    producers.insert(queue.clone(), p.clone());
-                    p
-                }
-            }
-        };
-        producer.send(message).await
+        let scheduler = self.scheduler_for(queue);
+        scheduler.backend().capabilities().check_message(&message)?;
+        scheduler.producer(queue).await?.send(message).await
     }
 
     /// Submit a typed job to `queue` and track it.

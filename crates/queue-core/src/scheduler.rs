@@ -87,7 +87,8 @@ impl JobScheduler {
         &self.store
     }
 
-    async fn producer(&self, queue: &QueueName) -> Result<Arc<dyn Producer>> {
+    /// The cached producer of `queue`.
+    pub(crate) async fn producer(&self, queue: &QueueName) -> Result<Arc<dyn Producer>> {
         let mut producers = self.producers.lock().await;
         if let Some(p) = producers.get(queue) {
             return Ok(p.clone());
