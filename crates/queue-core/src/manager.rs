@@ -352,3 +352,71 @@ impl QueueManager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Job;
+    use crate::memory::MemoryBackend;
+
+    #[test]
+    fn routes_and_defaults_are_checked() {
+        let memory = || Arc::new(MemoryBackend::new()) as Arc<dyn Backend>;
+        let err = QueueManager::builder().build().unwrap_err();
+        assert!(err.message().starts_with("backends:"), "{err}");
+        let err = QueueManager::builder()
+            .backend("main", memory())
+            .routes("emails=fast")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert!(err.message().contains("unknown backend \"fast\""), "{err}");
+        let err = QueueManager::builder().routes("emails").unwrap_err();
+        assert!(err.message().contains("expected queue=backend"), "{err}");
+        let err = QueueManager::builder().routes("bad name=main").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_route_run_and_report_in_one_place() {
+        let bulk = Arc::new(MemoryBackend::new());
+        let manager = QueueManager::builder()
+            .backend("main", Arc::new(MemoryBackend::new()))
+            .backend("bulk", bulk.clone())
+            .routes("reports=bulk")
+            .unwrap()
+            .build()
+            .unwrap();
+        let reports = QueueName::new("reports").unwrap();
+        let mut events = manager.subscribe();
+        let worker = manager
+            .worker(reports.clone())
+            .handler(|job: Job<u32>| async move { Ok::<_, std::io::Error>(job.payload * 2) });
+        manager.spawn_worker(worker).await.unwrap();
+        let id = manager
+            .submit(&reports, &21u32, &JobOptions::default())
+            .await
+            .unwrap();
+        while manager.status(id).await.unwrap().unwrap().status != crate::JobStatus::Completed {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+                .await
+                .expect("an event within 5 s");
+        }
+        let record = manager.status(id).await.unwrap().unwrap();
+        assert_eq!(record.result, Some(serde_json::json!(42)));
+        let health = manager.health().await;
+        assert!(health.healthy && health.workers.len() == 1 && health.backends.len() == 2);
+        // The job ran on the routed backend.
+        let on_bulk = crate::traits::Admin::stats(&*bulk, &reports).await.unwrap();
+        assert_eq!(on_bulk.enqueued_total, 1);
+        let stats = manager.stats().await.unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].backend, "bulk");
+        let reports = manager.shutdown().await.unwrap();
+        assert_eq!(reports.len(), 1);
+        assert!(
+            manager.health().await.workers.is_empty(),
+            "shut-down workers are released"
+        );
+    }
+}
