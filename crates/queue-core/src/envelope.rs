@@ -10,6 +10,7 @@
 //! [expires_at_ms u64]        if flags & 0x02
 //! [idempotency_key: u16 len + bytes]   if flags & 0x04
 //! [last_error: u32 len + bytes]        if flags & 0x08
+//! [trace_id [16] | span_id [8] | trace_flags u8]   if flags & 0x10
 //! header_count u16, then per header: u16 name len + name, u32 value len + value
 //! payload: the rest of the bytes
 //! ```
@@ -33,7 +34,8 @@ const HAS_NOT_BEFORE: u8 = 0x01;
 const HAS_EXPIRES_AT: u8 = 0x02;
 const HAS_IDEMPOTENCY_KEY: u8 = 0x04;
 const HAS_LAST_ERROR: u8 = 0x08;
-const KNOWN_FLAGS: u8 = 0x0f;
+const HAS_TRACE: u8 = 0x10;
+const KNOWN_FLAGS: u8 = 0x1f;
 
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -72,6 +74,9 @@ pub fn encode(message: &Message) -> Bytes {
     if message.last_error.is_some() {
         flags |= HAS_LAST_ERROR;
     }
+    if message.trace.is_some() {
+        flags |= HAS_TRACE;
+    }
     let headers_len: usize = message
         .headers
         .iter()
@@ -101,6 +106,11 @@ pub fn encode(message: &Message) -> Bytes {
         let error = truncate(error.as_bytes(), u32::MAX as usize);
         out.put_u32(error.len() as u32);
         out.put_slice(error);
+    }
+    if let Some(trace) = &message.trace {
+        out.put_u128(trace.trace_id);
+        out.put_u64(trace.span_id);
+        out.put_u8(u8::from(trace.sampled));
     }
     let headers: Vec<_> = message.headers.iter().take(u16::MAX as usize).collect();
     out.put_u16(headers.len() as u16);
@@ -223,6 +233,23 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
     } else {
         None
     };
+    let trace = if flags & HAS_TRACE != 0 {
+        let trace_id = u128::from_be_bytes(r.take(16, "trace id")?.try_into().expect("16 bytes"));
+        let span_id = r.u64("span id")?;
+        let sampled = r.u8("trace flags")? & 1 == 1;
+        if trace_id == 0 || span_id == 0 {
+            return Err(decode_error(
+                "envelope trace context has a zero id".to_owned(),
+            ));
+        }
+        Some(crate::trace::TraceContext {
+            trace_id,
+            span_id,
+            sampled,
+        })
+    } else {
+        None
+    };
     let count = r.u16("header count")?;
     let mut headers = Headers::new();
     for _ in 0..count {
@@ -245,6 +272,7 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
         expires_at,
         idempotency_key,
         last_error,
+        trace,
     })
 }
 
@@ -267,14 +295,12 @@ mod tests {
             .with_delay(Duration::from_secs(60))
             .with_ttl(Duration::from_secs(600))
             .with_idempotency_key("order-7")
-            .with_header(
-                "traceparent",
-                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            )
+            .with_header("tenant", "acme")
             .with_header("note", "grüße ✓")
             .with_max_attempts(9);
         msg.attempt = 3;
         msg.last_error = Some("boom".into());
+        msg.trace = Some(crate::trace::TraceContext::new_root());
         let decoded = decode(&encode(&msg)).unwrap();
         assert_eq!(decoded, truncate_times(msg));
     }

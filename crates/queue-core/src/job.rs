@@ -351,8 +351,7 @@ impl<T: Serialize> Job<T> {
                 ),
             );
         }
-        let trace = crate::trace::for_send();
-        Ok(message.with_header(crate::trace::TRACEPARENT, trace.to_traceparent()))
+        Ok(message.with_trace(crate::trace::for_send()))
     }
 }
 
@@ -440,7 +439,7 @@ mod tests {
         assert_eq!(job.priority, Priority::Urgent);
         assert_eq!(job.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(job.backoff, None);
-        assert!(crate::trace::TraceContext::parse(&job.headers["traceparent"]).is_some());
+        assert!(msg.trace.is_some(), "a trace context is set at send");
         let backoff = BackoffPolicy {
             initial: Duration::from_millis(250),
             max: Duration::from_secs(4),

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Message headers: a string map (W3C `traceparent` travels here).
+/// Message headers: a string map. (The W3C trace context travels in
+/// [`Message::trace`], and as the `traceparent` header on brokers' wires.)
 ///
 /// Reads go through `Deref` to a `BTreeMap<String, String>`; cloning is
 /// cheap (the map is shared and copied only when a clone is changed), so a
@@ -27,8 +28,11 @@ use crate::error::{Error, ErrorKind, Result};
 /// assert_eq!(copy["tenant"], "acme");
 /// assert_eq!(headers.get("tenant").map(String::as_str), Some("globex"));
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Headers(Arc<BTreeMap<String, String>>);
+#[derive(Clone, Default)]
+pub struct Headers(Option<Arc<BTreeMap<String, String>>>);
+
+/// What an empty `Headers` reads as, so no headers cost no allocation.
+static NO_HEADERS: BTreeMap<String, String> = BTreeMap::new();
 
 impl Headers {
     /// No headers.
@@ -38,44 +42,56 @@ impl Headers {
 
     /// Set `name` to `value`, returning the previous value.
     pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Option<String> {
-        Arc::make_mut(&mut self.0).insert(name.into(), value.into())
+        Arc::make_mut(self.0.get_or_insert_with(Arc::default)).insert(name.into(), value.into())
     }
 
     /// Remove `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        if !self.0.contains_key(name) {
-            return None;
-        }
-        Arc::make_mut(&mut self.0).remove(name)
+        let map = self.0.as_mut().filter(|map| map.contains_key(name))?;
+        Arc::make_mut(map).remove(name)
     }
 }
 
 impl std::ops::Deref for Headers {
     type Target = BTreeMap<String, String>;
     fn deref(&self) -> &Self::Target {
-        &self.0
+        self.0.as_deref().unwrap_or(&NO_HEADERS)
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::hash::Hash for Headers {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
     }
 }
 
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Headers(Arc::new(
+        Headers::from(
             iter.into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        ))
+                .collect::<BTreeMap<String, String>>(),
+        )
     }
 }
 
 impl From<BTreeMap<String, String>> for Headers {
     fn from(map: BTreeMap<String, String>) -> Self {
-        Headers(Arc::new(map))
+        Headers((!map.is_empty()).then(|| Arc::new(map)))
     }
 }
 
@@ -84,7 +100,7 @@ impl Serialize for Headers {
         &self,
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        (**self).serialize(serializer)
     }
 }
 
@@ -488,6 +504,10 @@ pub struct Message {
     pub idempotency_key: Option<String>,
     /// The error of the previous failed attempt, if any.
     pub last_error: Option<String>,
+    /// The W3C trace context of the sender (`traceparent`), kept as a
+    /// typed value in process and written as the `traceparent` header (or
+    /// its binary envelope field) on a broker's wire.
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl Message {
@@ -505,7 +525,15 @@ impl Message {
             expires_at: None,
             idempotency_key: None,
             last_error: None,
+            trace: None,
         }
+    }
+
+    /// Carry `context` as the sender's trace context.
+    #[must_use]
+    pub fn with_trace(mut self, context: crate::trace::TraceContext) -> Self {
+        self.trace = Some(context);
+        self
     }
 
     /// Set the priority.
@@ -584,7 +612,10 @@ impl Message {
     /// The encoded size a backend counts against its payload limit:
     /// payload plus header names and values.
     pub fn wire_size(&self) -> usize {
-        self.payload.len()
+        // A `traceparent` header is 11 + 55 bytes.
+        let trace = if self.trace.is_some() { 66 } else { 0 };
+        trace
+            + self.payload.len()
             + self
                 .headers
                 .iter()

@@ -921,10 +921,13 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
         }
     }
 
-    let parent = message
-        .headers
-        .get(TRACEPARENT)
-        .and_then(|v| TraceContext::parse(v));
+    // The sender's context; a raw message may carry it as a plain header.
+    let parent = message.trace.or_else(|| {
+        message
+            .headers
+            .get(TRACEPARENT)
+            .and_then(|v| TraceContext::parse(v))
+    });
     let context = parent.map_or_else(TraceContext::new_root, |p| p.child());
     let span = tracing::info_span!(
         "job",

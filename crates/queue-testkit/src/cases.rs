@@ -1585,25 +1585,29 @@ pub async fn trace_propagation(ctx: &Ctx) {
     let queue = ctx.queue();
     let root = TraceContext::new_root();
     let message = trace::scope(root, async {
-        Job::encode(&"traced".to_owned(), &JobOptions::default())
+        Job::encode(&"typed".to_owned(), &JobOptions::default())
     })
     .await
     .expect("encode");
-    let sent =
-        TraceContext::parse(&message.headers[trace::TRACEPARENT]).expect("traceparent set at send");
+    let sent = message.trace.expect("the trace context is set at send");
     assert_eq!(
         sent.trace_id, root.trace_id,
         "the send is part of the caller's trace"
     );
-    // (the handler's own context, its parent) as the handler saw them
-    type Seen = Option<(Option<TraceContext>, Option<TraceContext>)>;
+    // A message from another producer carries it as a plain header.
+    let foreign_parent = TraceContext::new_root();
+    let raw = Message::new(&b"\"raw\""[..])
+        .with_header(trace::TRACEPARENT, foreign_parent.to_traceparent());
+    // payload -> (the handler's own context, its parent) as the handler saw them
+    type Seen = HashMap<String, (Option<TraceContext>, Option<TraceContext>)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let record = seen.clone();
     let worker = Worker::builder(ctx.backend().clone(), queue.clone())
-        .handler(move |_job: Job<String>| {
+        .handler(move |job: Job<String>| {
             let record = record.clone();
             async move {
-                *record.lock().expect("lock") = Some((trace::current(), trace::parent()));
+                let contexts = (trace::current(), trace::parent());
+                record.lock().expect("lock").insert(job.payload, contexts);
                 Ok::<_, std::io::Error>(())
             }
         })
@@ -1611,25 +1615,26 @@ pub async fn trace_propagation(ctx: &Ctx) {
         .await
         .expect("start worker");
     let mut events = worker.subscribe();
-    ctx.producer(&queue)
-        .await
-        .send(message)
-        .await
-        .expect("send");
-    assert!(until(&mut events, SOON, || worker.stats().completed == 1).await);
+    let producer = ctx.producer(&queue).await;
+    producer.send(message).await.expect("send");
+    producer.send(raw).await.expect("send raw");
+    assert!(until(&mut events, SOON, || worker.stats().completed == 2).await);
     worker.shutdown().await.expect("shutdown");
-    let (current, parent) = seen.lock().expect("lock").expect("handler ran");
-    let current = current.expect("the handler runs inside a trace context");
-    assert_eq!(
-        parent,
-        Some(sent),
-        "the handler's parent is the sent traceparent"
-    );
-    assert_eq!(current.trace_id, root.trace_id);
-    assert_ne!(
-        current.span_id, sent.span_id,
-        "the handler has its own span"
-    );
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
+    for (payload, parent) in [("typed", sent), ("raw", foreign_parent)] {
+        let (current, seen_parent) = seen[payload];
+        let current = current.expect("the handler runs inside a trace context");
+        assert_eq!(
+            seen_parent,
+            Some(parent),
+            "{payload}: the parent is the sent traceparent"
+        );
+        assert_eq!(current.trace_id, parent.trace_id, "{payload}: same trace");
+        assert_ne!(
+            current.span_id, parent.span_id,
+            "{payload}: the handler has its own span"
+        );
+    }
 }
 
 /// Case 38: a submitted job's status moves Pending -> Running -> Completed
