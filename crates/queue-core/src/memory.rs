@@ -173,8 +173,14 @@ impl MemoryBackend {
         options: ConsumerOptions,
     ) -> Result<MemoryConsumer> {
         options.check()?;
+        let queue = self.shared.queue(queue, None)?;
+        let name = QueueName::new(queue.name.as_str())?;
         Ok(MemoryConsumer {
-            queue: self.shared.queue(queue, None)?,
+            local: Arc::new(LocalQueue {
+                queue: queue.clone(),
+                name,
+            }),
+            queue,
             lease: options.lease.unwrap_or(self.shared.lease),
             shared: self.shared.clone(),
         })
@@ -577,7 +583,17 @@ impl Producer for MemoryProducer {
 pub struct MemoryConsumer {
     shared: Arc<Shared>,
     queue: Arc<MemQueue>,
+    /// This consumer's own reference to the queue (and its own copy of the
+    /// name) for the deliveries it hands out, so consumers on different
+    /// threads never contend on one reference count.
+    local: Arc<LocalQueue>,
     lease: Duration,
+}
+
+#[derive(Debug)]
+struct LocalQueue {
+    queue: Arc<MemQueue>,
+    name: QueueName,
 }
 
 impl MemoryConsumer {
@@ -609,11 +625,11 @@ impl MemoryConsumer {
                 }
                 state.lease(key, message.clone());
                 out.push(Delivery::new(
-                    self.queue.name.clone(),
+                    self.local.name.clone(),
                     message,
                     sys_deadline,
                     Box::new(MemoryAcker {
-                        queue: self.queue.clone(),
+                        local: self.local.clone(),
                         key,
                     }),
                 ));
@@ -700,7 +716,7 @@ impl Consumer for MemoryConsumer {
                 let mut settled = Vec::with_capacity(deliveries.len());
                 for delivery in deliveries {
                     let key = match delivery.acker().as_any().downcast_ref::<MemoryAcker>() {
-                        Some(acker) if Arc::ptr_eq(&acker.queue, &self.queue) => acker.key,
+                        Some(acker) if Arc::ptr_eq(&acker.local.queue, &self.queue) => acker.key,
                         _ => {
                             foreign.push(delivery);
                             continue;
@@ -728,18 +744,18 @@ impl Consumer for MemoryConsumer {
 /// Settles one memory delivery.
 #[derive(Debug)]
 struct MemoryAcker {
-    queue: Arc<MemQueue>,
+    local: Arc<LocalQueue>,
     key: TimeKey,
 }
 
 impl MemoryAcker {
     fn settle(&self, message: &Message, then: impl FnOnce(&mut State, Message)) -> Result<()> {
-        let mut state = self.queue.state()?;
+        let mut state = self.local.queue.state()?;
         let stored = state
             .release(&self.key)
             .ok_or_else(|| lease_lost(message))?;
         then(&mut state, stored);
-        self.queue.unlock(state);
+        self.local.queue.unlock(state);
         Ok(())
     }
 }
@@ -747,7 +763,7 @@ impl MemoryAcker {
 #[async_trait]
 impl Acker for MemoryAcker {
     async fn ack(&self, message: &Message) -> Result<()> {
-        let mut state = self.queue.state()?;
+        let mut state = self.local.queue.state()?;
         let Some(released) = state.release(&self.key) else {
             return Err(lease_lost(message));
         };
@@ -778,14 +794,14 @@ impl Acker for MemoryAcker {
                 format!("lease: {}", e.message.as_deref().unwrap_or("out of range")),
             )
         })?;
-        let mut state = self.queue.state()?;
+        let mut state = self.local.queue.state()?;
         let stored = state
             .release(&self.key)
             .ok_or_else(|| lease_lost(message))?;
         let key = (Instant::now() + lease, self.key.1);
         state.note_due(key.0);
         state.lease(key, stored);
-        self.queue.unlock(state);
+        self.local.queue.unlock(state);
         self.key = key;
         Ok(SystemTime::now() + lease)
     }

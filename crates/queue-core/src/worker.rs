@@ -378,7 +378,10 @@ pub struct ShutdownReport {
     pub returned: u64,
 }
 
+/// Counters of one lane, on a cache line of their own so lanes on
+/// different threads never contend on them; read by summing the lanes.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 struct Counters {
     started: AtomicU64,
     completed: AtomicU64,
@@ -397,7 +400,7 @@ struct Shared {
     handler: ErasedHandler,
     events: EventBus,
     store: Option<Arc<dyn JobStore>>,
-    counters: Counters,
+    counters: Box<[Counters]>,
     /// Jobs stop at once when this turns true (end of the grace period).
     hard_stop: watch::Receiver<bool>,
     last_fetch: Mutex<(Instant, Option<String>)>,
@@ -454,7 +457,7 @@ impl std::fmt::Debug for WorkerHandle {
 }
 
 impl WorkerWithHandler {
-    /// Validate the settings, open a consumer and start the pool.
+    /// Validate the settings, open a consumer per lane and start the pool.
     pub async fn start(self) -> Result<WorkerHandle> {
         let WorkerWithHandler { builder, handler } = self;
         builder.settings.validate().map_err(validation_error)?;
@@ -463,8 +466,18 @@ impl WorkerWithHandler {
             options = options.with_lease(lease);
         }
         options.check()?;
-        let consumer: Arc<dyn Consumer> =
-            Arc::from(builder.backend.consumer(&builder.queue, options).await?);
+        let lanes = builder
+            .settings
+            .lanes
+            .clamp(1, builder.settings.concurrency);
+        let mut consumers: Vec<Arc<dyn Consumer>> = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let consumer = builder
+                .backend
+                .consumer(&builder.queue, options.clone())
+                .await?;
+            consumers.push(Arc::from(consumer));
+        }
         let (stop, stop_rx) = watch::channel(false);
         let (hard_stop, hard_stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -474,7 +487,7 @@ impl WorkerWithHandler {
             handler,
             events: builder.events,
             store: builder.store,
-            counters: Counters::default(),
+            counters: (0..lanes).map(|_| Counters::default()).collect(),
             hard_stop: hard_stop_rx,
             last_fetch: Mutex::new((Instant::now(), None)),
             saturated: AtomicBool::new(false),
@@ -487,7 +500,7 @@ impl WorkerWithHandler {
                 stop_rx.clone(),
             ));
         }
-        let dispatcher = tokio::spawn(dispatch(shared.clone(), consumer, stop_rx));
+        let dispatcher = tokio::spawn(dispatch(shared.clone(), consumers, stop_rx));
         Ok(WorkerHandle {
             shared,
             stop,
@@ -510,17 +523,22 @@ impl WorkerHandle {
 
     /// Counters so far.
     pub fn stats(&self) -> WorkerStats {
-        let c = &self.shared.counters;
-        let load = |a: &AtomicU64| a.load(AtomicOrdering::Relaxed);
-        let started = load(&c.started);
-        let finished = load(&c.finished);
+        let lanes = &self.shared.counters;
+        let load = |field: fn(&Counters) -> &AtomicU64| -> u64 {
+            lanes
+                .iter()
+                .map(|c| field(c).load(AtomicOrdering::Relaxed))
+                .sum()
+        };
+        let started = load(|c| &c.started);
+        let finished = load(|c| &c.finished);
         WorkerStats {
             started,
-            completed: load(&c.completed),
-            failed: load(&c.failed),
-            retried: load(&c.retried),
-            dead_lettered: load(&c.dead_lettered),
-            cancelled: load(&c.cancelled),
+            completed: load(|c| &c.completed),
+            failed: load(|c| &c.failed),
+            retried: load(|c| &c.retried),
+            dead_lettered: load(|c| &c.dead_lettered),
+            cancelled: load(|c| &c.cancelled),
             in_flight: started - finished.min(started),
         }
     }
@@ -604,21 +622,22 @@ async fn report_depth(
     }
 }
 
-/// Runs the lanes; on stop, waits for them and for the ack flusher.
+/// Runs the lanes, one consumer each; on stop, waits for them.
 async fn dispatch(
     shared: Arc<Shared>,
-    consumer: Arc<dyn Consumer>,
+    consumers: Vec<Arc<dyn Consumer>>,
     stop: watch::Receiver<bool>,
 ) -> Result<ShutdownReport> {
     let concurrency = shared.settings.concurrency;
-    let lanes = shared.settings.lanes.clamp(1, concurrency);
+    let lanes = consumers.len();
     let at_stop = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(lanes);
-    for lane in 0..lanes {
+    for (lane, consumer) in consumers.into_iter().enumerate() {
         let slots = concurrency / lanes + usize::from(lane < concurrency % lanes);
         tasks.push(tokio::spawn(run_lane(
             shared.clone(),
-            consumer.clone(),
+            lane,
+            consumer,
             slots,
             stop.clone(),
             at_stop.clone(),
@@ -628,7 +647,11 @@ async fn dispatch(
         task.await
             .map_err(|e| Error::new(ErrorKind::Other, format!("worker lane failed: {e}")))?;
     }
-    let returned = shared.counters.returned.load(AtomicOrdering::Relaxed);
+    let returned: u64 = shared
+        .counters
+        .iter()
+        .map(|c| c.returned.load(AtomicOrdering::Relaxed))
+        .sum();
     Ok(ShutdownReport {
         finished_in_grace: at_stop
             .load(AtomicOrdering::Relaxed)
@@ -662,6 +685,7 @@ fn ack_batch(consumer: &Arc<dyn Consumer>, batch: Vec<Delivery>) -> AckFuture {
 /// runs.
 async fn run_lane(
     shared: Arc<Shared>,
+    lane: usize,
     consumer: Arc<dyn Consumer>,
     slots: usize,
     mut stop: watch::Receiver<bool>,
@@ -712,7 +736,7 @@ async fn run_lane(
                             *g = (Instant::now(), None);
                         }
                         for delivery in deliveries {
-                            running.push(run_job(shared.clone(), delivery));
+                            running.push(run_job(shared.clone(), lane, delivery));
                         }
                     }
                     Err(e) => {
@@ -877,23 +901,22 @@ fn instant_of(deadline: SystemTime) -> tokio::time::Instant {
 
 /// Run one delivery through the handler and settle it; a delivery to ack
 /// is handed back to the lane, which acks in batches.
-async fn run_job(shared: Arc<Shared>, delivery: Delivery) -> Option<Delivery> {
-    let to_ack = attempt_job(&shared, delivery).await;
-    shared
-        .counters
-        .finished
-        .fetch_add(1, AtomicOrdering::Relaxed);
+async fn run_job(shared: Arc<Shared>, lane: usize, delivery: Delivery) -> Option<Delivery> {
+    let counters = &shared.counters[lane];
+    let to_ack = attempt_job(&shared, counters, delivery).await;
+    counters.finished.fetch_add(1, AtomicOrdering::Relaxed);
     to_ack
 }
 
-async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery> {
+async fn attempt_job(
+    shared: &Shared,
+    counters: &Counters,
+    mut delivery: Delivery,
+) -> Option<Delivery> {
     let message = delivery.message();
     let (id, attempt) = (message.id, message.attempt);
     let queue = &shared.queue;
-    shared
-        .counters
-        .started
-        .fetch_add(1, AtomicOrdering::Relaxed);
+    counters.started.fetch_add(1, AtomicOrdering::Relaxed);
     shared.metrics.in_flight.increment(1.0);
     let due = message
         .not_before
@@ -908,10 +931,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
         // A job cancelled before it started is settled without running;
         // `start` checks and marks in one step, so a cancel cannot slip in.
         if let Ok(false) = store.start(id, attempt).await {
-            shared
-                .counters
-                .cancelled
-                .fetch_add(1, AtomicOrdering::Relaxed);
+            counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
             shared.metrics.cancelled.increment(1);
             shared.metrics.in_flight.decrement(1.0);
             shared
@@ -963,6 +983,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
             tracing::warn!(parent: &span, error = %decode_error, "undecodable job dead-lettered");
             settle_dead(
                 shared,
+                counters,
                 delivery,
                 DeadLetterReason::Decode,
                 decode_error.to_string(),
@@ -998,10 +1019,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
 
     let (error, action) = match outcome {
         Outcome::Done(result) => {
-            shared
-                .counters
-                .completed
-                .fetch_add(1, AtomicOrdering::Relaxed);
+            counters.completed.fetch_add(1, AtomicOrdering::Relaxed);
             shared.metrics.completed.increment(1);
             if let Some(store) = &shared.store {
                 let _ = store.update(id, JobUpdate::Completed { result }).await;
@@ -1013,10 +1031,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
             return Some(delivery);
         }
         Outcome::Stopped => {
-            shared
-                .counters
-                .returned
-                .fetch_add(1, AtomicOrdering::Relaxed);
+            counters.returned.fetch_add(1, AtomicOrdering::Relaxed);
             if let Err(e) = delivery
                 .nack_with_error(Duration::ZERO, "worker shut down before the job finished")
                 .await
@@ -1036,7 +1051,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
         Outcome::TimedOut(after) => (format!("timed out after {after:?}"), HandlerAction::Retry),
     };
     if action != HandlerAction::Cancel {
-        shared.counters.failed.fetch_add(1, AtomicOrdering::Relaxed);
+        counters.failed.fetch_add(1, AtomicOrdering::Relaxed);
         shared.metrics.failed.increment(1);
         shared.events.emit(|| {
             JobEvent::new(
@@ -1052,10 +1067,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
     }
     match action {
         HandlerAction::Cancel => {
-            shared
-                .counters
-                .cancelled
-                .fetch_add(1, AtomicOrdering::Relaxed);
+            counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
             shared.metrics.cancelled.increment(1);
             if let Some(store) = &shared.store {
                 let _ = store.update(id, JobUpdate::Cancelled).await;
@@ -1068,6 +1080,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
         HandlerAction::Permanent => {
             settle_dead(
                 shared,
+                counters,
                 delivery,
                 DeadLetterReason::Rejected(error.clone()),
                 error,
@@ -1089,10 +1102,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
                 tracing::warn!(job_id = %id, error = %e.error, "nack failed; the job returns when its lease expires");
             }
             if last_attempt {
-                shared
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, AtomicOrdering::Relaxed);
+                counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
                 shared.metrics.dead_lettered.increment(1);
                 if let Some(store) = &shared.store {
                     let _ = store.update(id, JobUpdate::Dead { error }).await;
@@ -1108,10 +1118,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
                     )
                 });
             } else {
-                shared
-                    .counters
-                    .retried
-                    .fetch_add(1, AtomicOrdering::Relaxed);
+                counters.retried.fetch_add(1, AtomicOrdering::Relaxed);
                 shared.metrics.retried.increment(1);
                 if let Some(store) = &shared.store {
                     let _ = store.update(id, JobUpdate::Retry { error }).await;
@@ -1127,6 +1134,7 @@ async fn attempt_job(shared: &Shared, mut delivery: Delivery) -> Option<Delivery
 
 async fn settle_dead(
     shared: &Shared,
+    counters: &Counters,
     delivery: Delivery,
     reason: DeadLetterReason,
     error: String,
@@ -1138,10 +1146,7 @@ async fn settle_dead(
         tracing::warn!(job_id = %id, error = %e.error, "dead-lettering failed; the job returns when its lease expires");
         return;
     }
-    shared
-        .counters
-        .dead_lettered
-        .fetch_add(1, AtomicOrdering::Relaxed);
+    counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
     shared.metrics.dead_lettered.increment(1);
     if let Some(store) = &shared.store {
         let _ = store.update(id, JobUpdate::Dead { error }).await;
