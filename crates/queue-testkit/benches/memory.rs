@@ -7,12 +7,7 @@ use queue_core::{Backend, MemoryBackend, QueueName};
 use queue_testkit::bench;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
+    bench::run(async {
         let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
         let messages = 4_000_000;
         let queue = QueueName::new("bench-throughput").expect("queue name");
@@ -36,11 +31,9 @@ fn main() {
             "memory  pickup latency at {} msg/s  {} samples  p50 {:.1} us  p99 {:.1} us  max {:.1} us",
             latency.rate, latency.messages, latency.p50_us, latency.p99_us, latency.max_us
         );
-        let json = serde_json::json!({ "backend": "memory", "throughput": throughput, "latency": latency });
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
-        std::fs::create_dir_all(&dir).expect("create target/bench");
-        let path = dir.join("memory.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")).expect("write json");
-        println!("wrote {}", path.display());
+        bench::write_json(
+            "memory",
+            &serde_json::json!({ "backend": "memory", "throughput": throughput, "latency": latency }),
+        );
     });
 }

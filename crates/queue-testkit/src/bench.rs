@@ -262,3 +262,24 @@ pub async fn worker_throughput(
         jobs_per_second: jobs as f64 / seconds,
     })
 }
+
+/// Run a benchmark body on the runtime every benchmark uses: tokio's
+/// multi-thread scheduler with 2 workers (the machine's cores).
+pub fn run<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(body)
+}
+
+/// Write `value` as `target/bench/<name>.json` and say where.
+pub fn write_json(name: &str, value: &serde_json::Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    let path = dir.join(format!("{name}.json"));
+    let text = serde_json::to_string_pretty(value).expect("serialize results");
+    std::fs::write(&path, text).expect("write results");
+    println!("wrote {}", path.display());
+}
