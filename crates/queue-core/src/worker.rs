@@ -392,6 +392,8 @@ struct Counters {
     returned: AtomicU64,
     /// Attempts that ended, however they ended.
     finished: AtomicU64,
+    /// Every slot of the lane is busy.
+    saturated: AtomicBool,
 }
 
 struct Shared {
@@ -404,7 +406,6 @@ struct Shared {
     /// Jobs stop at once when this turns true (end of the grace period).
     hard_stop: watch::Receiver<bool>,
     last_fetch: Mutex<(Instant, Option<String>)>,
-    saturated: AtomicBool,
     metrics: Metrics,
 }
 
@@ -490,7 +491,6 @@ impl WorkerWithHandler {
             counters: (0..lanes).map(|_| Counters::default()).collect(),
             hard_stop: hard_stop_rx,
             last_fetch: Mutex::new((Instant::now(), None)),
-            saturated: AtomicBool::new(false),
         });
         if let Some(interval) = shared.settings.depth_interval {
             tokio::spawn(report_depth(
@@ -556,7 +556,12 @@ impl WorkerHandle {
                 (g.0, g.1.clone())
             });
         let since_last_fetch = last.elapsed();
-        let saturated = self.shared.saturated.load(AtomicOrdering::Relaxed);
+        // Not fetching on purpose only when every lane is full.
+        let saturated = self
+            .shared
+            .counters
+            .iter()
+            .all(|lane| lane.saturated.load(AtomicOrdering::Relaxed));
         let running = !self.dispatcher.is_finished() && !*self.stop.borrow();
         WorkerHealth {
             queue: self.shared.queue.clone(),
@@ -706,7 +711,9 @@ async fn run_lane(
         }
         let unacked = to_ack.len() + acking.as_ref().map_or(0, |(_, n)| *n);
         let free = slots.saturating_sub(running.len() + unacked);
-        shared.saturated.store(free == 0, AtomicOrdering::Relaxed);
+        shared.counters[lane]
+            .saturated
+            .store(free == 0, AtomicOrdering::Relaxed);
         if stopping {
             break;
         }
@@ -753,6 +760,7 @@ async fn run_lane(
                             tokio::select! {
                                 () = &mut pause => break,
                                 Some(finished) = running.next(), if !running.is_empty() => to_ack.extend(finished),
+                                () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => acking = None,
                                 _ = stop.changed() => { stopping = true; break; }
                             }
                         }
@@ -779,7 +787,9 @@ async fn run_lane(
     if !to_ack.is_empty() {
         ack_batch(&consumer, to_ack).await;
     }
-    shared.saturated.store(false, AtomicOrdering::Relaxed);
+    shared.counters[lane]
+        .saturated
+        .store(false, AtomicOrdering::Relaxed);
 }
 
 /// Box a handler's error, keeping a [`HandlerError`] findable when it
