@@ -13,7 +13,7 @@ use queue_core::trace::{self, TraceContext};
 use queue_core::{
     envelope, Backend, BackoffPolicy, Consumer, DeadLetterReason, Delivery, ErrorKind, EventStream,
     Job, JobOptions, JobScheduler, JobStatus, MemoryJobStore, Message, MessageId, Ordering,
-    Priority, QueueName, QueueOptions, Redrive, Result, Worker,
+    Priority, Producer, QueueName, QueueOptions, Redrive, Result, Worker,
 };
 
 use crate::harness::{receive_n, Ctx};
@@ -47,6 +47,17 @@ async fn send(ctx: &Ctx, queue: &QueueName, message: Message) -> MessageId {
         .send(message)
         .await
         .unwrap_or_else(|e| panic!("{}: send: {e}", ctx.case()))
+}
+
+/// Send `count` messages with payloads `"{prefix} {i}"`, one `send` each,
+/// and return their ids in order.
+async fn send_numbered(producer: &dyn Producer, prefix: &str, count: usize) -> Vec<MessageId> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        let message = Message::new(format!("{prefix} {i}"));
+        ids.push(producer.send(message).await.expect("send"));
+    }
+    ids
 }
 
 /// Receive one delivery within [`SOON`], or fail naming `what` was awaited.
@@ -677,15 +688,7 @@ pub async fn dead_letter_explicit(ctx: &Ctx) {
 pub async fn redrive(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            producer
-                .send(Message::new(format!("dead {i}")))
-                .await
-                .expect("send"),
-        );
-    }
+    let ids = send_numbered(&*producer, "dead", 3).await;
     let consumer = ctx.consumer(&queue, None).await;
     for d in receive_n(&*consumer, 3, SOON).await {
         d.dead_letter(DeadLetterReason::Rejected("to redrive".into()))
@@ -759,12 +762,7 @@ pub async fn idempotency_key(ctx: &Ctx) {
 pub async fn stats_are_exact(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
-    for i in 0..5 {
-        producer
-            .send(Message::new(format!("ready {i}")))
-            .await
-            .expect("send");
-    }
+    send_numbered(&*producer, "ready", 5).await;
     let delayed = ctx.caps().delay.is_available();
     if delayed {
         for i in 0..2 {
@@ -812,12 +810,8 @@ pub async fn purge(ctx: &Ctx) {
     let b = ctx.queue();
     let pa = ctx.producer(&a).await;
     let pb = ctx.producer(&b).await;
-    for i in 0..3 {
-        pa.send(Message::new(format!("a{i}"))).await.expect("send");
-    }
-    for i in 0..2 {
-        pb.send(Message::new(format!("b{i}"))).await.expect("send");
-    }
+    send_numbered(&*pa, "a", 3).await;
+    send_numbered(&*pb, "b", 2).await;
     let admin = ctx.backend().admin();
     let purged = admin.purge(&a).await;
     if !ctx.caps().purge.is_available() {
@@ -957,15 +951,10 @@ pub async fn competing_consumers(ctx: &Ctx) {
 pub async fn dropped_consumer_redelivers(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
-    let mut ids = HashSet::new();
-    for i in 0..5 {
-        ids.insert(
-            producer
-                .send(Message::new(format!("m{i}")))
-                .await
-                .expect("send"),
-        );
-    }
+    let ids: HashSet<MessageId> = send_numbered(&*producer, "m", 5)
+        .await
+        .into_iter()
+        .collect();
     {
         let doomed = ctx.consumer(&queue, Some(LEASE)).await;
         let held = receive_n(&*doomed, 5, SOON).await;
@@ -992,15 +981,10 @@ pub async fn reconnect(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
     let consumer = ctx.consumer(&queue, None).await;
-    let mut before = HashSet::new();
-    for i in 0..10 {
-        before.insert(
-            producer
-                .send(Message::new(format!("before {i}")))
-                .await
-                .expect("send"),
-        );
-    }
+    let before: HashSet<MessageId> = send_numbered(&*producer, "before", 10)
+        .await
+        .into_iter()
+        .collect();
     let mut acked = HashSet::new();
     for d in receive_n(&*consumer, 5, SOON).await {
         acked.insert(d.message().id);
