@@ -941,6 +941,24 @@ mod tests {
         QueueName::new(name).unwrap()
     }
 
+    /// Wait until `n` consumers are registered as waiting on `q`, so a test
+    /// exercises the wake-up path rather than racing it.
+    async fn until_waiting(backend: &MemoryBackend, q: &QueueName, n: usize) {
+        let registered = || -> usize {
+            let queues = lock(&backend.shared.queues);
+            queues
+                .get(q)
+                .map_or(0, |queue| lock(&queue.state).waiting.values().sum())
+        };
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while registered() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("consumers start waiting");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn max_length_refuses_with_a_typed_error_and_frees_up() {
         let backend = MemoryBackend::new();
@@ -1004,7 +1022,7 @@ mod tests {
         let started = Instant::now();
         let waiting =
             tokio::spawn(async move { consumer.receive(10, Duration::from_secs(30)).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until_waiting(&backend, &q, 1).await;
         producer.send(Message::new("wake up")).await.unwrap();
         let got = waiting.await.unwrap().unwrap();
         assert_eq!(got.len(), 1);
@@ -1032,7 +1050,7 @@ mod tests {
                     .len()
             }));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_waiting(&backend, &q, 4).await;
         let producer = backend.memory_producer(&q).unwrap();
         let started = Instant::now();
         producer
@@ -1063,7 +1081,7 @@ mod tests {
             tokio::spawn(async move { first.receive(1, Duration::from_secs(30)).await });
         let survivor =
             tokio::spawn(async move { second.receive(1, Duration::from_secs(30)).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_waiting(&backend, &q, 2).await;
         cancelled.abort();
         let _ = cancelled.await;
         backend
@@ -1096,7 +1114,7 @@ mod tests {
         let started = Instant::now();
         let waiting =
             tokio::spawn(async move { consumer.receive(1, Duration::from_secs(30)).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_waiting(&backend, &q, 1).await;
         let delay = Duration::from_millis(300);
         backend
             .memory_producer(&q)
@@ -1123,7 +1141,7 @@ mod tests {
             .unwrap();
         let waiting =
             tokio::spawn(async move { consumer.receive(1, Duration::from_secs(30)).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_waiting(&backend, &q, 1).await;
         backend.delete_queue(&q).await.unwrap();
         let err = waiting.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
@@ -1133,7 +1151,7 @@ mod tests {
             .unwrap();
         let waiting =
             tokio::spawn(async move { consumer.receive(1, Duration::from_secs(30)).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_waiting(&backend, &q, 1).await;
         backend.close().await.unwrap();
         assert_eq!(
             waiting.await.unwrap().unwrap_err().kind(),
