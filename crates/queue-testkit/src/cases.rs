@@ -60,6 +60,15 @@ async fn send_numbered(producer: &dyn Producer, prefix: &str, count: usize) -> V
     ids
 }
 
+/// The dead letters of `queue` (up to 10), oldest first.
+async fn dead_letters(ctx: &Ctx, queue: &QueueName) -> Vec<queue_core::DeadLetter> {
+    ctx.backend()
+        .admin()
+        .dead_letters(queue, 10)
+        .await
+        .expect("dead letters")
+}
+
 /// Receive one delivery within [`SOON`], or fail naming `what` was awaited.
 async fn receive_one(consumer: &dyn Consumer, what: &str) -> Delivery {
     receive_n(consumer, 1, SOON)
@@ -532,12 +541,7 @@ pub async fn ttl_expiry(ctx: &Ctx) {
     for d in got {
         d.ack().await.expect("ack");
     }
-    let dead = ctx
-        .backend()
-        .admin()
-        .dead_letters(&queue, 10)
-        .await
-        .expect("dead letters");
+    let dead = dead_letters(ctx, &queue).await;
     let entry = dead
         .iter()
         .find(|d| d.message.id == expiring)
@@ -640,12 +644,7 @@ pub async fn max_attempts_dead_letters(ctx: &Ctx) {
     }
     let rest = consumer.receive(10, QUIET).await.expect("receive");
     assert!(rest.is_empty(), "no delivery after the last attempt");
-    let dead = ctx
-        .backend()
-        .admin()
-        .dead_letters(&queue, 10)
-        .await
-        .expect("dead letters");
+    let dead = dead_letters(ctx, &queue).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     let entry = &dead[0];
     assert_eq!(entry.message.id, id);
@@ -664,12 +663,7 @@ pub async fn dead_letter_explicit(ctx: &Ctx) {
     d.dead_letter(DeadLetterReason::Rejected("bad data".into()))
         .await
         .expect("dead_letter");
-    let dead = ctx
-        .backend()
-        .admin()
-        .dead_letters(&queue, 10)
-        .await
-        .expect("dead letters");
+    let dead = dead_letters(ctx, &queue).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, id);
     assert_eq!(
@@ -1164,12 +1158,7 @@ pub async fn foreign_message(ctx: &Ctx) {
                 assert_eq!(d.payload().as_ref(), junk, "delivered as the raw payload");
                 d.ack().await.expect("ack a raw delivery");
             } else {
-                let dead = ctx
-                    .backend()
-                    .admin()
-                    .dead_letters(&queue, 10)
-                    .await
-                    .expect("dead letters");
+                let dead = dead_letters(ctx, &queue).await;
                 assert_eq!(dead.len(), 1, "not delivered, so dead-lettered");
                 assert_eq!(dead[0].reason, DeadLetterReason::Decode);
             }
@@ -1199,12 +1188,7 @@ pub async fn foreign_message(ctx: &Ctx) {
         (1, 0, 0),
         "{stats:?}"
     );
-    let dead = ctx
-        .backend()
-        .admin()
-        .dead_letters(&typed, 10)
-        .await
-        .expect("dead letters");
+    let dead = dead_letters(ctx, &typed).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, id);
     assert_eq!(dead[0].reason, DeadLetterReason::Decode);
@@ -1448,12 +1432,7 @@ pub async fn worker_timeout_cancels(ctx: &Ctx) {
         (stats.completed, stats.failed, stats.dead_lettered),
         (0, 1, 1)
     );
-    let dead = ctx
-        .backend()
-        .admin()
-        .dead_letters(&queue, 10)
-        .await
-        .expect("dead letters");
+    let dead = dead_letters(ctx, &queue).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, id);
     assert!(
