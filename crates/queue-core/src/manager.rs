@@ -227,9 +227,13 @@ impl QueueManager {
     /// Send a raw message to `queue`, checked against its backend's
     /// capability table first.
     pub async fn send(&self, queue: &QueueName, message: Message) -> Result<MessageId> {
-        let scheduler = self.scheduler_for(queue);
-        scheduler.backend().capabilities().check_message(&message)?;
-        scheduler.producer(queue).await?.send(message).await
+        // The producer checks the message against its backend's capability
+        // table before any network call.
+        self.scheduler_for(queue)
+            .producer(queue)
+            .await?
+            .send(message)
+            .await
     }
 
     /// Submit a typed job to `queue` and track it.
@@ -412,6 +416,10 @@ mod tests {
         let stats = manager.stats().await.unwrap();
         assert_eq!(stats.len(), 1);
         assert_eq!(stats[0].backend, "bulk");
+        // Messages are checked against the routed backend's table before sending.
+        let too_big = Message::new(vec![0u8; crate::memory::DEFAULT_MAX_PAYLOAD + 1]);
+        let err = manager.send(&reports, too_big).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
         let reports = manager.shutdown().await.unwrap();
         assert_eq!(reports.len(), 1);
         assert!(
