@@ -58,7 +58,7 @@ use crate::config::validation_error;
 use crate::error::{BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
 use crate::events::{EventBus, EventStream, JobEvent, JobEventKind};
 use crate::job::{BackoffPolicy, Job, HEADER_TIMEOUT_MS};
-use crate::message::{random_unit, Message, QueueName};
+use crate::message::{random_unit, Message, MessageId, QueueName};
 use crate::stats::{ConsumerOptions, DeadLetterReason};
 use crate::store::{JobStore, JobUpdate};
 use crate::trace::{TraceContext, TRACEPARENT};
@@ -940,7 +940,11 @@ async fn attempt_job(
     if let Some(store) = &shared.store {
         // A job cancelled before it started is settled without running;
         // `start` checks and marks in one step, so a cancel cannot slip in.
-        if let Ok(false) = store.start(id, attempt).await {
+        let start = store.start(id, attempt).await.unwrap_or_else(|e| {
+            tracing::warn!(job_id = %id, error = %e, "could not record the job's start; running it");
+            true
+        });
+        if !start {
             counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
             shared.metrics.cancelled.increment(1);
             shared.metrics.in_flight.decrement(1.0);
@@ -1031,9 +1035,7 @@ async fn attempt_job(
         Outcome::Done(result) => {
             counters.completed.fetch_add(1, AtomicOrdering::Relaxed);
             shared.metrics.completed.increment(1);
-            if let Some(store) = &shared.store {
-                let _ = store.update(id, JobUpdate::Completed { result }).await;
-            }
+            record(shared, id, JobUpdate::Completed { result }).await;
             shared.events.emit(|| {
                 JobEvent::new(JobEventKind::Completed, id, queue.clone(), attempt)
                     .with_duration(run_time)
@@ -1048,10 +1050,8 @@ async fn attempt_job(
             {
                 tracing::warn!(job_id = %id, error = %e.error, "could not return a stopped job; it returns when its lease expires");
             }
-            if let Some(store) = &shared.store {
-                let error = "worker shut down before the job finished".to_owned();
-                let _ = store.update(id, JobUpdate::Retry { error }).await;
-            }
+            let error = "worker shut down before the job finished".to_owned();
+            record(shared, id, JobUpdate::Retry { error }).await;
             return None;
         }
         Outcome::Failed(error) => (error.to_string(), error.action()),
@@ -1079,9 +1079,7 @@ async fn attempt_job(
         HandlerAction::Cancel => {
             counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
             shared.metrics.cancelled.increment(1);
-            if let Some(store) = &shared.store {
-                let _ = store.update(id, JobUpdate::Cancelled).await;
-            }
+            record(shared, id, JobUpdate::Cancelled).await;
             shared
                 .events
                 .emit(|| JobEvent::new(JobEventKind::Cancelled, id, queue.clone(), attempt));
@@ -1114,9 +1112,7 @@ async fn attempt_job(
             if last_attempt {
                 counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
                 shared.metrics.dead_lettered.increment(1);
-                if let Some(store) = &shared.store {
-                    let _ = store.update(id, JobUpdate::Dead { error }).await;
-                }
+                record(shared, id, JobUpdate::Dead { error }).await;
                 shared.events.emit(|| {
                     JobEvent::new(
                         JobEventKind::DeadLettered {
@@ -1130,14 +1126,22 @@ async fn attempt_job(
             } else {
                 counters.retried.fetch_add(1, AtomicOrdering::Relaxed);
                 shared.metrics.retried.increment(1);
-                if let Some(store) = &shared.store {
-                    let _ = store.update(id, JobUpdate::Retry { error }).await;
-                }
+                record(shared, id, JobUpdate::Retry { error }).await;
                 shared.events.emit(|| {
                     JobEvent::new(JobEventKind::Retried { delay }, id, queue.clone(), attempt)
                 });
             }
             None
+        }
+    }
+}
+
+/// Record a status change in the job store, if the worker has one. A store
+/// that fails is logged, not fatal: the job itself is settled either way.
+async fn record(shared: &Shared, id: MessageId, update: JobUpdate) {
+    if let Some(store) = &shared.store {
+        if let Err(e) = store.update(id, update).await {
+            tracing::warn!(job_id = %id, error = %e, "could not record the job's status");
         }
     }
 }
@@ -1158,9 +1162,7 @@ async fn settle_dead(
     }
     counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
     shared.metrics.dead_lettered.increment(1);
-    if let Some(store) = &shared.store {
-        let _ = store.update(id, JobUpdate::Dead { error }).await;
-    }
+    record(shared, id, JobUpdate::Dead { error }).await;
     shared.events.emit(|| {
         JobEvent::new(
             JobEventKind::DeadLettered {
