@@ -95,6 +95,32 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// A table for `backend` that supports nothing yet: a backend crate
+    /// starts from this and sets each field (the struct is
+    /// `#[non_exhaustive]`, so other crates cannot build it literally).
+    pub fn new(backend: &'static str) -> Self {
+        Capabilities {
+            backend,
+            priority: Support::Unsupported,
+            delay: Support::Unsupported,
+            ttl: Support::Unsupported,
+            dead_letter: Support::Unsupported,
+            redrive: Support::Unsupported,
+            idempotency: Support::Unsupported,
+            lease_extension: Support::Unsupported,
+            max_length: Support::Unsupported,
+            purge: Support::Unsupported,
+            exact_stats: false,
+            detects_lease_lost: false,
+            ordering: Ordering::None,
+            max_payload: 0,
+            max_native_delay: None,
+            max_batch: 1,
+            max_receive: 1,
+            idempotency_window: None,
+        }
+    }
+
     /// Check one outgoing message against the table: payload size, priority,
     /// delay, TTL and idempotency support. Called before any network call.
     pub fn check_message(&self, message: &Message) -> Result<()> {

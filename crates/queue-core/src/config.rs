@@ -475,6 +475,17 @@ fn duration_in(
     Ok(())
 }
 
+/// Check a lease given at run time (a consumer's or an `extend`): an
+/// [`ErrorKind::InvalidInput`] error naming the allowed range otherwise.
+pub fn check_lease(lease: Duration) -> Result<()> {
+    validate_lease(&lease).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("lease: {}", e.message.as_deref().unwrap_or("out of range")),
+        )
+    })
+}
+
 pub(crate) fn validate_lease(d: &Duration) -> Result<(), ValidationError> {
     duration_in(d, MIN_LEASE, MAX_LEASE, "lease_range")
 }

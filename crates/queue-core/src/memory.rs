@@ -788,12 +788,7 @@ impl Acker for MemoryAcker {
     }
 
     async fn extend(&mut self, message: &Message, lease: Duration) -> Result<SystemTime> {
-        crate::config::validate_lease(&lease).map_err(|e| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                format!("lease: {}", e.message.as_deref().unwrap_or("out of range")),
-            )
-        })?;
+        crate::config::check_lease(lease)?;
         let mut state = self.local.queue.state()?;
         let stored = state
             .release(&self.key)

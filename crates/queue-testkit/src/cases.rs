@@ -12,8 +12,8 @@ use bytes::Bytes;
 use queue_core::trace::{self, TraceContext};
 use queue_core::{
     envelope, Backend, BackoffPolicy, Consumer, DeadLetterReason, Delivery, ErrorKind, EventStream,
-    Job, JobOptions, JobScheduler, JobStatus, MemoryJobStore, Message, MessageId, Ordering,
-    Priority, Producer, QueueName, QueueOptions, Redrive, Result, Worker,
+    Job, JobOptions, JobScheduler, JobStatus, JobStore, MemoryJobStore, Message, MessageId,
+    Ordering, Priority, Producer, QueueName, QueueOptions, Redrive, Result, Worker,
 };
 
 use crate::harness::{receive_n, Ctx};
@@ -1413,7 +1413,12 @@ pub async fn worker_timeout_cancels(ctx: &Ctx) {
         .send(Job::encode(&"slow".to_owned(), &options).expect("encode"))
         .await
         .expect("send");
-    let failed = until(&mut events, SOON, || worker.stats().failed == 1).await;
+    // Failing counts first; the dead-lettering settles over the network.
+    let failed = until(&mut events, SOON, || {
+        let stats = worker.stats();
+        stats.failed == 1 && stats.dead_lettered == 1
+    })
+    .await;
     assert!(failed, "the attempt was not failed by its timeout");
     assert_eq!(
         dropped.load(AtomicOrdering::SeqCst),
@@ -1604,7 +1609,11 @@ pub async fn trace_propagation(ctx: &Ctx) {
 /// (or Retry -> Dead) and is readable by id.
 pub async fn job_status(ctx: &Ctx) {
     let queue = ctx.queue();
-    let scheduler = JobScheduler::new(ctx.backend().clone(), Arc::new(MemoryJobStore::new()));
+    let store: Arc<dyn JobStore> = match ctx.harness().job_store().await {
+        Some(store) => store.expect("open the backend's job store"),
+        None => Arc::new(MemoryJobStore::new()),
+    };
+    let scheduler = JobScheduler::new(ctx.backend().clone(), store);
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let ok = scheduler
         .submit(&queue, &"ok".to_owned(), &JobOptions::default())

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use queue_core::{
-    Backend, Capabilities, Consumer, ConsumerOptions, Delivery, MemoryBackend, Producer,
+    Backend, Capabilities, Consumer, ConsumerOptions, Delivery, JobStore, MemoryBackend, Producer,
     QueueConfig, QueueName, Result,
 };
 
@@ -40,6 +40,12 @@ pub trait Harness: Send + Sync {
 
     /// Write `payload` to `queue` as a plain broker client would, with no envelope.
     async fn inject_foreign(&self, _queue: &QueueName, _payload: &[u8]) -> Option<Result<()>> {
+        None
+    }
+
+    /// A job store the backend shares between processes (case 38 tracks
+    /// jobs in it); `None` uses an in-process `MemoryJobStore`.
+    async fn job_store(&self) -> Option<Result<Arc<dyn JobStore>>> {
         None
     }
 

@@ -1,0 +1,45 @@
+-- ARGV: max, lease_ms. Returns {status, next_event_ms, member1, env1, ...}:
+-- status 'missing' when the queue is gone; next_event_ms is the time until
+-- the next delayed message is due or lease expires (-1: none), sent only
+-- when nothing was claimed. A member is the 16-byte id plus an 8-byte lease
+-- token, so a stale holder can never settle a newer lease.
+local now = now_ms()
+if missing() then return { 'missing' } end
+maintain(now, 1000)
+local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = { 'ok', -1 }
+local ids = redis.call('ZRANGE', K_READY, 0, max - 1)
+if #ids > 0 then
+  redis.call('ZREMRANGEBYRANK', K_READY, 0, #ids - 1)
+  local envs = redis.call('HMGET', K_MSG, unpack(ids))
+  local exps = nil
+  if redis.call('EXISTS', K_EXP) == 1 then exps = redis.call('HMGET', K_EXP, unpack(ids)) end
+  local token = redis.call('HINCRBY', K_STATS, 'lease_seq', #ids) - #ids
+  local deadline = now + lease
+  local zargs = {}
+  for i, id in ipairs(ids) do
+    local env = envs[i]
+    if env and exps and exps[i] and tonumber(exps[i]) <= now then
+      bury(id, env, 'expired', math.max(attempt_of(env) - 1, 0), nil, now)
+    elseif env then
+      local t = token + i
+      local member = id .. struct.pack('>I4I4', math.floor(t / 4294967296), t % 4294967296)
+      zargs[#zargs + 1] = deadline
+      zargs[#zargs + 1] = member
+      out[#out + 1] = member
+      out[#out + 1] = env
+    end
+  end
+  if #zargs > 0 then redis.call('ZADD', K_LEASED, unpack(zargs)) end
+  -- Pass the wake-up on when messages are left for another consumer.
+  if redis.call('EXISTS', K_READY) == 1 then notify() end
+end
+if #out == 2 then
+  local next_at = nil
+  local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  if d[2] then next_at = tonumber(d[2]) end
+  local l = redis.call('ZRANGE', K_LEASED, 0, 0, 'WITHSCORES')
+  if l[2] and (next_at == nil or tonumber(l[2]) < next_at) then next_at = tonumber(l[2]) end
+  if next_at then out[2] = math.max(next_at - now, 0) end
+end
+return out

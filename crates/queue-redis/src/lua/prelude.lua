@@ -1,0 +1,186 @@
+-- Shared by every queue script (prepended to each). All keys of one queue
+-- share the hash tag {name}, so a script only touches one cluster slot.
+local K_META, K_READY, K_DELAYED, K_LEASED, K_MSG, K_STATS, K_TTL, K_EXP,
+      K_DEAD, K_DMSG, K_DINFO, K_IDEM, K_IDEMZ, K_INBOX, K_NOTIFY =
+      KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
+      KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+
+-- Server time in ms: every process shares the server's clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Ready score: priority rank (0 urgent .. 3 low) above a sequence number,
+-- so ZRANGE 0 n yields priority order, FIFO within a priority.
+local RANK_STEP = 140737488355328 -- 2^47
+local RANK = { [15] = 0, [10] = 1, [5] = 2, [1] = 3 }
+
+local function rank_of(env)
+  return RANK[string.byte(env, 21) or 5] or 2
+end
+
+-- Envelope v1: attempt at offset 21, max attempts at 25 (u32 big-endian).
+local function attempt_of(env)
+  if #env < 29 then return 0 end
+  return struct.unpack('>I4', env, 22)
+end
+
+local function max_attempts_of(env)
+  if #env < 29 then return 1 end
+  return struct.unpack('>I4', env, 26)
+end
+
+local function with_attempt(env, attempt)
+  if #env < 29 then return env end
+  return string.sub(env, 1, 21) .. struct.pack('>I4', attempt) .. string.sub(env, 26)
+end
+
+-- Wake one waiting consumer (at most one token is ever queued).
+local function notify()
+  if redis.call('LLEN', K_NOTIFY) == 0 then
+    redis.call('RPUSH', K_NOTIFY, '1')
+  end
+end
+
+local function make_ready(id, rank)
+  local seq = redis.call('HINCRBY', K_STATS, 'seq', 1)
+  redis.call('ZADD', K_READY, rank * RANK_STEP + seq, id)
+end
+
+-- Move a message (already out of ready/delayed/leased) to the dead letters.
+local function bury(id, env, reason, attempts, last_error, now)
+  redis.call('HDEL', K_MSG, id)
+  redis.call('HDEL', K_EXP, id)
+  redis.call('ZREM', K_TTL, id)
+  redis.call('HSET', K_DMSG, id, env)
+  local info = { reason = reason, attempts = attempts, at = tostring(now) }
+  if last_error and last_error ~= '' then info.error = last_error end
+  redis.call('HSET', K_DINFO, id, cjson.encode(info))
+  redis.call('ZADD', K_DEAD, now, id)
+  redis.call('HINCRBY', K_STATS, 'dead_lettered', 1)
+  if reason == 'expired' then
+    redis.call('HINCRBY', K_STATS, 'expired', 1)
+  end
+end
+
+-- Queue a message again after `delay` ms; false if its TTL has passed.
+local function schedule(id, rank, delay, now)
+  local exp = redis.call('HGET', K_EXP, id)
+  if exp then
+    if tonumber(exp) <= now then return false end
+    redis.call('ZADD', K_TTL, exp, id)
+  end
+  if delay > 0 then
+    local due = now + delay
+    local head = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+    redis.call('ZADD', K_DELAYED, due, id)
+    -- A new earliest due time: a waiting consumer re-arms its timer.
+    if head[2] == nil or tonumber(head[2]) > due then notify() end
+  else
+    make_ready(id, rank)
+    notify()
+  end
+  return true
+end
+
+-- A failed attempt: deliver again after `delay`, or bury on the last attempt.
+local function retry(id, env, delay, last_error, now)
+  redis.call('HINCRBY', K_STATS, 'retried', 1)
+  local attempt = attempt_of(env)
+  if attempt >= max_attempts_of(env) then
+    bury(id, env, 'max_attempts', attempt, last_error, now)
+    return
+  end
+  env = with_attempt(env, attempt + 1)
+  redis.call('HSET', K_MSG, id, env)
+  if not schedule(id, rank_of(env), delay, now) then
+    bury(id, env, 'expired', attempt, last_error, now)
+  end
+end
+
+-- Delayed messages now due become ready. Returns how many moved.
+local function promote(now, limit)
+  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, limit)
+  if #due == 0 then return 0 end
+  redis.call('ZREM', K_DELAYED, unpack(due))
+  local envs = redis.call('HMGET', K_MSG, unpack(due))
+  for i, id in ipairs(due) do
+    if envs[i] then make_ready(id, rank_of(envs[i])) end
+  end
+  notify()
+  return #due
+end
+
+-- Leases past their deadline count as failed attempts. Returns how many.
+local function reclaim(now, limit)
+  local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, limit)
+  for _, member in ipairs(expired) do
+    redis.call('ZREM', K_LEASED, member)
+    local id = string.sub(member, 1, 16)
+    local env = redis.call('HGET', K_MSG, id)
+    if env then
+      retry(id, env, 0, 'lease expired before the delivery was settled', now)
+    end
+  end
+  return #expired
+end
+
+-- Queued messages whose TTL passed are dead-lettered as expired. A leased
+-- one leaves the index; it is checked again if it is ever queued again.
+local function sweep(now, limit)
+  if redis.call('EXISTS', K_TTL) == 0 then return 0 end
+  local gone = redis.call('ZRANGEBYSCORE', K_TTL, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(gone) do
+    redis.call('ZREM', K_TTL, id)
+    if redis.call('ZREM', K_READY, id) == 1 or redis.call('ZREM', K_DELAYED, id) == 1 then
+      local env = redis.call('HGET', K_MSG, id)
+      if env then bury(id, env, 'expired', math.max(attempt_of(env) - 1, 0), nil, now) end
+    end
+  end
+  return #gone
+end
+
+-- Bytes a plain client pushed to the inbox: envelopes are queued as they
+-- are, anything else is wrapped as a raw payload (fresh id, attempt 1).
+local function wrap(raw, now)
+  local seq = redis.call('HINCRBY', K_STATS, 'seq', 1)
+  local hi, lo = math.floor(now / 4294967296), now % 4294967296
+  local id = struct.pack('>I2I4I2I2I4I2', hi % 65536, lo, 28672 + seq % 4096,
+    32768 + math.floor(seq / 4096) % 16384, math.random(0, 2147483647), math.random(0, 65535))
+  return 'QE\1\0' .. id .. '\5' .. struct.pack('>I4I4I4I4', 1, 25, hi, lo) .. '\0\0' .. raw
+end
+
+local function drain_inbox(now, limit)
+  if redis.call('EXISTS', K_INBOX) == 0 then return end
+  for _ = 1, limit do
+    local raw = redis.call('RPOP', K_INBOX)
+    if not raw then break end
+    local env = raw
+    if #raw < 39 or string.sub(raw, 1, 3) ~= 'QE\1' then env = wrap(raw, now) end
+    local id = string.sub(env, 5, 20)
+    redis.call('HSET', K_MSG, id, env)
+    make_ready(id, rank_of(env))
+    redis.call('HINCRBY', K_STATS, 'enqueued', 1)
+  end
+  notify()
+end
+
+local function maintain(now, limit)
+  drain_inbox(now, limit)
+  promote(now, limit)
+  reclaim(now, limit)
+  sweep(now, limit)
+end
+
+-- Maintenance until nothing is left to do (for exact stats).
+local function maintain_all(now)
+  drain_inbox(now, 1000000)
+  while promote(now, 1000) == 1000 do end
+  while reclaim(now, 1000) == 1000 do end
+  while sweep(now, 1000) == 1000 do end
+end
+
+local function missing()
+  return redis.call('EXISTS', K_META) == 0
+end

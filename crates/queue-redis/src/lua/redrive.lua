@@ -1,0 +1,37 @@
+-- ARGV: 'all', limit | 'ids', id1, id2, ... Moves dead letters back as
+-- fresh messages (attempt 1, no delay, no expiry). Returns {'missing'} or
+-- {'ok', moved}.
+if missing() then return { 'missing' } end
+local ids
+if ARGV[1] == 'all' then
+  ids = redis.call('ZRANGE', K_DEAD, 0, tonumber(ARGV[2]) - 1)
+else
+  ids = {}
+  for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+end
+-- Clear the not-before and expires-at fields and reset the attempt.
+local function reset(env)
+  if #env < 39 or string.sub(env, 1, 3) ~= 'QE\1' then return env end
+  local flags = string.byte(env, 4)
+  local cut = 0
+  if flags % 2 == 1 then cut = cut + 8 end
+  if math.floor(flags / 2) % 2 == 1 then cut = cut + 8 end
+  return string.sub(env, 1, 3) .. string.char(flags - flags % 4) .. string.sub(env, 5, 21)
+    .. struct.pack('>I4', 1) .. string.sub(env, 26, 37) .. string.sub(env, 38 + cut)
+end
+local moved = 0
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', K_DEAD, id) == 1 then
+    local env = redis.call('HGET', K_DMSG, id)
+    redis.call('HDEL', K_DMSG, id)
+    redis.call('HDEL', K_DINFO, id)
+    if env then
+      env = reset(env)
+      redis.call('HSET', K_MSG, id, env)
+      make_ready(id, rank_of(env))
+      moved = moved + 1
+    end
+  end
+end
+if moved > 0 then notify() end
+return { 'ok', moved }

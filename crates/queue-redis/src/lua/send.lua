@@ -1,0 +1,67 @@
+-- ARGV: window_ms, n, then n groups of (id, envelope, rank, delay_ms, ttl_ms | -1, idempotency key | '').
+-- Returns {'missing'}, {'full', depth}, or {'ok', i1, first1, i2, first2, ...}
+-- listing the messages deduplicated by key with the id first sent with it.
+local now = now_ms()
+if missing() then return { 'missing' } end
+local window, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_len = redis.call('HGET', K_META, 'max_length')
+if max_len then
+  maintain_all(now)
+  local depth = redis.call('ZCARD', K_READY) + redis.call('ZCARD', K_DELAYED) + redis.call('ZCARD', K_LEASED)
+  if depth + n > tonumber(max_len) then return { 'full', depth } end
+end
+if redis.call('EXISTS', K_IDEMZ) == 1 then
+  local old = redis.call('ZRANGEBYSCORE', K_IDEMZ, '-inf', now, 'LIMIT', 0, 1000)
+  if #old > 0 then
+    redis.call('HDEL', K_IDEM, unpack(old))
+    redis.call('ZREM', K_IDEMZ, unpack(old))
+  end
+end
+local out = { 'ok' }
+local seq = redis.call('HINCRBY', K_STATS, 'seq', n) - n
+local head_due = nil
+local wake = false
+local enqueued = 0
+for i = 0, n - 1 do
+  local b = 3 + i * 6
+  local id, env, key = ARGV[b], ARGV[b + 1], ARGV[b + 5]
+  local first = nil
+  if key ~= '' then
+    first = redis.call('HGET', K_IDEM, key)
+    if first then
+      out[#out + 1] = i
+      out[#out + 1] = first
+    else
+      redis.call('HSET', K_IDEM, key, id)
+      redis.call('ZADD', K_IDEMZ, now + window, key)
+    end
+  end
+  if not first then
+    local rank, delay, ttl = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+    redis.call('HSET', K_MSG, id, env)
+    if ttl >= 0 then
+      redis.call('HSET', K_EXP, id, now + ttl)
+      redis.call('ZADD', K_TTL, now + ttl, id)
+    end
+    if delay > 0 then
+      local due = now + delay
+      if head_due == nil then
+        local head = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+        head_due = head[2] and tonumber(head[2]) or math.huge
+      end
+      redis.call('ZADD', K_DELAYED, due, id)
+      if due < head_due then
+        head_due = due
+        wake = true
+      end
+    else
+      redis.call('ZADD', K_READY, rank * RANK_STEP + seq + i + 1, id)
+      wake = true
+    end
+    enqueued = enqueued + 1
+  end
+end
+if enqueued < n then redis.call('HINCRBY', K_STATS, 'deduplicated', n - enqueued) end
+redis.call('HINCRBY', K_STATS, 'enqueued', enqueued)
+if wake then notify() end
+return out

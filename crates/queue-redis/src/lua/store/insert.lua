@@ -1,0 +1,13 @@
+-- KEYS: record, keys, counts. ARGV: id, idempotency key | '', field, value, ...
+-- Returns the id of the kept record: the existing one for a known key.
+if ARGV[2] ~= '' then
+  local existing = redis.call('HGET', KEYS[2], ARGV[2])
+  if existing then return existing end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return ARGV[1] end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('HINCRBY', KEYS[3], redis.call('HGET', KEYS[1], 'status'), 1)
+return ARGV[1]

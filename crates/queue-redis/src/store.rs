@@ -1,0 +1,340 @@
+//! [`RedisJobStore`]: job records in Redis, shared by every process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use queue_core::{
+    Error, ErrorKind, JobRecord, JobStats, JobStatus, JobStore, JobUpdate, MessageId, Priority,
+    QueueName, Result, RetentionPolicy,
+};
+use redis::{Script, Value};
+
+use crate::queue::{bytes_of, int_of, unexpected};
+use crate::Shared;
+
+struct StoreScripts {
+    insert: Script,
+    update: Script,
+    cleanup: Script,
+}
+
+static SCRIPTS: LazyLock<StoreScripts> = LazyLock::new(|| StoreScripts {
+    insert: Script::new(include_str!("lua/store/insert.lua")),
+    update: Script::new(include_str!("lua/store/update.lua")),
+    cleanup: Script::new(include_str!("lua/store/cleanup.lua")),
+});
+
+/// A [`JobStore`] kept in Redis, so job status, results and statistics are
+/// the same for every process: a worker on one host completes a job and the
+/// scheduler on another reads `Completed`.
+///
+/// Layout, all under the hash tag `{<namespace>}`: one hash per job
+/// (`<prefix>:{<namespace>}:job:<id>`), the idempotency keys
+/// (`...:keys`), counts by status (`...:counts`) and finished jobs by
+/// finish time (`...:finished`, for retention). Every change is one atomic
+/// script, so a cancel and a worker's start never both win.
+///
+/// Get one from [`RedisBackend::job_store`](crate::RedisBackend::job_store)
+/// and hand it to `JobScheduler::new` or the manager builder.
+#[derive(Debug, Clone)]
+pub struct RedisJobStore {
+    shared: Arc<Shared>,
+    /// `<prefix>:{<namespace>}:`
+    base: String,
+    keys: String,
+    counts: String,
+    finished: String,
+}
+
+impl RedisJobStore {
+    pub(crate) fn new(shared: Arc<Shared>, namespace: &str) -> Self {
+        let base = format!("{}:{{{namespace}}}:", shared.prefix);
+        RedisJobStore {
+            keys: format!("{base}keys"),
+            counts: format!("{base}counts"),
+            finished: format!("{base}finished"),
+            base,
+            shared,
+        }
+    }
+
+    /// The same store under another namespace (1 to 64 of
+    /// `[A-Za-z0-9_-]`), for separate applications on one Redis.
+    pub fn with_namespace(&self, namespace: &str) -> Result<Self> {
+        QueueName::new(namespace).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("namespace: must be 1 to 64 of [A-Za-z0-9_-], got {namespace:?}"),
+            )
+        })?;
+        Ok(RedisJobStore::new(self.shared.clone(), namespace))
+    }
+
+    fn record_prefix(&self) -> String {
+        format!("{}job:", self.base)
+    }
+
+    fn record_key(&self, id: MessageId) -> String {
+        format!("{}job:{}", self.base, id.as_uuid().simple())
+    }
+
+    async fn invoke(&self, call: redis::ScriptInvocation<'_>, doing: &str) -> Result<Value> {
+        self.shared.check_open()?;
+        let mut conn = self.shared.conn.clone();
+        call.invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, doing))
+    }
+
+    async fn change(&self, id: MessageId, change: &str, value: &str) -> Result<i64> {
+        let mut call = SCRIPTS.update.prepare_invoke();
+        call.key(self.record_key(id))
+            .key(&self.keys)
+            .key(&self.counts)
+            .key(&self.finished)
+            .arg(id.as_uuid().simple().to_string())
+            .arg(change)
+            .arg(millis(SystemTime::now()))
+            .arg(value);
+        let reply = self.invoke(call, "updating a job").await?;
+        int_of(&reply).ok_or_else(|| unexpected("a job update result"))
+    }
+
+    /// Delete every record, key and count of this store's namespace.
+    pub async fn clear(&self) -> Result<()> {
+        self.shared.check_open()?;
+        let mut conn = self.shared.conn.clone();
+        let pattern = format!("{}*", self.base.replace('[', "\\[").replace('?', "\\?"));
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.shared.error(e, "listing job keys"))?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| self.shared.error(e, "deleting job keys"))?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn time_of(ms: &str) -> Option<SystemTime> {
+    ms.parse::<u64>()
+        .ok()
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn status_of(s: &str) -> Option<JobStatus> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+/// A record from its hash fields.
+fn record_of(id: MessageId, fields: &HashMap<String, String>) -> Result<JobRecord> {
+    let corrupt = |field: &str| {
+        Error::new(
+            ErrorKind::Decode,
+            format!("job {id}: field {field:?} is missing or invalid in Redis"),
+        )
+    };
+    let get = |field: &str| fields.get(field).map(String::as_str);
+    let queue = get("queue")
+        .and_then(|q| QueueName::new(q).ok())
+        .ok_or_else(|| corrupt("queue"))?;
+    let status = get("status")
+        .and_then(status_of)
+        .ok_or_else(|| corrupt("status"))?;
+    let priority = get("priority")
+        .and_then(|p| p.parse::<u8>().ok())
+        .and_then(Priority::from_level)
+        .ok_or_else(|| corrupt("priority"))?;
+    let number = |field: &str| get(field).and_then(|n| n.parse::<u32>().ok());
+    let max_attempts = number("max_attempts").ok_or_else(|| corrupt("max_attempts"))?;
+    let mut record = JobRecord::submitted(id, queue, priority, max_attempts, false);
+    record.status = status;
+    record.attempts = number("attempts").unwrap_or(0);
+    record.result = match get("result") {
+        Some(json) => Some(serde_json::from_str(json).map_err(|_| corrupt("result"))?),
+        None => None,
+    };
+    record.last_error = get("last_error").map(str::to_owned);
+    record.idempotency_key = get("idem").map(str::to_owned);
+    record.created_at = get("created")
+        .and_then(time_of)
+        .ok_or_else(|| corrupt("created"))?;
+    record.updated_at = get("updated")
+        .and_then(time_of)
+        .unwrap_or(record.created_at);
+    record.started_at = get("started").and_then(time_of);
+    record.finished_at = get("finished").and_then(time_of);
+    Ok(record)
+}
+
+#[async_trait]
+impl JobStore for RedisJobStore {
+    async fn insert(&self, record: JobRecord) -> Result<MessageId> {
+        let id = record.id.as_uuid().simple().to_string();
+        let mut call = SCRIPTS.insert.prepare_invoke();
+        call.key(self.record_key(record.id))
+            .key(&self.keys)
+            .key(&self.counts)
+            .arg(&id)
+            .arg(record.idempotency_key.as_deref().unwrap_or(""));
+        let mut fields: Vec<(&str, String)> = vec![
+            ("queue", record.queue.as_str().to_owned()),
+            ("status", record.status.as_str().to_owned()),
+            ("priority", record.priority.level().to_string()),
+            ("attempts", record.attempts.to_string()),
+            ("max_attempts", record.max_attempts.to_string()),
+            ("created", millis(record.created_at).to_string()),
+            ("updated", millis(record.updated_at).to_string()),
+        ];
+        if let Some(key) = &record.idempotency_key {
+            fields.push(("idem", key.clone()));
+        }
+        if let Some(result) = &record.result {
+            fields.push(("result", result.to_string()));
+        }
+        if let Some(error) = &record.last_error {
+            fields.push(("last_error", error.clone()));
+        }
+        for (name, at) in [
+            ("started", record.started_at),
+            ("finished", record.finished_at),
+        ] {
+            if let Some(at) = at {
+                fields.push((name, millis(at).to_string()));
+            }
+        }
+        for (name, value) in &fields {
+            call.arg(*name).arg(value);
+        }
+        let reply = self.invoke(call, "inserting a job").await?;
+        bytes_of(&reply)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse::<uuid_text::Simple>().ok())
+            .map(|u| u.0)
+            .ok_or_else(|| unexpected("a job id"))
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<JobRecord>> {
+        self.shared.check_open()?;
+        let mut conn = self.shared.conn.clone();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.record_key(id))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "reading a job"))?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        record_of(id, &fields).map(Some)
+    }
+
+    async fn update(&self, id: MessageId, update: JobUpdate) -> Result<()> {
+        let (change, value) = match update {
+            JobUpdate::Running { attempt } => ("running", attempt.to_string()),
+            JobUpdate::Completed { result } => (
+                "completed",
+                result.map(|r| r.to_string()).unwrap_or_default(),
+            ),
+            JobUpdate::Failed { error } => ("failed", error),
+            JobUpdate::Retry { error } => ("retry", error),
+            JobUpdate::Dead { error } => ("dead", error),
+            JobUpdate::Cancelled => ("cancelled", String::new()),
+            other => {
+                return Err(Error::unsupported(format!(
+                    "the Redis job store does not know the update {other:?}"
+                )))
+            }
+        };
+        self.change(id, change, &value).await.map(drop)
+    }
+
+    async fn start(&self, id: MessageId, attempt: u32) -> Result<bool> {
+        Ok(self.change(id, "start", &attempt.to_string()).await? != 0)
+    }
+
+    async fn cancel(&self, id: MessageId) -> Result<bool> {
+        Ok(self.change(id, "cancel", "").await? == 1)
+    }
+
+    async fn stats(&self) -> Result<JobStats> {
+        self.shared.check_open()?;
+        let mut conn = self.shared.conn.clone();
+        let counts: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(&self.counts)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "reading job counts"))?;
+        let mut stats = JobStats::default();
+        for (status, count) in counts {
+            let count = count.max(0) as u64;
+            match status_of(&status) {
+                Some(JobStatus::Pending) => stats.pending = count,
+                Some(JobStatus::Scheduled) => stats.scheduled = count,
+                Some(JobStatus::Running) => stats.running = count,
+                Some(JobStatus::Completed) => stats.completed = count,
+                Some(JobStatus::Failed) => stats.failed = count,
+                Some(JobStatus::Retry) => stats.retry = count,
+                Some(JobStatus::Cancelled) => stats.cancelled = count,
+                Some(JobStatus::Dead) => stats.dead = count,
+                _ => {}
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64> {
+        let as_arg = |v: Option<u64>| v.map_or(-1i64, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        let mut call = SCRIPTS.cleanup.prepare_invoke();
+        call.key(&self.keys)
+            .key(&self.counts)
+            .key(&self.finished)
+            .arg(millis(SystemTime::now()))
+            .arg(as_arg(policy.max_age.map(|d| d.as_millis() as u64)))
+            .arg(as_arg(policy.max_count.map(|n| n as u64)))
+            .arg(self.record_prefix());
+        let reply = self.invoke(call, "cleaning up jobs").await?;
+        int_of(&reply)
+            .map(|n| n.max(0) as u64)
+            .ok_or_else(|| unexpected("a count"))
+    }
+}
+
+/// Parsing the simple (32 hex digits) form of a job id.
+mod uuid_text {
+    use queue_core::MessageId;
+
+    pub(super) struct Simple(pub(super) MessageId);
+
+    impl std::str::FromStr for Simple {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            if s.len() != 32 {
+                return Err(());
+            }
+            let n = u128::from_str_radix(s, 16).map_err(|_| ())?;
+            Ok(Simple(MessageId::from_bytes(n.to_be_bytes())))
+        }
+    }
+}
