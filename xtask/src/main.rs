@@ -1,24 +1,30 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
-//! - `cargo xtask test`: start the services the tests need, export their
-//!   URLs with `QUEUE_TEST_REQUIRED=1`, and run the workspace tests.
+//! - `cargo xtask test`: start the services the tests need (Redis: PING
+//!   127.0.0.1:6379, start it with the machine's command if silent), export
+//!   their URLs (`QUEUE_TEST_REDIS_URL`) with `QUEUE_TEST_REQUIRED=1`, and
+//!   run the workspace tests.
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
-//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`).
+//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`).
 //!
 //! It stays thin: it starts services and runs cargo; test logic lives in tests.
 
 #![forbid(unsafe_code)]
 
 use std::env;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   test             start services, run every workspace test (the README's test command)
   ci               fmt --check, clippy -D warnings, doc -D warnings, then test
-  bench <name>     run a benchmark: memory (backend), worker (worker pool on memory)";
+  bench <name>     run a benchmark: memory (backend), worker (worker pool on memory),
+                   redis (backend and worker pool on Redis, beside a raw redis-crate baseline)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -59,11 +65,89 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
-    // Broker suites arrive with their backend crates; each exports its
-    // QUEUE_TEST_<BACKEND>_URL here after starting or checking its service.
+    let redis = redis_url()?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args, &[("QUEUE_TEST_REQUIRED", "1")])
+    cargo(
+        &args,
+        &[
+            ("QUEUE_TEST_REQUIRED", "1"),
+            ("QUEUE_TEST_REDIS_URL", &redis),
+        ],
+    )
+}
+
+/// The machine's Redis: 127.0.0.1:6379, no persistence.
+const REDIS_ADDR: &str = "127.0.0.1:6379";
+const REDIS_START: &[&str] = &[
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/var/lib/redis",
+    "--logfile",
+    "/var/log/redis/ci.log",
+];
+
+/// The Redis URL for tests: `QUEUE_TEST_REDIS_URL` if set, else the
+/// machine's Redis, started with the machine's command if it does not
+/// answer PING.
+fn redis_url() -> Result<String, String> {
+    if let Ok(url) = env::var("QUEUE_TEST_REDIS_URL") {
+        if !url.is_empty() {
+            eprintln!("xtask: using QUEUE_TEST_REDIS_URL={url}");
+            return Ok(url);
+        }
+    }
+    let url = format!("redis://{REDIS_ADDR}");
+    if redis_ping(REDIS_ADDR) {
+        eprintln!("xtask: redis answers PING at {REDIS_ADDR}");
+        return Ok(url);
+    }
+    eprintln!("xtask: redis does not answer at {REDIS_ADDR}; starting redis-server");
+    let status = Command::new("redis-server")
+        .args(REDIS_START)
+        .status()
+        .map_err(|e| format!("cannot run redis-server: {e}"))?;
+    if !status.success() {
+        return Err(format!("redis-server failed to start ({status})"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if redis_ping(REDIS_ADDR) {
+            eprintln!("xtask: redis started at {REDIS_ADDR}");
+            return Ok(url);
+        }
+        // A starting server has no event to wait on: try again shortly.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "redis-server started but {REDIS_ADDR} did not answer PING within 20 s"
+    ))
+}
+
+/// Whether a Redis at `addr` answers `PING` with `+PONG`.
+fn redis_ping(addr: &str) -> bool {
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
 fn ci() -> Result<(), String> {
@@ -90,8 +174,16 @@ fn ci() -> Result<(), String> {
 fn bench(backend: Option<&str>) -> Result<(), String> {
     match backend {
         Some("memory") => cargo(&["bench", "-p", "queue-testkit", "--bench", "memory"], &[]),
+        Some("worker") => cargo(&["bench", "-p", "queue-testkit", "--bench", "worker"], &[]),
+        Some("redis") => {
+            let url = redis_url()?;
+            cargo(
+                &["bench", "-p", "queue-redis", "--bench", "redis"],
+                &[("QUEUE_BENCH_REDIS_URL", &url)],
+            )
+        }
         Some(other) => Err(format!(
-            "no benchmark for backend {other:?}; available: memory"
+            "no benchmark named {other:?}; available: memory, worker, redis"
         )),
         None => Err(format!("bench needs a backend\n\n{USAGE}")),
     }

@@ -263,6 +263,142 @@ pub async fn worker_throughput(
     })
 }
 
+/// A worker-pool run over jobs with a payload of a given size.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerRun {
+    /// Jobs queued and processed.
+    pub jobs: u64,
+    /// Bytes of each job's payload (a JSON string).
+    pub payload_bytes: usize,
+    /// Worker concurrency.
+    pub concurrency: usize,
+    /// Jobs per `send_batch`.
+    pub batch: usize,
+    /// Enqueue rate, jobs per second (batched sends, one producer).
+    pub enqueue_per_second: f64,
+    /// Wall time from worker start to the last completion.
+    pub process_seconds: f64,
+    /// Processing rate, jobs per second.
+    pub processed_per_second: f64,
+}
+
+/// Queue `jobs` jobs of `payload_bytes` (timed: the enqueue rate), then run
+/// them through a worker with a no-op handler and `concurrency` slots
+/// (timed from start to the last completion: the processing rate).
+pub async fn worker_run(
+    backend: Arc<dyn Backend>,
+    queue: &QueueName,
+    jobs: u64,
+    payload_bytes: usize,
+    concurrency: usize,
+) -> queue_core::Result<WorkerRun> {
+    let batch = 1000usize;
+    let producer = backend.producer(queue).await?;
+    // A JSON string of `payload_bytes` bytes in all (quotes included).
+    let body = "x".repeat(payload_bytes.saturating_sub(2));
+    let options = queue_core::JobOptions::default();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < jobs {
+        let n = (jobs - sent).min(batch as u64);
+        let messages = (0..n)
+            .map(|_| queue_core::Job::encode(&body, &options))
+            .collect::<queue_core::Result<Vec<_>>>()?;
+        producer.send_batch(messages).await?;
+        sent += n;
+    }
+    let enqueue_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let worker = queue_core::Worker::builder(backend.clone(), queue.clone())
+        .concurrency(concurrency)
+        .prefetch(concurrency)
+        .depth_interval(None)
+        .handler(|_job: queue_core::Job<String>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await?;
+    // A benchmark harness may watch a counter: nothing here is under test.
+    while worker.stats().completed < jobs {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let process_seconds = started.elapsed().as_secs_f64();
+    worker.shutdown().await?;
+    Ok(WorkerRun {
+        jobs,
+        payload_bytes,
+        concurrency,
+        batch,
+        enqueue_per_second: jobs as f64 / enqueue_seconds,
+        process_seconds,
+        processed_per_second: jobs as f64 / process_seconds,
+    })
+}
+
+/// Offer `rate` jobs per second one at a time for `duration` to a worker
+/// with `concurrency` slots; report the time from send to handler start.
+pub async fn worker_pickup_latency(
+    backend: Arc<dyn Backend>,
+    queue: &QueueName,
+    rate: u64,
+    duration: Duration,
+    concurrency: usize,
+) -> queue_core::Result<Latency> {
+    let base = Instant::now();
+    let samples: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let recorded = samples.clone();
+    let worker = queue_core::Worker::builder(backend.clone(), queue.clone())
+        .concurrency(concurrency)
+        .prefetch(concurrency)
+        .depth_interval(None)
+        .handler(move |job: queue_core::Job<u64>| {
+            let now = base.elapsed().as_nanos() as u64;
+            recorded
+                .lock()
+                .expect("samples lock")
+                .push(now.saturating_sub(job.payload));
+            async { Ok::<_, std::io::Error>(()) }
+        })
+        .start()
+        .await?;
+    let producer = backend.producer(queue).await?;
+    let options = queue_core::JobOptions::default();
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let per_tick = (rate / 1000).max(1);
+    let ticks = total / per_tick;
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for _ in 0..ticks {
+        interval.tick().await;
+        for _ in 0..per_tick {
+            let now = base.elapsed().as_nanos() as u64;
+            producer
+                .send(queue_core::Job::encode(&now, &options)?)
+                .await?;
+        }
+    }
+    let sent = ticks * per_tick;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker.stats().completed < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown().await?;
+    let mut samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    samples.sort_unstable();
+    let pick = |q: f64| -> f64 {
+        if samples.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[index] as f64 / 1000.0
+    };
+    Ok(Latency {
+        rate,
+        messages: samples.len() as u64,
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+        max_us: pick(1.0),
+    })
+}
+
 /// Run a benchmark body on the runtime every benchmark uses: tokio's
 /// multi-thread scheduler with 2 workers (the machine's cores).
 pub fn run<F: std::future::Future>(body: F) -> F::Output {

@@ -11,6 +11,10 @@ use std::sync::Arc;
 
 pub use queue_core::*;
 
+/// The Redis backend ([`redis::RedisBackend`], [`redis::RedisJobStore`]).
+#[cfg(feature = "redis")]
+pub use queue_redis as redis;
+
 /// Connect the backend a URL names (`memory://`, `redis://`, `amqp://`,
 /// `kafka://`, `sqs://`).
 ///
@@ -41,6 +45,10 @@ pub async fn connect_config(config: &QueueConfig) -> Result<Arc<dyn Backend>> {
     match config.backend {
         #[cfg(feature = "memory")]
         BackendKind::Memory => Ok(Arc::new(MemoryBackend::from_config(config)?)),
+        #[cfg(feature = "redis")]
+        BackendKind::Redis => Ok(Arc::new(
+            queue_redis::RedisBackend::from_config(config).await?,
+        )),
         other => Err(other.not_compiled_in()),
     }
 }
@@ -52,6 +60,7 @@ mod tests {
     #[tokio::test]
     async fn backends_not_compiled_in_name_their_feature_without_credentials() {
         for (url, feature) in [
+            #[cfg(not(feature = "redis"))]
             ("redis://u:hunter2@127.0.0.1:6379", "redis"),
             ("amqps://u:hunter2@h", "amqp"),
             ("kafka://127.0.0.1:9092,127.0.0.1:9093", "kafka"),

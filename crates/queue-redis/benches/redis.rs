@@ -1,0 +1,215 @@
+//! `cargo xtask bench redis`: this backend through the worker pool beside a
+//! raw `redis`-crate baseline doing the same broker work, against one Redis
+//! (`QUEUE_BENCH_REDIS_URL`, default `redis://127.0.0.1:6379`).
+//!
+//! - raw baseline: a simple reliable queue. Batched `LPUSH` (1,000 per
+//!   command), then 100 concurrent tasks each `LMOVE` one job to a
+//!   processing list and `LREM` it (one job per round trip).
+//! - backend: 50,000 jobs of 100 bytes through the worker pool
+//!   (concurrency 100, no-op handler): enqueue and processing rates.
+//! - pickup latency: a producer offers 2,000 jobs/s one at a time to a
+//!   worker; p50/p99 from send to handler start.
+//! - backlog: 1,000,000 queued jobs processed, against 10,000.
+//! - memory: Redis `used_memory` before and after 100,000 queued jobs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use queue_core::{Backend, Job, JobOptions, QueueName};
+use queue_redis::RedisBackend;
+use queue_testkit::bench;
+use redis::aio::MultiplexedConnection;
+
+const JOBS: u64 = 50_000;
+const PAYLOAD: usize = 100;
+const CONCURRENCY: usize = 100;
+
+fn queue(name: &str) -> QueueName {
+    QueueName::new(format!("bench-{name}")).expect("queue name")
+}
+
+async fn raw_baseline(conn: &MultiplexedConnection) -> (f64, f64) {
+    let (list, processing) = ("bench-raw:{q}:list", "bench-raw:{q}:processing");
+    let mut c = conn.clone();
+    let _: () = redis::cmd("DEL")
+        .arg(list)
+        .arg(processing)
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+    let started = Instant::now();
+    for start in (0..JOBS).step_by(1000) {
+        let batch: Vec<Vec<u8>> = (start..(start + 1000).min(JOBS))
+            .map(|i| {
+                let mut job = format!("{i:020}").into_bytes();
+                job.resize(PAYLOAD, b'x');
+                job
+            })
+            .collect();
+        let _: () = redis::cmd("LPUSH")
+            .arg(list)
+            .arg(batch)
+            .query_async(&mut c)
+            .await
+            .expect("LPUSH");
+    }
+    let enqueue = JOBS as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let tasks = (0..CONCURRENCY).map(|_| {
+        let mut c = conn.clone();
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            loop {
+                let job: Option<Vec<u8>> = redis::cmd("LMOVE")
+                    .arg(list)
+                    .arg(processing)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .query_async(&mut c)
+                    .await
+                    .expect("LMOVE");
+                let Some(job) = job else { return done };
+                let _: i64 = redis::cmd("LREM")
+                    .arg(processing)
+                    .arg(1)
+                    .arg(job)
+                    .query_async(&mut c)
+                    .await
+                    .expect("LREM");
+                done += 1;
+            }
+        })
+    });
+    let done: u64 = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .sum();
+    assert_eq!(done, JOBS, "the raw baseline processed every job");
+    (enqueue, JOBS as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn used_memory(conn: &MultiplexedConnection) -> u64 {
+    let mut c = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut c)
+        .await
+        .expect("INFO memory");
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO")
+}
+
+/// Queue `jobs` jobs of `PAYLOAD` bytes, then process them; returns jobs/s.
+async fn backlog(backend: &Arc<dyn Backend>, jobs: u64) -> f64 {
+    let q = queue(&format!("backlog-{jobs}"));
+    backend.admin().delete_queue(&q).await.expect("delete");
+    let run = bench::worker_run(backend.clone(), &q, jobs, PAYLOAD, CONCURRENCY)
+        .await
+        .expect("backlog run");
+    backend.admin().delete_queue(&q).await.expect("delete");
+    eprintln!(
+        "  backlog {jobs}: enqueue {:.0}/s, processed {:.0}/s",
+        run.enqueue_per_second, run.processed_per_second
+    );
+    run.processed_per_second
+}
+
+fn main() {
+    let url = std::env::var("QUEUE_BENCH_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    bench::run(async move {
+        let conn = redis::Client::open(url.as_str())
+            .expect("redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        let backend: Arc<dyn Backend> =
+            Arc::new(RedisBackend::connect(&url).await.expect("connect backend"));
+
+        let (raw_enqueue, raw_processed) = raw_baseline(&conn).await;
+        eprintln!("raw baseline: enqueue {raw_enqueue:.0}/s, processed {raw_processed:.0}/s");
+
+        let q = queue("worker");
+        backend.admin().delete_queue(&q).await.expect("delete");
+        let run = bench::worker_run(backend.clone(), &q, JOBS, PAYLOAD, CONCURRENCY)
+            .await
+            .expect("worker run");
+        backend.admin().delete_queue(&q).await.expect("delete");
+        eprintln!(
+            "backend: enqueue {:.0}/s, processed {:.0}/s",
+            run.enqueue_per_second, run.processed_per_second
+        );
+
+        let q = queue("pickup");
+        backend.admin().delete_queue(&q).await.expect("delete");
+        let latency = bench::worker_pickup_latency(
+            backend.clone(),
+            &q,
+            2_000,
+            Duration::from_secs(5),
+            CONCURRENCY,
+        )
+        .await
+        .expect("pickup run");
+        backend.admin().delete_queue(&q).await.expect("delete");
+        eprintln!(
+            "pickup at 2,000 jobs/s: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            latency.p50_us, latency.p99_us, latency.max_us
+        );
+
+        let q = queue("memory");
+        backend.admin().delete_queue(&q).await.expect("delete");
+        let before = used_memory(&conn).await;
+        let producer = backend.producer(&q).await.expect("producer");
+        let body = "x".repeat(PAYLOAD - 2);
+        for _ in 0..100 {
+            let batch = (0..1000)
+                .map(|_| Job::encode(&body, &JobOptions::default()).expect("encode"))
+                .collect();
+            producer.send_batch(batch).await.expect("send");
+        }
+        let after = used_memory(&conn).await;
+        backend.admin().delete_queue(&q).await.expect("delete");
+        let per_job = (after.saturating_sub(before)) as f64 / 100_000.0;
+        eprintln!("redis memory per queued job: {per_job:.0} bytes ({PAYLOAD}-byte payload)");
+        drop(producer);
+
+        let small = backlog(&backend, 10_000).await;
+        let large = backlog(&backend, 1_000_000).await;
+        let ratio = large / small;
+        eprintln!("backlog ratio (1,000,000 vs 10,000): {ratio:.2}");
+
+        println!();
+        println!("| run | enqueue jobs/s | processed jobs/s | vs raw |");
+        println!("| --- | ---: | ---: | ---: |");
+        println!(
+            "| raw redis (LPUSH batched; LMOVE + LREM per job, 100 tasks) | {raw_enqueue:.0} | {raw_processed:.0} | 1.00 |"
+        );
+        println!(
+            "| queue-redis worker pool (concurrency 100, batches of 1,000) | {:.0} | {:.0} | {:.2} |",
+            run.enqueue_per_second,
+            run.processed_per_second,
+            run.processed_per_second / raw_processed
+        );
+        println!(
+            "pickup p50 {:.2} ms, p99 {:.2} ms at 2,000 jobs/s; backlog 1M/10k ratio {ratio:.2}; {per_job:.0} bytes of Redis memory per queued job",
+            latency.p50_us / 1000.0,
+            latency.p99_us / 1000.0
+        );
+        bench::write_json(
+            "redis",
+            &serde_json::json!({
+                "backend": "redis",
+                "raw": { "enqueue_per_second": raw_enqueue, "processed_per_second": raw_processed },
+                "worker": run,
+                "pickup": latency,
+                "backlog": { "jobs_10k_per_second": small, "jobs_1m_per_second": large, "ratio": ratio },
+                "memory_bytes_per_job": per_job,
+            }),
+        );
+    });
+}
