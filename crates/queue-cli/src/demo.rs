@@ -84,6 +84,11 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "NAME", default_value = "demo")]
     queue: QueueName,
 
+    /// Delete the queue (with its dead letters) before starting, so a
+    /// broker queue left by an earlier run does not stop the demo.
+    #[arg(long)]
+    reset: bool,
+
     /// Fail (exit code 1) if the jobs have not all completed or been
     /// dead-lettered within this long: 300, 90s, 5m, 1h.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_timeout)]
@@ -255,9 +260,16 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to {}", config.url))?;
     let queue = args.queue.clone();
+    if args.reset {
+        backend
+            .admin()
+            .delete_queue(&queue)
+            .await
+            .with_context(|| format!("deleting queue {queue} (--reset)"))?;
+    }
     match backend.admin().stats(&queue).await {
         Ok(before) if before.depth() + before.dead > 0 => bail!(
-            "queue {queue} is not empty ({}); name another with --queue",
+            "queue {queue} is not empty ({}); name another with --queue, or pass --reset to delete it first",
             describe_counts(&before)
         ),
         // A queue that does not exist yet is created by the first producer.

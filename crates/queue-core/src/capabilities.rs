@@ -183,6 +183,17 @@ impl Capabilities {
 
     /// Check every message of a batch.
     pub fn check_batch(&self, messages: &[Message]) -> Result<()> {
+        if messages.len() > self.max_batch {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "a batch of {} messages is larger than the {} backend's maximum of {}; split it",
+                    messages.len(),
+                    self.backend,
+                    self.max_batch
+                ),
+            ));
+        }
         messages.iter().try_for_each(|m| self.check_message(m))
     }
 

@@ -46,7 +46,8 @@ use queue_core::{
     Admin, Backend, BackendKind, Capabilities, Consumer, ConsumerOptions, Error, ErrorKind,
     HealthStatus, Ordering, Producer, QueueConfig, QueueName, Result, Support,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::AsyncConnectionConfig;
 
 pub use crate::queue::{RedisConsumer, RedisProducer};
 pub use crate::store::RedisJobStore;
@@ -54,6 +55,8 @@ pub use crate::store::RedisJobStore;
 /// Default payload limit: 16 MiB (Redis allows 512 MiB per value, but big
 /// values stall a single-threaded server).
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+/// The largest value Redis stores (`proto-max-bulk-len` default): 512 MiB.
+pub const REDIS_MAX_VALUE: usize = 512 * 1024 * 1024;
 /// Most messages one `send_batch` carries (one script call, all or nothing).
 pub const MAX_BATCH: usize = 10_000;
 /// Most messages one `receive` claims.
@@ -97,14 +100,26 @@ impl Shared {
     }
 
     /// A second connection for blocking commands (BLPOP), which would stall
-    /// every other request on the shared multiplexed connection.
-    pub(crate) async fn blocking_connection(&self) -> Result<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
+    /// every other request on the shared multiplexed connection. Dropping
+    /// it closes the socket, which also ends a BLPOP still blocked on the
+    /// server.
+    pub(crate) async fn blocking_connection(&self) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
-        connect_manager(self.client.clone(), config, self.connect_timeout)
-            .await
-            .map_err(|e| self.error(e, "opening a blocking connection"))
+        let connect = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(result) => result.map_err(|e| self.error(e, "opening a blocking connection")),
+            Err(_) => Err(Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "redis at {}: no connection within {:?}",
+                    self.address, self.connect_timeout
+                ),
+            )),
+        }
     }
 
     /// Map a Redis error onto the queue's error kinds, naming the address.
@@ -147,7 +162,8 @@ pub(crate) fn classify(e: redis::RedisError, doing: &str, address: &str) -> Erro
             _ => ErrorKind::Other,
         }
     };
-    Error::new(kind, format!("redis at {address}: {doing}: {e}")).with_source(e)
+    // The client's own words stay in the source, not repeated here.
+    Error::new(kind, format!("redis at {address}: {doing} failed")).with_source(e)
 }
 
 impl RedisBackend {
@@ -191,6 +207,16 @@ impl RedisBackend {
                 d
             }
         };
+        if config.url.hosts().len() > 1 {
+            return Err(Error::config(
+                "url: the redis backend connects to one host (Redis Cluster and Sentinel are not supported yet)",
+            ));
+        }
+        if config.max_payload.is_some_and(|max| max > REDIS_MAX_VALUE) {
+            return Err(Error::config(format!(
+                "max_payload: must be 1 to {REDIS_MAX_VALUE} bytes on redis (its largest value)"
+            )));
+        }
         let mut url = config.url.expose().clone();
         if url.scheme() == "rediss" && !cfg!(feature = "tls") {
             return Err(Error::config(
@@ -212,15 +238,15 @@ impl RedisBackend {
             .await
             .map_err(|e| classify(e, "connecting", &address))?;
         let mut capabilities = Capabilities::new("redis");
-        capabilities.priority = Support::Emulated;
-        capabilities.delay = Support::Emulated;
-        capabilities.ttl = Support::Emulated;
-        capabilities.dead_letter = Support::Emulated;
-        capabilities.redrive = Support::Emulated;
-        capabilities.idempotency = Support::Emulated;
-        capabilities.lease_extension = Support::Emulated;
-        capabilities.max_length = Support::Emulated;
-        capabilities.purge = Support::Emulated;
+        capabilities.priority = Support::Native;
+        capabilities.delay = Support::Native;
+        capabilities.ttl = Support::Native;
+        capabilities.dead_letter = Support::Native;
+        capabilities.redrive = Support::Native;
+        capabilities.idempotency = Support::Native;
+        capabilities.lease_extension = Support::Native;
+        capabilities.max_length = Support::Native;
+        capabilities.purge = Support::Native;
         capabilities.exact_stats = true;
         capabilities.detects_lease_lost = true;
         capabilities.ordering = Ordering::FifoPerPriority;
@@ -368,6 +394,8 @@ mod tests {
                 "response_timeout",
             ),
             ("redis://u:hunter2@127.0.0.1:6379?shards=2", "shards"),
+            ("redis://u:hunter2@127.0.0.1:6379?max_payload=600000000", "max_payload"),
+            ("redis://u:hunter2@127.0.0.1:6379,127.0.0.1:6380", "url"),
             ("memory://", "url"),
         ] {
             let err = RedisBackend::connect(url).await.unwrap_err();

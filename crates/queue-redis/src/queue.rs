@@ -11,10 +11,10 @@ use queue_core::{
     DeliveryError, Error, ErrorKind, HealthStatus, Message, MessageId, Producer, QueueName,
     QueueOptions, QueueStats, Redrive, Result,
 };
-use redis::aio::ConnectionManager;
+use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use crate::scripts::{invocation, queue_keys, META, NOTIFY, SCRIPTS};
+use crate::scripts::{invocation, queue_keys, INBOX, META, NOTIFY, SCRIPTS};
 use crate::{RedisBackend, Shared, MAX_RECEIVE};
 
 /// One queue's keys and the backend they belong to.
@@ -239,8 +239,9 @@ pub struct RedisConsumer {
     ctx: Arc<QueueCtx>,
     lease: Duration,
     /// The connection this consumer blocks on while the queue is empty,
-    /// opened on first need.
-    blocking: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// opened on first need; taken out while in use, so a cancelled wait
+    /// drops (and closes) it rather than leaving a BLPOP queued on it.
+    blocking: std::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
 impl RedisConsumer {
@@ -255,7 +256,7 @@ impl RedisConsumer {
         Ok(RedisConsumer {
             ctx,
             lease,
-            blocking: tokio::sync::Mutex::new(None),
+            blocking: std::sync::Mutex::new(None),
         })
     }
 
@@ -276,7 +277,8 @@ impl RedisConsumer {
             .map(Duration::from_millis);
         let mut out = Vec::with_capacity(items.len().saturating_sub(2) / 2);
         let mut undecodable = Vec::new();
-        let mut items = items.into_iter().skip(2);
+        let buried = items.get(2).and_then(int_of).unwrap_or(0);
+        let mut items = items.into_iter().skip(3);
         while let (Some(member), Some(env)) = (items.next(), items.next()) {
             let (Value::BulkString(member), Value::BulkString(env)) = (member, env) else {
                 return Err(unexpected("claimed messages"));
@@ -295,7 +297,7 @@ impl RedisConsumer {
                 Err(e) => undecodable.push((member, e)),
             }
         }
-        let took = !out.is_empty() || !undecodable.is_empty();
+        let took = !out.is_empty() || !undecodable.is_empty() || buried > 0;
         for (member, e) in undecodable {
             tracing::warn!(queue = %self.ctx.name, error = %e, "dead-lettering a message that does not decode");
             bury(
@@ -309,30 +311,47 @@ impl RedisConsumer {
         Ok((out, took, next_event))
     }
 
-    /// Block until a message may be ready (a notification) or `limit` passes.
+    /// Block until a message may be ready (a notification, or bytes pushed
+    /// to the inbox by a plain client) or `limit` passes.
     async fn wait_for_notification(&self, limit: Duration) -> Result<()> {
-        let mut slot = self.blocking.lock().await;
-        if slot.is_none() {
-            *slot = Some(self.ctx.shared.blocking_connection().await?);
-        }
-        let conn = slot.as_mut().expect("opened above");
+        let taken = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut conn = match taken {
+            Some(conn) => conn,
+            None => self.ctx.shared.blocking_connection().await?,
+        };
         let seconds = limit.max(Duration::from_millis(1)).as_secs_f64();
         let mut cmd = redis::cmd("BLPOP");
-        cmd.arg(&self.ctx.keys[NOTIFY]).arg(format!("{seconds:.3}"));
-        let blpop = cmd.query_async::<Value>(conn);
+        cmd.arg(&self.ctx.keys[NOTIFY])
+            .arg(&self.ctx.keys[INBOX])
+            .arg(format!("{seconds:.3}"));
+        let blpop = cmd.query_async::<Option<(Vec<u8>, Vec<u8>)>>(&mut conn);
         // The server answers by its own timeout; the margin covers a
         // connection that stopped answering.
-        match tokio::time::timeout(limit + self.ctx.shared.connect_timeout, blpop).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.ctx.shared.error(e, "waiting for messages")),
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "redis at {}: no reply while waiting for messages",
-                    self.ctx.shared.address
-                ),
-            )),
+        let popped = match tokio::time::timeout(limit + self.ctx.shared.connect_timeout, blpop).await
+        {
+            Ok(Ok(popped)) => popped,
+            // A broken connection is dropped here; the next wait opens another.
+            Ok(Err(e)) => return Err(self.ctx.shared.error(e, "waiting for messages")),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "redis at {}: no reply while waiting for messages",
+                        self.ctx.shared.address
+                    ),
+                ))
+            }
+        };
+        *self.blocking.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        if let Some((key, bytes)) = popped {
+            if key == self.ctx.keys[INBOX].as_bytes() {
+                // Bytes a plain client pushed: queue them like the claim does.
+                let mut call = invocation(&SCRIPTS.inbox, &self.ctx.keys);
+                call.arg(bytes);
+                self.ctx.run(call, "queueing inbox bytes").await?;
+            }
         }
+        Ok(())
     }
 }
 
@@ -463,7 +482,7 @@ impl Acker for RedisAcker {
         });
         let mut call = invocation(&SCRIPTS.nack, &self.ctx.keys);
         call.arg(self.member.as_ref())
-            .arg(ms_after(delay))
+            .arg(ms_after(delay.min(queue_core::message::MAX_DELAY)))
             .arg(replacement.as_deref().unwrap_or_default())
             .arg(last_error.unwrap_or(""));
         let lost = lost_positions(self.ctx.run(call, "nacking").await?)?;
@@ -520,7 +539,9 @@ fn dead_letter_of(id: &[u8], env: Vec<u8>, info: &[u8]) -> DeadLetter {
     let reason = DeadLetterReason::parse(info["reason"].as_str().unwrap_or("decode"));
     let attempts = info["attempts"].as_u64().unwrap_or(0) as u32;
     let mut dead = DeadLetter::new(message, reason, attempts);
-    dead.last_error = info["error"].as_str().map(str::to_owned);
+    if let Some(error) = info["error"].as_str() {
+        dead.last_error = Some(error.to_owned());
+    }
     if let Some(ms) = info["at"].as_str().and_then(|s| s.parse::<u64>().ok()) {
         dead.dead_lettered_at = UNIX_EPOCH + Duration::from_millis(ms);
     }
@@ -608,19 +629,24 @@ impl Admin for RedisBackend {
     }
 
     async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+        const PAGE: usize = 1000;
         let ctx = self.ctx(queue);
-        let mut call = invocation(&SCRIPTS.dead, &ctx.keys);
-        call.arg(limit);
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let items = ctx.ok_reply(ctx.run(call, "listing dead letters").await?)?;
-        let mut out = Vec::with_capacity(items.len() / 3);
-        let mut items = items.into_iter().skip(1);
-        while let (Some(Value::BulkString(id)), Some(Value::BulkString(env)), Some(info)) =
-            (items.next(), items.next(), items.next())
-        {
-            out.push(dead_letter_of(&id, env, bytes_of(&info).unwrap_or(b"{}")));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let count = (limit - out.len()).min(PAGE);
+            let mut call = invocation(&SCRIPTS.dead, &ctx.keys);
+            call.arg(out.len()).arg(count);
+            let items = ctx.ok_reply(ctx.run(call, "listing dead letters").await?)?;
+            let before = out.len();
+            let mut items = items.into_iter().skip(1);
+            while let (Some(Value::BulkString(id)), Some(Value::BulkString(env)), Some(info)) =
+                (items.next(), items.next(), items.next())
+            {
+                out.push(dead_letter_of(&id, env, bytes_of(&info).unwrap_or(b"{}")));
+            }
+            if out.len() - before < count {
+                break;
+            }
         }
         Ok(out)
     }
@@ -646,15 +672,24 @@ impl Admin for RedisBackend {
                     moved += count(ctx.ok_reply(ctx.run(call, "redriving").await?)?)?;
                 }
             }
-            _ => loop {
-                let mut call = invocation(&SCRIPTS.redrive, &ctx.keys);
-                call.arg("all").arg(1000);
-                let n = count(ctx.ok_reply(ctx.run(call, "redriving").await?)?)?;
-                moved += n;
-                if n == 0 {
-                    break;
+            _ => {
+                // Everything dead-lettered up to the first call's server
+                // time, in pages; letters that die again meanwhile stay.
+                let mut cutoff = Vec::new();
+                loop {
+                    let mut call = invocation(&SCRIPTS.redrive, &ctx.keys);
+                    call.arg("all").arg(1000).arg(&cutoff[..]);
+                    let items = ctx.ok_reply(ctx.run(call, "redriving").await?)?;
+                    moved += count(items.clone())?;
+                    let scanned = items.get(2).and_then(int_of).unwrap_or(0);
+                    if let Some(at) = items.get(3).and_then(bytes_of) {
+                        cutoff = at.to_vec();
+                    }
+                    if scanned == 0 {
+                        break;
+                    }
                 }
-            },
+            }
         }
         Ok(moved)
     }

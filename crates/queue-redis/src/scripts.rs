@@ -19,6 +19,7 @@ pub(crate) struct Scripts {
     pub(crate) purge: Script,
     pub(crate) dead: Script,
     pub(crate) redrive: Script,
+    pub(crate) inbox: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
@@ -36,6 +37,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     purge: with_prelude(include_str!("lua/purge.lua")),
     dead: with_prelude(include_str!("lua/dead.lua")),
     redrive: with_prelude(include_str!("lua/redrive.lua")),
+    inbox: with_prelude(include_str!("lua/inbox.lua")),
 });
 
 /// The suffixes of a queue's keys, in the order every script takes them.

@@ -31,9 +31,9 @@ static SCRIPTS: LazyLock<StoreScripts> = LazyLock::new(|| StoreScripts {
 /// scheduler on another reads `Completed`.
 ///
 /// Layout, all under the hash tag `{<namespace>}`: one hash per job
-/// (`<prefix>:{<namespace>}:job:<id>`), the idempotency keys
-/// (`...:keys`), counts by status (`...:counts`) and finished jobs by
-/// finish time (`...:finished`, for retention). Every change is one atomic
+/// (`<prefix>:{<namespace>}:store:job:<id>`), the idempotency keys
+/// (`...:store:keys`), counts by status (`...:store:counts`) and finished
+/// jobs by finish time (`...:store:finished`, for retention). Every change is one atomic
 /// script, so a cancel and a worker's start never both win.
 ///
 /// Get one from [`RedisBackend::job_store`](crate::RedisBackend::job_store)
@@ -41,7 +41,7 @@ static SCRIPTS: LazyLock<StoreScripts> = LazyLock::new(|| StoreScripts {
 #[derive(Debug, Clone)]
 pub struct RedisJobStore {
     shared: Arc<Shared>,
-    /// `<prefix>:{<namespace>}:`
+    /// `<prefix>:{<namespace>}:store:`
     base: String,
     keys: String,
     counts: String,
@@ -50,7 +50,8 @@ pub struct RedisJobStore {
 
 impl RedisJobStore {
     pub(crate) fn new(shared: Arc<Shared>, namespace: &str) -> Self {
-        let base = format!("{}:{{{namespace}}}:", shared.prefix);
+        // `store:` keeps these apart from a queue named like the namespace.
+        let base = format!("{}:{{{namespace}}}:store:", shared.prefix);
         RedisJobStore {
             keys: format!("{base}keys"),
             counts: format!("{base}counts"),
@@ -197,6 +198,7 @@ impl JobStore for RedisJobStore {
         call.key(self.record_key(record.id))
             .key(&self.keys)
             .key(&self.counts)
+            .key(&self.finished)
             .arg(&id)
             .arg(record.idempotency_key.as_deref().unwrap_or(""));
         let mut fields: Vec<(&str, String)> = vec![
@@ -306,18 +308,26 @@ impl JobStore for RedisJobStore {
 
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64> {
         let as_arg = |v: Option<u64>| v.map_or(-1i64, |v| i64::try_from(v).unwrap_or(i64::MAX));
-        let mut call = SCRIPTS.cleanup.prepare_invoke();
-        call.key(&self.keys)
-            .key(&self.counts)
-            .key(&self.finished)
-            .arg(millis(SystemTime::now()))
-            .arg(as_arg(policy.max_age.map(|d| d.as_millis() as u64)))
-            .arg(as_arg(policy.max_count.map(|n| n as u64)))
-            .arg(self.record_prefix());
-        let reply = self.invoke(call, "cleaning up jobs").await?;
-        int_of(&reply)
-            .map(|n| n.max(0) as u64)
-            .ok_or_else(|| unexpected("a count"))
+        let mut removed = 0;
+        // The script removes at most 1000 per call, so Redis never stalls.
+        loop {
+            let mut call = SCRIPTS.cleanup.prepare_invoke();
+            call.key(&self.keys)
+                .key(&self.counts)
+                .key(&self.finished)
+                .arg(millis(SystemTime::now()))
+                .arg(as_arg(policy.max_age.map(|d| d.as_millis() as u64)))
+                .arg(as_arg(policy.max_count.map(|n| n as u64)))
+                .arg(self.record_prefix());
+            let reply = self.invoke(call, "cleaning up jobs").await?;
+            let n = int_of(&reply)
+                .map(|n| n.max(0) as u64)
+                .ok_or_else(|| unexpected("a count"))?;
+            removed += n;
+            if n < 1000 {
+                return Ok(removed);
+            }
+        }
     }
 }
 

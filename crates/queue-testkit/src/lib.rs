@@ -142,3 +142,33 @@ macro_rules! __conformance_cases {
         )+
     };
 }
+
+/// Assert that column `column` of `docs/capabilities.md` states `caps` row
+/// by row, as `Capabilities::to_markdown_rows` renders them (each backend's
+/// docs test calls this).
+pub fn assert_capabilities_documented(column: &str, caps: &queue_core::Capabilities) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/capabilities.md");
+    let doc = std::fs::read_to_string(path).expect("docs/capabilities.md exists");
+    let rows: Vec<Vec<String>> = doc
+        .lines()
+        .filter(|line| line.starts_with('|') && !line.starts_with("| ---"))
+        .map(|line| {
+            line.trim_matches('|')
+                .split('|')
+                .map(|cell| cell.trim().to_owned())
+                .collect()
+        })
+        .collect();
+    let header = &rows[0];
+    let index = header
+        .iter()
+        .position(|h| h == column)
+        .unwrap_or_else(|| panic!("docs/capabilities.md has no column {column:?}"));
+    for (feature, value) in caps.to_markdown_rows() {
+        let row = rows
+            .iter()
+            .find(|row| row[0] == feature)
+            .unwrap_or_else(|| panic!("docs/capabilities.md has no row {feature:?}"));
+        assert_eq!(row[index], value, "{column} column of {feature:?}");
+    }
+}

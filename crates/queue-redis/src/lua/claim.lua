@@ -1,13 +1,14 @@
--- ARGV: max, lease_ms. Returns {status, next_event_ms, member1, env1, ...}:
--- status 'missing' when the queue is gone; next_event_ms is the time until
--- the next delayed message is due or lease expires (-1: none), sent only
--- when nothing was claimed. A member is the 16-byte id plus an 8-byte lease
+-- ARGV: max, lease_ms. Returns {status, next_event_ms, buried, member1,
+-- env1, ...}: status 'missing' when the queue is gone; next_event_ms is the
+-- time until the next delayed message is due or lease expires (-1: none),
+-- sent only when nothing was claimed; buried counts messages taken off the
+-- queue as expired instead of delivered. A member is the 16-byte id plus an 8-byte lease
 -- token, so a stale holder can never settle a newer lease.
 local now = now_ms()
 if missing() then return { 'missing' } end
 maintain(now, 1000)
 local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out = { 'ok', -1 }
+local out = { 'ok', -1, 0 }
 local ids = redis.call('ZRANGE', K_READY, 0, max - 1)
 if #ids > 0 then
   redis.call('ZREMRANGEBYRANK', K_READY, 0, #ids - 1)
@@ -21,6 +22,7 @@ if #ids > 0 then
     local env = envs[i]
     if env and exps and exps[i] and tonumber(exps[i]) <= now then
       bury(id, env, 'expired', math.max(attempt_of(env) - 1, 0), nil, now)
+      out[3] = out[3] + 1
     elseif env then
       local t = token + i
       local member = id .. struct.pack('>I4I4', math.floor(t / 4294967296), t % 4294967296)
@@ -34,7 +36,7 @@ if #ids > 0 then
   -- Pass the wake-up on when messages are left for another consumer.
   if redis.call('EXISTS', K_READY) == 1 then notify() end
 end
-if #out == 2 then
+if #out == 3 then
   local next_at = nil
   local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
   if d[2] then next_at = tonumber(d[2]) end

@@ -1,8 +1,10 @@
--- ARGV: limit. Returns {'missing'} or {'ok', id1, envelope1, info1, ...},
--- oldest first (TTLs swept first, as stats do).
+-- ARGV: offset, count (at most 1000). Returns {'missing'} or {'ok', id1,
+-- envelope1, info1, ...}, oldest first (on the first page, TTLs are swept
+-- first, as stats do).
 if missing() then return { 'missing' } end
-sweep(now_ms(), 1000000)
-local ids = redis.call('ZRANGE', K_DEAD, 0, tonumber(ARGV[1]) - 1)
+local offset, count = tonumber(ARGV[1]), tonumber(ARGV[2])
+if offset == 0 then sweep(now_ms(), 10000) end
+local ids = redis.call('ZRANGE', K_DEAD, offset, offset + count - 1)
 local out = { 'ok' }
 if #ids == 0 then return out end
 local envs = redis.call('HMGET', K_DMSG, unpack(ids))

@@ -151,17 +151,51 @@ local function wrap(raw, now)
   return 'QE\1\0' .. id .. '\5' .. struct.pack('>I4I4I4I4', 1, 25, hi, lo) .. '\0\0' .. raw
 end
 
+-- A u64 (big-endian) at 1-based position `pos` of `s`, as a Lua number.
+local function u64_at(s, pos)
+  local hi, lo = struct.unpack('>I4I4', s, pos)
+  return hi * 4294967296 + lo
+end
+
+-- Queue bytes from the inbox. An envelope keeps its id, not-before (due
+-- time) and expiry; an id already on the queue is a duplicate.
+local function accept(raw, now)
+  local env = raw
+  -- Any version: one this build cannot read is dead-lettered as `decode`
+  -- when claimed, never misread as a raw payload.
+  if #raw < 39 or string.sub(raw, 1, 2) ~= 'QE' then env = wrap(raw, now) end
+  local id = string.sub(env, 5, 20)
+  if redis.call('HEXISTS', K_MSG, id) == 1 then
+    redis.call('HINCRBY', K_STATS, 'deduplicated', 1)
+    return
+  end
+  local flags = string.byte(env, 4)
+  if string.byte(env, 3) ~= 1 then flags = 0 end
+  local pos, due, expires = 38, nil, nil
+  if flags % 2 == 1 and #env >= pos + 7 then
+    due = u64_at(env, pos)
+    pos = pos + 8
+  end
+  if math.floor(flags / 2) % 2 == 1 and #env >= pos + 7 then expires = u64_at(env, pos) end
+  redis.call('HSET', K_MSG, id, env)
+  redis.call('HINCRBY', K_STATS, 'enqueued', 1)
+  if expires then
+    redis.call('HSET', K_EXP, id, expires)
+    redis.call('ZADD', K_TTL, expires, id)
+  end
+  if due and due > now then
+    redis.call('ZADD', K_DELAYED, due, id)
+  else
+    make_ready(id, rank_of(env))
+  end
+end
+
 local function drain_inbox(now, limit)
   if redis.call('EXISTS', K_INBOX) == 0 then return end
   for _ = 1, limit do
     local raw = redis.call('RPOP', K_INBOX)
     if not raw then break end
-    local env = raw
-    if #raw < 39 or string.sub(raw, 1, 3) ~= 'QE\1' then env = wrap(raw, now) end
-    local id = string.sub(env, 5, 20)
-    redis.call('HSET', K_MSG, id, env)
-    make_ready(id, rank_of(env))
-    redis.call('HINCRBY', K_STATS, 'enqueued', 1)
+    accept(raw, now)
   end
   notify()
 end
@@ -175,7 +209,7 @@ end
 
 -- Maintenance until nothing is left to do (for exact stats).
 local function maintain_all(now)
-  drain_inbox(now, 1000000)
+  drain_inbox(now, 10000)
   while promote(now, 1000) == 1000 do end
   while reclaim(now, 1000) == 1000 do end
   while sweep(now, 1000) == 1000 do end

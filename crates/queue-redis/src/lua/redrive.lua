@@ -1,10 +1,15 @@
--- ARGV: 'all', limit | 'ids', id1, id2, ... Moves dead letters back as
--- fresh messages (attempt 1, no delay, no expiry). Returns {'missing'} or
--- {'ok', moved}.
+-- ARGV: 'all', limit, cutoff_ms | '' | 'ids', id1, id2, ... Moves dead
+-- letters back as fresh messages (attempt 1, no delay, no expiry). 'all'
+-- takes those dead-lettered up to the cutoff (the first call's server
+-- time), so letters that die again meanwhile are not taken round again.
+-- Returns {'missing'} or {'ok', moved, scanned, cutoff}.
 if missing() then return { 'missing' } end
 local ids
+local cutoff = ''
 if ARGV[1] == 'all' then
-  ids = redis.call('ZRANGE', K_DEAD, 0, tonumber(ARGV[2]) - 1)
+  cutoff = ARGV[3]
+  if cutoff == '' then cutoff = now_ms() end
+  ids = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[2]))
 else
   ids = {}
   for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
@@ -34,4 +39,4 @@ for _, id in ipairs(ids) do
   end
 end
 if moved > 0 then notify() end
-return { 'ok', moved }
+return { 'ok', moved, #ids, tostring(cutoff) }

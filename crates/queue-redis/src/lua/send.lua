@@ -1,12 +1,14 @@
 -- ARGV: window_ms, n, then n groups of (id, envelope, rank, delay_ms, ttl_ms | -1, idempotency key | '').
 -- Returns {'missing'}, {'full', depth}, or {'ok', i1, first1, i2, first2, ...}
--- listing the messages deduplicated by key with the id first sent with it.
+-- listing the messages deduplicated (by key inside the window, or by an id
+-- already queued) with the id kept for them.
 local now = now_ms()
 if missing() then return { 'missing' } end
 local window, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_len = redis.call('HGET', K_META, 'max_length')
 if max_len then
-  maintain_all(now)
+  -- Expired leases and TTLs must not hold places in a full queue.
+  maintain(now, 1000)
   local depth = redis.call('ZCARD', K_READY) + redis.call('ZCARD', K_DELAYED) + redis.call('ZCARD', K_LEASED)
   if depth + n > tonumber(max_len) then return { 'full', depth } end
 end
@@ -29,12 +31,24 @@ for i = 0, n - 1 do
   if key ~= '' then
     first = redis.call('HGET', K_IDEM, key)
     if first then
+      -- Only inside the window (old keys are pruned in bounded steps).
+      local until_ms = redis.call('ZSCORE', K_IDEMZ, key)
+      if not until_ms or tonumber(until_ms) <= now then first = nil end
+    end
+    if first then
       out[#out + 1] = i
       out[#out + 1] = first
     else
       redis.call('HSET', K_IDEM, key, id)
       redis.call('ZADD', K_IDEMZ, now + window, key)
     end
+  end
+  -- Sending an id already on the queue again (a retried send whose reply
+  -- was lost) is a duplicate, not a second message.
+  if not first and redis.call('HEXISTS', K_MSG, id) == 1 then
+    first = id
+    out[#out + 1] = i
+    out[#out + 1] = id
   end
   if not first then
     local rank, delay, ttl = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])

@@ -1,6 +1,6 @@
 -- KEYS: keys, counts, finished. ARGV: now_ms, max_age_ms | -1,
 -- max_count | -1, record key prefix. Removes finished records the policy
--- no longer keeps (oldest first); returns how many.
+-- no longer keeps (oldest first), at most 1000 per call; returns how many.
 local now, max_age, max_count, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local removed = 0
 local function drop(id)
@@ -16,10 +16,11 @@ end
 if max_count >= 0 then
   local excess = redis.call('ZCARD', KEYS[3]) - max_count
   if excess > 0 then
-    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, excess - 1)) do drop(id) end
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, math.min(excess, 1000) - 1)) do drop(id) end
   end
 end
-if max_age >= 0 then
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - max_age))) do drop(id) end
+if max_age >= 0 and removed < 1000 then
+  local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - max_age), 'LIMIT', 0, 1000 - removed)
+  for _, id in ipairs(old) do drop(id) end
 end
 return removed

@@ -1,4 +1,4 @@
--- KEYS: record, keys, counts. ARGV: id, idempotency key | '', field, value, ...
+-- KEYS: record, keys, counts, finished. ARGV: id, idempotency key | '', field, value, ...
 -- Returns the id of the kept record: the existing one for a known key.
 if ARGV[2] ~= '' then
   local existing = redis.call('HGET', KEYS[2], ARGV[2])
@@ -10,4 +10,6 @@ local fields = {}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('HINCRBY', KEYS[3], redis.call('HGET', KEYS[1], 'status'), 1)
+local finished = redis.call('HGET', KEYS[1], 'finished')
+if finished then redis.call('ZADD', KEYS[4], finished, ARGV[1]) end
 return ARGV[1]

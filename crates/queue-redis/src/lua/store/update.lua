@@ -7,6 +7,8 @@ local status = redis.call('HGET', rec, 'status')
 if not status then return -1 end
 if change == 'start' then
   if status == 'cancelled' then return 0 end
+  -- A completed job stays completed; the (duplicate) delivery may run.
+  if status == 'completed' then return 1 end
   change = 'running'
 elseif change == 'cancel' then
   if status ~= 'pending' and status ~= 'scheduled' then return 0 end
