@@ -394,7 +394,10 @@ mod tests {
                 "response_timeout",
             ),
             ("redis://u:hunter2@127.0.0.1:6379?shards=2", "shards"),
-            ("redis://u:hunter2@127.0.0.1:6379?max_payload=600000000", "max_payload"),
+            (
+                "redis://u:hunter2@127.0.0.1:6379?max_payload=600000000",
+                "max_payload",
+            ),
             ("redis://u:hunter2@127.0.0.1:6379,127.0.0.1:6380", "url"),
             ("memory://", "url"),
         ] {

@@ -314,7 +314,11 @@ impl RedisConsumer {
     /// Block until a message may be ready (a notification, or bytes pushed
     /// to the inbox by a plain client) or `limit` passes.
     async fn wait_for_notification(&self, limit: Duration) -> Result<()> {
-        let taken = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let taken = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let mut conn = match taken {
             Some(conn) => conn,
             None => self.ctx.shared.blocking_connection().await?,
@@ -327,21 +331,21 @@ impl RedisConsumer {
         let blpop = cmd.query_async::<Option<(Vec<u8>, Vec<u8>)>>(&mut conn);
         // The server answers by its own timeout; the margin covers a
         // connection that stopped answering.
-        let popped = match tokio::time::timeout(limit + self.ctx.shared.connect_timeout, blpop).await
-        {
-            Ok(Ok(popped)) => popped,
-            // A broken connection is dropped here; the next wait opens another.
-            Ok(Err(e)) => return Err(self.ctx.shared.error(e, "waiting for messages")),
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "redis at {}: no reply while waiting for messages",
-                        self.ctx.shared.address
-                    ),
-                ))
-            }
-        };
+        let popped =
+            match tokio::time::timeout(limit + self.ctx.shared.connect_timeout, blpop).await {
+                Ok(Ok(popped)) => popped,
+                // A broken connection is dropped here; the next wait opens another.
+                Ok(Err(e)) => return Err(self.ctx.shared.error(e, "waiting for messages")),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "redis at {}: no reply while waiting for messages",
+                            self.ctx.shared.address
+                        ),
+                    ))
+                }
+            };
         *self.blocking.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
         if let Some((key, bytes)) = popped {
             if key == self.ctx.keys[INBOX].as_bytes() {

@@ -1,0 +1,416 @@
+//! Redis-specific behaviour beyond the shared suite: the inbox, re-sent
+//! ids, the idempotency window, cancel-safe waiting, large dead-letter
+//! listings, redrive of letters that die again, and the shared job store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use queue_core::{
+    envelope, Backend, Consumer, ConsumerOptions, DeadLetterReason, JobRecord, JobStatus, JobStore,
+    JobUpdate, Message, MessageId, Priority, QueueName, Redrive, RetentionPolicy,
+};
+use queue_redis::RedisBackend;
+use queue_testkit::broker_url;
+
+struct Fixture {
+    url: String,
+    backend: RedisBackend,
+    queue: QueueName,
+    admin: redis::aio::MultiplexedConnection,
+}
+
+impl Fixture {
+    async fn new(name: &str, query: &str) -> Option<Fixture> {
+        let url = broker_url("QUEUE_TEST_REDIS_URL")?;
+        let backend = RedisBackend::connect(&format!("{url}{query}"))
+            .await
+            .expect("connect");
+        let tail = MessageId::new().as_uuid().simple().to_string();
+        let queue = QueueName::new(format!("qt-{name}-{}", &tail[20..])).expect("queue name");
+        let admin = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection");
+        Some(Fixture {
+            url,
+            backend,
+            queue,
+            admin,
+        })
+    }
+
+    async fn consumer(&self) -> Box<dyn Consumer> {
+        self.backend
+            .consumer(&self.queue, ConsumerOptions::default())
+            .await
+            .expect("consumer")
+    }
+
+    async fn lpush(&self, bytes: &[u8]) {
+        let mut admin = self.admin.clone();
+        redis::cmd("LPUSH")
+            .arg(self.backend.inbox_key(&self.queue))
+            .arg(bytes)
+            .query_async::<()>(&mut admin)
+            .await
+            .expect("LPUSH");
+    }
+
+    async fn cleanup(self) {
+        self.backend
+            .admin()
+            .delete_queue(&self.queue)
+            .await
+            .expect("delete queue");
+    }
+}
+
+#[tokio::test]
+async fn inbox_push_wakes_a_waiting_consumer_and_keeps_envelope_fields() {
+    let Some(f) = Fixture::new("inbox", "").await else {
+        return;
+    };
+    let consumer = f.consumer().await;
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let got = consumer
+            .receive(10, Duration::from_secs(20))
+            .await
+            .expect("receive");
+        (consumer, got, started.elapsed())
+    });
+    // Give the consumer time to block, then push raw bytes as a plain client.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.lpush(b"\x00raw bytes\xff").await;
+    let (consumer, got, waited) = waiting.await.expect("task");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload().as_ref(), b"\x00raw bytes\xff");
+    assert_eq!(got[0].attempt(), 1);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken by the push, not the wait: {waited:?}"
+    );
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+
+    // A pushed envelope keeps its id, priority and not-before.
+    let delayed = Message::new("later")
+        .with_priority(Priority::High)
+        .with_delay(Duration::from_millis(800));
+    let not_before = delayed.not_before.expect("delay");
+    f.lpush(&envelope::encode(&delayed)).await;
+    let got = consumer
+        .receive(10, Duration::from_secs(10))
+        .await
+        .expect("receive");
+    assert!(
+        SystemTime::now() >= not_before,
+        "delivered before its not-before"
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message().id, delayed.id);
+    assert_eq!(got[0].message().priority, Priority::High);
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    // The same envelope pushed again while queued is a duplicate.
+    let once = Message::new("once");
+    f.lpush(&envelope::encode(&once)).await;
+    f.lpush(&envelope::encode(&once)).await;
+    let stats = f.backend.admin().stats(&f.queue).await.expect("stats");
+    assert_eq!((stats.ready, stats.deduplicated_total), (1, 1), "{stats:?}");
+    drop(consumer);
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn sending_the_same_id_again_is_a_duplicate() {
+    let Some(f) = Fixture::new("same-id", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let message = Message::new("one");
+    producer.send(message.clone()).await.expect("send");
+    let consumer = f.consumer().await;
+    let first = consumer
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(first.len(), 1);
+    // A send retried after a lost reply: the message is in flight.
+    let id = producer.send(message.clone()).await.expect("send again");
+    assert_eq!(id, message.id);
+    for d in first {
+        d.ack().await.expect("ack");
+    }
+    let again = consumer
+        .receive(10, Duration::from_millis(300))
+        .await
+        .expect("receive");
+    assert!(again.is_empty(), "the re-sent id was queued twice");
+    let stats = f.backend.admin().stats(&f.queue).await.expect("stats");
+    assert_eq!(
+        (
+            stats.enqueued_total,
+            stats.acked_total,
+            stats.deduplicated_total
+        ),
+        (1, 1, 1)
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_free_again_after_its_window() {
+    let Some(f) = Fixture::new("idem-window", "?idempotency_window=1s").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let first = producer
+        .send(Message::new("a").with_idempotency_key("k"))
+        .await
+        .expect("send");
+    let inside = producer
+        .send(Message::new("b").with_idempotency_key("k"))
+        .await
+        .expect("send");
+    assert_eq!(inside, first, "inside the window: deduplicated");
+    // The window is time itself: wait it out.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let after = Message::new("c").with_idempotency_key("k");
+    let id = producer.send(after.clone()).await.expect("send");
+    assert_eq!(id, after.id, "after the window the key is free");
+    let stats = f.backend.admin().stats(&f.queue).await.expect("stats");
+    assert_eq!((stats.ready, stats.deduplicated_total), (2, 1));
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_receive_does_not_swallow_the_wake_up() {
+    let Some(f) = Fixture::new("cancel", "").await else {
+        return;
+    };
+    let cancelled = f.consumer().await;
+    let waiter = f.consumer().await;
+    // One receive is abandoned mid-wait (a select! or timeout around it).
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        cancelled.receive(10, Duration::from_secs(30)),
+    )
+    .await;
+    assert!(abandoned.is_err(), "nothing to receive yet");
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let got = waiter
+            .receive(10, Duration::from_secs(20))
+            .await
+            .expect("receive");
+        (got, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.backend
+        .producer(&f.queue)
+        .await
+        .expect("producer")
+        .send(Message::new("wake"))
+        .await
+        .expect("send");
+    let (got, waited) = waiting.await.expect("task");
+    assert_eq!(got.len(), 1);
+    assert!(
+        waited < Duration::from_secs(10),
+        "the abandoned wait took the wake-up: {waited:?}"
+    );
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    // The abandoned consumer still works.
+    f.backend
+        .producer(&f.queue)
+        .await
+        .expect("producer")
+        .send(Message::new("again"))
+        .await
+        .expect("send");
+    let got = cancelled
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn large_dead_letter_listings_and_redrive_of_letters_that_die_again() {
+    let Some(f) = Fixture::new("dead", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let messages: Vec<Message> = (0..2_500).map(|i| Message::new(format!("{i}"))).collect();
+    producer.send_batch(messages).await.expect("send");
+    let consumer = f.consumer().await;
+    let mut buried = 0;
+    while buried < 2_500 {
+        for d in consumer
+            .receive(1000, Duration::from_secs(5))
+            .await
+            .expect("receive")
+        {
+            d.dead_letter(DeadLetterReason::Rejected("test".into()))
+                .await
+                .expect("dead letter");
+            buried += 1;
+        }
+    }
+    let all = f
+        .backend
+        .admin()
+        .dead_letters(&f.queue, usize::MAX)
+        .await
+        .expect("list with no limit");
+    assert_eq!(all.len(), 2_500);
+    assert!(all
+        .iter()
+        .all(|d| d.reason == DeadLetterReason::Rejected("test".into())));
+    // A consumer kills everything redriven at once; redrive still ends.
+    let killer = tokio::spawn(async move {
+        let mut killed = 0;
+        while killed < 2_500 {
+            for d in consumer
+                .receive(1000, Duration::from_secs(5))
+                .await
+                .expect("receive")
+            {
+                d.dead_letter(DeadLetterReason::Rejected("again".into()))
+                    .await
+                    .expect("dead letter");
+                killed += 1;
+            }
+        }
+    });
+    let moved = tokio::time::timeout(
+        Duration::from_secs(60),
+        f.backend.admin().redrive(&f.queue, Redrive::All),
+    )
+    .await
+    .expect("redrive ends")
+    .expect("redrive");
+    assert_eq!(moved, 2_500);
+    killer.await.expect("killer");
+    let stats = f.backend.admin().stats(&f.queue).await.expect("stats");
+    assert_eq!((stats.dead, stats.ready, stats.in_flight), (2_500, 0, 0));
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_job_store_is_shared_between_connections() {
+    let Some(f) = Fixture::new("store", "").await else {
+        return;
+    };
+    let namespace = f.queue.as_str().to_owned();
+    let one = f
+        .backend
+        .job_store()
+        .with_namespace(&namespace)
+        .expect("ns");
+    let other_backend = RedisBackend::connect(&f.url).await.expect("connect");
+    let other = other_backend
+        .job_store()
+        .with_namespace(&namespace)
+        .expect("ns");
+    // A queue named like the namespace is not touched by the store.
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    producer.send(Message::new("keep")).await.expect("send");
+
+    let mut record =
+        JobRecord::submitted(MessageId::new(), f.queue.clone(), Priority::High, 3, false);
+    record.idempotency_key = Some("order-7".into());
+    let id = one.insert(record.clone()).await.expect("insert");
+    let mut twin = JobRecord::submitted(MessageId::new(), f.queue.clone(), Priority::Low, 3, false);
+    twin.idempotency_key = Some("order-7".into());
+    assert_eq!(
+        other.insert(twin).await.expect("insert"),
+        id,
+        "same key, same job"
+    );
+
+    assert!(other.start(id, 1).await.expect("start"));
+    assert_eq!(
+        one.get(id).await.expect("get").expect("kept").status,
+        JobStatus::Running
+    );
+    assert!(
+        !one.cancel(id).await.expect("cancel"),
+        "running jobs are not cancelled"
+    );
+    other
+        .update(
+            id,
+            JobUpdate::Completed {
+                result: Some(serde_json::json!({"ok": true})),
+            },
+        )
+        .await
+        .expect("update");
+    let done = one.get(id).await.expect("get").expect("kept");
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.priority, Priority::High);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(done.result, Some(serde_json::json!({"ok": true})));
+    assert!(done.finished_at.is_some());
+    // A duplicate delivery of a completed job may start; it stays completed.
+    assert!(one.start(id, 2).await.expect("start"));
+    assert_eq!(
+        one.get(id).await.expect("get").expect("kept").status,
+        JobStatus::Completed
+    );
+
+    let pending = JobRecord::submitted(
+        MessageId::new(),
+        f.queue.clone(),
+        Priority::Normal,
+        1,
+        false,
+    );
+    let pending = one.insert(pending).await.expect("insert");
+    assert!(other.cancel(pending).await.expect("cancel"));
+    assert!(
+        !one.start(pending, 1).await.expect("start"),
+        "cancelled jobs never start"
+    );
+    let stats = other.stats().await.expect("stats");
+    assert_eq!((stats.completed, stats.cancelled, stats.total()), (1, 1, 2));
+
+    let removed = one
+        .cleanup(&RetentionPolicy::new(None, Some(0)))
+        .await
+        .expect("cleanup");
+    assert_eq!(removed, 2);
+    assert_eq!(one.stats().await.expect("stats").total(), 0);
+    assert!(one.get(id).await.expect("get").is_none());
+    // The key is free once its job is gone.
+    let again = JobRecord::submitted(
+        MessageId::new(),
+        f.queue.clone(),
+        Priority::Normal,
+        1,
+        false,
+    );
+    let mut again_keyed = again.clone();
+    again_keyed.idempotency_key = Some("order-7".into());
+    assert_eq!(one.insert(again_keyed).await.expect("insert"), again.id);
+
+    one.clear().await.expect("clear");
+    assert_eq!(one.stats().await.expect("stats").total(), 0);
+    let stats = f
+        .backend
+        .admin()
+        .stats(&f.queue)
+        .await
+        .expect("queue stats");
+    assert_eq!(stats.ready, 1, "clearing the store left the queue alone");
+    drop(Arc::new(other_backend));
+    f.cleanup().await;
+}
