@@ -45,14 +45,13 @@ for i = 0, n - 1 do
   end
   -- Sending an id already on the queue again (a retried send whose reply
   -- was lost) is a duplicate, not a second message.
-  if not first and redis.call('HEXISTS', K_MSG, id) == 1 then
+  if not first and redis.call('HSETNX', K_MSG, id, env) == 0 then
     first = id
     out[#out + 1] = i
     out[#out + 1] = id
   end
   if not first then
     local rank, delay, ttl = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-    redis.call('HSET', K_MSG, id, env)
     if ttl >= 0 then
       redis.call('HSET', K_EXP, id, now + ttl)
       redis.call('ZADD', K_TTL, now + ttl, id)
