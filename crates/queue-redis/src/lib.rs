@@ -67,7 +67,7 @@ pub const DEFAULT_PREFIX: &str = "queue";
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// URL parameters this backend reads besides the common ones.
-const PARAMS: [&str; 2] = ["prefix", "response_timeout"];
+const PARAMS: [&str; 3] = ["prefix", "response_timeout", "tls_ca"];
 
 /// The Redis backend. Clones share one connection.
 #[derive(Clone, Debug)]
@@ -171,7 +171,9 @@ impl RedisBackend {
     ///
     /// Besides the common options (`lease`, `max_payload`,
     /// `idempotency_window`, `connect_timeout`) the URL takes `prefix`
-    /// (key prefix, default `queue`) and `response_timeout` (default 10s).
+    /// (key prefix, default `queue`), `response_timeout` (default 10s) and,
+    /// for `rediss://`, `tls_ca` (a PEM file of the certificate authority to
+    /// trust instead of the system's roots).
     /// The database is the URL path (`redis://host:6379/2`).
     pub async fn connect(url: &str) -> Result<Self> {
         RedisBackend::from_config(&QueueConfig::from_url(url)?).await
@@ -185,20 +187,24 @@ impl RedisBackend {
                 config.backend
             )));
         }
-        config.reject_unknown_params(&PARAMS)?;
-        let prefix = match config.params.get("prefix") {
+        let mut rest = config.clone();
+        let prefix = rest.take_param("prefix");
+        let response_timeout = rest.take_param("response_timeout");
+        let tls_ca = rest.take_param("tls_ca");
+        rest.reject_unknown_params(&PARAMS)?;
+        let prefix = match prefix {
             None => DEFAULT_PREFIX.to_owned(),
-            Some(p) if valid_prefix(p) => p.clone(),
+            Some(p) if valid_prefix(&p) => p,
             Some(p) => {
                 return Err(Error::config(format!(
                     "prefix: must be 1 to 64 of [A-Za-z0-9_:.-], got {p:?}"
                 )))
             }
         };
-        let response_timeout = match config.params.get("response_timeout") {
+        let response_timeout = match response_timeout {
             None => DEFAULT_RESPONSE_TIMEOUT,
             Some(v) => {
-                let d = parse_duration("response_timeout", v)?;
+                let d = parse_duration("response_timeout", &v)?;
                 if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
                     return Err(Error::config(format!(
                         "response_timeout: must be 100ms to 10m, got {v:?}"
@@ -226,10 +232,7 @@ impl RedisBackend {
         url.set_query(None);
         url.set_fragment(None);
         let address = config.url.address();
-        let client = redis::Client::open(url.as_str()).map_err(|e| {
-            // The client's message may quote the URL: keep only the kind.
-            Error::config(format!("url: not a Redis URL ({:?})", e.kind()))
-        })?;
+        let client = open_client(&url, tls_ca.as_deref())?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(response_timeout))
@@ -314,6 +317,40 @@ pub fn queue_keys(prefix: &str, queue: &QueueName) -> Vec<String> {
     scripts::queue_keys(prefix, queue)
 }
 
+/// The Redis client for `url`; with `tls_ca` (a PEM file), TLS trusts that
+/// certificate authority instead of the system's roots.
+fn open_client(url: &url::Url, tls_ca: Option<&str>) -> Result<redis::Client> {
+    // The client's message may quote the URL: keep only the kind.
+    let not_redis =
+        |e: redis::RedisError| Error::config(format!("url: not a Redis URL ({:?})", e.kind()));
+    match tls_ca {
+        None => redis::Client::open(url.as_str()).map_err(not_redis),
+        Some(path) if url.scheme() != "rediss" => Err(Error::config(format!(
+            "tls_ca: {path:?} is only used with rediss:// URLs"
+        ))),
+        #[cfg(feature = "tls")]
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::config(format!("tls_ca: cannot read {path:?}")).with_source(e)
+            })?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(url.as_str(), certificates).map_err(|e| {
+                Error::config(format!(
+                    "tls_ca: {path:?} is not a usable PEM certificate ({:?})",
+                    e.kind()
+                ))
+            })
+        }
+        #[cfg(not(feature = "tls"))]
+        Some(_) => Err(Error::config(
+            "tls_ca: TLS needs feature `tls` of crate `queue-redis`",
+        )),
+    }
+}
+
 fn valid_prefix(prefix: &str) -> bool {
     (1..=64).contains(&prefix.len())
         && prefix
@@ -388,18 +425,31 @@ mod tests {
     #[tokio::test]
     async fn bad_urls_are_config_errors_naming_the_field() {
         for (url, field) in [
-            ("redis://u:hunter2@127.0.0.1:6379?prefix=a%20b", "prefix"),
+            (
+                "redis://u:hunter2@127.0.0.1:6379?prefix=a%20b",
+                "prefix: must be",
+            ),
             (
                 "redis://u:hunter2@127.0.0.1:6379?response_timeout=0s",
-                "response_timeout",
+                "response_timeout: must be",
             ),
-            ("redis://u:hunter2@127.0.0.1:6379?shards=2", "shards"),
+            (
+                "redis://u:hunter2@127.0.0.1:6379?shards=2",
+                "shards: unknown option",
+            ),
             (
                 "redis://u:hunter2@127.0.0.1:6379?max_payload=600000000",
-                "max_payload",
+                "max_payload: must be",
             ),
-            ("redis://u:hunter2@127.0.0.1:6379,127.0.0.1:6380", "url"),
-            ("memory://", "url"),
+            (
+                "redis://u:hunter2@127.0.0.1:6379?tls_ca=/ca.pem",
+                "tls_ca: \"/ca.pem\" is only used with rediss://",
+            ),
+            (
+                "redis://u:hunter2@127.0.0.1:6379,127.0.0.1:6380",
+                "url: the redis backend connects to one host",
+            ),
+            ("memory://", "url: the redis backend needs"),
         ] {
             let err = RedisBackend::connect(url).await.unwrap_err();
             let text = format!("{err} {err:?}");

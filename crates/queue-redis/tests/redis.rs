@@ -414,3 +414,26 @@ async fn the_job_store_is_shared_between_connections() {
     drop(Arc::new(other_backend));
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_prefix_parameter_names_the_keys() {
+    let Some(f) = Fixture::new("prefix", "?prefix=qt-alt&response_timeout=5s").await else {
+        return;
+    };
+    assert_eq!(f.backend.prefix(), "qt-alt");
+    f.backend
+        .producer(&f.queue)
+        .await
+        .expect("producer")
+        .send(Message::new("x"))
+        .await
+        .expect("send");
+    let mut admin = f.admin.clone();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("qt-alt:{{{}}}:msg", f.queue))
+        .query_async(&mut admin)
+        .await
+        .expect("EXISTS");
+    assert!(exists, "messages live under the configured prefix");
+    f.cleanup().await;
+}

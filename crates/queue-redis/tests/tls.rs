@@ -1,0 +1,193 @@
+//! `rediss://` against a real TLS Redis: a `redis-server` started here on a
+//! free port with a certificate signed by a throwaway CA (made with the
+//! `openssl` command), trusted through the `tls_ca` URL parameter.
+
+#![cfg(feature = "tls")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use queue_core::{Backend, ConsumerOptions, ErrorKind, Message, QueueName};
+use queue_redis::RedisBackend;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it.
+fn certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=queue test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write extensions");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+struct TlsRedis {
+    child: tokio::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Start a TLS-only redis-server; `None` (with the reason printed) when this
+/// machine cannot (no redis-server or openssl).
+async fn start() -> Option<TlsRedis> {
+    for tool in ["redis-server", "openssl"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            let required = std::env::var("QUEUE_TEST_REQUIRED").is_ok_and(|v| v == "1");
+            assert!(!required, "{tool} is missing and QUEUE_TEST_REQUIRED=1");
+            eprintln!("skipping: {tool} is not installed");
+            return None;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("queue-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    certificates(&dir);
+    let port = free_port();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .args([
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+        ])
+        .args(["--tls-ca-cert-file", &path("ca.crt"), "--dir", &path("")])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server");
+    // The server says when it listens: wait for that line, not a timer.
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read server log") {
+            if line.contains("Ready to accept connections") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "the TLS redis-server did not start");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some(TlsRedis { child, port, dir })
+}
+
+#[tokio::test]
+async fn rediss_round_trip_with_a_private_ca() {
+    let Some(server) = start().await else {
+        return;
+    };
+    let ca = server.dir.join("ca.crt");
+    let url = format!(
+        "rediss://127.0.0.1:{}?tls_ca={}",
+        server.port,
+        ca.to_string_lossy()
+    );
+    let backend = RedisBackend::connect(&url).await.expect("connect over TLS");
+    let queue = QueueName::new("tls-round-trip").unwrap();
+    backend
+        .producer(&queue)
+        .await
+        .expect("producer")
+        .send(Message::new("over tls"))
+        .await
+        .expect("send");
+    let consumer = backend
+        .consumer(&queue, ConsumerOptions::default())
+        .await
+        .expect("consumer");
+    let got = consumer
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload().as_ref(), b"over tls");
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    assert!(backend.admin().health().await.healthy);
+
+    // Without the CA, the server's certificate is not trusted.
+    let untrusted = format!("rediss://127.0.0.1:{}?connect_timeout=3s", server.port);
+    let err = RedisBackend::connect(&untrusted).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    // And a plain client on the TLS port gets no Redis answers.
+    let plain = format!("redis://127.0.0.1:{}?connect_timeout=2s", server.port);
+    assert!(RedisBackend::connect(&plain).await.is_err());
+    // A CA file that does not exist is a config error naming the field.
+    let missing = format!("rediss://127.0.0.1:{}?tls_ca=/nonexistent.pem", server.port);
+    let err = RedisBackend::connect(&missing).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().starts_with("tls_ca"), "{err}");
+}
