@@ -437,3 +437,67 @@ async fn the_prefix_parameter_names_the_keys() {
     assert!(exists, "messages live under the configured prefix");
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_manager_and_a_worker_elsewhere_share_job_status_through_redis() {
+    let Some(f) = Fixture::new("shared-status", "").await else {
+        return;
+    };
+    let namespace = f.queue.as_str().to_owned();
+    // The submitting side: a manager whose job store is in Redis.
+    let submit_side: Arc<dyn Backend> = Arc::new(f.backend.clone());
+    let manager = queue_core::QueueManager::builder()
+        .backend("redis", submit_side)
+        .job_store(Arc::new(
+            f.backend
+                .job_store()
+                .with_namespace(&namespace)
+                .expect("ns"),
+        ))
+        .build()
+        .expect("manager");
+    let id = manager
+        .submit(&f.queue, &21u32, &queue_core::JobOptions::default())
+        .await
+        .expect("submit");
+    assert_eq!(
+        manager
+            .status(id)
+            .await
+            .expect("status")
+            .expect("tracked")
+            .status,
+        JobStatus::Pending
+    );
+    // The working side: another connection, as another process would have.
+    let work_backend = RedisBackend::connect(&f.url).await.expect("connect");
+    let store = Arc::new(
+        work_backend
+            .job_store()
+            .with_namespace(&namespace)
+            .expect("ns"),
+    );
+    let scheduler = queue_core::JobScheduler::new(Arc::new(work_backend.clone()), store.clone());
+    let worker = scheduler
+        .worker(f.queue.clone())
+        .handler(
+            |job: queue_core::Job<u32>| async move { Ok::<_, std::io::Error>(job.payload * 2) },
+        )
+        .start()
+        .await
+        .expect("worker");
+    let mut events = worker.subscribe();
+    while worker.stats().completed < 1 {
+        tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("the job completes")
+            .expect("event");
+    }
+    worker.shutdown().await.expect("shutdown");
+    let record = manager.status(id).await.expect("status").expect("tracked");
+    assert_eq!(record.status, JobStatus::Completed);
+    assert_eq!(record.result, Some(serde_json::json!(42)));
+    assert_eq!(manager.job_stats().await.expect("stats").completed, 1);
+    store.clear().await.expect("clear");
+    f.cleanup().await;
+}
