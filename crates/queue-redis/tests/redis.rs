@@ -501,3 +501,81 @@ async fn a_manager_and_a_worker_elsewhere_share_job_status_through_redis() {
     store.clear().await.expect("clear");
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_lease_expiry_is_the_redelivered_message_s_last_error() {
+    let Some(f) = Fixture::new("lease-error", "").await else {
+        return;
+    };
+    // Every optional field before the last error, so the script's parse of
+    // the envelope is exercised: not-before, expiry, idempotency key.
+    let message = Message::new("payload \u{2713}")
+        .with_header("h", "v")
+        .with_run_at(SystemTime::now())
+        .with_ttl(Duration::from_secs(600))
+        .with_idempotency_key("key-1");
+    f.backend
+        .producer(&f.queue)
+        .await
+        .expect("producer")
+        .send(message.clone())
+        .await
+        .expect("send");
+    let consumer = f
+        .backend
+        .consumer(
+            &f.queue,
+            ConsumerOptions::default().with_lease(Duration::from_millis(200)),
+        )
+        .await
+        .expect("consumer");
+    let first = consumer
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(first.len(), 1);
+    drop(first); // never settled: the lease runs out
+    let again = consumer
+        .receive(1, Duration::from_secs(10))
+        .await
+        .expect("receive");
+    assert_eq!(again.len(), 1);
+    let redelivered = again[0].message();
+    assert_eq!(redelivered.attempt, 2);
+    assert_eq!(
+        redelivered.last_error.as_deref(),
+        Some("lease expired before the delivery was settled")
+    );
+    assert_eq!(redelivered.payload, message.payload);
+    assert_eq!(redelivered.headers, message.headers);
+    assert_eq!(redelivered.idempotency_key, message.idempotency_key);
+    assert!(redelivered.expires_at.is_some());
+    // A nack's error replaces it; a later lease expiry replaces that.
+    let delivery = again.into_iter().next().expect("one");
+    delivery
+        .nack_with_error(Duration::ZERO, "boom")
+        .await
+        .expect("nack");
+    let third = consumer
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(third[0].message().attempt, 3);
+    assert_eq!(third[0].message().last_error.as_deref(), Some("boom"));
+    drop(third);
+    let fourth = consumer
+        .receive(1, Duration::from_secs(10))
+        .await
+        .expect("receive");
+    assert_eq!(fourth[0].message().attempt, 4);
+    assert_eq!(
+        fourth[0].message().last_error.as_deref(),
+        Some("lease expired before the delivery was settled")
+    );
+    assert_eq!(fourth[0].message().payload, message.payload);
+    assert_eq!(fourth[0].message().headers, message.headers);
+    for d in fourth {
+        d.ack().await.expect("ack");
+    }
+    f.cleanup().await;
+}

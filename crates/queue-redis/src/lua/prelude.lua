@@ -36,6 +36,31 @@ local function with_attempt(env, attempt)
   return string.sub(env, 1, 21) .. struct.pack('>I4', attempt) .. string.sub(env, 26)
 end
 
+-- The envelope with its last error replaced (or added): the flags say
+-- which optional fields precede it. Bytes that are not a v1 envelope are
+-- returned as they are.
+local function with_last_error(env, err)
+  if #env < 39 or string.sub(env, 1, 3) ~= 'QE\1' then return env end
+  local flags = string.byte(env, 4)
+  local pos = 38
+  if flags % 2 == 1 then pos = pos + 8 end
+  if math.floor(flags / 2) % 2 == 1 then pos = pos + 8 end
+  if math.floor(flags / 4) % 2 == 1 then
+    if #env < pos + 1 then return env end
+    pos = pos + 2 + struct.unpack('>I2', env, pos)
+  end
+  local rest = pos
+  if math.floor(flags / 8) % 2 == 1 then
+    if #env < pos + 3 then return env end
+    rest = pos + 4 + struct.unpack('>I4', env, pos)
+  else
+    flags = flags + 8
+  end
+  if rest > #env + 1 then return env end
+  return string.sub(env, 1, 3) .. string.char(flags) .. string.sub(env, 5, pos - 1)
+    .. struct.pack('>I4', #err) .. err .. string.sub(env, rest)
+end
+
 -- Wake one waiting consumer (at most one token is ever queued).
 local function notify()
   if redis.call('LLEN', K_NOTIFY) == 0 then
@@ -120,7 +145,8 @@ local function reclaim(now, limit)
     local id = string.sub(member, 1, 16)
     local env = redis.call('HGET', K_MSG, id)
     if env then
-      retry(id, env, 0, 'lease expired before the delivery was settled', now)
+      local err = 'lease expired before the delivery was settled'
+      retry(id, with_last_error(env, err), 0, err, now)
     end
   end
   return #expired
