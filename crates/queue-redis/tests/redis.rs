@@ -579,3 +579,42 @@ async fn a_lease_expiry_is_the_redelivered_message_s_last_error() {
     }
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_deleted_queue_comes_back_with_the_next_send() {
+    let Some(f) = Fixture::new("recreate", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let consumer = f.consumer().await;
+    producer.send(Message::new("before")).await.expect("send");
+    // As after a restart of a Redis that kept no data.
+    f.backend
+        .admin()
+        .delete_queue(&f.queue)
+        .await
+        .expect("delete");
+    let empty = consumer
+        .receive(10, Duration::ZERO)
+        .await
+        .expect("a missing queue reads as empty");
+    assert!(empty.is_empty());
+    assert_eq!(
+        f.backend.admin().stats(&f.queue).await.unwrap_err().kind(),
+        queue_core::ErrorKind::NotFound
+    );
+    producer
+        .send(Message::new("after"))
+        .await
+        .expect("send re-creates");
+    let got = consumer
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload().as_ref(), b"after");
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    f.cleanup().await;
+}

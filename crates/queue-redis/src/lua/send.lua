@@ -1,9 +1,11 @@
 -- ARGV: window_ms, n, then n groups of (id, envelope, rank, delay_ms, ttl_ms | -1, idempotency key | '').
--- Returns {'missing'}, {'full', depth}, or {'ok', i1, first1, i2, first2, ...}
+-- Returns {'full', depth}, or {'ok', i1, first1, i2, first2, ...}
 -- listing the messages deduplicated (by key inside the window, or by an id
 -- already queued) with the id kept for them.
 local now = now_ms()
-if missing() then return { 'missing' } end
+-- A queue is its keys: a send re-creates one that was deleted (or lost
+-- with a Redis restart that kept no data).
+if missing() then redis.call('HSETNX', K_META, 'created', now) end
 local window, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_len = redis.call('HGET', K_META, 'max_length')
 if max_len then
