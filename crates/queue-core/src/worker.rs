@@ -460,8 +460,14 @@ impl std::fmt::Debug for WorkerHandle {
 impl WorkerWithHandler {
     /// Validate the settings, open a consumer per lane and start the pool.
     pub async fn start(self) -> Result<WorkerHandle> {
-        let WorkerWithHandler { builder, handler } = self;
+        let WorkerWithHandler {
+            mut builder,
+            handler,
+        } = self;
         builder.settings.validate().map_err(validation_error)?;
+        // One receive never asks for more than the backend hands out.
+        let max_receive = builder.backend.capabilities().max_receive.max(1);
+        builder.settings.prefetch = builder.settings.prefetch.min(max_receive);
         let mut options = ConsumerOptions::default();
         if let Some(lease) = builder.settings.lease {
             options = options.with_lease(lease);

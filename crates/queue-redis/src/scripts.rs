@@ -1,9 +1,13 @@
 //! The Lua scripts, each with the shared prelude, and the key layout.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use queue_core::QueueName;
-use redis::Script;
+use queue_core::{Error, ErrorKind, QueueName, Result};
+use redis::{Script, Value};
+
+use crate::backend::Shared;
+use crate::error::unexpected;
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
@@ -19,7 +23,6 @@ pub(crate) struct Scripts {
     pub(crate) purge: Script,
     pub(crate) dead: Script,
     pub(crate) redrive: Script,
-    pub(crate) inbox: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
@@ -37,7 +40,6 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     purge: with_prelude(include_str!("lua/purge.lua")),
     dead: with_prelude(include_str!("lua/dead.lua")),
     redrive: with_prelude(include_str!("lua/redrive.lua")),
-    inbox: with_prelude(include_str!("lua/inbox.lua")),
 });
 
 /// The suffixes of a queue's keys, in the order every script takes them.
@@ -69,4 +71,135 @@ pub(crate) fn invocation<'a>(script: &'a Script, keys: &[String]) -> redis::Scri
         invocation.key(key);
     }
     invocation
+}
+
+/// One queue's keys and the backend they belong to.
+#[derive(Debug)]
+pub(crate) struct QueueCtx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) name: QueueName,
+    pub(crate) keys: Vec<String>,
+    /// Gathers the single settles of this consumer's deliveries.
+    pub(crate) settler: crate::consumer::Settler,
+}
+
+impl QueueCtx {
+    pub(crate) fn new(shared: Arc<Shared>, name: &QueueName) -> QueueCtx {
+        QueueCtx {
+            keys: queue_keys(&shared.prefix, name),
+            name: name.clone(),
+            shared,
+            settler: Default::default(),
+        }
+    }
+
+    /// Make the queue exist (its metadata hash), as a producer or consumer does.
+    pub(crate) async fn touch(&self) -> Result<()> {
+        self.shared.check_open()?;
+        let mut conn = self.shared.conn.clone();
+        redis::cmd("HSETNX")
+            .arg(&self.keys[META])
+            .arg("created")
+            .arg(now_ms())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "creating the queue"))
+    }
+
+    pub(crate) fn missing(&self) -> Error {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("queue {:?} does not exist", self.name.as_str()),
+        )
+    }
+
+    /// Run `invocation` on the shared connection.
+    pub(crate) async fn run(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+        doing: &str,
+    ) -> Result<Value> {
+        self.shared.check_open()?;
+        let mut conn = self.shared.conn.clone();
+        invocation
+            .invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, doing))
+    }
+
+    /// The reply of a script that starts with `'ok'` or `'missing'`.
+    pub(crate) fn ok_reply(&self, reply: Value) -> Result<Vec<Value>> {
+        let items = array(reply)?;
+        match items.first().and_then(bytes_of) {
+            Some(b"ok") => Ok(items),
+            Some(b"missing") => Err(self.missing()),
+            _ => Err(unexpected("a status")),
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whole milliseconds of `d`, rounded up, plus one when not zero: the
+/// server's clock reads whole milliseconds, so this keeps "not before" strict.
+pub(crate) fn ms_after(d: Duration) -> u64 {
+    if d.is_zero() {
+        return 0;
+    }
+    let ms = d.as_micros().div_ceil(1000);
+    u64::try_from(ms).unwrap_or(u64::MAX / 2) + 1
+}
+
+pub(crate) fn array(value: Value) -> Result<Vec<Value>> {
+    match value {
+        Value::Array(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        _ => Err(unexpected("an array")),
+    }
+}
+
+pub(crate) fn bytes_of(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::Okay => Some(b"OK"),
+        _ => None,
+    }
+}
+
+pub(crate) fn int_of(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The 1-based positions a settling script reports as lost.
+pub(crate) fn lost_positions(reply: Value) -> Result<Vec<usize>> {
+    array(reply)?
+        .iter()
+        .map(|v| {
+            int_of(v)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| unexpected("positions"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_round_up_to_keep_not_before_strict() {
+        assert_eq!(ms_after(Duration::ZERO), 0);
+        assert_eq!(ms_after(Duration::from_micros(1)), 2);
+        assert_eq!(ms_after(Duration::from_millis(250)), 251);
+        assert_eq!(ms_after(Duration::from_micros(250_400)), 252);
+    }
 }

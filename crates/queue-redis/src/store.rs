@@ -11,8 +11,9 @@ use queue_core::{
 };
 use redis::{Script, Value};
 
-use crate::queue::{bytes_of, int_of, unexpected};
-use crate::Shared;
+use crate::backend::Shared;
+use crate::error::unexpected;
+use crate::scripts::{bytes_of, int_of};
 
 struct StoreScripts {
     insert: Script,

@@ -18,6 +18,8 @@ struct RedisHarness {
     user: Option<String>,
     /// The job store namespace of this case, removed afterwards.
     jobs: String,
+    /// Keys written next to a queue's by `inject_foreign`, removed afterwards.
+    junk: std::sync::Mutex<Vec<String>>,
 }
 
 impl RedisHarness {
@@ -45,6 +47,13 @@ impl RedisHarness {
                 (url.to_string(), Some(user))
             }
             Err(e) => {
+                // Without its own user, `reconnect` could not cut this
+                // case's connections alone: a required run fails here.
+                let required = std::env::var("QUEUE_TEST_REQUIRED").is_ok_and(|v| v == "1");
+                assert!(
+                    !required,
+                    "ACL SETUSER failed ({e}): the Redis suite needs a user allowed to manage ACL users"
+                );
                 eprintln!("no ACL user for this case ({e}); connecting as configured");
                 (admin_url.clone(), None)
             }
@@ -54,6 +63,7 @@ impl RedisHarness {
             url,
             user,
             jobs: format!("qt-jobs-{unique}"),
+            junk: std::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -79,10 +89,13 @@ impl Drop for RedisHarness {
                 .query::<()>(&mut conn);
         }
         let pattern = format!("{}:{{{}}}:*", queue_redis::DEFAULT_PREFIX, self.jobs);
-        let keys: Vec<String> = redis::cmd("KEYS")
+        let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg(pattern)
             .query(&mut conn)
             .unwrap_or_default();
+        keys.extend(std::mem::take(
+            &mut *self.junk.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
         if !keys.is_empty() {
             let _ = redis::cmd("DEL").arg(keys).query::<()>(&mut conn);
         }
@@ -138,10 +151,14 @@ impl Harness for RedisHarness {
         let keys = queue_redis::queue_keys(queue_redis::DEFAULT_PREFIX, queue);
         let inbox = queue_redis::inbox_key(queue_redis::DEFAULT_PREFIX, queue);
         let payload = payload.to_vec();
+        let stream = format!("{}:junk-stream", keys[0]);
+        self.junk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stream.clone());
         let written = tokio::task::spawn_blocking(move || {
             let mut conn = admin(&url)?;
             // Junk of other types next to the queue's keys changes nothing.
-            let stream = format!("{}:junk-stream", keys[0]);
             redis::cmd("XADD")
                 .arg(&stream)
                 .arg("*")

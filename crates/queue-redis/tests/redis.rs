@@ -19,6 +19,27 @@ struct Fixture {
     admin: redis::aio::MultiplexedConnection,
 }
 
+/// Whatever a test leaves in the shared Redis (even when it fails
+/// half-way) is removed: the queue's keys and the job-store namespace of
+/// the same name.
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        for prefix in [queue_redis::DEFAULT_PREFIX, self.backend.prefix()] {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:{{{}}}:*", self.queue))
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _ = redis::cmd("UNLINK").arg(keys).query::<()>(&mut conn);
+            }
+        }
+    }
+}
+
 impl Fixture {
     async fn new(name: &str, query: &str) -> Option<Fixture> {
         let url = broker_url("QUEUE_TEST_REDIS_URL")?;
@@ -57,6 +78,18 @@ impl Fixture {
             .expect("LPUSH");
     }
 
+    /// `RPUSH <notify> 1`: wakes one waiting consumer.
+    async fn notify(&self) {
+        let mut admin = self.admin.clone();
+        let notify = queue_redis::queue_keys(self.backend.prefix(), &self.queue)[14].clone();
+        redis::cmd("RPUSH")
+            .arg(notify)
+            .arg("1")
+            .query_async::<()>(&mut admin)
+            .await
+            .expect("RPUSH");
+    }
+
     async fn cleanup(self) {
         self.backend
             .admin()
@@ -67,7 +100,7 @@ impl Fixture {
 }
 
 #[tokio::test]
-async fn inbox_push_wakes_a_waiting_consumer_and_keeps_envelope_fields() {
+async fn inbox_push_with_a_token_wakes_a_waiting_consumer_and_keeps_envelope_fields() {
     let Some(f) = Fixture::new("inbox", "").await else {
         return;
     };
@@ -80,9 +113,11 @@ async fn inbox_push_wakes_a_waiting_consumer_and_keeps_envelope_fields() {
             .expect("receive");
         (consumer, got, started.elapsed())
     });
-    // Give the consumer time to block, then push raw bytes as a plain client.
+    // Give the consumer time to block, then push raw bytes as a plain
+    // client would, with the documented wake-up token after them.
     tokio::time::sleep(Duration::from_millis(300)).await;
     f.lpush(b"\x00raw bytes\xff").await;
+    f.notify().await;
     let (consumer, got, waited) = waiting.await.expect("task");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload().as_ref(), b"\x00raw bytes\xff");
@@ -594,15 +629,15 @@ async fn a_deleted_queue_comes_back_with_the_next_send() {
         .delete_queue(&f.queue)
         .await
         .expect("delete");
+    assert_eq!(
+        f.backend.admin().stats(&f.queue).await.unwrap_err().kind(),
+        queue_core::ErrorKind::NotFound
+    );
     let empty = consumer
         .receive(10, Duration::ZERO)
         .await
         .expect("a missing queue reads as empty");
     assert!(empty.is_empty());
-    assert_eq!(
-        f.backend.admin().stats(&f.queue).await.unwrap_err().kind(),
-        queue_core::ErrorKind::NotFound
-    );
     producer
         .send(Message::new("after"))
         .await

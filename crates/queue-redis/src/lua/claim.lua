@@ -1,12 +1,13 @@
 -- ARGV: max, lease_ms. Returns {status, next_event_ms, buried, member1,
--- env1, ...}: status is always 'ok' (a missing queue is empty); next_event_ms is the
+-- env1, ...}: status is always 'ok' (a missing queue is created); next_event_ms is the
 -- time until the next delayed message is due or lease expires (-1: none),
 -- sent only when nothing was claimed; buried counts messages taken off the
 -- queue as expired instead of delivered. A member is the 16-byte id plus an 8-byte lease
 -- token, so a stale holder can never settle a newer lease.
 local now = now_ms()
--- A queue that does not exist (deleted, or lost with a restart) is empty.
-if missing() then return { 'ok', -1, 0 } end
+-- A queue is its keys: one deleted (or lost with a restart that kept no
+-- data) is created again, so bytes pushed to its inbox are still taken.
+if missing() then redis.call('HSETNX', K_META, 'created', now) end
 maintain(now, 1000)
 local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = { 'ok', -1, 0 }

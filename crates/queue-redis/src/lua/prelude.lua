@@ -82,7 +82,9 @@ local function bury(id, env, reason, attempts, last_error, now)
   local info = { reason = reason, attempts = attempts, at = tostring(now) }
   if last_error and last_error ~= '' then info.error = last_error end
   redis.call('HSET', K_DINFO, id, cjson.encode(info))
-  redis.call('ZADD', K_DEAD, now, id)
+  -- Ordered by a sequence, so a redrive can take exactly the letters that
+  -- were there when it started (the time is in dinfo).
+  redis.call('ZADD', K_DEAD, redis.call('HINCRBY', K_STATS, 'dead_seq', 1), id)
   redis.call('HINCRBY', K_STATS, 'dead_lettered', 1)
   if reason == 'expired' then
     redis.call('HINCRBY', K_STATS, 'expired', 1)
@@ -209,8 +211,9 @@ local function accept(raw, now)
     redis.call('HSET', K_EXP, id, expires)
     redis.call('ZADD', K_TTL, expires, id)
   end
-  if due and due > now then
-    redis.call('ZADD', K_DELAYED, due, id)
+  -- The envelope holds whole milliseconds: due + 1 keeps not-before strict.
+  if due and due + 1 > now then
+    redis.call('ZADD', K_DELAYED, due + 1, id)
   else
     make_ready(id, rank_of(env))
   end

@@ -1,14 +1,15 @@
 -- ARGV: 'all', limit, cutoff_ms | '' | 'ids', id1, id2, ... Moves dead
 -- letters back as fresh messages (attempt 1, no delay, no expiry). 'all'
--- takes those dead-lettered up to the cutoff (the first call's server
--- time), so letters that die again meanwhile are not taken round again.
+-- takes those dead-lettered up to the cutoff (the dead-letter sequence at
+-- the first call), so letters that die again meanwhile are not taken round
+-- again. A letter whose id is live again (re-sent) is dropped, not merged.
 -- Returns {'missing'} or {'ok', moved, scanned, cutoff}.
 if missing() then return { 'missing' } end
 local ids
 local cutoff = ''
 if ARGV[1] == 'all' then
   cutoff = ARGV[3]
-  if cutoff == '' then cutoff = now_ms() end
+  if cutoff == '' then cutoff = redis.call('HGET', K_STATS, 'dead_seq') or '0' end
   ids = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[2]))
 else
   ids = {}
@@ -32,9 +33,10 @@ for _, id in ipairs(ids) do
     redis.call('HDEL', K_DINFO, id)
     if env then
       env = reset(env)
-      redis.call('HSET', K_MSG, id, env)
-      make_ready(id, rank_of(env))
-      moved = moved + 1
+      if redis.call('HSETNX', K_MSG, id, env) == 1 then
+        make_ready(id, rank_of(env))
+        moved = moved + 1
+      end
     end
   end
 end

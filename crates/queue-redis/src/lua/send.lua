@@ -12,7 +12,19 @@ if max_len then
   -- Expired leases and TTLs must not hold places in a full queue.
   maintain(now, 1000)
   local depth = redis.call('ZCARD', K_READY) + redis.call('ZCARD', K_DELAYED) + redis.call('ZCARD', K_LEASED)
-  if depth + n > tonumber(max_len) then return { 'full', depth } end
+  -- Duplicates take no place (a send retried after a lost reply must not
+  -- fail as full because its first attempt filled the queue).
+  local fresh = 0
+  for i = 0, n - 1 do
+    local b = 3 + i * 6
+    local dup = redis.call('HEXISTS', K_MSG, ARGV[b]) == 1
+    if not dup and ARGV[b + 5] ~= '' then
+      local until_ms = redis.call('ZSCORE', K_IDEMZ, ARGV[b + 5])
+      dup = until_ms ~= false and tonumber(until_ms) > now and redis.call('HEXISTS', K_IDEM, ARGV[b + 5]) == 1
+    end
+    if not dup then fresh = fresh + 1 end
+  end
+  if depth + fresh > tonumber(max_len) then return { 'full', depth } end
 end
 if redis.call('EXISTS', K_IDEMZ) == 1 then
   local old = redis.call('ZRANGEBYSCORE', K_IDEMZ, '-inf', now, 'LIMIT', 0, 1000)

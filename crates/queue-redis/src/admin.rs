@@ -1,0 +1,215 @@
+//! Queue administration for [`RedisBackend`]: options, purge, exact stats,
+//! dead letters, redrive, health.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use queue_core::{
+    envelope, Admin, DeadLetter, DeadLetterReason, HealthStatus, Message, MessageId, QueueName,
+    QueueOptions, QueueStats, Redrive, Result,
+};
+use redis::Value;
+
+use crate::error::unexpected;
+use crate::scripts::{bytes_of, int_of, invocation, QueueCtx, META, SCRIPTS};
+use crate::RedisBackend;
+
+/// A dead letter from its stored envelope and the JSON the scripts write.
+fn dead_letter_of(id: &[u8], env: Vec<u8>, info: &[u8]) -> DeadLetter {
+    let env = Bytes::from(env);
+    let message = envelope::decode(&env).unwrap_or_else(|_| {
+        // Undecodable bytes are kept as the payload, under their stored id.
+        let mut raw = Message::new(env.clone());
+        if let Ok(id) = <[u8; 16]>::try_from(id) {
+            raw.id = MessageId::from_bytes(id);
+        }
+        raw
+    });
+    let info: serde_json::Value = serde_json::from_slice(info).unwrap_or_default();
+    let reason = DeadLetterReason::parse(info["reason"].as_str().unwrap_or("decode"));
+    let attempts = info["attempts"].as_u64().unwrap_or(0) as u32;
+    let mut dead = DeadLetter::new(message, reason, attempts);
+    if let Some(error) = info["error"].as_str() {
+        dead.last_error = Some(error.to_owned());
+    }
+    if let Some(ms) = info["at"].as_str().and_then(|s| s.parse::<u64>().ok()) {
+        dead.dead_lettered_at = UNIX_EPOCH + Duration::from_millis(ms);
+    }
+    dead
+}
+
+impl RedisBackend {
+    fn ctx(&self, queue: &QueueName) -> QueueCtx {
+        QueueCtx::new(self.shared.clone(), queue)
+    }
+}
+
+#[async_trait]
+impl Admin for RedisBackend {
+    async fn ensure_queue(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+        options.check()?;
+        let ctx = self.ctx(queue);
+        ctx.touch().await?;
+        let mut conn = self.shared.conn.clone();
+        let cmd = match options.max_length {
+            Some(max) => {
+                let mut cmd = redis::cmd("HSET");
+                cmd.arg(&ctx.keys[META]).arg("max_length").arg(max);
+                cmd
+            }
+            None => {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(&ctx.keys[META]).arg("max_length");
+                cmd
+            }
+        };
+        cmd.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "setting queue options"))
+    }
+
+    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+        self.shared.check_open()?;
+        let ctx = self.ctx(queue);
+        let mut conn = self.shared.conn.clone();
+        redis::cmd("UNLINK")
+            .arg(&ctx.keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "deleting the queue"))
+    }
+
+    async fn purge(&self, queue: &QueueName) -> Result<u64> {
+        let ctx = self.ctx(queue);
+        let items = ctx.ok_reply(
+            ctx.run(invocation(&SCRIPTS.purge, &ctx.keys), "purging")
+                .await?,
+        )?;
+        items
+            .get(1)
+            .and_then(int_of)
+            .map(|n| n as u64)
+            .ok_or_else(|| unexpected("a count"))
+    }
+
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        let ctx = self.ctx(queue);
+        let items = ctx.ok_reply(
+            ctx.run(invocation(&SCRIPTS.stats, &ctx.keys), "reading stats")
+                .await?,
+        )?;
+        let n: Vec<u64> = items[1..]
+            .iter()
+            .map(|v| int_of(v).map(|n| n.max(0) as u64))
+            .collect::<Option<_>>()
+            .filter(|n: &Vec<u64>| n.len() == 10)
+            .ok_or_else(|| unexpected("ten counts"))?;
+        let mut stats = QueueStats::default();
+        stats.ready = n[0];
+        stats.delayed = n[1];
+        stats.in_flight = n[2];
+        stats.dead = n[3];
+        stats.enqueued_total = n[4];
+        stats.acked_total = n[5];
+        stats.retried_total = n[6];
+        stats.dead_lettered_total = n[7];
+        stats.expired_total = n[8];
+        stats.deduplicated_total = n[9];
+        Ok(stats)
+    }
+
+    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+        const PAGE: usize = 1000;
+        let ctx = self.ctx(queue);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let count = (limit - out.len()).min(PAGE);
+            let mut call = invocation(&SCRIPTS.dead, &ctx.keys);
+            call.arg(out.len()).arg(count);
+            let items = ctx.ok_reply(ctx.run(call, "listing dead letters").await?)?;
+            let before = out.len();
+            let mut items = items.into_iter().skip(1);
+            while let (Some(Value::BulkString(id)), Some(Value::BulkString(env)), Some(info)) =
+                (items.next(), items.next(), items.next())
+            {
+                out.push(dead_letter_of(&id, env, bytes_of(&info).unwrap_or(b"{}")));
+            }
+            if out.len() - before < count {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {
+        let ctx = self.ctx(queue);
+        let mut moved = 0u64;
+        let count = |items: Vec<Value>| -> Result<u64> {
+            items
+                .get(1)
+                .and_then(int_of)
+                .map(|n| n as u64)
+                .ok_or_else(|| unexpected("a count"))
+        };
+        match which {
+            Redrive::Ids(ids) => {
+                for chunk in ids.chunks(1000) {
+                    let mut call = invocation(&SCRIPTS.redrive, &ctx.keys);
+                    call.arg("ids");
+                    for id in chunk {
+                        call.arg(&id.to_bytes()[..]);
+                    }
+                    moved += count(ctx.ok_reply(ctx.run(call, "redriving").await?)?)?;
+                }
+            }
+            _ => {
+                // Everything dead-lettered up to the first call's server
+                // time, in pages; letters that die again meanwhile stay.
+                let mut cutoff = Vec::new();
+                loop {
+                    let mut call = invocation(&SCRIPTS.redrive, &ctx.keys);
+                    call.arg("all").arg(1000).arg(&cutoff[..]);
+                    let items = ctx.ok_reply(ctx.run(call, "redriving").await?)?;
+                    moved += count(items.clone())?;
+                    let scanned = items.get(2).and_then(int_of).unwrap_or(0);
+                    if let Some(at) = items.get(3).and_then(bytes_of) {
+                        cutoff = at.to_vec();
+                    }
+                    if scanned == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn health(&self) -> HealthStatus {
+        self.health_check().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_keep_undecodable_bytes() {
+        let id = MessageId::new();
+        let dead = dead_letter_of(
+            &id.to_bytes(),
+            b"junk".to_vec(),
+            br#"{"reason":"decode","attempts":1,"at":"1700000000000","error":"bad magic"}"#,
+        );
+        assert_eq!(dead.message.id, id);
+        assert_eq!(dead.message.payload.as_ref(), b"junk");
+        assert_eq!(dead.reason, DeadLetterReason::Decode);
+        assert_eq!(dead.attempts, 1);
+        assert_eq!(dead.last_error.as_deref(), Some("bad magic"));
+        assert_eq!(
+            dead.dead_lettered_at,
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)
+        );
+    }
+}

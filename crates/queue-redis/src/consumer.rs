@@ -1,0 +1,403 @@
+//! [`RedisConsumer`]: batched claims, blocking waits, and settlement.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use queue_core::traits::ack_each;
+use queue_core::{
+    envelope, Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery, DeliveryError, Error,
+    ErrorKind, Message, QueueName, Result,
+};
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+
+use crate::backend::Shared;
+use crate::error::{lease_lost, unexpected};
+use crate::scripts::{int_of, invocation, lost_positions, ms_after, QueueCtx, NOTIFY, SCRIPTS};
+use crate::MAX_RECEIVE;
+
+/// Receives from one Redis queue.
+#[derive(Debug)]
+pub struct RedisConsumer {
+    ctx: Arc<QueueCtx>,
+    lease: Duration,
+    /// The connection this consumer blocks on while the queue is empty,
+    /// opened on first need; taken out while in use, so a cancelled wait
+    /// drops (and closes) it rather than leaving a BLPOP queued on it.
+    blocking: std::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl RedisConsumer {
+    pub(crate) async fn open(
+        shared: Arc<Shared>,
+        queue: &QueueName,
+        options: ConsumerOptions,
+    ) -> Result<Self> {
+        let lease = options.lease.unwrap_or(shared.lease);
+        let ctx = Arc::new(QueueCtx::new(shared, queue));
+        ctx.touch().await?;
+        Ok(RedisConsumer {
+            ctx,
+            lease,
+            blocking: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Claim up to `max` messages in one script call. Returns the deliveries,
+    /// whether anything was taken off the queue (undecodable messages are
+    /// dead-lettered, not delivered), and the time to the next due message
+    /// or lease deadline when nothing was.
+    async fn claim(&self, max: usize) -> Result<(Vec<Delivery>, bool, Option<Duration>)> {
+        let mut call = invocation(&SCRIPTS.claim, &self.ctx.keys);
+        call.arg(max).arg(self.lease.as_millis() as u64);
+        // Measured before the call: the server's deadline is never earlier.
+        let deadline = SystemTime::now() + self.lease;
+        let items = self.ctx.ok_reply(self.ctx.run(call, "claiming").await?)?;
+        let next_event = items
+            .get(1)
+            .and_then(int_of)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis);
+        let mut out = Vec::with_capacity(items.len().saturating_sub(2) / 2);
+        let mut undecodable = Vec::new();
+        let buried = items.get(2).and_then(int_of).unwrap_or(0);
+        let mut items = items.into_iter().skip(3);
+        while let (Some(member), Some(env)) = (items.next(), items.next()) {
+            let (Value::BulkString(member), Value::BulkString(env)) = (member, env) else {
+                return Err(unexpected("claimed messages"));
+            };
+            let member = Bytes::from(member);
+            match envelope::decode(&Bytes::from(env)) {
+                Ok(message) => out.push(Delivery::new(
+                    self.ctx.name.clone(),
+                    message,
+                    deadline,
+                    Box::new(RedisAcker {
+                        ctx: self.ctx.clone(),
+                        member,
+                    }),
+                )),
+                Err(e) => undecodable.push((member, e)),
+            }
+        }
+        let took = !out.is_empty() || !undecodable.is_empty() || buried > 0;
+        for (member, e) in undecodable {
+            tracing::warn!(queue = %self.ctx.name, error = %e, "dead-lettering a message that does not decode");
+            bury(
+                &self.ctx,
+                &member,
+                &DeadLetterReason::Decode,
+                Some(&e.to_string()),
+            )
+            .await?;
+        }
+        Ok((out, took, next_event))
+    }
+
+    /// Block until a message may be ready (a notification) or `limit`
+    /// passes. Only the notification list is popped: bytes a plain client
+    /// pushes to the inbox stay there until a claim moves them, so nothing
+    /// lives only in this process's memory.
+    async fn wait_for_notification(&self, limit: Duration) -> Result<()> {
+        let taken = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut conn = match taken {
+            Some(conn) => conn,
+            None => self.ctx.shared.blocking_connection().await?,
+        };
+        let seconds = limit.max(Duration::from_millis(1)).as_secs_f64();
+        let mut cmd = redis::cmd("BLPOP");
+        cmd.arg(&self.ctx.keys[NOTIFY]).arg(format!("{seconds:.3}"));
+        let blpop = cmd.query_async::<Value>(&mut conn);
+        // The server answers by its own timeout; the margin covers a
+        // connection that stopped answering.
+        match tokio::time::timeout(limit + self.ctx.shared.connect_timeout, blpop).await {
+            Ok(Ok(_)) => {}
+            // A broken connection is dropped here; the next wait opens another.
+            Ok(Err(e)) => return Err(self.ctx.shared.error(e, "waiting for messages")),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "redis at {}: no reply while waiting for messages",
+                        self.ctx.shared.address
+                    ),
+                ))
+            }
+        }
+        *self.blocking.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for RedisConsumer {
+    fn queue(&self) -> &QueueName {
+        &self.ctx.name
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if max == 0 || max > MAX_RECEIVE {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("receive max must be 1 to {MAX_RECEIVE}, got {max}"),
+            ));
+        }
+        let give_up_at = tokio::time::Instant::now() + wait;
+        loop {
+            let (batch, took, next_event) = self.claim(max).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= give_up_at {
+                return Ok(batch);
+            }
+            if took {
+                // Only undecodable or expired messages came: claim again.
+                continue;
+            }
+            let mut limit = give_up_at - now;
+            if let Some(next) = next_event {
+                limit = limit.min(next);
+            }
+            self.wait_for_notification(limit).await?;
+        }
+    }
+
+    /// Acks every delivery of this queue in one script call per thousand.
+    async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
+        let mut ours = Vec::with_capacity(deliveries.len());
+        let mut foreign = Vec::new();
+        for delivery in deliveries {
+            let member = match delivery.acker().as_any().downcast_ref::<RedisAcker>() {
+                Some(acker) if Arc::ptr_eq(&acker.ctx, &self.ctx) => acker.member.clone(),
+                _ => {
+                    foreign.push(delivery);
+                    continue;
+                }
+            };
+            ours.push((member, delivery));
+        }
+        let mut failed = Vec::new();
+        while !ours.is_empty() {
+            let rest = ours.split_off(ours.len().min(1000));
+            let chunk = std::mem::replace(&mut ours, rest);
+            let mut call = invocation(&SCRIPTS.ack, &self.ctx.keys);
+            for (member, _) in &chunk {
+                call.arg(member.as_ref());
+            }
+            match self.ctx.run(call, "acking").await.and_then(lost_positions) {
+                Ok(lost) => {
+                    let mut lost = lost.into_iter().peekable();
+                    for (i, (_, delivery)) in chunk.into_iter().enumerate() {
+                        if lost.next_if_eq(&(i + 1)).is_some() {
+                            let error = lease_lost(delivery.message());
+                            failed.push(DeliveryError::new(error, delivery));
+                        }
+                    }
+                }
+                Err(e) => failed.extend(
+                    chunk
+                        .into_iter()
+                        .map(|(_, d)| DeliveryError::new(e.clone_kind(), d)),
+                ),
+            }
+        }
+        ack_each(foreign, failed).await
+    }
+}
+
+/// One settle of a delivery, by its lease member.
+#[derive(Debug)]
+pub(crate) enum Settle {
+    Ack(Bytes),
+    /// Member, delay in ms, last error (empty: none).
+    Nack(Bytes, u64, String),
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<bool>>;
+
+/// Single acks and nacks of one consumer's deliveries, gathered while a
+/// script call is in flight: concurrent settles (a worker's failing jobs,
+/// say) cost one round trip per batch, and a lone settle goes at once.
+#[derive(Debug, Default)]
+pub(crate) struct Settler {
+    pending: std::sync::Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    flushing: bool,
+    acks: Vec<(Bytes, Reply)>,
+    nacks: Vec<(Bytes, u64, String, Reply)>,
+}
+
+impl Settler {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Queue `op` on the consumer's settler; `Ok(false)` if the lease was lost.
+async fn settle(ctx: &Arc<QueueCtx>, op: Settle) -> Result<bool> {
+    ctx.shared.check_open()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let start = {
+        let mut pending = ctx.settler.lock();
+        match op {
+            Settle::Ack(member) => pending.acks.push((member, tx)),
+            Settle::Nack(member, delay, error) => pending.nacks.push((member, delay, error, tx)),
+        }
+        !std::mem::replace(&mut pending.flushing, true)
+    };
+    if start {
+        // A task of its own: a settle whose caller goes away still finishes,
+        // and the others waiting on it are answered.
+        tokio::spawn(flush(ctx.clone()));
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Connection,
+            "settling was interrupted (the runtime is shutting down)",
+        ))
+    })
+}
+
+/// Send every pending settle, up to 1000 of a kind per script call, until
+/// none is left.
+async fn flush(ctx: Arc<QueueCtx>) {
+    loop {
+        let (acks, nacks) = {
+            let mut pending = ctx.settler.lock();
+            if pending.acks.is_empty() && pending.nacks.is_empty() {
+                pending.flushing = false;
+                return;
+            }
+            let acks = pending.acks.len().min(1000);
+            let nacks = pending.nacks.len().min(1000);
+            (
+                pending.acks.drain(..acks).collect::<Vec<_>>(),
+                pending.nacks.drain(..nacks).collect::<Vec<_>>(),
+            )
+        };
+        if !acks.is_empty() {
+            let mut call = invocation(&SCRIPTS.ack, &ctx.keys);
+            for (member, _) in &acks {
+                call.arg(member.as_ref());
+            }
+            let result = ctx.run(call, "acking").await.and_then(lost_positions);
+            answer(result, acks.into_iter().map(|(_, reply)| reply));
+        }
+        if !nacks.is_empty() {
+            let mut call = invocation(&SCRIPTS.nack, &ctx.keys);
+            for (member, delay, error, _) in &nacks {
+                call.arg(member.as_ref()).arg(*delay).arg(error.as_str());
+            }
+            let result = ctx.run(call, "nacking").await.and_then(lost_positions);
+            answer(result, nacks.into_iter().map(|(.., reply)| reply));
+        }
+    }
+}
+
+/// Tell each waiting settle whether its lease was held (1-based `lost`
+/// positions were not), or the error of the whole call.
+fn answer(result: Result<Vec<usize>>, replies: impl Iterator<Item = Reply>) {
+    match result {
+        Ok(lost) => {
+            let mut lost = lost.into_iter().peekable();
+            for (i, reply) in replies.enumerate() {
+                let held = lost.next_if_eq(&(i + 1)).is_none();
+                let _ = reply.send(Ok(held));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone_kind()));
+            }
+        }
+    }
+}
+
+/// Dead-letter the message leased as `member`; `LeaseLost` if it is not.
+async fn bury(
+    ctx: &QueueCtx,
+    member: &[u8],
+    reason: &DeadLetterReason,
+    last_error: Option<&str>,
+) -> Result<bool> {
+    let mut call = invocation(&SCRIPTS.bury, &ctx.keys);
+    call.arg(member)
+        .arg(reason.to_string())
+        .arg(last_error.unwrap_or(""));
+    let reply = ctx.run(call, "dead-lettering").await?;
+    Ok(int_of(&reply) == Some(1))
+}
+
+/// Settles one Redis delivery: the lease member (id + token) is the proof
+/// of holding it.
+#[derive(Debug)]
+struct RedisAcker {
+    ctx: Arc<QueueCtx>,
+    member: Bytes,
+}
+
+#[async_trait]
+impl Acker for RedisAcker {
+    async fn ack(&self, message: &Message) -> Result<()> {
+        match settle(&self.ctx, Settle::Ack(self.member.clone())).await? {
+            true => Ok(()),
+            false => Err(lease_lost(message)),
+        }
+    }
+
+    async fn nack(
+        &self,
+        message: &Message,
+        delay: Duration,
+        last_error: Option<&str>,
+    ) -> Result<()> {
+        // The script writes the last error into the stored envelope.
+        let delay = ms_after(delay.min(queue_core::message::MAX_DELAY));
+        let error = last_error.unwrap_or_default().to_owned();
+        match settle(&self.ctx, Settle::Nack(self.member.clone(), delay, error)).await? {
+            true => Ok(()),
+            false => Err(lease_lost(message)),
+        }
+    }
+
+    async fn extend(&mut self, message: &Message, lease: Duration) -> Result<SystemTime> {
+        queue_core::config::check_lease(lease)?;
+        let deadline = SystemTime::now() + lease;
+        let mut call = invocation(&SCRIPTS.extend, &self.ctx.keys);
+        call.arg(self.member.as_ref()).arg(lease.as_millis() as u64);
+        match int_of(&self.ctx.run(call, "extending a lease").await?) {
+            Some(1) => Ok(deadline),
+            _ => Err(lease_lost(message)),
+        }
+    }
+
+    async fn dead_letter(&self, message: &Message, reason: &DeadLetterReason) -> Result<()> {
+        if bury(
+            &self.ctx,
+            &self.member,
+            reason,
+            message.last_error.as_deref(),
+        )
+        .await?
+        {
+            Ok(())
+        } else {
+            Err(lease_lost(message))
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
