@@ -55,6 +55,13 @@ async fn crash_recovery() {
     let tail = queue_core::MessageId::new().as_uuid().simple().to_string();
     let queue = QueueName::new(format!("qt-crash-{}", &tail[16..])).unwrap();
     let done_key = format!("qt-crash-done-{}", &tail[16..]);
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        keys: vec![
+            format!("{}:{{{}}}:*", queue_redis::DEFAULT_PREFIX, queue),
+            done_key.clone(),
+        ],
+    };
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -143,9 +150,29 @@ async fn crash_recovery() {
         .delete_queue(&queue)
         .await
         .expect("delete queue");
-    redis::cmd("DEL")
-        .arg(&done_key)
-        .query_async::<()>(&mut conn)
-        .await
-        .expect("DEL");
+}
+
+/// Removes the test's keys from the shared Redis however the test ends.
+struct Cleanup {
+    url: String,
+    /// Key names or `KEYS` patterns.
+    keys: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        for pattern in &self.keys {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _ = redis::cmd("UNLINK").arg(keys).query::<()>(&mut conn);
+            }
+        }
+    }
 }

@@ -89,6 +89,12 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     reset: bool,
 
+    /// Keep the queue (and its dead letters) on the broker after the run,
+    /// to inspect them. By default a run that got this far deletes it, so
+    /// the next run starts from an empty queue.
+    #[arg(long)]
+    keep: bool,
+
     /// Fail (exit code 1) if the jobs have not all completed or been
     /// dead-lettered within this long: 300, 90s, 5m, 1h.
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_timeout)]
@@ -269,7 +275,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     match backend.admin().stats(&queue).await {
         Ok(before) if before.depth() + before.dead > 0 => bail!(
-            "queue {queue} is not empty ({}); name another with --queue, or pass --reset to delete it first",
+            "queue {queue} is not empty ({}), perhaps left by a run with --keep; name another with --queue, or pass --reset to delete it first",
             describe_counts(&before)
         ),
         // A queue that does not exist yet is created by the first producer.
@@ -337,6 +343,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .stats(&queue)
         .await
         .with_context(|| format!("reading the final counts of queue {queue}"))?;
+    if !args.keep {
+        backend
+            .admin()
+            .delete_queue(&queue)
+            .await
+            .with_context(|| format!("deleting queue {queue} after the run (--keep keeps it)"))?;
+    }
     let _ = backend.close().await;
     if report.returned > 0 {
         bail!(

@@ -5,7 +5,7 @@
 //! sequence), a delayed set by due time, an in-flight set by lease
 //! deadline, the envelopes in a hash, dead letters with their reason. A
 //! `receive` claims a whole batch in one round trip and
-//! [`Consumer::ack_batch`] settles one in another; waiting consumers block
+//! [`Consumer::ack_batch`](queue_core::Consumer::ack_batch) settles one in another; waiting consumers block
 //! on a notification list instead of polling, and any consumer takes back
 //! expired leases, so no separate daemon runs. The key layout and every
 //! script are described in `docs/backends/redis.md`.

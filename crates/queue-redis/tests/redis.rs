@@ -653,3 +653,91 @@ async fn a_deleted_queue_comes_back_with_the_next_send() {
     }
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn concurrent_settles_are_gathered_and_each_gets_its_own_answer() {
+    let Some(f) = Fixture::new("gathered", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let messages: Vec<Message> = (0..300).map(|i| Message::new(format!("{i}"))).collect();
+    producer.send_batch(messages).await.expect("send");
+    // 20 deliveries whose lease runs out and is taken back by a claim: stale.
+    let short = f
+        .backend
+        .consumer(
+            &f.queue,
+            ConsumerOptions::default().with_lease(Duration::from_millis(150)),
+        )
+        .await
+        .expect("consumer");
+    let stale = short
+        .receive(20, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(stale.len(), 20);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the lease is time itself
+    let consumer = f.consumer().await;
+    let mut fresh = Vec::new();
+    while fresh.len() < 300 {
+        fresh.extend(
+            consumer
+                .receive(1000, Duration::from_secs(5))
+                .await
+                .expect("receive"),
+        );
+    }
+    // Settle everything at once: stale and fresh, acks and nacks interleaved.
+    let mut tasks = Vec::new();
+    for (i, d) in fresh.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let id = d.message().id;
+            let ok = if i % 2 == 0 {
+                d.ack().await.is_ok()
+            } else {
+                d.nack_with_error(Duration::from_secs(60), "later")
+                    .await
+                    .is_ok()
+            };
+            (id, i % 2 == 0, ok)
+        }));
+    }
+    for (i, d) in stale.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let id = d.message().id;
+            let result = if i % 2 == 0 {
+                d.ack().await.map_err(|e| e.error.kind())
+            } else {
+                d.nack(Duration::ZERO).await.map_err(|e| e.error.kind())
+            };
+            assert_eq!(result, Err(queue_core::ErrorKind::LeaseLost), "stale {id}");
+            (id, false, false)
+        }));
+    }
+    let mut acked = 0;
+    let mut nacked = 0;
+    for task in tasks {
+        let (_, was_ack, ok) = task.await.expect("task");
+        if ok {
+            if was_ack {
+                acked += 1;
+            } else {
+                nacked += 1;
+            }
+        }
+    }
+    assert_eq!((acked, nacked), (150, 150));
+    let stats = f.backend.admin().stats(&f.queue).await.expect("stats");
+    assert_eq!(
+        (
+            stats.acked_total,
+            stats.delayed,
+            stats.in_flight,
+            stats.ready
+        ),
+        (150, 150, 0, 0),
+        "{stats:?}"
+    );
+    // The nacked ones wait their delay with the error written in.
+    f.cleanup().await;
+}

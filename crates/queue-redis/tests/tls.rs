@@ -102,7 +102,19 @@ async fn start() -> Option<TlsRedis> {
     let dir = std::env::temp_dir().join(format!("queue-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     certificates(&dir);
-    let port = free_port();
+    // A port found free may be taken before the server binds it: try another.
+    for _ in 0..3 {
+        let port = free_port();
+        if let Some(child) = spawn_server(&dir, port).await {
+            return Some(TlsRedis { child, port, dir });
+        }
+    }
+    panic!("the TLS redis-server did not start on three ports");
+}
+
+/// Start redis-server with TLS on `port`; `None` if it exits before it
+/// says it is ready.
+async fn spawn_server(dir: &Path, port: u16) -> Option<tokio::process::Child> {
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let mut child = tokio::process::Command::new("redis-server")
         .args([
@@ -130,7 +142,7 @@ async fn start() -> Option<TlsRedis> {
     // The server says when it listens: wait for that line, not a timer.
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let ready = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read server log") {
+        while let Ok(Some(line)) = lines.next_line().await {
             if line.contains("Ready to accept connections") {
                 return true;
             }
@@ -138,9 +150,12 @@ async fn start() -> Option<TlsRedis> {
         false
     })
     .await;
-    assert_eq!(ready, Ok(true), "the TLS redis-server did not start");
+    if ready != Ok(true) {
+        let _ = child.start_kill();
+        return None;
+    }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some(TlsRedis { child, port, dir })
+    Some(child)
 }
 
 #[tokio::test]

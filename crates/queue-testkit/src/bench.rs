@@ -31,6 +31,8 @@ pub struct Throughput {
 pub struct Latency {
     /// Offered rate, messages per second (sent one at a time).
     pub rate: u64,
+    /// The rate the producer actually kept (a slow send lowers it).
+    pub achieved_rate: f64,
     /// Messages measured.
     pub messages: u64,
     /// Median send-to-receive time, microseconds.
@@ -173,6 +175,7 @@ pub async fn pickup_latency(
     let ticks = total / per_tick;
     let mut interval = tokio::time::interval(Duration::from_millis(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sending = Instant::now();
     for _ in 0..ticks {
         interval.tick().await;
         for _ in 0..per_tick {
@@ -182,6 +185,7 @@ pub async fn pickup_latency(
                 .await?;
         }
     }
+    let sent_for = sending.elapsed();
     done.store(true, AtomicOrdering::Release);
     let sent = ticks * per_tick;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -204,6 +208,7 @@ pub async fn pickup_latency(
     };
     Ok(Latency {
         rate,
+        achieved_rate: (ticks * per_tick) as f64 / sent_for.as_secs_f64(),
         messages: samples.len() as u64,
         p50_us: pick(0.50),
         p99_us: pick(0.99),
@@ -366,6 +371,7 @@ pub async fn worker_pickup_latency(
     let ticks = total / per_tick;
     let mut interval = tokio::time::interval(Duration::from_millis(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sending = Instant::now();
     for _ in 0..ticks {
         interval.tick().await;
         for _ in 0..per_tick {
@@ -375,6 +381,7 @@ pub async fn worker_pickup_latency(
                 .await?;
         }
     }
+    let sent_for = sending.elapsed();
     let sent = ticks * per_tick;
     let deadline = Instant::now() + Duration::from_secs(30);
     while worker.stats().completed < sent && Instant::now() < deadline {
@@ -392,6 +399,7 @@ pub async fn worker_pickup_latency(
     };
     Ok(Latency {
         rate,
+        achieved_rate: (ticks * per_tick) as f64 / sent_for.as_secs_f64(),
         messages: samples.len() as u64,
         p50_us: pick(0.50),
         p99_us: pick(0.99),
