@@ -163,9 +163,10 @@ impl Admin for RedisBackend {
                     moved += count(ctx.ok_reply(ctx.run(call, "redriving").await?)?)?;
                 }
             }
-            _ => {
-                // Everything dead-lettered up to the first call's server
-                // time, in pages; letters that die again meanwhile stay.
+            Redrive::All => {
+                // Everything dead-lettered before the first call (by the
+                // dead-letter sequence), in pages; letters that die again
+                // meanwhile stay.
                 let mut cutoff = Vec::new();
                 loop {
                     let mut call = invocation(&SCRIPTS.redrive, &ctx.keys);
@@ -180,6 +181,11 @@ impl Admin for RedisBackend {
                         break;
                     }
                 }
+            }
+            other => {
+                return Err(queue_core::Error::unsupported(format!(
+                    "redrive {other:?} is not supported by the redis backend"
+                )))
             }
         }
         Ok(moved)

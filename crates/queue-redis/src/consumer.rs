@@ -85,13 +85,12 @@ impl RedisConsumer {
         let took = !out.is_empty() || !undecodable.is_empty() || buried > 0;
         for (member, e) in undecodable {
             tracing::warn!(queue = %self.ctx.name, error = %e, "dead-lettering a message that does not decode");
-            bury(
-                &self.ctx,
-                &member,
-                &DeadLetterReason::Decode,
-                Some(&e.to_string()),
-            )
-            .await?;
+            let reason = DeadLetterReason::Decode;
+            if let Err(failed) = bury(&self.ctx, &member, &reason, Some(&e.to_string())).await {
+                // Its lease runs out and a later claim tries again; the good
+                // deliveries of this claim are still handed out.
+                tracing::warn!(queue = %self.ctx.name, error = %failed, "could not dead-letter an undecodable message");
+            }
         }
         Ok((out, took, next_event))
     }

@@ -741,3 +741,32 @@ async fn concurrent_settles_are_gathered_and_each_gets_its_own_answer() {
     // The nacked ones wait their delay with the error written in.
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_worker_asking_more_than_max_receive_still_works() {
+    let Some(f) = Fixture::new("big-prefetch", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let jobs: Vec<Message> = (0..100u32)
+        .map(|n| queue_core::Job::encode(&n, &queue_core::JobOptions::default()).expect("encode"))
+        .collect();
+    producer.send_batch(jobs).await.expect("send");
+    // Prefetch above the backend's 1,000 per receive: clamped, not refused.
+    let worker = queue_core::Worker::builder(Arc::new(f.backend.clone()), f.queue.clone())
+        .concurrency(3_000)
+        .prefetch(5_000)
+        .handler(|_job: queue_core::Job<u32>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await
+        .expect("start");
+    let mut events = worker.subscribe();
+    while worker.stats().completed < 100 {
+        tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("jobs complete")
+            .expect("event");
+    }
+    worker.shutdown().await.expect("shutdown");
+    f.cleanup().await;
+}
