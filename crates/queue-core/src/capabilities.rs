@@ -197,6 +197,18 @@ impl Capabilities {
         messages.iter().try_for_each(|m| self.check_message(m))
     }
 
+    /// Check the `max` of a `receive`: 1 to `max_receive`, else
+    /// [`ErrorKind::InvalidInput`] naming the range.
+    pub fn check_receive(&self, max: usize) -> Result<()> {
+        if max == 0 || max > self.max_receive {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("receive max must be 1 to {}, got {max}", self.max_receive),
+            ));
+        }
+        Ok(())
+    }
+
     /// The typed error for using `feature` on this backend.
     pub fn unsupported(&self, feature: &str) -> Error {
         Error::new(

@@ -646,12 +646,7 @@ impl Consumer for MemoryConsumer {
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        if max == 0 || max > MAX_RECEIVE {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("receive max must be 1 to {MAX_RECEIVE}, got {max}"),
-            ));
-        }
+        self.shared.capabilities.check_receive(max)?;
         let give_up_at = Instant::now() + wait;
         loop {
             let notified = self.queue.notify.notified();

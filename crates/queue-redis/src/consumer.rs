@@ -16,7 +16,6 @@ use redis::Value;
 use crate::backend::Shared;
 use crate::error::{lease_lost, unexpected};
 use crate::scripts::{int_of, invocation, lost_positions, ms_after, QueueCtx, NOTIFY, SCRIPTS};
-use crate::MAX_RECEIVE;
 
 /// Receives from one Redis queue.
 #[derive(Debug)]
@@ -141,12 +140,7 @@ impl Consumer for RedisConsumer {
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        if max == 0 || max > MAX_RECEIVE {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("receive max must be 1 to {MAX_RECEIVE}, got {max}"),
-            ));
-        }
+        self.ctx.shared.capabilities.check_receive(max)?;
         let give_up_at = tokio::time::Instant::now() + wait;
         loop {
             let (batch, took, next_event) = self.claim(max).await?;

@@ -170,24 +170,11 @@ pub async fn pickup_latency(
         }));
     }
     let producer = backend.producer(queue).await?;
-    // Send in 1 ms ticks (the timer's resolution), spreading each tick's share.
-    let per_tick = (rate / 1000).max(1);
-    let ticks = total / per_tick;
-    let mut interval = tokio::time::interval(Duration::from_millis(1));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let sending = Instant::now();
-    for _ in 0..ticks {
-        interval.tick().await;
-        for _ in 0..per_tick {
-            let now = base.elapsed().as_nanos() as u64;
-            producer
-                .send(Message::new(now.to_be_bytes().to_vec()))
-                .await?;
-        }
-    }
-    let sent_for = sending.elapsed();
+    let (sent, sent_for) = offer(&*producer, rate, duration, base, |now| {
+        Ok(Message::new(now.to_be_bytes().to_vec()))
+    })
+    .await?;
     done.store(true, AtomicOrdering::Release);
-    let sent = ticks * per_tick;
     let deadline = Instant::now() + Duration::from_secs(30);
     while received.load(AtomicOrdering::Acquire) < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -197,23 +184,84 @@ pub async fn pickup_latency(
         task.await
             .map_err(|e| queue_core::Error::new(queue_core::ErrorKind::Other, e.to_string()))??;
     }
-    let mut samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
-    samples.sort_unstable();
-    let pick = |q: f64| -> f64 {
-        if samples.is_empty() {
-            return f64::NAN;
+    let samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    Ok(Latency::of(rate, sent, sent_for, samples))
+}
+
+impl Latency {
+    /// Percentiles of `samples` (nanoseconds) for `sent` messages offered at
+    /// `rate` over `sent_for`.
+    fn of(rate: u64, sent: u64, sent_for: Duration, mut samples: Vec<u64>) -> Latency {
+        samples.sort_unstable();
+        let pick = |q: f64| -> f64 {
+            if samples.is_empty() {
+                return f64::NAN;
+            }
+            let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples[index] as f64 / 1000.0
+        };
+        Latency {
+            rate,
+            achieved_rate: sent as f64 / sent_for.as_secs_f64(),
+            messages: samples.len() as u64,
+            p50_us: pick(0.50),
+            p99_us: pick(0.99),
+            max_us: pick(1.0),
         }
-        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples[index] as f64 / 1000.0
-    };
-    Ok(Latency {
-        rate,
-        achieved_rate: (ticks * per_tick) as f64 / sent_for.as_secs_f64(),
-        messages: samples.len() as u64,
-        p50_us: pick(0.50),
-        p99_us: pick(0.99),
-        max_us: pick(1.0),
-    })
+    }
+}
+
+/// Send `rate` messages per second one at a time for `duration`, each made
+/// by `make` from the nanoseconds since `base`; returns how many
+/// were sent and how long sending took. Sends go in 1 ms ticks (the
+/// timer's resolution), spreading each tick's share.
+async fn offer(
+    producer: &dyn queue_core::Producer,
+    rate: u64,
+    duration: Duration,
+    base: Instant,
+    make: impl Fn(u64) -> queue_core::Result<Message>,
+) -> queue_core::Result<(u64, Duration)> {
+    let total = (rate as f64 * duration.as_secs_f64()) as u64;
+    let per_tick = (rate / 1000).max(1);
+    let ticks = total / per_tick;
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sending = Instant::now();
+    for _ in 0..ticks {
+        interval.tick().await;
+        for _ in 0..per_tick {
+            producer
+                .send(make(base.elapsed().as_nanos() as u64)?)
+                .await?;
+        }
+    }
+    Ok((ticks * per_tick, sending.elapsed()))
+}
+
+/// Start a worker with a no-op handler for jobs of type `T` and wait until
+/// it has completed `jobs`; returns the seconds from start to then.
+async fn time_noop_worker<T: serde::de::DeserializeOwned + Send + 'static>(
+    backend: Arc<dyn Backend>,
+    queue: &QueueName,
+    jobs: u64,
+    concurrency: usize,
+) -> queue_core::Result<f64> {
+    let started = Instant::now();
+    let worker = queue_core::Worker::builder(backend, queue.clone())
+        .concurrency(concurrency)
+        .prefetch(concurrency)
+        .depth_interval(None)
+        .handler(|_job: queue_core::Job<T>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await?;
+    // A benchmark harness may watch a counter: nothing here is under test.
+    while worker.stats().completed < jobs {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    worker.shutdown().await?;
+    Ok(seconds)
 }
 
 /// Jobs through the worker pool.
@@ -247,19 +295,7 @@ pub async fn worker_throughput(
         producer.send_batch(batch).await?;
         sent += n;
     }
-    let started = Instant::now();
-    let worker = queue_core::Worker::builder(backend.clone(), queue.clone())
-        .concurrency(concurrency)
-        .prefetch(concurrency)
-        .handler(|_job: queue_core::Job<u64>| async { Ok::<_, std::io::Error>(()) })
-        .start()
-        .await?;
-    // A benchmark harness may watch a counter: nothing here is under test.
-    while worker.stats().completed < jobs {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    worker.shutdown().await?;
+    let seconds = time_noop_worker::<u64>(backend, queue, jobs, concurrency).await?;
     Ok(WorkerThroughput {
         jobs,
         concurrency,
@@ -313,20 +349,7 @@ pub async fn worker_run(
         sent += n;
     }
     let enqueue_seconds = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let worker = queue_core::Worker::builder(backend.clone(), queue.clone())
-        .concurrency(concurrency)
-        .prefetch(concurrency)
-        .depth_interval(None)
-        .handler(|_job: queue_core::Job<String>| async { Ok::<_, std::io::Error>(()) })
-        .start()
-        .await?;
-    // A benchmark harness may watch a counter: nothing here is under test.
-    while worker.stats().completed < jobs {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let process_seconds = started.elapsed().as_secs_f64();
-    worker.shutdown().await?;
+    let process_seconds = time_noop_worker::<String>(backend, queue, jobs, concurrency).await?;
     Ok(WorkerRun {
         jobs,
         payload_bytes,
@@ -366,45 +389,17 @@ pub async fn worker_pickup_latency(
         .await?;
     let producer = backend.producer(queue).await?;
     let options = queue_core::JobOptions::default();
-    let total = (rate as f64 * duration.as_secs_f64()) as u64;
-    let per_tick = (rate / 1000).max(1);
-    let ticks = total / per_tick;
-    let mut interval = tokio::time::interval(Duration::from_millis(1));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let sending = Instant::now();
-    for _ in 0..ticks {
-        interval.tick().await;
-        for _ in 0..per_tick {
-            let now = base.elapsed().as_nanos() as u64;
-            producer
-                .send(queue_core::Job::encode(&now, &options)?)
-                .await?;
-        }
-    }
-    let sent_for = sending.elapsed();
-    let sent = ticks * per_tick;
+    let (sent, sent_for) = offer(&*producer, rate, duration, base, |now| {
+        queue_core::Job::encode(&now, &options)
+    })
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while worker.stats().completed < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     worker.shutdown().await?;
-    let mut samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
-    samples.sort_unstable();
-    let pick = |q: f64| -> f64 {
-        if samples.is_empty() {
-            return f64::NAN;
-        }
-        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples[index] as f64 / 1000.0
-    };
-    Ok(Latency {
-        rate,
-        achieved_rate: (ticks * per_tick) as f64 / sent_for.as_secs_f64(),
-        messages: samples.len() as u64,
-        p50_us: pick(0.50),
-        p99_us: pick(0.99),
-        max_us: pick(1.0),
-    })
+    let samples = std::mem::take(&mut *samples.lock().expect("samples lock"));
+    Ok(Latency::of(rate, sent, sent_for, samples))
 }
 
 /// Run a benchmark body on the runtime every benchmark uses: tokio's
