@@ -486,7 +486,8 @@ pub fn check_lease(lease: Duration) -> Result<()> {
     })
 }
 
-pub(crate) fn validate_lease(d: &Duration) -> Result<(), ValidationError> {
+/// `validator` check of a lease (100ms to 12h), for settings structs.
+pub fn validate_lease(d: &Duration) -> Result<(), ValidationError> {
     duration_in(d, MIN_LEASE, MAX_LEASE, "lease_range")
 }
 

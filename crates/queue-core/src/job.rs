@@ -395,7 +395,7 @@ impl<T: DeserializeOwned> Job<T> {
 }
 
 /// The backoff a job set for itself (header `queue-backoff`), if valid.
-pub(crate) fn backoff_of(message: &Message) -> Option<BackoffPolicy> {
+pub fn backoff_of(message: &Message) -> Option<BackoffPolicy> {
     message
         .headers
         .get(HEADER_BACKOFF)

@@ -25,35 +25,22 @@ pub mod capabilities;
 pub mod config;
 pub mod envelope;
 pub mod error;
-pub mod events;
 pub mod job;
-pub mod manager;
 pub mod memory;
 pub mod message;
-#[cfg(feature = "prometheus")]
-pub mod prometheus;
-pub mod scheduler;
 pub mod stats;
 pub mod store;
 pub mod trace;
 pub mod traits;
-pub mod worker;
 
 pub use capabilities::{Capabilities, Ordering, Support};
 pub use config::{BackendKind, QueueConfig, SecretUrl};
 pub use error::{BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
-pub use events::{EventBus, EventStream, JobEvent, JobEventKind};
 pub use job::{BackoffPolicy, Job, JobOptions, JobStatus};
-pub use manager::{ManagedQueueStats, ManagerHealth, QueueManager, QueueManagerBuilder};
 pub use memory::MemoryBackend;
 pub use message::{Headers, Message, MessageId, Priority, QueueName};
-pub use scheduler::JobScheduler;
 pub use stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
 };
 pub use store::{JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore, RetentionPolicy};
 pub use traits::{Acker, Admin, Backend, Consumer, Delivery, DeliveryError, Producer, ProducerExt};
-pub use worker::{
-    ShutdownReport, Worker, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerStats,
-    WorkerWithHandler,
-};

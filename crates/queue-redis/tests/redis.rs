@@ -481,7 +481,7 @@ async fn a_manager_and_a_worker_elsewhere_share_job_status_through_redis() {
     let namespace = f.queue.as_str().to_owned();
     // The submitting side: a manager whose job store is in Redis.
     let submit_side: Arc<dyn Backend> = Arc::new(f.backend.clone());
-    let manager = queue_core::QueueManager::builder()
+    let manager = queue_worker::QueueManager::builder()
         .backend("redis", submit_side)
         .job_store(Arc::new(
             f.backend
@@ -512,7 +512,7 @@ async fn a_manager_and_a_worker_elsewhere_share_job_status_through_redis() {
             .with_namespace(&namespace)
             .expect("ns"),
     );
-    let scheduler = queue_core::JobScheduler::new(Arc::new(work_backend.clone()), store.clone());
+    let scheduler = queue_worker::JobScheduler::new(Arc::new(work_backend.clone()), store.clone());
     let worker = scheduler
         .worker(f.queue.clone())
         .handler(
@@ -753,7 +753,7 @@ async fn a_worker_asking_more_than_max_receive_still_works() {
         .collect();
     producer.send_batch(jobs).await.expect("send");
     // Prefetch above the backend's 1,000 per receive: clamped, not refused.
-    let worker = queue_core::Worker::builder(Arc::new(f.backend.clone()), f.queue.clone())
+    let worker = queue_worker::Worker::builder(Arc::new(f.backend.clone()), f.queue.clone())
         .concurrency(3_000)
         .prefetch(5_000)
         .handler(|_job: queue_core::Job<u32>| async { Ok::<_, std::io::Error>(()) })

@@ -248,7 +248,7 @@ async fn time_noop_worker<T: serde::de::DeserializeOwned + Send + 'static>(
     concurrency: usize,
 ) -> queue_core::Result<f64> {
     let started = Instant::now();
-    let worker = queue_core::Worker::builder(backend, queue.clone())
+    let worker = queue_worker::Worker::builder(backend, queue.clone())
         .concurrency(concurrency)
         .prefetch(concurrency)
         .depth_interval(None)
@@ -373,7 +373,7 @@ pub async fn worker_pickup_latency(
     let base = Instant::now();
     let samples: Arc<Mutex<Vec<u64>>> = Arc::default();
     let recorded = samples.clone();
-    let worker = queue_core::Worker::builder(backend.clone(), queue.clone())
+    let worker = queue_worker::Worker::builder(backend.clone(), queue.clone())
         .concurrency(concurrency)
         .prefetch(concurrency)
         .depth_interval(None)

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use queue_core::trace::{self, TraceContext};
 use queue_core::{
-    envelope, Backend, BackoffPolicy, Consumer, DeadLetterReason, Delivery, ErrorKind, EventStream,
-    Job, JobOptions, JobScheduler, JobStatus, JobStore, MemoryJobStore, Message, MessageId,
-    Ordering, Priority, Producer, QueueName, QueueOptions, Redrive, Result, Worker,
+    envelope, Backend, BackoffPolicy, Consumer, DeadLetterReason, Delivery, ErrorKind, Job,
+    JobOptions, JobStatus, JobStore, MemoryJobStore, Message, MessageId, Ordering, Priority,
+    Producer, QueueName, QueueOptions, Redrive, Result,
 };
+use queue_worker::{EventStream, JobScheduler, Worker};
 
 use crate::harness::{receive_n, Ctx};
 

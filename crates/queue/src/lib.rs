@@ -10,6 +10,11 @@
 use std::sync::Arc;
 
 pub use queue_core::*;
+pub use queue_worker::*;
+
+/// The Prometheus exporter ([`prometheus::PrometheusExporter`]).
+#[cfg(feature = "prometheus")]
+pub use queue_prometheus as prometheus;
 
 /// The Redis backend ([`redis::RedisBackend`], [`redis::RedisJobStore`]).
 #[cfg(feature = "redis")]

@@ -12,8 +12,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queue_core::{Backend, Job, QueueName, Worker};
+use queue_core::{Backend, Job, QueueName};
 use queue_redis::RedisBackend;
+use queue_worker::Worker;
 use tokio::io::AsyncReadExt;
 
 #[tokio::main]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::message::{MessageId, QueueName};
+use queue_core::message::{MessageId, QueueName};
 
 /// What happened to a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

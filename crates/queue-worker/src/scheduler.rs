@@ -1,7 +1,8 @@
 //! The job scheduler: submits typed jobs and tracks their status.
 //!
 //! ```
-//! use queue_core::{Job, JobOptions, JobScheduler, JobStatus, MemoryBackend, MemoryJobStore, QueueName};
+//! use queue_core::{Job, JobOptions, JobStatus, MemoryBackend, MemoryJobStore, QueueName};
+//! use queue_worker::JobScheduler;
 //! use std::sync::Arc;
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> queue_core::Result<()> {
@@ -29,13 +30,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::error::Result;
 use crate::events::{EventBus, JobEvent, JobEventKind};
-use crate::job::{Job, JobOptions};
-use crate::message::{MessageId, QueueName};
-use crate::store::{JobRecord, JobStats, JobStore, JobUpdate, RetentionPolicy};
-use crate::traits::{Backend, Producer};
 use crate::worker::{Worker, WorkerBuilder};
+use queue_core::error::Result;
+use queue_core::job::{Job, JobOptions};
+use queue_core::message::{MessageId, QueueName};
+use queue_core::store::{JobRecord, JobStats, JobStore, JobUpdate, RetentionPolicy};
+use queue_core::traits::{Backend, Producer};
 
 /// Submits jobs to one backend and tracks them in a [`JobStore`].
 pub struct JobScheduler {

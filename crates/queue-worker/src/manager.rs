@@ -3,7 +3,8 @@
 //! one event stream.
 //!
 //! ```
-//! use queue_core::{Job, JobOptions, MemoryBackend, Message, QueueManager, QueueName};
+//! use queue_core::{Job, JobOptions, MemoryBackend, Message, QueueName};
+//! use queue_worker::QueueManager;
 //! use std::sync::Arc;
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> queue_core::Result<()> {
@@ -27,15 +28,15 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::error::{Error, ErrorKind, Result};
 use crate::events::{EventBus, EventStream};
-use crate::job::JobOptions;
-use crate::message::{Message, MessageId, QueueName};
 use crate::scheduler::JobScheduler;
-use crate::stats::{HealthStatus, QueueStats};
-use crate::store::{JobRecord, JobStats, JobStore, MemoryJobStore, RetentionPolicy};
-use crate::traits::Backend;
 use crate::worker::{ShutdownReport, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerWithHandler};
+use queue_core::error::{Error, ErrorKind, Result};
+use queue_core::job::JobOptions;
+use queue_core::message::{Message, MessageId, QueueName};
+use queue_core::stats::{HealthStatus, QueueStats};
+use queue_core::store::{JobRecord, JobStats, JobStore, MemoryJobStore, RetentionPolicy};
+use queue_core::traits::Backend;
 
 /// Builds a [`QueueManager`].
 #[must_use]
@@ -360,8 +361,8 @@ impl QueueManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::Job;
-    use crate::memory::MemoryBackend;
+    use queue_core::job::Job;
+    use queue_core::memory::MemoryBackend;
 
     #[test]
     fn routes_and_defaults_are_checked() {
@@ -401,7 +402,8 @@ mod tests {
             .submit(&reports, &21u32, &JobOptions::default())
             .await
             .unwrap();
-        while manager.status(id).await.unwrap().unwrap().status != crate::JobStatus::Completed {
+        while manager.status(id).await.unwrap().unwrap().status != queue_core::JobStatus::Completed
+        {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
                 .await
                 .expect("an event within 5 s");
@@ -411,13 +413,15 @@ mod tests {
         let health = manager.health().await;
         assert!(health.healthy && health.workers.len() == 1 && health.backends.len() == 2);
         // The job ran on the routed backend.
-        let on_bulk = crate::traits::Admin::stats(&*bulk, &reports).await.unwrap();
+        let on_bulk = queue_core::traits::Admin::stats(&*bulk, &reports)
+            .await
+            .unwrap();
         assert_eq!(on_bulk.enqueued_total, 1);
         let stats = manager.stats().await.unwrap();
         assert_eq!(stats.len(), 1);
         assert_eq!(stats[0].backend, "bulk");
         // Messages are checked against the routed backend's table before sending.
-        let too_big = Message::new(vec![0u8; crate::memory::DEFAULT_MAX_PAYLOAD + 1]);
+        let too_big = Message::new(vec![0u8; queue_core::memory::DEFAULT_MAX_PAYLOAD + 1]);
         let err = manager.send(&reports, too_big).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
         let reports = manager.shutdown().await.unwrap();

@@ -1,11 +1,12 @@
-//! A Prometheus exporter for the `metrics` facade (feature `prometheus`).
+//! A Prometheus exporter for the `metrics` facade (umbrella feature
+//! `prometheus`, re-exported as `queue::prometheus`).
 //!
 //! The worker reports through the [`metrics`] facade, so any recorder
 //! works; this one is built in, small, and needs no extra dependencies:
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> queue_core::Result<()> {
-//! let exporter = queue_core::prometheus::PrometheusExporter::install()?;
+//! let exporter = queue_prometheus::PrometheusExporter::install()?;
 //! exporter.serve("127.0.0.1:9464".parse().unwrap()).await?; // GET /metrics
 //! // ... start workers after installing, so they register with it.
 //! # Ok(()) }
@@ -15,6 +16,14 @@
 //! (completed, failed, retried, dead_lettered, cancelled),
 //! `queue_job_pickup_seconds{queue}` and `queue_job_run_seconds{queue}`
 //! (histograms), `queue_jobs_in_flight{queue}` (gauge).
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,7 +37,7 @@ use metrics::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::error::{Error, ErrorKind, Result};
+use queue_core::error::{Error, ErrorKind, Result};
 
 /// Histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [

@@ -1,12 +1,12 @@
 //! The Prometheus exporter sees the worker's metrics (its own process: the
 //! recorder is global).
-#![cfg(feature = "prometheus")]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use queue_core::prometheus::PrometheusExporter;
-use queue_core::{Backend, Job, JobOptions, MemoryBackend, QueueName, Worker};
+use queue_core::{Backend, Job, JobOptions, MemoryBackend, QueueName};
+use queue_prometheus::PrometheusExporter;
+use queue_worker::Worker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,98 @@
+//! Queue administration of the memory backend.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::backend::MemoryBackend;
+use super::state::lock;
+use crate::error::Result;
+use crate::message::QueueName;
+use crate::stats::{DeadLetter, HealthStatus, QueueOptions, QueueStats, Redrive};
+use crate::traits::Admin;
+
+#[async_trait]
+impl Admin for MemoryBackend {
+    async fn ensure_queue(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+        options.check()?;
+        self.shared.queue(queue, Some(options)).map(drop)
+    }
+
+    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+        self.shared.check_open()?;
+        let removed = lock(&self.shared.queues).remove(queue);
+        if let Some(removed) = removed {
+            lock(&removed.state).deleted = true;
+            removed.wake_all();
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &QueueName) -> Result<u64> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        let removed = state.depth();
+        state.ready.iter_mut().for_each(VecDeque::clear);
+        state.delayed.clear();
+        state.in_flight.clear();
+        state.leases.clear();
+        Ok(removed)
+    }
+
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        let sys_now = SystemTime::now();
+        state.maintain(sys_now, Instant::now());
+        state.sweep_expired(sys_now);
+        let mut stats = state.stats;
+        stats.ready = state.ready.iter().map(VecDeque::len).sum::<usize>() as u64;
+        stats.delayed = state.delayed.len() as u64;
+        stats.in_flight = state.in_flight.len() as u64;
+        stats.dead = state.dead.len() as u64;
+        // Maintenance may have made messages ready.
+        queue.unlock(state);
+        Ok(stats)
+    }
+
+    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        state.sweep_expired(SystemTime::now());
+        Ok(state.dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        let dead = std::mem::take(&mut state.dead);
+        let (moved, kept): (VecDeque<_>, VecDeque<_>) =
+            dead.into_iter().partition(|d| match &which {
+                Redrive::All => true,
+                Redrive::Ids(ids) => ids.contains(&d.message.id),
+            });
+        state.dead = kept;
+        let sys_now = SystemTime::now();
+        let now = Instant::now();
+        let count = moved.len() as u64;
+        for dead_letter in moved {
+            let mut message = dead_letter.message;
+            message.attempt = 1;
+            message.not_before = None;
+            message.expires_at = None;
+            state.enqueue(message, sys_now, now);
+        }
+        queue.unlock(state);
+        Ok(count)
+    }
+
+    async fn health(&self) -> HealthStatus {
+        let started = std::time::Instant::now();
+        match self.shared.check_open() {
+            Ok(()) => HealthStatus::healthy("memory", started.elapsed()),
+            Err(e) => HealthStatus::unhealthy("memory", started.elapsed(), &e),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! [`MemoryBackend`]: the queues of one process, capabilities and close.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::config::Settings;
+use super::consumer::{LocalQueue, MemoryConsumer};
+use super::producer::MemoryProducer;
+use super::state::{lock, MemQueue, State};
+use super::MAX_RECEIVE;
+use crate::capabilities::{Capabilities, Ordering, Support};
+use crate::config::QueueConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::QueueName;
+use crate::stats::{ConsumerOptions, QueueOptions};
+use crate::traits::{Admin, Backend, Consumer, Producer};
+use tokio::sync::Notify;
+
+/// The embedded backend. Clones share the same queues.
+#[derive(Clone, Debug)]
+pub struct MemoryBackend {
+    pub(super) shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) capabilities: Capabilities,
+    pub(super) lease: Duration,
+    pub(super) queues: Mutex<HashMap<QueueName, Arc<MemQueue>>>,
+    pub(super) closed: AtomicBool,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::new()
+    }
+}
+
+impl MemoryBackend {
+    /// A backend with default settings.
+    pub fn new() -> Self {
+        MemoryBackend::build(Settings::default())
+    }
+
+    /// A backend from a `memory://` config (`max_payload`, `idempotency_window`
+    /// and `lease` apply; any other parameter is an error naming it).
+    pub fn from_config(config: &QueueConfig) -> Result<Self> {
+        Ok(MemoryBackend::build(Settings::from_config(config)?))
+    }
+
+    fn build(settings: Settings) -> Self {
+        let Settings {
+            max_payload,
+            idempotency_window,
+            lease,
+        } = settings;
+        MemoryBackend {
+            shared: Arc::new(Shared {
+                capabilities: Capabilities {
+                    backend: "memory",
+                    priority: Support::Native,
+                    delay: Support::Native,
+                    ttl: Support::Native,
+                    dead_letter: Support::Native,
+                    redrive: Support::Native,
+                    idempotency: Support::Native,
+                    lease_extension: Support::Native,
+                    max_length: Support::Native,
+                    purge: Support::Native,
+                    exact_stats: true,
+                    detects_lease_lost: true,
+                    ordering: Ordering::FifoPerPriority,
+                    max_payload,
+                    max_native_delay: None,
+                    max_batch: 10_000,
+                    max_receive: MAX_RECEIVE,
+                    idempotency_window: Some(idempotency_window),
+                },
+                lease,
+                queues: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A producer with its concrete type.
+    pub fn memory_producer(&self, queue: &QueueName) -> Result<MemoryProducer> {
+        Ok(MemoryProducer {
+            queue: self.shared.queue(queue, None)?,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// A consumer with its concrete type.
+    pub fn memory_consumer(
+        &self,
+        queue: &QueueName,
+        options: ConsumerOptions,
+    ) -> Result<MemoryConsumer> {
+        options.check()?;
+        let queue = self.shared.queue(queue, None)?;
+        let name = QueueName::new(queue.name.as_str())?;
+        Ok(MemoryConsumer {
+            local: Arc::new(LocalQueue {
+                queue: queue.clone(),
+                name,
+            }),
+            queue,
+            lease: options.lease.unwrap_or(self.shared.lease),
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+impl Shared {
+    pub(super) fn check_open(&self) -> Result<()> {
+        if self.closed.load(AtomicOrdering::Acquire) {
+            return Err(Error::closed("the memory backend"));
+        }
+        Ok(())
+    }
+
+    /// The queue `name`, created with `options` (or defaults) if missing.
+    pub(super) fn queue(
+        &self,
+        name: &QueueName,
+        options: Option<&QueueOptions>,
+    ) -> Result<Arc<MemQueue>> {
+        self.check_open()?;
+        let mut queues = lock(&self.queues);
+        let queue = queues.entry(name.clone()).or_insert_with(|| {
+            Arc::new(MemQueue {
+                name: name.clone(),
+                state: Mutex::new(State::default()),
+                notify: Notify::new(),
+                idempotency_window: self
+                    .capabilities
+                    .idempotency_window
+                    .unwrap_or(Duration::from_secs(300)),
+            })
+        });
+        if let Some(options) = options {
+            lock(&queue.state).options = options.clone();
+        }
+        Ok(queue.clone())
+    }
+
+    pub(super) fn existing(&self, name: &QueueName) -> Result<Arc<MemQueue>> {
+        self.check_open()?;
+        lock(&self.queues).get(name).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("queue {name:?} does not exist"),
+            )
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn capabilities(&self) -> &Capabilities {
+        &self.shared.capabilities
+    }
+
+    async fn producer(&self, queue: &QueueName) -> Result<Box<dyn Producer>> {
+        Ok(Box::new(self.memory_producer(queue)?))
+    }
+
+    async fn consumer(
+        &self,
+        queue: &QueueName,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>> {
+        Ok(Box::new(self.memory_consumer(queue, options)?))
+    }
+
+    fn admin(&self) -> &dyn Admin {
+        self
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.closed.store(true, AtomicOrdering::Release);
+        for queue in lock(&self.shared.queues).values() {
+            queue.wake_all();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+//! The runtime of the `queue` workspace, over any backend of `queue-core`:
+//!
+//! - [`Worker`]: a pool that runs a handler for every job of a queue, with
+//!   retries and backoff, timeouts that cancel, lease extension, panic
+//!   isolation, graceful shutdown, tracing spans and metrics.
+//! - [`JobScheduler`]: submits typed jobs and tracks their status in a
+//!   [`JobStore`](queue_core::JobStore).
+//! - [`QueueManager`]: several named backends at once, routing, health,
+//!   aggregated stats and one event stream.
+//! - [`EventBus`]: lifecycle events of jobs ([`JobEvent`]).
+//!
+//! Backend crates depend on `queue-core` only; this crate depends on the
+//! contract, never on a backend. Most users depend on the umbrella crate
+//! `queue`, which re-exports it. `docs/worker.md` describes the runtime.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+pub mod events;
+pub mod manager;
+pub mod scheduler;
+pub mod worker;
+
+pub use events::{EventBus, EventStream, JobEvent, JobEventKind};
+pub use manager::{ManagedQueueStats, ManagerHealth, QueueManager, QueueManagerBuilder};
+pub use scheduler::JobScheduler;
+pub use worker::{
+    ShutdownReport, Worker, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerStats,
+    WorkerWithHandler,
+};

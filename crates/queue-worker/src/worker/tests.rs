@@ -1,0 +1,189 @@
+//! Unit tests of the worker runtime on the memory backend.
+
+use super::*;
+use queue_core::job::JobOptions;
+use queue_core::memory::MemoryBackend;
+use queue_core::stats::DeadLetterReason;
+use queue_core::traits::Producer;
+
+async fn send(backend: &MemoryBackend, queue: &QueueName, payload: &str, options: &JobOptions) {
+    let producer = backend.memory_producer(queue).unwrap();
+    producer
+        .send(Job::encode(&payload.to_owned(), options).unwrap())
+        .await
+        .unwrap();
+}
+
+async fn until(handle: &WorkerHandle, done: impl Fn(WorkerStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut events = handle.subscribe();
+    while !done(handle.stats()) {
+        assert!(Instant::now() < deadline, "timed out: {:?}", handle.stats());
+        let _ = tokio::time::timeout(Duration::from_millis(50), events.recv()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_actions_survive_anyhow_and_are_applied() {
+    let backend = MemoryBackend::new();
+    let queue = QueueName::new("actions").unwrap();
+    let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+        .handler(|job: Job<String>| async move {
+            match job.payload.as_str() {
+                "permanent" => Err(anyhow::Error::from(HandlerError::permanent("bad input"))),
+                "cancel" => Err(HandlerError::cancel("no longer wanted").into()),
+                "later" if job.attempt == 1 => Err(anyhow::Error::from(HandlerError::retry_after(
+                    "busy",
+                    Duration::from_millis(300),
+                ))),
+                _ => Ok(job.attempt),
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let options = JobOptions::default().with_max_retries(5);
+    for payload in ["permanent", "cancel", "later"] {
+        send(&backend, &queue, payload, &options).await;
+    }
+    let started = Instant::now();
+    until(&handle, |s| {
+        s.completed == 1 && s.dead_lettered == 1 && s.cancelled == 1 && s.in_flight == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "retry_after was honoured"
+    );
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.failed, stats.retried, stats.in_flight),
+        (2, 1, 0),
+        "{stats:?}"
+    );
+    handle.shutdown().await.unwrap();
+    let dead = queue_core::traits::Admin::dead_letters(&backend, &queue, 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].reason,
+        DeadLetterReason::Rejected("bad input".into())
+    );
+    assert_eq!(dead[0].attempts, 1, "a permanent failure is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_before_the_handler_awaits_fails_only_that_attempt() {
+    let backend = MemoryBackend::new();
+    let queue = QueueName::new("sync-panic").unwrap();
+    let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+        .retry(BackoffPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+            multiplier: 1.0,
+            jitter: false,
+        })
+        .handler(|job: Job<String>| {
+            // Synchronous code of the handler, before its future exists.
+            assert!(
+                job.attempt > 1 || job.payload != "sync",
+                "boom before the future"
+            );
+            async { Ok::<_, std::io::Error>(()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    send(&backend, &queue, "sync", &JobOptions::default()).await;
+    send(&backend, &queue, "fine", &JobOptions::default()).await;
+    until(&handle, |s| s.completed == 2 && s.in_flight == 0).await;
+    let stats = handle.stats();
+    assert_eq!(
+        (stats.failed, stats.retried, stats.in_flight),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    assert!(handle.health().healthy);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_fetch_reports_unhealthy() {
+    let backend = MemoryBackend::new();
+    let queue = QueueName::new("liveness").unwrap();
+    let handle = Worker::builder(Arc::new(backend.clone()), queue)
+        .liveness_timeout(Duration::from_millis(200))
+        .poll_wait(Duration::from_millis(50))
+        .handler(|_job: Job<String>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(handle.health().healthy, "{:?}", handle.health());
+    queue_core::traits::Backend::close(&backend).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = handle.health();
+    assert!(!health.healthy, "{health:?}");
+    assert!(health.last_error.unwrap_or_default().contains("closed"));
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_name_the_field() {
+    let backend = Arc::new(MemoryBackend::new());
+    let err = Worker::builder(backend.clone(), QueueName::new("bad").unwrap())
+        .poll_wait(Duration::ZERO)
+        .timeout(Duration::MAX)
+        .handler(|_job: Job<String>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("poll_wait: must be between 1ms"),
+        "{err}"
+    );
+    assert!(
+        err.message()
+            .contains("timeout: must be between 1ms and 24h"),
+        "{err}"
+    );
+    let err = Worker::builder(backend, QueueName::new("bad").unwrap())
+        .concurrency(0)
+        .handler(|_job: Job<String>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(
+        err.message().contains("concurrency: must be 1 to 10000"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_jobs_get_their_lease_extended() {
+    let backend = MemoryBackend::new();
+    let queue = QueueName::new("extend").unwrap();
+    let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+        .lease(Duration::from_secs(1))
+        .handler(|_job: Job<String>| async {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .start()
+        .await
+        .unwrap();
+    send(&backend, &queue, "long", &JobOptions::default()).await;
+    until(&handle, |s| s.completed == 1).await;
+    let stats = handle.stats();
+    handle.shutdown().await.unwrap();
+    assert_eq!(
+        stats.started, 1,
+        "never redelivered while running: {stats:?}"
+    );
+    let q = queue_core::traits::Admin::stats(&backend, &queue)
+        .await
+        .unwrap();
+    assert_eq!((q.retried_total, q.acked_total), (0, 1), "{q:?}");
+}
