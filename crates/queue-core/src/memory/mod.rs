@@ -4,7 +4,7 @@
 //! Each queue is one mutex-guarded state: four FIFO lists (one per priority),
 //! a delay index ordered by due time, an in-flight index ordered by lease
 //! deadline, dead letters and an idempotency window. Waiting consumers sleep
-//! on a [`Notify`] and a timer set to the next due message or lease
+//! on a [`Notify`](tokio::sync::Notify) and a timer set to the next due message or lease
 //! deadline, so nothing polls.
 //!
 //! ```
