@@ -1,4 +1,9 @@
 //! What a backend can do: the capability table.
+//!
+//! A backend with modes (AMQP classic or quorum queues, SQS standard or
+//! FIFO queues) returns the table of the mode its URL chose; `mode` names
+//! it. `docs/capabilities.md` has one column per backend and mode,
+//! generated from these tables and checked against them by tests.
 
 use std::fmt;
 use std::time::Duration;
@@ -6,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::{Message, Priority};
+use crate::message::{is_reserved_header, Message, Priority, MAX_DELAY, RESERVED_HEADER_PREFIX};
 
 /// How a backend provides a feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,12 +46,69 @@ impl fmt::Display for Support {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
-    /// First in, first out within each priority level.
+    /// First in, first out within each priority level, for the whole queue.
     FifoPerPriority,
-    /// First in, first out within a partition (or message group).
+    /// First in, first out within a partition; messages of one
+    /// [ordering key](Message::ordering_key) share a partition.
     FifoPerPartition,
+    /// First in, first out among the messages of one ordering key (an SQS
+    /// FIFO message group).
+    FifoPerKey,
     /// No order is promised.
     None,
+}
+
+/// How exact the counts of `Admin::stats` are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsAccuracy {
+    /// Exact right after any operation.
+    Exact,
+    /// Exact, but they trail operations by a moment (the broker updates
+    /// them asynchronously).
+    Lagging,
+    /// Estimates the broker keeps (SQS's `Approximate*` attributes).
+    Approximate,
+}
+
+/// Where the totals of `QueueStats` (`enqueued_total`, `acked_total`,
+/// `expired_total`, ...) are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Totals {
+    /// Kept with the queue: every process sees the same totals.
+    Queue,
+    /// Counted by this process since the backend connected.
+    Process,
+}
+
+/// How a redelivery's `attempt` is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedeliveryCount {
+    /// Every redelivery counts: a nack, a lease that ran out, a consumer
+    /// that went away.
+    Exact,
+    /// Nacks count; a delivery the broker hands out again by itself (a lost
+    /// connection) may come back with the same attempt.
+    OnNack,
+    /// The broker keeps no count: attempts come from the message only.
+    None,
+}
+
+/// Where a settle on a lost lease is noticed (and refused with
+/// [`ErrorKind::LeaseLost`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseLossDetection {
+    /// By the broker (or the in-process store): a lease token that no
+    /// longer holds is refused, whoever holds the message now.
+    Broker,
+    /// By the client, from the lease deadline it holds; a settle after it
+    /// makes no broker call.
+    Local,
+    /// Not detected: a late settle may succeed.
+    Never,
 }
 
 /// A backend's capability table: per feature, native / emulated /
@@ -57,6 +119,9 @@ pub enum Ordering {
 pub struct Capabilities {
     /// Backend name (`memory`, `redis`, ...).
     pub backend: &'static str,
+    /// The backend's mode this table describes (`classic`, `quorum`,
+    /// `standard`, `fifo`); `None` for backends with a single mode.
+    pub mode: Option<&'static str>,
     /// Priority levels.
     pub priority: Support,
     /// Delayed delivery (`with_delay`, `with_run_at`).
@@ -75,21 +140,49 @@ pub struct Capabilities {
     pub max_length: Support,
     /// Purging a queue.
     pub purge: Support,
-    /// Exact counts in stats (as opposed to the broker's approximations).
-    pub exact_stats: bool,
-    /// Whether settling a delivery whose lease was lost (and the message
-    /// re-delivered) is detected and refused with [`ErrorKind::LeaseLost`].
-    pub detects_lease_lost: bool,
+    /// Whether a purge also removes delivered, unsettled messages (else
+    /// they stay until settled).
+    pub purge_in_flight: bool,
+    /// How exact `stats` counts are.
+    pub stats: StatsAccuracy,
+    /// Where `stats` totals are kept.
+    pub totals: Totals,
+    /// How redeliveries are counted in `attempt`.
+    pub redeliveries: RedeliveryCount,
+    /// Where a settle after the lease was lost is noticed.
+    pub lease_loss: LeaseLossDetection,
+    /// Whether a consumer joining or leaving makes the broker reassign work
+    /// among all consumers (a Kafka group rebalance), so consumers are best
+    /// started together.
+    pub rebalances_on_join: bool,
+    /// Whether the broker may accept part of a batch: then a failed
+    /// `send_batch` says per message which were accepted.
+    pub partial_batches: bool,
     /// Message order a consumer sees.
     pub ordering: Ordering,
-    /// Largest payload (plus headers) in bytes.
+    /// Largest message in bytes, payload and metadata
+    /// ([`Message::wire_size`]).
     pub max_payload: usize,
+    /// Most user headers per message (`None`: no limit of its own).
+    pub max_headers: Option<usize>,
+    /// Most bytes of header names and values per message (`None`: no limit
+    /// besides `max_payload`).
+    pub max_header_bytes: Option<usize>,
     /// Longest delay the broker holds natively; longer delays are hopped.
     pub max_native_delay: Option<Duration>,
     /// Most messages per native send batch.
     pub max_batch: usize,
+    /// Most bytes per send batch, summed over [`Message::wire_size`]
+    /// (`None`: only `max_batch` and `max_payload` apply).
+    pub max_batch_bytes: Option<usize>,
     /// Most messages one `receive` call returns.
     pub max_receive: usize,
+    /// Shortest lease the backend holds.
+    pub min_lease: Duration,
+    /// Longest lease (and extension) the backend holds.
+    pub max_lease: Duration,
+    /// Leases are rounded up to a multiple of this (SQS: whole seconds).
+    pub lease_granularity: Duration,
     /// Idempotency window: a repeated key inside it is dropped.
     pub idempotency_window: Option<Duration>,
 }
@@ -101,6 +194,7 @@ impl Capabilities {
     pub fn new(backend: &'static str) -> Self {
         Capabilities {
             backend,
+            mode: None,
             priority: Support::Unsupported,
             delay: Support::Unsupported,
             ttl: Support::Unsupported,
@@ -110,30 +204,62 @@ impl Capabilities {
             lease_extension: Support::Unsupported,
             max_length: Support::Unsupported,
             purge: Support::Unsupported,
-            exact_stats: false,
-            detects_lease_lost: false,
+            purge_in_flight: false,
+            stats: StatsAccuracy::Approximate,
+            totals: Totals::Process,
+            redeliveries: RedeliveryCount::None,
+            lease_loss: LeaseLossDetection::Never,
+            rebalances_on_join: false,
+            partial_batches: false,
             ordering: Ordering::None,
             max_payload: 0,
+            max_headers: None,
+            max_header_bytes: None,
             max_native_delay: None,
             max_batch: 1,
+            max_batch_bytes: None,
             max_receive: 1,
+            min_lease: crate::config::MIN_LEASE,
+            max_lease: crate::config::MAX_LEASE,
+            lease_granularity: Duration::from_millis(1),
             idempotency_window: None,
         }
     }
 
-    /// Check one outgoing message against the table: payload size, priority,
-    /// delay, TTL and idempotency support. Called before any network call.
+    /// The column of this table in `docs/capabilities.md`: the backend,
+    /// and its mode if it has several (`amqp quorum`).
+    pub fn column(&self) -> String {
+        match self.mode {
+            Some(mode) => format!("{} {mode}", self.backend),
+            None => self.backend.to_owned(),
+        }
+    }
+
+    /// Whether a settle on a lost lease is refused with `LeaseLost`.
+    pub fn detects_lease_lost(&self) -> bool {
+        self.lease_loss != LeaseLossDetection::Never
+    }
+
+    /// Whether `stats` counts are exact right after an operation.
+    pub fn exact_stats(&self) -> bool {
+        self.stats == StatsAccuracy::Exact
+    }
+
+    /// Check one outgoing message against the table: size, headers,
+    /// priority, delay, TTL and idempotency support. Called before any
+    /// network call.
     pub fn check_message(&self, message: &Message) -> Result<()> {
         let size = message.wire_size();
         if size > self.max_payload {
             return Err(Error::new(
                 ErrorKind::PayloadTooLarge,
                 format!(
-                    "message {} is {size} bytes; the {} backend accepts at most {} bytes of payload and headers",
+                    "message {} is {size} bytes with its metadata; the {} backend accepts at most {} bytes",
                     message.id, self.backend, self.max_payload
                 ),
             ));
         }
+        self.check_headers(message)?;
         if message.priority != Priority::Normal && !self.priority.is_available() {
             return Err(self.unsupported("priority"));
         }
@@ -146,42 +272,87 @@ impl Capabilities {
         if message.idempotency_key.is_some() && !self.idempotency.is_available() {
             return Err(self.unsupported("idempotency keys"));
         }
-        let now = std::time::SystemTime::now();
-        let horizon = now + crate::message::MAX_DELAY + Duration::from_secs(60);
-        if message.not_before.is_some_and(|at| at > horizon) {
-            return Err(Error::new(
+        let invalid = |what: String| {
+            Err(Error::new(
                 ErrorKind::InvalidInput,
-                format!(
-                    "message {}: delay is longer than the maximum of 365 days",
-                    message.id
-                ),
+                format!("message {}: {what}", message.id),
+            ))
+        };
+        let horizon = std::time::SystemTime::now() + MAX_DELAY + Duration::from_secs(60);
+        if message.not_before.is_some_and(|at| at > horizon) {
+            return invalid(format!(
+                "delay is longer than the maximum of {}",
+                days(MAX_DELAY)
             ));
         }
         if message.expires_at.is_some_and(|at| at > horizon) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "message {}: TTL is longer than the maximum of 365 days",
-                    message.id
-                ),
+            return invalid(format!(
+                "TTL is longer than the maximum of {}",
+                days(MAX_DELAY)
             ));
         }
         if message.attempt == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("message {}: attempt must be at least 1", message.id),
-            ));
+            return invalid("attempt must be at least 1".to_owned());
         }
         if message.max_attempts == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("message {}: max_attempts must be at least 1", message.id),
-            ));
+            return invalid("max_attempts must be at least 1".to_owned());
+        }
+        let too_long =
+            |key: &Option<String>| key.as_ref().is_some_and(|k| k.len() > u16::MAX as usize);
+        if too_long(&message.idempotency_key) || too_long(&message.ordering_key) {
+            return invalid(format!("keys are at most {} bytes", u16::MAX));
         }
         Ok(())
     }
 
-    /// Check every message of a batch.
+    /// User headers: none in the reserved namespace, and within the
+    /// backend's count and byte limits.
+    fn check_headers(&self, message: &Message) -> Result<()> {
+        let invalid = |what: String| {
+            Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("message {}: {what}", message.id),
+            ))
+        };
+        if let Some(name) = message.headers.keys().find(|name| is_reserved_header(name)) {
+            return invalid(format!(
+                "header {name:?} is in the namespace {RESERVED_HEADER_PREFIX:?}, reserved for the library's own metadata"
+            ));
+        }
+        if let Some(name) = message
+            .headers
+            .keys()
+            .find(|name| name.len() > u16::MAX as usize)
+        {
+            return invalid(format!(
+                "a header name of {} bytes is longer than {}",
+                name.len(),
+                u16::MAX
+            ));
+        }
+        let count = message.headers.len();
+        if let Some(max_headers) = self.max_headers.filter(|&max| count > max) {
+            return invalid(format!(
+                "{count} headers; the {} backend carries at most {max_headers}",
+                self.backend
+            ));
+        }
+        if let Some(max) = self.max_header_bytes {
+            let bytes: usize = message.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if bytes > max {
+                return Err(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!(
+                        "message {}: {bytes} bytes of headers; the {} backend carries at most {max}",
+                        message.id, self.backend
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check every message of a batch, and the batch's count and bytes.
     pub fn check_batch(&self, messages: &[Message]) -> Result<()> {
         if messages.len() > self.max_batch {
             return Err(Error::new(
@@ -194,7 +365,20 @@ impl Capabilities {
                 ),
             ));
         }
-        messages.iter().try_for_each(|m| self.check_message(m))
+        messages.iter().try_for_each(|m| self.check_message(m))?;
+        if let Some(max) = self.max_batch_bytes {
+            let bytes: usize = messages.iter().map(Message::wire_size).sum();
+            if bytes > max {
+                return Err(Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!(
+                        "a batch of {bytes} bytes is larger than the {} backend's maximum of {max} bytes per batch; split it",
+                        self.backend
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Check the `max` of a `receive`: 1 to `max_receive`, else
@@ -209,11 +393,30 @@ impl Capabilities {
         Ok(())
     }
 
+    /// Check a lease (a consumer's, or an extension) against the backend's
+    /// bounds and round it up to its granularity.
+    pub fn check_lease(&self, lease: Duration) -> Result<Duration> {
+        if lease < self.min_lease || lease > self.max_lease {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "lease: must be between {:?} and {:?} on the {} backend, got {lease:?}",
+                    self.min_lease,
+                    self.max_lease,
+                    self.column()
+                ),
+            ));
+        }
+        let step = self.lease_granularity.as_nanos().max(1);
+        let rounded = lease.as_nanos().div_ceil(step) * step;
+        Ok(Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX)).min(self.max_lease))
+    }
+
     /// The typed error for using `feature` on this backend.
     pub fn unsupported(&self, feature: &str) -> Error {
         Error::new(
             ErrorKind::Unsupported,
-            format!("the {} backend does not support {feature}", self.backend),
+            format!("the {} backend does not support {feature}", self.column()),
         )
     }
 
@@ -226,11 +429,18 @@ impl Capabilities {
         }
     }
 
-    /// The table as Markdown rows (`| feature | support |`), for docs and the CLI.
+    /// The table as Markdown rows (`| feature | value |`), for docs and the CLI.
     pub fn to_markdown_rows(&self) -> Vec<(String, String)> {
-        let duration = |d: Option<Duration>| match d {
-            Some(d) => format!("{} s", d.as_secs()),
+        let limit = |v: Option<usize>, unit: &str| match v {
+            Some(v) => format!("{v}{unit}"),
             None => "unlimited".to_owned(),
+        };
+        let duration = |d: Duration| {
+            if d.subsec_millis() == 0 && d.as_secs() > 0 {
+                format!("{} s", d.as_secs())
+            } else {
+                format!("{} ms", d.as_millis())
+            }
         };
         vec![
             ("priority".into(), self.priority.to_string()),
@@ -242,18 +452,60 @@ impl Capabilities {
             ("lease extension".into(), self.lease_extension.to_string()),
             ("max length".into(), self.max_length.to_string()),
             ("purge".into(), self.purge.to_string()),
-            ("exact stats".into(), self.exact_stats.to_string()),
             (
-                "detects lost leases".into(),
-                self.detects_lease_lost.to_string(),
+                "purge removes in-flight".into(),
+                self.purge_in_flight.to_string(),
             ),
-            ("ordering".into(), format!("{:?}", self.ordering)),
+            ("stats".into(), snake(&self.stats)),
+            ("totals".into(), snake(&self.totals)),
+            ("redeliveries counted".into(), snake(&self.redeliveries)),
+            ("lost leases detected".into(), snake(&self.lease_loss)),
+            (
+                "rebalances on join".into(),
+                self.rebalances_on_join.to_string(),
+            ),
+            ("partial batches".into(), self.partial_batches.to_string()),
+            ("ordering".into(), snake(&self.ordering)),
             ("max payload".into(), format!("{} bytes", self.max_payload)),
-            ("max native delay".into(), duration(self.max_native_delay)),
+            ("max headers".into(), limit(self.max_headers, "")),
+            (
+                "max header bytes".into(),
+                limit(self.max_header_bytes, " bytes"),
+            ),
+            (
+                "max native delay".into(),
+                self.max_native_delay
+                    .map_or_else(|| "unlimited".to_owned(), duration),
+            ),
             ("max send batch".into(), self.max_batch.to_string()),
+            (
+                "max batch bytes".into(),
+                limit(self.max_batch_bytes, " bytes"),
+            ),
             ("max receive".into(), self.max_receive.to_string()),
+            (
+                "lease".into(),
+                format!(
+                    "{} to {}",
+                    duration(self.min_lease),
+                    duration(self.max_lease)
+                ),
+            ),
+            ("lease granularity".into(), duration(self.lease_granularity)),
         ]
     }
+}
+
+fn days(d: Duration) -> String {
+    format!("{} days", d.as_secs() / 86_400)
+}
+
+/// The serde (snake_case) name of a unit enum value, for the Markdown table.
+fn snake<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -261,36 +513,30 @@ mod tests {
     use super::*;
 
     fn table() -> Capabilities {
-        Capabilities {
-            backend: "test",
-            priority: Support::Unsupported,
-            delay: Support::Native,
-            ttl: Support::Native,
-            dead_letter: Support::Native,
-            redrive: Support::Native,
-            idempotency: Support::Unsupported,
-            lease_extension: Support::Native,
-            max_length: Support::Native,
-            purge: Support::Native,
-            exact_stats: true,
-            detects_lease_lost: true,
-            ordering: Ordering::None,
-            max_payload: 10,
-            max_native_delay: None,
-            max_batch: 10,
-            max_receive: 10,
-            idempotency_window: None,
-        }
+        let mut caps = Capabilities::new("test");
+        caps.delay = Support::Native;
+        caps.max_payload = 100;
+        caps.max_headers = Some(2);
+        caps.max_header_bytes = Some(20);
+        caps.max_batch = 10;
+        caps.max_batch_bytes = Some(150);
+        caps.lease_granularity = Duration::from_secs(1);
+        caps.max_lease = Duration::from_secs(60);
+        caps
     }
 
     #[test]
     fn check_message_names_the_problem() {
         let caps = table();
+        let overhead = Message::new(Vec::new()).wire_size();
         let err = caps
-            .check_message(&Message::new(vec![0u8; 11]))
+            .check_message(&Message::new(vec![0u8; 101 - overhead]))
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
-        assert!(err.message().contains("11 bytes") && err.message().contains("at most 10"));
+        assert!(err.message().contains("101 bytes") && err.message().contains("at most 100"));
+        assert!(caps
+            .check_message(&Message::new(vec![0u8; 100 - overhead]))
+            .is_ok());
 
         let err = caps
             .check_message(&Message::new(&b"x"[..]).with_priority(Priority::High))
@@ -303,5 +549,72 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(caps.check_message(&Message::new(&b"x"[..])).is_ok());
+    }
+
+    #[test]
+    fn the_reserved_header_namespace_is_refused_in_user_headers() {
+        let caps = table();
+        for name in ["x-queue-attempt", "X-Queue-Anything"] {
+            let err = caps
+                .check_message(&Message::new("x").with_header(name, "1"))
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            assert!(
+                err.message().contains(name) && err.message().contains("reserved"),
+                "{err}"
+            );
+        }
+        // The library's own job headers are allowed.
+        let message = Message::new("x").with_header(crate::job::HEADER_TIMEOUT_MS, "5");
+        assert!(caps.check_message(&message).is_ok());
+        assert!(caps
+            .check_message(&Message::new("x").with_header("x-queued-by", "me"))
+            .is_ok());
+    }
+
+    #[test]
+    fn header_and_batch_limits_are_checked() {
+        let caps = table();
+        let three = Message::new("x")
+            .with_header("a", "1")
+            .with_header("b", "2")
+            .with_header("c", "3");
+        assert!(caps
+            .check_message(&three)
+            .unwrap_err()
+            .message()
+            .contains("at most 2"));
+        let big = Message::new("x").with_header("a", "x".repeat(30));
+        assert_eq!(
+            caps.check_message(&big).unwrap_err().kind(),
+            ErrorKind::PayloadTooLarge
+        );
+        let batch: Vec<Message> = (0..4).map(|_| Message::new("y")).collect();
+        let err = caps.check_batch(&batch).unwrap_err();
+        assert!(err.message().contains("per batch"), "{err}");
+        assert!(caps.check_batch(&batch[..2]).is_ok());
+    }
+
+    #[test]
+    fn leases_are_bounded_and_rounded_to_the_granularity() {
+        let caps = table();
+        assert_eq!(
+            caps.check_lease(Duration::from_millis(1500)).unwrap(),
+            Duration::from_secs(2)
+        );
+        let err = caps.check_lease(Duration::from_secs(61)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.message().contains("lease: must be between"), "{err}");
+    }
+
+    #[test]
+    fn markdown_rows_name_values_as_serde_does() {
+        let rows = table().to_markdown_rows();
+        let get = |k: &str| rows.iter().find(|(f, _)| f == k).unwrap().1.clone();
+        assert_eq!(get("stats"), "approximate");
+        assert_eq!(get("ordering"), "none");
+        assert_eq!(get("lease"), "100 ms to 60 s");
+        assert_eq!(get("max headers"), "2");
+        assert_eq!(table().column(), "test");
     }
 }

@@ -25,6 +25,8 @@ use crate::message::QueueName;
 
 /// Default lease (visibility timeout) of a delivery.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Default idempotency window: how long a key is remembered.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 /// Shortest lease accepted.
 pub const MIN_LEASE: Duration = Duration::from_millis(100);
 /// Longest lease accepted (the SQS maximum).
@@ -310,7 +312,7 @@ impl QueueConfig {
             backend,
             lease: DEFAULT_LEASE,
             max_payload: None,
-            idempotency_window: Duration::from_secs(300),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             connect_timeout: Duration::from_secs(5),
             default_queue: None,
             params: BTreeMap::new(),

@@ -11,6 +11,7 @@
 //! [idempotency_key: u16 len + bytes]   if flags & 0x04
 //! [last_error: u32 len + bytes]        if flags & 0x08
 //! [trace_id [16] | span_id [8] | trace_flags u8]   if flags & 0x10
+//! [ordering_key: u16 len + bytes]      if flags & 0x20
 //! header_count u16, then per header: u16 name len + name, u32 value len + value
 //! payload: the rest of the bytes
 //! ```
@@ -35,7 +36,39 @@ const HAS_EXPIRES_AT: u8 = 0x02;
 const HAS_IDEMPOTENCY_KEY: u8 = 0x04;
 const HAS_LAST_ERROR: u8 = 0x08;
 const HAS_TRACE: u8 = 0x10;
-const KNOWN_FLAGS: u8 = 0x1f;
+const HAS_ORDERING_KEY: u8 = 0x20;
+const KNOWN_FLAGS: u8 = 0x3f;
+
+/// Bytes of the fixed part: magic, version, flags, id, priority, attempt,
+/// max attempts, created at.
+pub const FIXED_LEN: usize = 4 + 16 + 1 + 4 + 4 + 8;
+
+/// The exact length of [`encode`]`(message)`, without encoding it: what
+/// [`Message::wire_size`] reports.
+pub fn encoded_len(message: &Message) -> usize {
+    let optional = |present: bool, len: usize| if present { len } else { 0 };
+    FIXED_LEN
+        + optional(message.not_before.is_some(), 8)
+        + optional(message.expires_at.is_some(), 8)
+        + message
+            .idempotency_key
+            .as_ref()
+            .map_or(0, |k| 2 + k.len().min(u16::MAX as usize))
+        + message.last_error.as_ref().map_or(0, |e| 4 + e.len())
+        + optional(message.trace.is_some(), 25)
+        + message
+            .ordering_key
+            .as_ref()
+            .map_or(0, |k| 2 + k.len().min(u16::MAX as usize))
+        + 2
+        + message
+            .headers
+            .iter()
+            .take(u16::MAX as usize)
+            .map(|(k, v)| 6 + k.len().min(u16::MAX as usize) + v.len())
+            .sum::<usize>()
+        + message.payload.len()
+}
 
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -77,12 +110,10 @@ pub fn encode(message: &Message) -> Bytes {
     if message.trace.is_some() {
         flags |= HAS_TRACE;
     }
-    let headers_len: usize = message
-        .headers
-        .iter()
-        .map(|(k, v)| 6 + k.len() + v.len())
-        .sum();
-    let mut out = BytesMut::with_capacity(64 + headers_len + message.payload.len());
+    if message.ordering_key.is_some() {
+        flags |= HAS_ORDERING_KEY;
+    }
+    let mut out = BytesMut::with_capacity(encoded_len(message));
     out.put_slice(&MAGIC);
     out.put_u8(VERSION);
     out.put_u8(flags);
@@ -111,6 +142,11 @@ pub fn encode(message: &Message) -> Bytes {
         out.put_u128(trace.trace_id);
         out.put_u64(trace.span_id);
         out.put_u8(u8::from(trace.sampled));
+    }
+    if let Some(key) = &message.ordering_key {
+        let key = truncate(key.as_bytes(), u16::MAX as usize);
+        out.put_u16(key.len() as u16);
+        out.put_slice(key);
     }
     let headers: Vec<_> = message.headers.iter().take(u16::MAX as usize).collect();
     out.put_u16(headers.len() as u16);
@@ -250,6 +286,12 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
     } else {
         None
     };
+    let ordering_key = if flags & HAS_ORDERING_KEY != 0 {
+        let len = r.u16("ordering key length")? as usize;
+        Some(r.string(len, "ordering key")?)
+    } else {
+        None
+    };
     let count = r.u16("header count")?;
     let mut headers = Headers::new();
     for _ in 0..count {
@@ -273,6 +315,7 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
         idempotency_key,
         last_error,
         trace,
+        ordering_key,
     })
 }
 
@@ -301,7 +344,11 @@ mod tests {
         msg.attempt = 3;
         msg.last_error = Some("boom".into());
         msg.trace = Some(crate::trace::TraceContext::new_root());
-        let decoded = decode(&encode(&msg)).unwrap();
+        msg.ordering_key = Some("customer-9".into());
+        let encoded = encode(&msg);
+        assert_eq!(encoded.len(), encoded_len(&msg), "encoded_len is exact");
+        assert_eq!(msg.wire_size(), encoded.len());
+        let decoded = decode(&encoded).unwrap();
         assert_eq!(decoded, truncate_times(msg));
     }
 

@@ -173,6 +173,130 @@ impl Error {
     pub fn closed(what: &str) -> Self {
         Error::new(ErrorKind::Closed, format!("{what} is closed"))
     }
+
+    /// The [`ErrorKind::LeaseLost`] error of settling message `id` whose
+    /// lease this delivery no longer holds (every backend words it alike).
+    pub fn lease_lost(id: crate::message::MessageId) -> Self {
+        Error::new(
+            ErrorKind::LeaseLost,
+            format!(
+                "message {id} is no longer leased to this delivery (lease expired, or the message was settled or purged)"
+            ),
+        )
+    }
+}
+
+/// The longest error text kept with a message (`last_error`, a dead
+/// letter's reason): 4 KiB. Longer texts are cut on a character boundary
+/// and say so; see [`cap_error_text`].
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// `text`, cut to at most [`MAX_ERROR_TEXT`] bytes on a character
+/// boundary, with a note saying how long it was. A handler's error can be
+/// megabytes (a dumped response body); it travels with every redelivery.
+///
+/// ```
+/// use queue_core::error::{cap_error_text, MAX_ERROR_TEXT};
+/// assert_eq!(cap_error_text("short"), "short");
+/// let long = "é".repeat(5000);
+/// let capped = cap_error_text(&long);
+/// assert!(capped.len() <= MAX_ERROR_TEXT);
+/// assert!(capped.ends_with("[truncated from 10000 bytes]"));
+/// ```
+pub fn cap_error_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_ERROR_TEXT {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let note = format!(" … [truncated from {} bytes]", text.len());
+    let mut end = MAX_ERROR_TEXT - note.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{note}", &text[..end]))
+}
+
+/// A `send_batch` that failed for some or all of its messages, with the
+/// outcome of each message in send order: its id where the broker
+/// accepted it, the error where it did not.
+///
+/// Backends that send a batch all or nothing (memory, Redis) fail every
+/// message alike; brokers that accept part of a batch (the capability
+/// table's `partial_batches`) say which ones made it, so a caller resends
+/// only the rest. It converts into [`Error`] (the summary) for `?`.
+#[derive(Debug)]
+pub struct BatchError {
+    error: Error,
+    outcomes: Vec<Result<crate::message::MessageId>>,
+}
+
+impl BatchError {
+    /// A batch of `len` messages that failed as a whole with `error`.
+    pub fn whole(error: Error, len: usize) -> Self {
+        let outcomes = (0..len).map(|_| Err(error.clone_kind())).collect();
+        BatchError { error, outcomes }
+    }
+
+    /// A batch with per-message `outcomes`, summarised by `error`.
+    pub fn partial(error: Error, outcomes: Vec<Result<crate::message::MessageId>>) -> Self {
+        BatchError { error, outcomes }
+    }
+
+    /// The summary: the first failure's kind, naming how many failed.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The kind of the summary.
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind()
+    }
+
+    /// Per message, in send order.
+    pub fn outcomes(&self) -> &[Result<crate::message::MessageId>] {
+        &self.outcomes
+    }
+
+    /// Positions and ids of the messages the broker accepted.
+    pub fn accepted(&self) -> impl Iterator<Item = (usize, crate::message::MessageId)> + '_ {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.as_ref().ok().map(|id| (i, *id)))
+    }
+
+    /// Whether some messages were accepted.
+    pub fn is_partial(&self) -> bool {
+        self.accepted().next().is_some()
+    }
+
+    /// The summary error, dropping the per-message outcomes.
+    pub fn into_error(self) -> Error {
+        self.error
+    }
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let accepted = self.accepted().count();
+        write!(
+            f,
+            "{} ({accepted} of {} messages accepted)",
+            self.error,
+            self.outcomes.len()
+        )
+    }
+}
+
+impl StdError for BatchError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<BatchError> for Error {
+    fn from(e: BatchError) -> Self {
+        e.error
+    }
 }
 
 impl fmt::Debug for Error {
@@ -320,6 +444,31 @@ mod tests {
         assert!(!Error::new(ErrorKind::Connection, "x")
             .with_retryable(false)
             .is_retryable());
+    }
+
+    #[test]
+    fn error_texts_are_capped_on_a_char_boundary() {
+        let long = "ü".repeat(3000);
+        let capped = cap_error_text(&long);
+        assert!(capped.len() <= MAX_ERROR_TEXT, "{}", capped.len());
+        assert!(capped.starts_with("üü"));
+        assert!(capped.contains("truncated from 6000 bytes"));
+    }
+
+    #[test]
+    fn batch_errors_say_which_messages_made_it() {
+        let id = crate::message::MessageId::new();
+        let e = BatchError::partial(
+            Error::new(ErrorKind::Throttled, "1 of 2 failed"),
+            vec![Ok(id), Err(Error::new(ErrorKind::Throttled, "slow down"))],
+        );
+        assert!(e.is_partial());
+        assert_eq!(e.accepted().collect::<Vec<_>>(), vec![(0, id)]);
+        assert!(e.to_string().contains("1 of 2 messages accepted"), "{e}");
+        let whole = BatchError::whole(Error::new(ErrorKind::Connection, "down"), 3);
+        assert!(!whole.is_partial());
+        assert_eq!(whole.outcomes().len(), 3);
+        assert_eq!(Error::from(whole).kind(), ErrorKind::Connection);
     }
 
     #[test]

@@ -13,9 +13,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Headers, Message, MessageId, Priority};
 
 /// Header carrying a job's timeout in milliseconds.
-pub const HEADER_TIMEOUT_MS: &str = "queue-timeout-ms";
+pub const HEADER_TIMEOUT_MS: &str = "x-queue-timeout-ms";
 /// Header carrying a job's own backoff: `initial_ms,max_ms,multiplier,jitter(0|1)`.
-pub const HEADER_BACKOFF: &str = "queue-backoff";
+pub const HEADER_BACKOFF: &str = "x-queue-backoff";
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -394,7 +394,7 @@ impl<T: DeserializeOwned> Job<T> {
     }
 }
 
-/// The backoff a job set for itself (header `queue-backoff`), if valid.
+/// The backoff a job set for itself (header `x-queue-backoff`), if valid.
 pub fn backoff_of(message: &Message) -> Option<BackoffPolicy> {
     message
         .headers

@@ -28,14 +28,17 @@ pub mod error;
 pub mod job;
 pub mod memory;
 pub mod message;
+mod random;
 pub mod stats;
 pub mod store;
 pub mod trace;
 pub mod traits;
 
-pub use capabilities::{Capabilities, Ordering, Support};
+pub use capabilities::{
+    Capabilities, LeaseLossDetection, Ordering, RedeliveryCount, StatsAccuracy, Support, Totals,
+};
 pub use config::{BackendKind, QueueConfig, SecretUrl};
-pub use error::{BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
+pub use error::{BatchError, BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
 pub use job::{BackoffPolicy, Job, JobOptions, JobStatus};
 pub use memory::MemoryBackend;
 pub use message::{Headers, Message, MessageId, Priority, QueueName};
@@ -43,4 +46,6 @@ pub use stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
 };
 pub use store::{JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore, RetentionPolicy};
-pub use traits::{Acker, Admin, Backend, Consumer, Delivery, DeliveryError, Producer, ProducerExt};
+pub use traits::{
+    Acker, Admin, Backend, CloseFlag, Consumer, Delivery, DeliveryError, Producer, ProducerExt,
+};

@@ -45,6 +45,23 @@ impl Headers {
         Arc::make_mut(self.0.get_or_insert_with(Arc::default)).insert(name.into(), value.into())
     }
 
+    /// Add `value` to `name`: a header met twice (Kafka and AMQP allow
+    /// repeats) keeps every value, joined with `", "` in the order met, as
+    /// HTTP combines repeated fields.
+    pub fn append(&mut self, name: impl Into<String>, value: impl AsRef<str>) {
+        let map = Arc::make_mut(self.0.get_or_insert_with(Arc::default));
+        match map.entry(name.into()) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(value.as_ref().to_owned());
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                let joined = slot.get_mut();
+                joined.push_str(", ");
+                joined.push_str(value.as_ref());
+            }
+        }
+    }
+
     /// Remove `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
         let map = self.0.as_mut().filter(|map| map.contains_key(name))?;
@@ -112,6 +129,63 @@ impl<'de> Deserialize<'de> for Headers {
     }
 }
 
+/// The namespace of the library's own headers. A user header whose name
+/// starts with it (in any case) is refused with
+/// [`ErrorKind::InvalidInput`] before any network call; only the names in
+/// [`LIBRARY_HEADERS`] are written, by [`Job::encode`](crate::Job::encode).
+pub const RESERVED_HEADER_PREFIX: &str = "x-queue-";
+
+/// The headers of the reserved namespace the library itself writes (job
+/// options that travel with a message).
+pub const LIBRARY_HEADERS: [&str; 2] = [crate::job::HEADER_TIMEOUT_MS, crate::job::HEADER_BACKOFF];
+
+/// Whether header `name` is in the reserved namespace without being one
+/// of the library's own headers.
+pub fn is_reserved_header(name: &str) -> bool {
+    let prefix = RESERVED_HEADER_PREFIX.len();
+    name.len() >= prefix
+        && name.as_bytes()[..prefix].eq_ignore_ascii_case(RESERVED_HEADER_PREFIX.as_bytes())
+        && !LIBRARY_HEADERS.contains(&name)
+}
+
+/// The text of a header value a foreign producer wrote as bytes: the bytes
+/// themselves when they are UTF-8, else `base64:` and their standard base64
+/// encoding, so no value is lost or mangled. Typed values (AMQP integers,
+/// booleans, timestamps) are rendered as their usual text by the backend
+/// before they get here; `docs/wire-format.md` states the whole rule.
+///
+/// ```
+/// use queue_core::message::foreign_header_value;
+/// assert_eq!(foreign_header_value(b"gr\xc3\xbc\xc3\x9fe"), "grüße");
+/// assert_eq!(foreign_header_value(&[0xff, 0x00, 0x10]), "base64:/wAQ");
+/// ```
+pub fn foreign_header_value(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!("base64:{}", base64(bytes)),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// The longest delay, TTL or nack delay accepted: 365 days. Longer values
 /// are a typed [`ErrorKind::InvalidInput`] error at the call.
 pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -138,7 +212,7 @@ impl MessageId {
     /// Random bits come from a per-thread generator seeded once from the OS,
     /// which keeps id creation off the system-call path.
     pub fn new() -> Self {
-        MessageId(id_generator::next())
+        MessageId(crate::random::next_uuid_v7())
     }
 
     /// The id as a UUID.
@@ -157,83 +231,9 @@ impl MessageId {
     }
 }
 
-mod id_generator {
-    use std::cell::Cell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    use uuid::Uuid;
-
-    thread_local! {
-        /// (last millisecond, counter within it, generator state)
-        static STATE: Cell<(u64, u128, u64)> = Cell::new((0, 0, seed()));
-    }
-
-    fn seed() -> u64 {
-        // The 62 random bits of a v7 UUID made by the uuid crate from the OS.
-        let bytes = Uuid::now_v7().into_bytes();
-        u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"))
-    }
-
-    /// splitmix64: fast, and plenty for the random part of an id.
-    fn next_random(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    const COUNTER_BITS: u32 = 74;
-
-    /// A random u64 from the per-thread generator (for jitter and span ids).
-    pub(super) fn random_u64() -> u64 {
-        STATE.with(|cell| {
-            let (ms, counter, mut rng) = cell.get();
-            let value = next_random(&mut rng);
-            cell.set((ms, counter, rng));
-            value
-        })
-    }
-
-    pub(super) fn next() -> Uuid {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        STATE.with(|cell| {
-            let (last_ms, counter, mut rng) = cell.get();
-            let (ms, counter) = if now_ms > last_ms {
-                // Start low in the counter space so increments never overflow within a millisecond.
-                let start =
-                    (u128::from(next_random(&mut rng)) << 8) & ((1u128 << (COUNTER_BITS - 2)) - 1);
-                (now_ms, start)
-            } else if counter + 1 < (1u128 << COUNTER_BITS) {
-                (last_ms, counter + 1)
-            } else {
-                // Counter exhausted (or the clock went back): borrow the next millisecond.
-                (last_ms + 1, 0)
-            };
-            cell.set((ms, counter, rng));
-            let rand_a = ((counter >> 62) & 0xfff) as u16;
-            let rand_b = (counter & ((1u128 << 62) - 1)) as u64;
-            let mut bytes = [0u8; 16];
-            bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-            bytes[6..8].copy_from_slice(&(0x7000 | rand_a).to_be_bytes());
-            bytes[8..].copy_from_slice(&((0b10u64 << 62) | rand_b).to_be_bytes());
-            Uuid::from_bytes(bytes)
-        })
-    }
-}
-
-/// A uniform random number in `[0, 1)` (for backoff jitter); not for secrets.
-pub fn random_unit() -> f64 {
-    (id_generator::random_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// A random u64 (for trace and span ids); not for secrets.
-pub fn random_u64() -> u64 {
-    id_generator::random_u64()
-}
+/// Random numbers for jitter and trace ids (not for secrets), from the
+/// per-thread generator that also makes message ids.
+pub use crate::random::{random_u64, random_unit};
 
 impl Default for MessageId {
     fn default() -> Self {
@@ -508,6 +508,11 @@ pub struct Message {
     /// typed value in process and written as the `traceparent` header (or
     /// its binary envelope field) on a broker's wire.
     pub trace: Option<crate::trace::TraceContext>,
+    /// Messages with the same key are delivered in send order where the
+    /// backend orders per key or partition: the Kafka record key, the SQS
+    /// FIFO `MessageGroupId`. Backends that keep one order for the whole
+    /// queue (memory, Redis: FIFO per priority) carry it along.
+    pub ordering_key: Option<String>,
 }
 
 impl Message {
@@ -526,7 +531,15 @@ impl Message {
             idempotency_key: None,
             last_error: None,
             trace: None,
+            ordering_key: None,
         }
+    }
+
+    /// Keep order with the other messages of `key` (see [`Message::ordering_key`]).
+    #[must_use]
+    pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
     }
 
     /// Carry `context` as the sender's trace context.
@@ -609,18 +622,19 @@ impl Message {
         self.attempt >= self.max_attempts
     }
 
-    /// The encoded size a backend counts against its payload limit:
-    /// payload plus header names and values.
+    /// The size a backend counts against its payload limit: the payload
+    /// with all the metadata that travels with it (id, times, attempts,
+    /// keys, last error, trace context, headers), exactly as many bytes as
+    /// its [envelope](crate::envelope) takes. Brokers that carry metadata in
+    /// native headers use about as many bytes for it.
     pub fn wire_size(&self) -> usize {
-        // A `traceparent` header is 11 + 55 bytes.
-        let trace = if self.trace.is_some() { 66 } else { 0 };
-        trace
-            + self.payload.len()
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+        crate::envelope::encoded_len(self)
+    }
+
+    /// The size of the metadata alone: [`wire_size`](Message::wire_size)
+    /// without the payload.
+    pub fn metadata_size(&self) -> usize {
+        self.wire_size() - self.payload.len()
     }
 }
 

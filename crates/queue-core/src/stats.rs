@@ -163,6 +163,20 @@ impl HealthStatus {
         }
     }
 
+    /// Run `check` (bounded in time by the caller) and report it: healthy
+    /// with its latency, or unhealthy with its error. Every backend's
+    /// `Admin::health` is this around its own probe.
+    pub async fn probe(
+        backend: &'static str,
+        check: impl std::future::Future<Output = Result<()>>,
+    ) -> Self {
+        let started = std::time::Instant::now();
+        match check.await {
+            Ok(()) => HealthStatus::healthy(backend, started.elapsed()),
+            Err(e) => HealthStatus::unhealthy(backend, started.elapsed(), &e),
+        }
+    }
+
     /// An unhealthy status from `error`.
     pub fn unhealthy(backend: &'static str, latency: Duration, error: &Error) -> Self {
         HealthStatus {

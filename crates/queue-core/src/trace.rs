@@ -36,7 +36,7 @@ pub struct TraceContext {
 
 fn nonzero_u64() -> u64 {
     loop {
-        let v = crate::message::random_u64();
+        let v = crate::random::random_u64();
         if v != 0 {
             return v;
         }
@@ -46,7 +46,7 @@ fn nonzero_u64() -> u64 {
 impl TraceContext {
     /// A new trace with a new root span.
     pub fn new_root() -> Self {
-        let trace_id = (u128::from(nonzero_u64()) << 64) | u128::from(crate::message::random_u64());
+        let trace_id = (u128::from(nonzero_u64()) << 64) | u128::from(crate::random::random_u64());
         TraceContext {
             trace_id,
             span_id: nonzero_u64(),

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::capabilities::Capabilities;
-use crate::error::{Error, Result};
+use crate::error::{cap_error_text, BatchError, Error, Result};
 use crate::message::{Message, MessageId, QueueName};
 use crate::stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
@@ -59,9 +59,11 @@ pub trait Producer: Send + Sync + fmt::Debug {
     async fn send(&self, message: Message) -> Result<MessageId>;
 
     /// Send many messages with the broker's native batching, in the given
-    /// order. Either every message is checked and sent, or an error says
-    /// which failed; the ids come back in order.
-    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>>;
+    /// order; the ids come back in order. Every message is checked before
+    /// any is sent. On failure the [`BatchError`] says per message whether
+    /// the broker accepted it (brokers that take part of a batch: the
+    /// capability table's `partial_batches`); `?` turns it into an [`Error`].
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>, BatchError>;
 }
 
 /// Receives deliveries from one queue.
@@ -80,6 +82,52 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// that could not be acked come back inside their errors.
     async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
         ack_each(deliveries, Vec::new()).await
+    }
+}
+
+/// Split `deliveries` into this consumer's own, each with the key `own`
+/// finds in its acker (`None`: not ours), and the rest: how a backend's
+/// [`Consumer::ack_batch`] picks out what it can settle in one call (the
+/// rest go through [`ack_each`]).
+pub fn split_own<A: Acker + 'static, K>(
+    deliveries: Vec<Delivery>,
+    own: impl Fn(&A) -> Option<K>,
+) -> (Vec<(K, Delivery)>, Vec<Delivery>) {
+    let mut ours = Vec::with_capacity(deliveries.len());
+    let mut foreign = Vec::new();
+    for delivery in deliveries {
+        let key = delivery.acker().as_any().downcast_ref::<A>().and_then(&own);
+        match key {
+            Some(key) => ours.push((key, delivery)),
+            None => foreign.push(delivery),
+        }
+    }
+    (ours, foreign)
+}
+
+/// Whether a backend (or handle) was closed; every backend checks it the
+/// same way before any call.
+#[derive(Debug, Default)]
+pub struct CloseFlag(std::sync::atomic::AtomicBool);
+
+impl CloseFlag {
+    /// Mark closed: every later [`check`](CloseFlag::check) fails.
+    pub fn close(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether it was closed.
+    pub fn is_closed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `Err(Closed)` naming `what` once closed.
+    pub fn check(&self, what: &str) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::closed(what))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -127,6 +175,12 @@ pub trait Acker: Send + Sync + fmt::Debug {
 
     /// Move the message to the dead-letter queue now.
     async fn dead_letter(&self, message: &Message, reason: &DeadLetterReason) -> Result<()>;
+
+    /// Hand the message back without spending an attempt: it is delivered
+    /// again at once with the same `attempt`, ahead of its priority where
+    /// the backend can (a delivery buffered but never started, or stopped
+    /// by shutdown).
+    async fn release(&self, message: &Message) -> Result<()>;
 
     /// The acker as `Any`, so a backend's [`Consumer::ack_batch`] can
     /// recognise its own deliveries and settle them in one call.
@@ -245,7 +299,8 @@ impl Delivery {
     }
 
     /// [`nack`](Delivery::nack), recording the error of this attempt so it
-    /// shows in the next delivery's `last_error` and in the dead letter.
+    /// shows in the next delivery's `last_error` and in the dead letter
+    /// (cut to [`MAX_ERROR_TEXT`](crate::error::MAX_ERROR_TEXT) bytes).
     pub async fn nack_with_error(
         self,
         delay: Duration,
@@ -255,14 +310,30 @@ impl Delivery {
         self.nack_inner(delay, Some(&error)).await
     }
 
+    /// [`nack`](Delivery::nack) without spending an attempt: the message
+    /// is delivered again at once with the same `attempt`. For deliveries
+    /// that never ran (buffered, or handed back at shutdown).
+    pub async fn release(self) -> Result<(), DeliveryError> {
+        match self.acker.release(&self.message).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(DeliveryError::new(error, self)),
+        }
+    }
+
     async fn nack_inner(self, delay: Duration, error: Option<&str>) -> Result<(), DeliveryError> {
         if delay > crate::message::MAX_DELAY {
             let error = Error::new(
                 crate::ErrorKind::InvalidInput,
-                format!("nack delay of {delay:?} is longer than the maximum of 365 days"),
+                format!(
+                    "nack delay of {delay:?} is longer than the maximum of {} days",
+                    crate::message::MAX_DELAY.as_secs() / 86_400
+                ),
             );
             return Err(DeliveryError::new(error, self));
         }
+        // The error travels with every redelivery: keep it to a few KiB.
+        let error = error.map(cap_error_text);
+        let error = error.as_deref();
         match self.acker.nack(&self.message, delay, error).await {
             Ok(()) => Ok(()),
             Err(e) => Err(DeliveryError::new(e, self)),
@@ -280,8 +351,15 @@ impl Delivery {
         }
     }
 
-    /// Move the message to the dead-letter queue now.
+    /// Move the message to the dead-letter queue now. A `Rejected` detail
+    /// is cut to [`MAX_ERROR_TEXT`](crate::error::MAX_ERROR_TEXT) bytes.
     pub async fn dead_letter(self, reason: DeadLetterReason) -> Result<(), DeliveryError> {
+        let reason = match reason {
+            DeadLetterReason::Rejected(detail) => {
+                DeadLetterReason::Rejected(cap_error_text(&detail).into_owned())
+            }
+            other => other,
+        };
         match self.acker.dead_letter(&self.message, &reason).await {
             Ok(()) => Ok(()),
             Err(error) => Err(DeliveryError::new(error, self)),
@@ -400,7 +478,7 @@ macro_rules! forward_pointer {
             async fn send(&self, message: Message) -> Result<MessageId> {
                 (**self).send(message).await
             }
-            async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+            async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>, BatchError> {
                 (**self).send_batch(messages).await
             }
         }

@@ -11,8 +11,9 @@ use queue_core::{
 };
 use redis::Value;
 
+use crate::ctx::QueueCtx;
 use crate::error::unexpected;
-use crate::scripts::{bytes_of, int_of, invocation, QueueCtx, META, SCRIPTS};
+use crate::scripts::{bytes_of, int_of, invocation, META, SCRIPTS, SCRIPT_BATCH};
 use crate::RedisBackend;
 
 /// A dead letter from its stored envelope and the JSON the scripts write.
@@ -120,11 +121,10 @@ impl Admin for RedisBackend {
     }
 
     async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
-        const PAGE: usize = 1000;
         let ctx = self.ctx(queue);
         let mut out = Vec::new();
         while out.len() < limit {
-            let count = (limit - out.len()).min(PAGE);
+            let count = (limit - out.len()).min(SCRIPT_BATCH);
             let mut call = invocation(&SCRIPTS.dead, &ctx.keys);
             call.arg(out.len()).arg(count);
             let items = ctx.ok_reply(ctx.run(call, "listing dead letters").await?)?;
@@ -154,7 +154,7 @@ impl Admin for RedisBackend {
         };
         match which {
             Redrive::Ids(ids) => {
-                for chunk in ids.chunks(1000) {
+                for chunk in ids.chunks(SCRIPT_BATCH) {
                     let mut call = invocation(&SCRIPTS.redrive, &ctx.keys);
                     call.arg("ids");
                     for id in chunk {
@@ -170,7 +170,7 @@ impl Admin for RedisBackend {
                 let mut cutoff = Vec::new();
                 loop {
                     let mut call = invocation(&SCRIPTS.redrive, &ctx.keys);
-                    call.arg("all").arg(1000).arg(&cutoff[..]);
+                    call.arg("all").arg(SCRIPT_BATCH).arg(&cutoff[..]);
                     let items = ctx.ok_reply(ctx.run(call, "redriving").await?)?;
                     moved += count(items.clone())?;
                     let scanned = items.get(2).and_then(int_of).unwrap_or(0);

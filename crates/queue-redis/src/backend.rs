@@ -1,13 +1,13 @@
 //! [`RedisBackend`]: connections, capabilities, health.
 
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use queue_core::{
-    Admin, Backend, Capabilities, Consumer, ConsumerOptions, Error, ErrorKind, HealthStatus,
-    Ordering, Producer, QueueConfig, QueueName, Result, Support,
+    Admin, Backend, Capabilities, CloseFlag, Consumer, ConsumerOptions, Error, ErrorKind,
+    HealthStatus, LeaseLossDetection, Ordering, Producer, QueueConfig, QueueName, RedeliveryCount,
+    Result, StatsAccuracy, Support, Totals,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::error::classify;
 use crate::{
     inbox_key, RedisConsumer, RedisJobStore, RedisProducer, DEFAULT_MAX_PAYLOAD, MAX_BATCH,
-    MAX_RECEIVE,
+    MAX_BATCH_BYTES, MAX_RECEIVE,
 };
 
 /// The Redis backend. Clones share one connection.
@@ -38,15 +38,12 @@ pub(crate) struct Shared {
     pub(crate) connect_timeout: Duration,
     /// `host:port`, for errors (never the credentials).
     pub(crate) address: String,
-    pub(crate) closed: AtomicBool,
+    pub(crate) closed: CloseFlag,
 }
 
 impl Shared {
     pub(crate) fn check_open(&self) -> Result<()> {
-        if self.closed.load(AtomicOrdering::Acquire) {
-            return Err(Error::closed("the redis backend"));
-        }
-        Ok(())
+        self.closed.check("the redis backend")
     }
 
     /// A second connection for blocking commands (BLPOP), which would stall
@@ -120,24 +117,10 @@ impl RedisBackend {
         let conn = connect_manager(client.clone(), manager_config, config.connect_timeout)
             .await
             .map_err(|e| classify(e, "connecting", &address))?;
-        let mut capabilities = Capabilities::new("redis");
-        capabilities.priority = Support::Native;
-        capabilities.delay = Support::Native;
-        capabilities.ttl = Support::Native;
-        capabilities.dead_letter = Support::Native;
-        capabilities.redrive = Support::Native;
-        capabilities.idempotency = Support::Native;
-        capabilities.lease_extension = Support::Native;
-        capabilities.max_length = Support::Native;
-        capabilities.purge = Support::Native;
-        capabilities.exact_stats = true;
-        capabilities.detects_lease_lost = true;
-        capabilities.ordering = Ordering::FifoPerPriority;
-        capabilities.max_payload = config.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD);
-        capabilities.max_native_delay = None;
-        capabilities.max_batch = MAX_BATCH;
-        capabilities.max_receive = MAX_RECEIVE;
-        capabilities.idempotency_window = Some(config.idempotency_window);
+        let capabilities = capabilities(
+            config.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD),
+            config.idempotency_window,
+        );
         Ok(RedisBackend {
             shared: Arc::new(Shared {
                 capabilities,
@@ -148,9 +131,17 @@ impl RedisBackend {
                 idempotency_window: config.idempotency_window,
                 connect_timeout: config.connect_timeout,
                 address,
-                closed: AtomicBool::new(false),
+                closed: CloseFlag::default(),
             }),
         })
+    }
+
+    /// The capability table a configuration gives, without connecting.
+    pub fn table(config: &QueueConfig) -> Capabilities {
+        capabilities(
+            config.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD),
+            config.idempotency_window,
+        )
     }
 
     /// A producer with its concrete type.
@@ -209,7 +200,7 @@ impl Backend for RedisBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        self.shared.closed.store(true, AtomicOrdering::Release);
+        self.shared.closed.close();
         Ok(())
     }
 }
@@ -234,14 +225,39 @@ impl RedisBackend {
     }
 
     pub(crate) async fn health_check(&self) -> HealthStatus {
-        let started = Instant::now();
-        let result = match self.shared.check_open() {
-            Ok(()) => self.ping().await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => HealthStatus::healthy("redis", started.elapsed()),
-            Err(e) => HealthStatus::unhealthy("redis", started.elapsed(), &e),
-        }
+        HealthStatus::probe("redis", async {
+            self.shared.check_open()?;
+            self.ping().await
+        })
+        .await
     }
+}
+
+/// The Redis table: everything native (done inside Redis by the scripts),
+/// exact, FIFO per priority.
+fn capabilities(max_payload: usize, idempotency_window: Duration) -> Capabilities {
+    let mut caps = Capabilities::new("redis");
+    caps.priority = Support::Native;
+    caps.delay = Support::Native;
+    caps.ttl = Support::Native;
+    caps.dead_letter = Support::Native;
+    caps.redrive = Support::Native;
+    caps.idempotency = Support::Native;
+    caps.lease_extension = Support::Native;
+    caps.max_length = Support::Native;
+    caps.purge = Support::Native;
+    caps.purge_in_flight = true;
+    caps.stats = StatsAccuracy::Exact;
+    caps.totals = Totals::Queue;
+    caps.redeliveries = RedeliveryCount::Exact;
+    caps.lease_loss = LeaseLossDetection::Broker;
+    caps.ordering = Ordering::FifoPerPriority;
+    caps.max_payload = max_payload;
+    // The envelope counts headers in a u16.
+    caps.max_headers = Some(u16::MAX as usize);
+    caps.max_batch = MAX_BATCH;
+    caps.max_batch_bytes = Some(MAX_BATCH_BYTES);
+    caps.max_receive = MAX_RECEIVE;
+    caps.idempotency_window = Some(idempotency_window);
+    caps
 }

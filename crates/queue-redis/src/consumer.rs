@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use queue_core::traits::ack_each;
+use queue_core::traits::{ack_each, split_own};
 use queue_core::{
     envelope, Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery, DeliveryError, Error,
     ErrorKind, Message, QueueName, Result,
@@ -14,8 +14,9 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use crate::backend::Shared;
-use crate::error::{lease_lost, unexpected};
-use crate::scripts::{int_of, invocation, lost_positions, ms_after, QueueCtx, NOTIFY, SCRIPTS};
+use crate::ctx::{settle, QueueCtx, Settle};
+use crate::error::unexpected;
+use crate::scripts::{int_of, invocation, lost_positions, ms_after, NOTIFY, SCRIPTS, SCRIPT_BATCH};
 
 /// Receives from one Redis queue.
 #[derive(Debug)]
@@ -34,7 +35,9 @@ impl RedisConsumer {
         queue: &QueueName,
         options: ConsumerOptions,
     ) -> Result<Self> {
-        let lease = options.lease.unwrap_or(shared.lease);
+        let lease = shared
+            .capabilities
+            .check_lease(options.lease.unwrap_or(shared.lease))?;
         let ctx = Arc::new(QueueCtx::new(shared, queue));
         ctx.touch().await?;
         Ok(RedisConsumer {
@@ -165,21 +168,12 @@ impl Consumer for RedisConsumer {
 
     /// Acks every delivery of this queue in one script call per thousand.
     async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
-        let mut ours = Vec::with_capacity(deliveries.len());
-        let mut foreign = Vec::new();
-        for delivery in deliveries {
-            let member = match delivery.acker().as_any().downcast_ref::<RedisAcker>() {
-                Some(acker) if Arc::ptr_eq(&acker.ctx, &self.ctx) => acker.member.clone(),
-                _ => {
-                    foreign.push(delivery);
-                    continue;
-                }
-            };
-            ours.push((member, delivery));
-        }
+        let (mut ours, foreign) = split_own(deliveries, |acker: &RedisAcker| {
+            Arc::ptr_eq(&acker.ctx, &self.ctx).then(|| acker.member.clone())
+        });
         let mut failed = Vec::new();
         while !ours.is_empty() {
-            let rest = ours.split_off(ours.len().min(1000));
+            let rest = ours.split_off(ours.len().min(SCRIPT_BATCH));
             let chunk = std::mem::replace(&mut ours, rest);
             let mut call = invocation(&SCRIPTS.ack, &self.ctx.keys);
             for (member, _) in &chunk {
@@ -190,7 +184,7 @@ impl Consumer for RedisConsumer {
                     let mut lost = lost.into_iter().peekable();
                     for (i, (_, delivery)) in chunk.into_iter().enumerate() {
                         if lost.next_if_eq(&(i + 1)).is_some() {
-                            let error = lease_lost(delivery.message());
+                            let error = Error::lease_lost(delivery.message().id);
                             failed.push(DeliveryError::new(error, delivery));
                         }
                     }
@@ -203,117 +197,6 @@ impl Consumer for RedisConsumer {
             }
         }
         ack_each(foreign, failed).await
-    }
-}
-
-/// One settle of a delivery, by its lease member.
-#[derive(Debug)]
-pub(crate) enum Settle {
-    Ack(Bytes),
-    /// Member, delay in ms, last error (empty: none).
-    Nack(Bytes, u64, String),
-}
-
-type Reply = tokio::sync::oneshot::Sender<Result<bool>>;
-
-/// Single acks and nacks of one consumer's deliveries, gathered while a
-/// script call is in flight: concurrent settles (a worker's failing jobs,
-/// say) cost one round trip per batch, and a lone settle goes at once.
-#[derive(Debug, Default)]
-pub(crate) struct Settler {
-    pending: std::sync::Mutex<Pending>,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    flushing: bool,
-    acks: Vec<(Bytes, Reply)>,
-    nacks: Vec<(Bytes, u64, String, Reply)>,
-}
-
-impl Settler {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Queue `op` on the consumer's settler; `Ok(false)` if the lease was lost.
-async fn settle(ctx: &Arc<QueueCtx>, op: Settle) -> Result<bool> {
-    ctx.shared.check_open()?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let start = {
-        let mut pending = ctx.settler.lock();
-        match op {
-            Settle::Ack(member) => pending.acks.push((member, tx)),
-            Settle::Nack(member, delay, error) => pending.nacks.push((member, delay, error, tx)),
-        }
-        !std::mem::replace(&mut pending.flushing, true)
-    };
-    if start {
-        // A task of its own: a settle whose caller goes away still finishes,
-        // and the others waiting on it are answered.
-        tokio::spawn(flush(ctx.clone()));
-    }
-    rx.await.unwrap_or_else(|_| {
-        Err(Error::new(
-            ErrorKind::Connection,
-            "settling was interrupted (the runtime is shutting down)",
-        ))
-    })
-}
-
-/// Send every pending settle, up to 1000 of a kind per script call, until
-/// none is left.
-async fn flush(ctx: Arc<QueueCtx>) {
-    loop {
-        let (acks, nacks) = {
-            let mut pending = ctx.settler.lock();
-            if pending.acks.is_empty() && pending.nacks.is_empty() {
-                pending.flushing = false;
-                return;
-            }
-            let acks = pending.acks.len().min(1000);
-            let nacks = pending.nacks.len().min(1000);
-            (
-                pending.acks.drain(..acks).collect::<Vec<_>>(),
-                pending.nacks.drain(..nacks).collect::<Vec<_>>(),
-            )
-        };
-        if !acks.is_empty() {
-            let mut call = invocation(&SCRIPTS.ack, &ctx.keys);
-            for (member, _) in &acks {
-                call.arg(member.as_ref());
-            }
-            let result = ctx.run(call, "acking").await.and_then(lost_positions);
-            answer(result, acks.into_iter().map(|(_, reply)| reply));
-        }
-        if !nacks.is_empty() {
-            let mut call = invocation(&SCRIPTS.nack, &ctx.keys);
-            for (member, delay, error, _) in &nacks {
-                call.arg(member.as_ref()).arg(*delay).arg(error.as_str());
-            }
-            let result = ctx.run(call, "nacking").await.and_then(lost_positions);
-            answer(result, nacks.into_iter().map(|(.., reply)| reply));
-        }
-    }
-}
-
-/// Tell each waiting settle whether its lease was held (1-based `lost`
-/// positions were not), or the error of the whole call.
-fn answer(result: Result<Vec<usize>>, replies: impl Iterator<Item = Reply>) {
-    match result {
-        Ok(lost) => {
-            let mut lost = lost.into_iter().peekable();
-            for (i, reply) in replies.enumerate() {
-                let held = lost.next_if_eq(&(i + 1)).is_none();
-                let _ = reply.send(Ok(held));
-            }
-        }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone_kind()));
-            }
-        }
     }
 }
 
@@ -345,7 +228,7 @@ impl Acker for RedisAcker {
     async fn ack(&self, message: &Message) -> Result<()> {
         match settle(&self.ctx, Settle::Ack(self.member.clone())).await? {
             true => Ok(()),
-            false => Err(lease_lost(message)),
+            false => Err(Error::lease_lost(message.id)),
         }
     }
 
@@ -360,18 +243,18 @@ impl Acker for RedisAcker {
         let error = last_error.unwrap_or_default().to_owned();
         match settle(&self.ctx, Settle::Nack(self.member.clone(), delay, error)).await? {
             true => Ok(()),
-            false => Err(lease_lost(message)),
+            false => Err(Error::lease_lost(message.id)),
         }
     }
 
     async fn extend(&mut self, message: &Message, lease: Duration) -> Result<SystemTime> {
-        queue_core::config::check_lease(lease)?;
+        let lease = self.ctx.shared.capabilities.check_lease(lease)?;
         let deadline = SystemTime::now() + lease;
         let mut call = invocation(&SCRIPTS.extend, &self.ctx.keys);
         call.arg(self.member.as_ref()).arg(lease.as_millis() as u64);
         match int_of(&self.ctx.run(call, "extending a lease").await?) {
             Some(1) => Ok(deadline),
-            _ => Err(lease_lost(message)),
+            _ => Err(Error::lease_lost(message.id)),
         }
     }
 
@@ -386,7 +269,16 @@ impl Acker for RedisAcker {
         {
             Ok(())
         } else {
-            Err(lease_lost(message))
+            Err(Error::lease_lost(message.id))
+        }
+    }
+
+    async fn release(&self, message: &Message) -> Result<()> {
+        let mut call = invocation(&SCRIPTS.release, &self.ctx.keys);
+        call.arg(self.member.as_ref());
+        match int_of(&self.ctx.run(call, "releasing a delivery").await?) {
+            Some(1) => Ok(()),
+            _ => Err(Error::lease_lost(message.id)),
         }
     }
 

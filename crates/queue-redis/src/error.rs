@@ -1,6 +1,6 @@
 //! The one mapping from Redis client errors to the queue's error kinds.
 
-use queue_core::{Error, ErrorKind, Message};
+use queue_core::{Error, ErrorKind};
 
 /// The one place a Redis client error becomes a queue [`Error`]: the kind
 /// decides retrying, the source is kept, the address is named.
@@ -31,16 +31,5 @@ pub(crate) fn unexpected(what: &str) -> Error {
     Error::new(
         ErrorKind::Decode,
         format!("redis script replied with something other than {what}"),
-    )
-}
-
-/// Settling a delivery whose lease was lost.
-pub(crate) fn lease_lost(message: &Message) -> Error {
-    Error::new(
-        ErrorKind::LeaseLost,
-        format!(
-            "message {} is no longer leased to this delivery (lease expired, or the message was settled or purged)",
-            message.id
-        ),
     )
 }

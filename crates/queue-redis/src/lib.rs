@@ -43,6 +43,7 @@ mod admin;
 mod backend;
 mod config;
 mod consumer;
+mod ctx;
 mod error;
 mod producer;
 mod scripts;
@@ -64,6 +65,9 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
 pub const REDIS_MAX_VALUE: usize = 512 * 1024 * 1024;
 /// Most messages one `send_batch` carries (one script call, all or nothing).
 pub const MAX_BATCH: usize = 10_000;
+/// Most bytes one `send_batch` carries (summed wire sizes): one script
+/// call's arguments stay well inside Redis's 1 GiB query buffer.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;
 /// Most messages one `receive` claims.
 pub const MAX_RECEIVE: usize = 1_000;
 /// Default key prefix (`prefix` URL parameter).

@@ -4,11 +4,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use queue_core::{envelope, Error, ErrorKind, Message, MessageId, Producer, QueueName, Result};
+use queue_core::{
+    envelope, BatchError, Error, ErrorKind, Message, MessageId, Producer, QueueName, Result,
+};
 
 use crate::backend::Shared;
+use crate::ctx::QueueCtx;
 use crate::error::unexpected;
-use crate::scripts::{array, bytes_of, int_of, invocation, ms_after, QueueCtx, SCRIPTS};
+use crate::scripts::{array, bytes_of, int_of, invocation, ms_after, SCRIPTS};
 
 /// Sends to one Redis queue.
 #[derive(Debug)]
@@ -89,11 +92,17 @@ impl Producer for RedisProducer {
         Ok(ids[0])
     }
 
-    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>> {
-        self.ctx.shared.capabilities.check_batch(&messages)?;
+    /// One script call, all or nothing: a failure is the whole batch's.
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>, BatchError> {
+        let whole = |e| BatchError::whole(e, messages.len());
+        self.ctx
+            .shared
+            .capabilities
+            .check_batch(&messages)
+            .map_err(whole)?;
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        self.push(&messages).await
+        self.push(&messages).await.map_err(whole)
     }
 }

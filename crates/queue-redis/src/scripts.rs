@@ -1,12 +1,11 @@
 //! The Lua scripts, each with the shared prelude, and the key layout.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use queue_core::{Error, ErrorKind, QueueName, Result};
+use queue_core::{QueueName, Result};
 use redis::{Script, Value};
 
-use crate::backend::Shared;
 use crate::error::unexpected;
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -23,6 +22,7 @@ pub(crate) struct Scripts {
     pub(crate) purge: Script,
     pub(crate) dead: Script,
     pub(crate) redrive: Script,
+    pub(crate) release: Script,
 }
 
 fn with_prelude(body: &str) -> Script {
@@ -40,7 +40,13 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     purge: with_prelude(include_str!("lua/purge.lua")),
     dead: with_prelude(include_str!("lua/dead.lua")),
     redrive: with_prelude(include_str!("lua/redrive.lua")),
+    release: with_prelude(include_str!("lua/release.lua")),
 });
+
+/// Most items one script call takes or returns (claims, acks, nacks, dead
+/// letter pages, redrives, job-store cleanup): big enough that a batch is
+/// one round trip, small enough that no script blocks the server long.
+pub(crate) const SCRIPT_BATCH: usize = 1000;
 
 /// The suffixes of a queue's keys, in the order every script takes them.
 pub(crate) const KEY_SUFFIXES: [&str; 15] = [
@@ -71,71 +77,6 @@ pub(crate) fn invocation<'a>(script: &'a Script, keys: &[String]) -> redis::Scri
         invocation.key(key);
     }
     invocation
-}
-
-/// One queue's keys and the backend they belong to.
-#[derive(Debug)]
-pub(crate) struct QueueCtx {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) name: QueueName,
-    pub(crate) keys: Vec<String>,
-    /// Gathers the single settles of this consumer's deliveries.
-    pub(crate) settler: crate::consumer::Settler,
-}
-
-impl QueueCtx {
-    pub(crate) fn new(shared: Arc<Shared>, name: &QueueName) -> QueueCtx {
-        QueueCtx {
-            keys: queue_keys(&shared.prefix, name),
-            name: name.clone(),
-            shared,
-            settler: Default::default(),
-        }
-    }
-
-    /// Make the queue exist (its metadata hash), as a producer or consumer does.
-    pub(crate) async fn touch(&self) -> Result<()> {
-        self.shared.check_open()?;
-        let mut conn = self.shared.conn.clone();
-        redis::cmd("HSETNX")
-            .arg(&self.keys[META])
-            .arg("created")
-            .arg(now_ms())
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.shared.error(e, "creating the queue"))
-    }
-
-    pub(crate) fn missing(&self) -> Error {
-        Error::new(
-            ErrorKind::NotFound,
-            format!("queue {:?} does not exist", self.name.as_str()),
-        )
-    }
-
-    /// Run `invocation` on the shared connection.
-    pub(crate) async fn run(
-        &self,
-        invocation: redis::ScriptInvocation<'_>,
-        doing: &str,
-    ) -> Result<Value> {
-        self.shared.check_open()?;
-        let mut conn = self.shared.conn.clone();
-        invocation
-            .invoke_async::<Value>(&mut conn)
-            .await
-            .map_err(|e| self.shared.error(e, doing))
-    }
-
-    /// The reply of a script that starts with `'ok'` or `'missing'`.
-    pub(crate) fn ok_reply(&self, reply: Value) -> Result<Vec<Value>> {
-        let items = array(reply)?;
-        match items.first().and_then(bytes_of) {
-            Some(b"ok") => Ok(items),
-            Some(b"missing") => Err(self.missing()),
-            _ => Err(unexpected("a status")),
-        }
-    }
 }
 
 pub(crate) fn now_ms() -> u64 {

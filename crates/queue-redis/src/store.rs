@@ -13,7 +13,7 @@ use redis::{Script, Value};
 
 use crate::backend::Shared;
 use crate::error::unexpected;
-use crate::scripts::{bytes_of, int_of};
+use crate::scripts::{bytes_of, int_of, SCRIPT_BATCH};
 
 struct StoreScripts {
     insert: Script,
@@ -116,7 +116,7 @@ impl RedisJobStore {
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(1000)
+                .arg(SCRIPT_BATCH)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.shared.error(e, "listing job keys"))?;
@@ -310,7 +310,7 @@ impl JobStore for RedisJobStore {
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64> {
         let as_arg = |v: Option<u64>| v.map_or(-1i64, |v| i64::try_from(v).unwrap_or(i64::MAX));
         let mut removed = 0;
-        // The script removes at most 1000 per call, so Redis never stalls.
+        // The script removes at most SCRIPT_BATCH per call, so Redis never stalls.
         loop {
             let mut call = SCRIPTS.cleanup.prepare_invoke();
             call.key(&self.keys)
@@ -325,7 +325,7 @@ impl JobStore for RedisJobStore {
                 .map(|n| n.max(0) as u64)
                 .ok_or_else(|| unexpected("a count"))?;
             removed += n;
-            if n < 1000 {
+            if n < SCRIPT_BATCH as u64 {
                 return Ok(removed);
             }
         }

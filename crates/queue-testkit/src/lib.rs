@@ -123,7 +123,10 @@ macro_rules! conformance_suite {
             worker_panic_isolated,
             graceful_shutdown,
             trace_propagation,
-            job_status
+            job_status,
+            release_keeps_attempt,
+            error_text_capped,
+            reserved_headers
         );
     };
 }
@@ -143,32 +146,139 @@ macro_rules! __conformance_cases {
     };
 }
 
-/// Assert that column `column` of `docs/capabilities.md` states `caps` row
-/// by row, as `Capabilities::to_markdown_rows` renders them (each backend's
-/// docs test calls this).
-pub fn assert_capabilities_documented(column: &str, caps: &queue_core::Capabilities) {
+/// Assert that `docs/capabilities.md` states `caps` in its column
+/// (`Capabilities::column`: the backend, and its mode if it has several),
+/// row by row as `Capabilities::to_markdown_rows` renders them. Each
+/// backend's docs test calls this.
+///
+/// With `QUEUE_BLESS_DOCS=1` it writes the column instead (adding the
+/// column or rows that are missing), so the table is generated from the
+/// code: `QUEUE_BLESS_DOCS=1 cargo test --test docs`.
+pub fn assert_capabilities_documented(caps: &queue_core::Capabilities) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/capabilities.md");
     let doc = std::fs::read_to_string(path).expect("docs/capabilities.md exists");
-    let rows: Vec<Vec<String>> = doc
-        .lines()
-        .filter(|line| line.starts_with('|') && !line.starts_with("| ---"))
-        .map(|line| {
-            line.trim_matches('|')
-                .split('|')
-                .map(|cell| cell.trim().to_owned())
-                .collect()
-        })
-        .collect();
-    let header = &rows[0];
-    let index = header
-        .iter()
-        .position(|h| h == column)
-        .unwrap_or_else(|| panic!("docs/capabilities.md has no column {column:?}"));
-    for (feature, value) in caps.to_markdown_rows() {
-        let row = rows
+    let column = caps.column();
+    let expected = caps.to_markdown_rows();
+    if std::env::var("QUEUE_BLESS_DOCS").is_ok_and(|v| v == "1") {
+        let blessed = docs::write_column(&doc, &column, &expected);
+        std::fs::write(path, blessed).expect("write docs/capabilities.md");
+        return;
+    }
+    let table = docs::Table::parse(&doc);
+    let index = table.column(&column).unwrap_or_else(|| {
+        panic!("docs/capabilities.md has no column {column:?} (QUEUE_BLESS_DOCS=1 writes it)")
+    });
+    for (feature, value) in expected {
+        let row = table.row(&feature).unwrap_or_else(|| {
+            panic!("docs/capabilities.md has no row {feature:?} (QUEUE_BLESS_DOCS=1 writes it)")
+        });
+        assert_eq!(
+            row.get(index).map(String::as_str),
+            Some(value.as_str()),
+            "{column} column of {feature:?} (QUEUE_BLESS_DOCS=1 rewrites it from the code)"
+        );
+    }
+}
+
+/// The capability table of `docs/capabilities.md`: read, and one column rewritten.
+mod docs {
+    /// The first Markdown table of a document: its header and rows of cells.
+    pub(crate) struct Table {
+        /// Line range of the table in the document.
+        lines: std::ops::Range<usize>,
+        header: Vec<String>,
+        rows: Vec<Vec<String>>,
+    }
+
+    fn cells(line: &str) -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|cell| cell.trim().to_owned())
+            .collect()
+    }
+
+    impl Table {
+        pub(crate) fn parse(doc: &str) -> Table {
+            let lines: Vec<&str> = doc.lines().collect();
+            let start = lines
+                .iter()
+                .position(|l| l.starts_with('|'))
+                .expect("docs/capabilities.md has a table");
+            let end = lines[start..]
+                .iter()
+                .position(|l| !l.starts_with('|'))
+                .map_or(lines.len(), |n| start + n);
+            let header = cells(lines[start]);
+            let rows = lines[start + 2..end].iter().map(|l| cells(l)).collect();
+            Table {
+                lines: start..end,
+                header,
+                rows,
+            }
+        }
+
+        pub(crate) fn column(&self, name: &str) -> Option<usize> {
+            self.header.iter().position(|h| h == name)
+        }
+
+        pub(crate) fn row(&self, feature: &str) -> Option<&Vec<String>> {
+            self.rows.iter().find(|row| row[0] == feature)
+        }
+
+        fn render(&self) -> Vec<String> {
+            let line = |cells: &[String]| format!("| {} |", cells.join(" | "));
+            let mut out = vec![line(&self.header)];
+            out.push(line(&vec!["---".to_owned(); self.header.len()]));
+            out.extend(self.rows.iter().map(|row| line(row)));
+            out
+        }
+    }
+
+    /// `doc` with column `column` of its table set to `values` (feature,
+    /// value), adding the column after the last generated one and any
+    /// missing row; other columns of a new row read "—".
+    pub(crate) fn write_column(doc: &str, column: &str, values: &[(String, String)]) -> String {
+        let mut table = Table::parse(doc);
+        let index = match table.column(column) {
+            Some(index) => index,
+            None => {
+                // New generated columns go before the planned ones.
+                let at = table
+                    .header
+                    .iter()
+                    .position(|h| h.contains("(planned)"))
+                    .unwrap_or(table.header.len());
+                table.header.insert(at, column.to_owned());
+                for row in &mut table.rows {
+                    row.insert(at, "—".to_owned());
+                }
+                at
+            }
+        };
+        let width = table.header.len();
+        for (position, (feature, value)) in values.iter().enumerate() {
+            let found = table.rows.iter().position(|row| &row[0] == feature);
+            let row = match found {
+                Some(i) => &mut table.rows[i],
+                None => {
+                    let mut row = vec!["—".to_owned(); width];
+                    row[0] = feature.clone();
+                    let at = position.min(table.rows.len());
+                    table.rows.insert(at, row);
+                    &mut table.rows[at]
+                }
+            };
+            row.resize(width, "—".to_owned());
+            row[index] = value.clone();
+        }
+        let lines: Vec<&str> = doc.lines().collect();
+        let mut out: Vec<String> = lines[..table.lines.start]
             .iter()
-            .find(|row| row[0] == feature)
-            .unwrap_or_else(|| panic!("docs/capabilities.md has no row {feature:?}"));
-        assert_eq!(row[index], value, "{column} column of {feature:?}");
+            .map(|l| (*l).to_owned())
+            .collect();
+        out.extend(table.render());
+        out.extend(lines[table.lines.end..].iter().map(|l| (*l).to_owned()));
+        out.join("\n") + "\n"
     }
 }

@@ -4,5 +4,5 @@ use queue_core::{Backend, MemoryBackend};
 
 #[test]
 fn capabilities_doc_matches_the_memory_table() {
-    queue_testkit::assert_capabilities_documented("memory", MemoryBackend::new().capabilities());
+    queue_testkit::assert_capabilities_documented(MemoryBackend::new().capabilities());
 }

@@ -89,10 +89,6 @@ impl Admin for MemoryBackend {
     }
 
     async fn health(&self) -> HealthStatus {
-        let started = std::time::Instant::now();
-        match self.shared.check_open() {
-            Ok(()) => HealthStatus::healthy("memory", started.elapsed()),
-            Err(e) => HealthStatus::unhealthy("memory", started.elapsed(), &e),
-        }
+        HealthStatus::probe("memory", async { self.shared.check_open() }).await
     }
 }

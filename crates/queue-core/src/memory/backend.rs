@@ -1,7 +1,6 @@
 //! [`MemoryBackend`]: the queues of one process, capabilities and close.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,13 +10,15 @@ use super::config::Settings;
 use super::consumer::{LocalQueue, MemoryConsumer};
 use super::producer::MemoryProducer;
 use super::state::{lock, MemQueue, State};
-use super::MAX_RECEIVE;
-use crate::capabilities::{Capabilities, Ordering, Support};
+use super::{MAX_BATCH, MAX_RECEIVE};
+use crate::capabilities::{
+    Capabilities, LeaseLossDetection, Ordering, RedeliveryCount, StatsAccuracy, Support, Totals,
+};
 use crate::config::QueueConfig;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::message::QueueName;
 use crate::stats::{ConsumerOptions, QueueOptions};
-use crate::traits::{Admin, Backend, Consumer, Producer};
+use crate::traits::{Admin, Backend, CloseFlag, Consumer, Producer};
 use tokio::sync::Notify;
 
 /// The embedded backend. Clones share the same queues.
@@ -31,7 +32,7 @@ pub(super) struct Shared {
     pub(super) capabilities: Capabilities,
     pub(super) lease: Duration,
     pub(super) queues: Mutex<HashMap<QueueName, Arc<MemQueue>>>,
-    pub(super) closed: AtomicBool,
+    pub(super) closed: CloseFlag,
 }
 
 impl Default for MemoryBackend {
@@ -60,29 +61,10 @@ impl MemoryBackend {
         } = settings;
         MemoryBackend {
             shared: Arc::new(Shared {
-                capabilities: Capabilities {
-                    backend: "memory",
-                    priority: Support::Native,
-                    delay: Support::Native,
-                    ttl: Support::Native,
-                    dead_letter: Support::Native,
-                    redrive: Support::Native,
-                    idempotency: Support::Native,
-                    lease_extension: Support::Native,
-                    max_length: Support::Native,
-                    purge: Support::Native,
-                    exact_stats: true,
-                    detects_lease_lost: true,
-                    ordering: Ordering::FifoPerPriority,
-                    max_payload,
-                    max_native_delay: None,
-                    max_batch: 10_000,
-                    max_receive: MAX_RECEIVE,
-                    idempotency_window: Some(idempotency_window),
-                },
+                capabilities: capabilities(max_payload, idempotency_window),
                 lease,
                 queues: Mutex::new(HashMap::new()),
-                closed: AtomicBool::new(false),
+                closed: CloseFlag::default(),
             }),
         }
     }
@@ -102,15 +84,20 @@ impl MemoryBackend {
         options: ConsumerOptions,
     ) -> Result<MemoryConsumer> {
         options.check()?;
+        let lease = self
+            .shared
+            .capabilities
+            .check_lease(options.lease.unwrap_or(self.shared.lease))?;
         let queue = self.shared.queue(queue, None)?;
         let name = QueueName::new(queue.name.as_str())?;
         Ok(MemoryConsumer {
             local: Arc::new(LocalQueue {
+                shared: self.shared.clone(),
                 queue: queue.clone(),
                 name,
             }),
             queue,
-            lease: options.lease.unwrap_or(self.shared.lease),
+            lease,
             shared: self.shared.clone(),
         })
     }
@@ -118,10 +105,7 @@ impl MemoryBackend {
 
 impl Shared {
     pub(super) fn check_open(&self) -> Result<()> {
-        if self.closed.load(AtomicOrdering::Acquire) {
-            return Err(Error::closed("the memory backend"));
-        }
-        Ok(())
+        self.closed.check("the memory backend")
     }
 
     /// The queue `name`, created with `options` (or defaults) if missing.
@@ -140,7 +124,7 @@ impl Shared {
                 idempotency_window: self
                     .capabilities
                     .idempotency_window
-                    .unwrap_or(Duration::from_secs(300)),
+                    .unwrap_or(crate::config::DEFAULT_IDEMPOTENCY_WINDOW),
             })
         });
         if let Some(options) = options {
@@ -151,12 +135,10 @@ impl Shared {
 
     pub(super) fn existing(&self, name: &QueueName) -> Result<Arc<MemQueue>> {
         self.check_open()?;
-        lock(&self.queues).get(name).cloned().ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("queue {name:?} does not exist"),
-            )
-        })
+        lock(&self.queues)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| super::error::no_such_queue(name))
     }
 }
 
@@ -183,10 +165,35 @@ impl Backend for MemoryBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        self.shared.closed.store(true, AtomicOrdering::Release);
+        self.shared.closed.close();
         for queue in lock(&self.shared.queues).values() {
             queue.wake_all();
         }
         Ok(())
     }
+}
+
+/// The memory backend's table: everything native, exact, FIFO per priority.
+fn capabilities(max_payload: usize, idempotency_window: Duration) -> Capabilities {
+    let mut caps = Capabilities::new("memory");
+    caps.priority = Support::Native;
+    caps.delay = Support::Native;
+    caps.ttl = Support::Native;
+    caps.dead_letter = Support::Native;
+    caps.redrive = Support::Native;
+    caps.idempotency = Support::Native;
+    caps.lease_extension = Support::Native;
+    caps.max_length = Support::Native;
+    caps.purge = Support::Native;
+    caps.purge_in_flight = true;
+    caps.stats = StatsAccuracy::Exact;
+    caps.totals = Totals::Queue;
+    caps.redeliveries = RedeliveryCount::Exact;
+    caps.lease_loss = LeaseLossDetection::Broker;
+    caps.ordering = Ordering::FifoPerPriority;
+    caps.max_payload = max_payload;
+    caps.max_batch = MAX_BATCH;
+    caps.max_receive = MAX_RECEIVE;
+    caps.idempotency_window = Some(idempotency_window);
+    caps
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::DEFAULT_MAX_PAYLOAD;
-use crate::config::{BackendKind, QueueConfig, DEFAULT_LEASE};
+use crate::config::{BackendKind, QueueConfig, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_LEASE};
 use crate::error::{Error, Result};
 
 /// What the memory backend takes from a configuration.
@@ -18,7 +18,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_payload: DEFAULT_MAX_PAYLOAD,
-            idempotency_window: Duration::from_secs(300),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             lease: DEFAULT_LEASE,
         }
     }

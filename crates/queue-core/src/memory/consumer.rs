@@ -9,12 +9,11 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::backend::Shared;
-use super::error::lease_lost;
 use super::state::{MemQueue, State, TimeKey, WaiterGuard};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::{Message, QueueName};
 use crate::stats::DeadLetterReason;
-use crate::traits::{ack_each, Acker, Consumer, Delivery, DeliveryError};
+use crate::traits::{ack_each, split_own, Acker, Consumer, Delivery, DeliveryError};
 
 /// Receives from one memory queue.
 #[derive(Debug)]
@@ -30,6 +29,7 @@ pub struct MemoryConsumer {
 
 #[derive(Debug)]
 pub(super) struct LocalQueue {
+    pub(super) shared: Arc<Shared>,
     pub(super) queue: Arc<MemQueue>,
     pub(super) name: QueueName,
 }
@@ -132,37 +132,31 @@ impl Consumer for MemoryConsumer {
 
     /// Acks every delivery of this queue under one lock.
     async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
+        let (ours, foreign) = split_own(deliveries, |acker: &MemoryAcker| {
+            Arc::ptr_eq(&acker.local.queue, &self.queue).then_some(acker.key)
+        });
         let mut failed = Vec::new();
-        let mut foreign = Vec::new();
         match self.queue.state() {
-            Err(e) => {
-                failed.extend(
-                    deliveries
-                        .into_iter()
-                        .map(|d| DeliveryError::new(e.clone_kind(), d)),
-                );
-            }
+            Err(e) => failed.extend(
+                ours.into_iter()
+                    .map(|(_, d)| DeliveryError::new(e.clone_kind(), d)),
+            ),
             Ok(mut state) => {
                 // Freeing messages is slow next to the bookkeeping: keep it
                 // out of the lock, which other consumers are waiting for.
-                let mut released = Vec::with_capacity(deliveries.len());
-                let mut settled = Vec::with_capacity(deliveries.len());
-                for delivery in deliveries {
-                    let key = match delivery.acker().as_any().downcast_ref::<MemoryAcker>() {
-                        Some(acker) if Arc::ptr_eq(&acker.local.queue, &self.queue) => acker.key,
-                        _ => {
-                            foreign.push(delivery);
-                            continue;
-                        }
-                    };
-                    match state.release(&key) {
+                let mut released = Vec::with_capacity(ours.len());
+                let mut settled = Vec::with_capacity(ours.len());
+                for (key, delivery) in ours {
+                    match state.unlease(&key) {
                         Some(message) => {
                             state.stats.acked_total += 1;
                             released.push(message);
                             settled.push(delivery);
                         }
-                        None => failed
-                            .push(DeliveryError::new(lease_lost(delivery.message()), delivery)),
+                        None => {
+                            let error = Error::lease_lost(delivery.message().id);
+                            failed.push(DeliveryError::new(error, delivery));
+                        }
                     }
                 }
                 drop(state);
@@ -185,8 +179,8 @@ impl MemoryAcker {
     fn settle(&self, message: &Message, then: impl FnOnce(&mut State, Message)) -> Result<()> {
         let mut state = self.local.queue.state()?;
         let stored = state
-            .release(&self.key)
-            .ok_or_else(|| lease_lost(message))?;
+            .unlease(&self.key)
+            .ok_or_else(|| Error::lease_lost(message.id))?;
         then(&mut state, stored);
         self.local.queue.unlock(state);
         Ok(())
@@ -197,8 +191,8 @@ impl MemoryAcker {
 impl Acker for MemoryAcker {
     async fn ack(&self, message: &Message) -> Result<()> {
         let mut state = self.local.queue.state()?;
-        let Some(released) = state.release(&self.key) else {
-            return Err(lease_lost(message));
+        let Some(released) = state.unlease(&self.key) else {
+            return Err(Error::lease_lost(message.id));
         };
         state.stats.acked_total += 1;
         drop(state);
@@ -221,11 +215,11 @@ impl Acker for MemoryAcker {
     }
 
     async fn extend(&mut self, message: &Message, lease: Duration) -> Result<SystemTime> {
-        crate::config::check_lease(lease)?;
+        let lease = self.local.shared.capabilities.check_lease(lease)?;
         let mut state = self.local.queue.state()?;
         let stored = state
-            .release(&self.key)
-            .ok_or_else(|| lease_lost(message))?;
+            .unlease(&self.key)
+            .ok_or_else(|| Error::lease_lost(message.id))?;
         let key = (Instant::now() + lease, self.key.1);
         state.note_due(key.0);
         state.lease(key, stored);
@@ -239,6 +233,10 @@ impl Acker for MemoryAcker {
             let attempts = stored.attempt;
             state.bury(stored, reason.clone(), attempts);
         })
+    }
+
+    async fn release(&self, message: &Message) -> Result<()> {
+        self.settle(message, |state, stored| state.requeue_front(stored))
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -1,15 +1,34 @@
 //! The errors the memory backend raises itself (it has no client whose
-//! errors need classifying).
+//! errors need classifying; lost leases use the core's wording,
+//! [`Error::lease_lost`]).
 
 use crate::error::{Error, ErrorKind};
-use crate::message::Message;
+use crate::message::QueueName;
 
-pub(super) fn lease_lost(message: &Message) -> Error {
+/// The queue was never created, or was deleted.
+pub(super) fn no_such_queue(name: &QueueName) -> Error {
     Error::new(
-        ErrorKind::LeaseLost,
-        format!(
-            "message {} is no longer leased to this delivery (lease expired, or the message was settled or purged)",
-            message.id
-        ),
+        ErrorKind::NotFound,
+        format!("queue {name:?} does not exist"),
     )
+}
+
+/// A handle's queue was deleted under it.
+pub(super) fn deleted(name: &QueueName) -> Error {
+    Error::new(ErrorKind::NotFound, format!("queue {name:?} was deleted"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_queue() {
+        let q = QueueName::new("gone").unwrap();
+        assert_eq!(no_such_queue(&q).kind(), ErrorKind::NotFound);
+        assert!(no_such_queue(&q)
+            .message()
+            .contains("\"gone\" does not exist"));
+        assert!(deleted(&q).message().contains("was deleted"));
+    }
 }

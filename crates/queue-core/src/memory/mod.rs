@@ -41,5 +41,7 @@ pub use producer::MemoryProducer;
 
 /// Default payload limit of the memory backend: 16 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+/// Most messages one `send_batch` carries.
+pub const MAX_BATCH: usize = 10_000;
 /// Most messages one `receive` returns.
 pub const MAX_RECEIVE: usize = 10_000;

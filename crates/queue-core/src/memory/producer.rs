@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::backend::Shared;
 use super::state::MemQueue;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{BatchError, Error, ErrorKind, Result};
 use crate::message::{Message, MessageId, QueueName};
 use crate::traits::Producer;
 
@@ -81,9 +81,15 @@ impl Producer for MemoryProducer {
         Ok(id)
     }
 
-    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>> {
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>, BatchError> {
         tokio::task::consume_budget().await;
-        self.shared.capabilities.check_batch(&messages)?;
-        self.push(messages)
+        let len = messages.len();
+        // All or nothing: a failure is the whole batch's.
+        let whole = |e| BatchError::whole(e, len);
+        self.shared
+            .capabilities
+            .check_batch(&messages)
+            .map_err(whole)?;
+        self.push(messages).map_err(whole)
     }
 }

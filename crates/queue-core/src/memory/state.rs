@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::message::{Message, MessageId, QueueName};
 use crate::stats::{DeadLetter, DeadLetterReason, QueueOptions, QueueStats};
 
@@ -62,10 +62,7 @@ impl MemQueue {
     pub(super) fn state(&self) -> Result<MutexGuard<'_, State>> {
         let state = lock(&self.state);
         if state.deleted {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("queue {:?} was deleted", self.name),
-            ));
+            return Err(super::error::deleted(&self.name));
         }
         Ok(state)
     }
@@ -164,10 +161,17 @@ impl State {
 
     /// End the lease `key`, returning its message; `None` if it is not held.
     /// Sequences are never reused, so a stale key finds nothing.
-    pub(super) fn release(&mut self, key: &TimeKey) -> Option<Message> {
+    pub(super) fn unlease(&mut self, key: &TimeKey) -> Option<Message> {
         let message = self.in_flight.remove(&key.1)?;
         self.leases.remove(key);
         Some(message)
+    }
+
+    /// Put a released message back at the head of its priority, with its
+    /// attempt unchanged: it was never worked on.
+    pub(super) fn requeue_front(&mut self, message: Message) {
+        self.ready[message.priority.rank()].push_front(message);
+        self.note_ready();
     }
 
     pub(super) fn seq(&mut self) -> u64 {
@@ -275,7 +279,7 @@ impl State {
                 break;
             }
             let mut message = self
-                .release(&key)
+                .unlease(&key)
                 .expect("lease index matches in-flight map");
             message.last_error = Some("lease expired before the delivery was settled".to_owned());
             self.retry(message, Duration::ZERO, sys_now, now);

@@ -51,6 +51,8 @@ async fn max_length_refuses_with_a_typed_error_and_frees_up() {
         ])
         .await
         .unwrap_err();
+    assert!(!err.is_partial(), "all or nothing");
+    let err = err.into_error();
     assert_eq!(err.kind(), ErrorKind::QueueFull);
     assert!(err.is_retryable());
     assert!(err.message().contains("at most 3"), "{err}");

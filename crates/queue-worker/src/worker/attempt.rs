@@ -76,20 +76,43 @@ enum Tally {
     Returned,
 }
 
-/// Record one outcome of job `id`: the lane's counter, the metric, the
-/// lifecycle event and the job store's status, all from one place.
+/// Record one outcome of job `id`: the job store's status, then the lane's
+/// counter, the metric and the lifecycle event, all from one place. The
+/// store goes first, so whoever sees the event or the counter reads the new
+/// status.
 async fn record(shared: &Shared, counters: &Counters, id: MessageId, attempt: u32, tally: Tally) {
-    let queue = &shared.queue;
+    let update = match &tally {
+        Tally::Completed { result, .. } => Some(JobUpdate::Completed {
+            result: result.clone(),
+        }),
+        Tally::Failed { .. } | Tally::Cancelled { by_handler: false } => None,
+        Tally::Retried { error, .. } => Some(JobUpdate::Retry {
+            error: error.clone(),
+        }),
+        Tally::DeadLettered { error, .. } => Some(JobUpdate::Dead {
+            error: error.clone(),
+        }),
+        Tally::Cancelled { by_handler: true } => Some(JobUpdate::Cancelled),
+        Tally::Returned => Some(JobUpdate::Retry {
+            error: STOPPED.to_owned(),
+        }),
+    };
+    if let (Some(store), Some(update)) = (&shared.store, update) {
+        // A store that fails is logged, not fatal: the job itself is
+        // settled either way.
+        if let Err(e) = store.update(id, update).await {
+            tracing::warn!(job_id = %id, error = %e, "could not record the job's status");
+        }
+    }
     let metrics = &shared.metrics;
-    let event = |kind: JobEventKind| JobEvent::new(kind, id, queue.clone(), attempt);
-    let update = match tally {
-        Tally::Completed { run_time, result } => {
+    let event = |kind: JobEventKind| JobEvent::new(kind, id, shared.queue.clone(), attempt);
+    match tally {
+        Tally::Completed { run_time, .. } => {
             counters.completed.fetch_add(1, AtomicOrdering::Relaxed);
             metrics.completed.increment(1);
             shared
                 .events
                 .emit(|| event(JobEventKind::Completed).with_duration(run_time));
-            Some(JobUpdate::Completed { result })
         }
         Tally::Failed { run_time, error } => {
             counters.failed.fetch_add(1, AtomicOrdering::Relaxed);
@@ -97,42 +120,28 @@ async fn record(shared: &Shared, counters: &Counters, id: MessageId, attempt: u3
             shared
                 .events
                 .emit(|| event(JobEventKind::Failed { error }).with_duration(run_time));
-            None
         }
-        Tally::Retried { delay, error } => {
+        Tally::Retried { delay, .. } => {
             counters.retried.fetch_add(1, AtomicOrdering::Relaxed);
             metrics.retried.increment(1);
             shared
                 .events
                 .emit(|| event(JobEventKind::Retried { delay }));
-            Some(JobUpdate::Retry { error })
         }
-        Tally::DeadLettered { reason, error } => {
+        Tally::DeadLettered { reason, .. } => {
             counters.dead_lettered.fetch_add(1, AtomicOrdering::Relaxed);
             metrics.dead_lettered.increment(1);
             shared
                 .events
                 .emit(|| event(JobEventKind::DeadLettered { reason }));
-            Some(JobUpdate::Dead { error })
         }
-        Tally::Cancelled { by_handler } => {
+        Tally::Cancelled { .. } => {
             counters.cancelled.fetch_add(1, AtomicOrdering::Relaxed);
             metrics.cancelled.increment(1);
             shared.events.emit(|| event(JobEventKind::Cancelled));
-            by_handler.then_some(JobUpdate::Cancelled)
         }
         Tally::Returned => {
             counters.returned.fetch_add(1, AtomicOrdering::Relaxed);
-            Some(JobUpdate::Retry {
-                error: STOPPED.to_owned(),
-            })
-        }
-    };
-    if let (Some(store), Some(update)) = (&shared.store, update) {
-        // A store that fails is logged, not fatal: the job itself is
-        // settled either way.
-        if let Err(e) = store.update(id, update).await {
-            tracing::warn!(job_id = %id, error = %e, "could not record the job's status");
         }
     }
 }
@@ -349,7 +358,9 @@ async fn settle(
             return Some(delivery);
         }
         Outcome::Stopped => {
-            if let Err(e) = delivery.nack_with_error(Duration::ZERO, STOPPED).await {
+            // Handed back without spending an attempt: shutdown is not the
+            // job's failure.
+            if let Err(e) = delivery.release().await {
                 tracing::warn!(job_id = %id, error = %e.error, "could not return a stopped job; it returns when its lease expires");
             }
             record(shared, counters, id, attempt, Tally::Returned).await;
