@@ -1,11 +1,11 @@
 //! Configuration from a URL and `QUEUE_*` environment variables, validated.
 //!
 //! ```
-//! use queue_core::config::{BackendKind, QueueConfig};
+//! use queue_core::config::QueueConfig;
 //! use std::time::Duration;
 //!
 //! let config = QueueConfig::from_url("redis://app:s3cret@127.0.0.1:6379/0?lease=45s").unwrap();
-//! assert_eq!(config.backend, BackendKind::Redis);
+//! assert_eq!(config.scheme(), "redis");
 //! assert_eq!(config.lease, Duration::from_secs(45));
 //! // Credentials never show.
 //! assert!(!format!("{config:?}").contains("s3cret"));
@@ -25,74 +25,14 @@ use crate::message::QueueName;
 
 /// Default lease (visibility timeout) of a delivery.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Default longest wait for one broker reply.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default idempotency window: how long a key is remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 /// Shortest lease accepted.
 pub const MIN_LEASE: Duration = Duration::from_millis(100);
 /// Longest lease accepted (the SQS maximum).
 pub const MAX_LEASE: Duration = Duration::from_secs(12 * 60 * 60);
-
-/// Which backend a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum BackendKind {
-    /// `memory://`: the embedded in-process backend.
-    Memory,
-    /// `redis://` or `rediss://` (TLS).
-    Redis,
-    /// `amqp://` or `amqps://` (TLS): RabbitMQ.
-    Amqp,
-    /// `kafka://host:port[,host:port]`.
-    Kafka,
-    /// `sqs://region` (with `?endpoint=` for local servers).
-    Sqs,
-}
-
-impl BackendKind {
-    /// Every URL scheme the parser knows.
-    pub const SCHEMES: [&'static str; 7] =
-        ["memory", "redis", "rediss", "amqp", "amqps", "kafka", "sqs"];
-
-    /// The backend of a URL scheme.
-    pub fn from_scheme(scheme: &str) -> Result<BackendKind> {
-        match scheme {
-            "memory" => Ok(BackendKind::Memory),
-            "redis" | "rediss" => Ok(BackendKind::Redis),
-            "amqp" | "amqps" => Ok(BackendKind::Amqp),
-            "kafka" => Ok(BackendKind::Kafka),
-            "sqs" => Ok(BackendKind::Sqs),
-            other => Err(Error::config(format!(
-                "url: unknown scheme {other:?}; expected one of {}",
-                BackendKind::SCHEMES.join(", ")
-            ))),
-        }
-    }
-
-    /// The cargo feature of crate `queue` that compiles this backend in.
-    pub fn feature(self) -> &'static str {
-        match self {
-            BackendKind::Memory => "memory",
-            BackendKind::Redis => "redis",
-            BackendKind::Amqp => "amqp",
-            BackendKind::Kafka => "kafka",
-            BackendKind::Sqs => "sqs",
-        }
-    }
-
-    /// The error for a URL whose backend is not compiled into this build.
-    pub fn not_compiled_in(self) -> Error {
-        Error::config(format!(
-            "url: backend not compiled in: enable feature `{}` of crate `queue`",
-            self.feature()
-        ))
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.feature())
-    }
-}
 
 /// Fragments that mark a query parameter as secret: any parameter whose
 /// name contains one (`password`, `sasl.password`, `aws_secret_access_key`,
@@ -235,10 +175,9 @@ impl fmt::Display for SecretUrl {
 #[derive(Clone, PartialEq, Eq, Validate)]
 #[non_exhaustive]
 pub struct QueueConfig {
-    /// The broker URL (credentials redacted when shown).
+    /// The broker URL (credentials redacted when shown). Its scheme picks
+    /// the backend, among those registered ([`crate::registry`]).
     pub url: SecretUrl,
-    /// The backend the URL names.
-    pub backend: BackendKind,
     /// Default lease of a delivery (`lease`, `QUEUE_LEASE`), 100ms to 12h.
     #[validate(custom(function = "validate_lease"))]
     pub lease: Duration,
@@ -257,6 +196,12 @@ pub struct QueueConfig {
     /// `QUEUE_CONNECT_TIMEOUT`), 100ms to 5 minutes.
     #[validate(custom(function = "validate_connect_timeout"))]
     pub connect_timeout: Duration,
+    /// Longest wait for one broker reply (`request_timeout`,
+    /// `QUEUE_REQUEST_TIMEOUT`), 100ms to 10 minutes, default 10 s. A broker
+    /// that stops answering fails calls with a retryable `Timeout` or
+    /// `Connection` error within it (plus a blocking receive's own wait).
+    #[validate(custom(function = "validate_request_timeout"))]
+    pub request_timeout: Duration,
     /// The queue used when none is named (`queue`, `QUEUE_DEFAULT_QUEUE`).
     pub default_queue: Option<QueueName>,
     /// Backend-specific URL parameters, not yet interpreted.
@@ -281,11 +226,11 @@ impl fmt::Debug for QueueConfig {
             .collect();
         f.debug_struct("QueueConfig")
             .field("url", &self.url)
-            .field("backend", &self.backend)
             .field("lease", &self.lease)
             .field("max_payload", &self.max_payload)
             .field("idempotency_window", &self.idempotency_window)
             .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
             .field("default_queue", &self.default_queue)
             .field("params", &params)
             .finish()
@@ -293,12 +238,13 @@ impl fmt::Debug for QueueConfig {
 }
 
 /// Environment variables read by [`QueueConfig::from_env`].
-pub const ENV_VARS: [&str; 6] = [
+pub const ENV_VARS: [&str; 7] = [
     "QUEUE_URL",
     "QUEUE_LEASE",
     "QUEUE_MAX_PAYLOAD",
     "QUEUE_IDEMPOTENCY_WINDOW",
     "QUEUE_CONNECT_TIMEOUT",
+    "QUEUE_REQUEST_TIMEOUT",
     "QUEUE_DEFAULT_QUEUE",
 ];
 
@@ -306,14 +252,13 @@ impl QueueConfig {
     /// Parse and validate a URL, with settings from its query.
     pub fn from_url(input: &str) -> Result<QueueConfig> {
         let url = SecretUrl::parse(input)?;
-        let backend = BackendKind::from_scheme(url.expose().scheme())?;
         let mut config = QueueConfig {
             url,
-            backend,
             lease: DEFAULT_LEASE,
             max_payload: None,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             default_queue: None,
             params: BTreeMap::new(),
         };
@@ -348,6 +293,7 @@ impl QueueConfig {
             ("QUEUE_MAX_PAYLOAD", "max_payload"),
             ("QUEUE_IDEMPOTENCY_WINDOW", "idempotency_window"),
             ("QUEUE_CONNECT_TIMEOUT", "connect_timeout"),
+            ("QUEUE_REQUEST_TIMEOUT", "request_timeout"),
             ("QUEUE_DEFAULT_QUEUE", "queue"),
         ] {
             if let Some(value) = lookup(var) {
@@ -364,6 +310,7 @@ impl QueueConfig {
             "lease" => self.lease = parse_duration(field, value)?,
             "idempotency_window" => self.idempotency_window = parse_duration(field, value)?,
             "connect_timeout" => self.connect_timeout = parse_duration(field, value)?,
+            "request_timeout" => self.request_timeout = parse_duration(field, value)?,
             "max_payload" => {
                 self.max_payload = Some(value.parse().map_err(|_| {
                     Error::config(format!(
@@ -391,8 +338,30 @@ impl QueueConfig {
         self.params.remove(key)
     }
 
-    /// Fail if backend parameters are left that the backend did not take.
-    pub fn reject_unknown_params(&self, known: &[&str]) -> Result<()> {
+    /// The URL's scheme (`redis`, `amqps`, ...), which picks the backend.
+    pub fn scheme(&self) -> &str {
+        self.url.expose().scheme()
+    }
+
+    /// Fail unless the URL's scheme is one of `schemes`, naming them: a
+    /// backend's own check that it was handed a URL for it.
+    pub fn expect_scheme(&self, backend: &str, schemes: &[&str]) -> Result<()> {
+        if schemes.contains(&self.scheme()) {
+            return Ok(());
+        }
+        Err(Error::config(format!(
+            "url: the {backend} backend takes {} URLs, got scheme {:?}",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            self.scheme()
+        )))
+    }
+
+    /// Fail if backend parameters are left that `backend` did not take.
+    pub fn reject_unknown_params(&self, backend: &str, known: &[&str]) -> Result<()> {
         match self.params.keys().next() {
             None => Ok(()),
             Some(key) => {
@@ -401,12 +370,12 @@ impl QueueConfig {
                     "max_payload",
                     "idempotency_window",
                     "connect_timeout",
+                    "request_timeout",
                     "queue",
                 ];
                 all.extend_from_slice(known);
                 Err(Error::config(format!(
-                    "{key}: unknown option for the {} backend; known options are {}",
-                    self.backend,
+                    "{key}: unknown option for the {backend} backend; known options are {}",
                     all.join(", ")
                 )))
             }
@@ -511,6 +480,15 @@ fn validate_connect_timeout(d: &Duration) -> Result<(), ValidationError> {
     )
 }
 
+fn validate_request_timeout(d: &Duration) -> Result<(), ValidationError> {
+    duration_in(
+        d,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+        "timeout_range",
+    )
+}
+
 /// Turn `validator` errors into one [`ErrorKind::Config`] error whose message
 /// names every failing field (`field: why`), sorted by field name.
 pub fn validation_error(errors: ValidationErrors) -> Error {
@@ -562,28 +540,39 @@ mod tests {
     }
 
     #[test]
-    fn every_known_scheme_parses() {
-        for (url, kind) in [
-            ("memory://", BackendKind::Memory),
-            ("redis://127.0.0.1:6379", BackendKind::Redis),
-            ("rediss://h:6380", BackendKind::Redis),
-            ("amqp://guest:guest@127.0.0.1:5672/%2f", BackendKind::Amqp),
-            ("amqps://h", BackendKind::Amqp),
-            ("kafka://127.0.0.1:9092,127.0.0.1:9093", BackendKind::Kafka),
-            (
-                "sqs://us-east-1?endpoint=http://127.0.0.1:4566",
-                BackendKind::Sqs,
-            ),
+    fn every_scheme_parses_and_picks_nothing_yet() {
+        for (url, scheme) in [
+            ("memory://", "memory"),
+            ("redis://127.0.0.1:6379", "redis"),
+            ("rediss://h:6380", "rediss"),
+            ("amqp://guest:guest@127.0.0.1:5672/%2f", "amqp"),
+            ("kafka://127.0.0.1:9092,127.0.0.1:9093", "kafka"),
+            ("sqs://us-east-1?endpoint=http://127.0.0.1:4566", "sqs"),
+            ("postgres://u@h/db", "postgres"),
         ] {
-            assert_eq!(QueueConfig::from_url(url).unwrap().backend, kind, "{url}");
+            assert_eq!(
+                QueueConfig::from_url(url).unwrap().scheme(),
+                scheme,
+                "{url}"
+            );
         }
+        let config = QueueConfig::from_url("nope://u:hunter2@h").unwrap();
+        let err = config
+            .expect_scheme("redis", &["redis", "rediss"])
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.message().contains("redis:// or rediss://")
+                && err.message().contains("scheme \"nope\""),
+            "{err}"
+        );
+        assert!(!format!("{err:?}").contains("hunter2"));
     }
 
     #[test]
     fn bad_urls_are_typed_and_never_leak_credentials() {
         for (url, fragment) in [
             ("not a url", "url: malformed URL"),
-            ("postgres://u:hunter2@h/db", "unknown scheme \"postgres\""),
             (
                 "redis://u:hunter2@h?lease=0s",
                 "lease: must be between 100ms and 43200s, got 0ms",
@@ -650,7 +639,7 @@ mod tests {
         assert_eq!(config.default_queue.unwrap().as_str(), "emails");
 
         let config = QueueConfig::from_lookup(lookup(&[])).unwrap();
-        assert_eq!(config.backend, BackendKind::Memory);
+        assert_eq!(config.scheme(), "memory");
 
         let err = QueueConfig::from_lookup(lookup(&[("QUEUE_LEASE", "13h")])).unwrap_err();
         assert!(err.message().starts_with("lease: must be between"), "{err}");
@@ -660,9 +649,9 @@ mod tests {
                 .starts_with("QUEUE_LEASE: expected a duration"),
             "{err}"
         );
-        let err = QueueConfig::from_lookup(lookup(&[("QUEUE_URL", "nope://")])).unwrap_err();
+        let err = QueueConfig::from_lookup(lookup(&[("QUEUE_URL", "not a url")])).unwrap_err();
         assert!(
-            err.message().starts_with("QUEUE_URL: unknown scheme"),
+            err.message().starts_with("QUEUE_URL: malformed URL"),
             "{err}"
         );
     }
@@ -670,7 +659,7 @@ mod tests {
     #[test]
     fn unknown_backend_params_are_rejected_by_name() {
         let config = QueueConfig::from_url("memory://?colour=blue").unwrap();
-        let err = config.reject_unknown_params(&[]).unwrap_err();
+        let err = config.reject_unknown_params("memory", &[]).unwrap_err();
         assert!(err
             .message()
             .starts_with("colour: unknown option for the memory backend"));

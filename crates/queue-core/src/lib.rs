@@ -29,6 +29,7 @@ pub mod job;
 pub mod memory;
 pub mod message;
 mod random;
+pub mod registry;
 pub mod stats;
 pub mod store;
 pub mod trace;
@@ -37,7 +38,7 @@ pub mod traits;
 pub use capabilities::{
     Capabilities, LeaseLossDetection, Ordering, RedeliveryCount, StatsAccuracy, Support, Totals,
 };
-pub use config::{BackendKind, QueueConfig, SecretUrl};
+pub use config::{QueueConfig, SecretUrl};
 pub use error::{BatchError, BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
 pub use job::{BackoffPolicy, Job, JobOptions, JobStatus};
 pub use memory::MemoryBackend;

@@ -93,9 +93,9 @@ impl RedisBackend {
     /// Connect to the Redis a `redis://` or `rediss://` URL names.
     ///
     /// Besides the common options (`lease`, `max_payload`,
-    /// `idempotency_window`, `connect_timeout`) the URL takes `prefix`
-    /// (key prefix, default `queue`), `response_timeout` (default 10s) and,
-    /// for `rediss://`, `tls_ca` (a PEM file of the certificate authority to
+    /// `idempotency_window`, `connect_timeout`, `request_timeout`) the URL
+    /// takes `prefix` (key prefix, default `queue`) and, for `rediss://`,
+    /// `tls_ca` (a PEM file of the certificate authority to
     /// trust instead of the system's roots).
     /// The database is the URL path (`redis://host:6379/2`).
     pub async fn connect(url: &str) -> Result<Self> {

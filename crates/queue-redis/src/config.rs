@@ -2,19 +2,22 @@
 
 use std::time::Duration;
 
-use queue_core::config::parse_duration;
-use queue_core::{BackendKind, Error, QueueConfig, Result};
+use queue_core::{Error, QueueConfig, Result};
 
-use crate::{DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT, REDIS_MAX_VALUE};
+use crate::{DEFAULT_PREFIX, REDIS_MAX_VALUE};
+
+/// The URL schemes of this backend: plain and TLS.
+pub(crate) const SCHEMES: [&str; 2] = ["redis", "rediss"];
 
 /// URL parameters this backend reads besides the common ones.
-const PARAMS: [&str; 3] = ["prefix", "response_timeout", "tls_ca"];
+const PARAMS: [&str; 2] = ["prefix", "tls_ca"];
 
 /// What the backend needs from a validated `redis://` configuration.
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) client: redis::Client,
     pub(crate) prefix: String,
+    /// The common `request_timeout`: longest wait for one reply.
     pub(crate) response_timeout: Duration,
     /// `host:port`, for errors (never the credentials).
     pub(crate) address: String,
@@ -24,17 +27,11 @@ impl Settings {
     /// Validate the Redis part of `config`: every error names its field
     /// and never quotes a credential.
     pub(crate) fn from_config(config: &QueueConfig) -> Result<Settings> {
-        if config.backend != BackendKind::Redis {
-            return Err(Error::config(format!(
-                "url: the redis backend needs a redis:// or rediss:// URL, got a {} URL",
-                config.backend
-            )));
-        }
+        config.expect_scheme("redis", &SCHEMES)?;
         let mut rest = config.clone();
         let prefix = rest.take_param("prefix");
-        let response_timeout = rest.take_param("response_timeout");
         let tls_ca = rest.take_param("tls_ca");
-        rest.reject_unknown_params(&PARAMS)?;
+        rest.reject_unknown_params("redis", &PARAMS)?;
         let prefix = match prefix {
             None => DEFAULT_PREFIX.to_owned(),
             Some(p) if valid_prefix(&p) => p,
@@ -44,18 +41,7 @@ impl Settings {
                 )))
             }
         };
-        let response_timeout = match response_timeout {
-            None => DEFAULT_RESPONSE_TIMEOUT,
-            Some(v) => {
-                let d = parse_duration("response_timeout", &v)?;
-                if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
-                    return Err(Error::config(format!(
-                        "response_timeout: must be 100ms to 10m, got {v:?}"
-                    )));
-                }
-                d
-            }
-        };
+        let response_timeout = config.request_timeout;
         if config.url.hosts().len() > 1 {
             return Err(Error::config(
                 "url: the redis backend connects to one host (Redis Cluster and Sentinel are not supported yet)",
@@ -140,8 +126,8 @@ mod tests {
                 "prefix: must be",
             ),
             (
-                "redis://u:hunter2@127.0.0.1:6379?response_timeout=0s",
-                "response_timeout: must be",
+                "redis://u:hunter2@127.0.0.1:6379?request_timeout=0s",
+                "request_timeout: must be",
             ),
             (
                 "redis://u:hunter2@127.0.0.1:6379?shards=2",
@@ -159,7 +145,7 @@ mod tests {
                 "redis://u:hunter2@127.0.0.1:6379,127.0.0.1:6380",
                 "url: the redis backend connects to one host",
             ),
-            ("memory://", "url: the redis backend needs"),
+            ("memory://", "url: the redis backend takes"),
         ] {
             let err = RedisBackend::connect(url).await.unwrap_err();
             let text = format!("{err} {err:?}");

@@ -49,8 +49,6 @@ mod producer;
 mod scripts;
 mod store;
 
-use std::time::Duration;
-
 use queue_core::QueueName;
 
 pub use crate::backend::RedisBackend;
@@ -72,8 +70,19 @@ pub const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;
 pub const MAX_RECEIVE: usize = 1_000;
 /// Default key prefix (`prefix` URL parameter).
 pub const DEFAULT_PREFIX: &str = "queue";
-/// Default limit for one command's reply (`response_timeout` URL parameter).
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connector that plugs `redis://` and `rediss://` into
+/// [`queue_core::registry`] (the umbrella crate `queue` registers it).
+pub const CONNECTOR: queue_core::registry::Connector = queue_core::registry::Connector {
+    backend: "redis",
+    schemes: &config::SCHEMES,
+    connect: |config| {
+        Box::pin(async move {
+            let backend = RedisBackend::from_config(&config).await?;
+            Ok(std::sync::Arc::new(backend) as std::sync::Arc<dyn queue_core::Backend>)
+        })
+    },
+};
 
 /// The inbox key of `queue` under key prefix `prefix`: `LPUSH` bytes there
 /// with any Redis client to enqueue them (see the crate docs).

@@ -452,7 +452,7 @@ async fn the_job_store_is_shared_between_connections() {
 
 #[tokio::test]
 async fn the_prefix_parameter_names_the_keys() {
-    let Some(f) = Fixture::new("prefix", "?prefix=qt-alt&response_timeout=5s").await else {
+    let Some(f) = Fixture::new("prefix", "?prefix=qt-alt&request_timeout=5s").await else {
         return;
     };
     assert_eq!(f.backend.prefix(), "qt-alt");

@@ -20,6 +20,27 @@ pub use queue_prometheus as prometheus;
 #[cfg(feature = "redis")]
 pub use queue_redis as redis;
 
+/// Every backend this crate can compile in: its URL schemes and the cargo
+/// feature that brings it, so a URL for one left out names the feature.
+pub const BACKEND_FEATURES: [(&str, &[&str]); 5] = [
+    ("memory", &["memory"]),
+    ("redis", &["redis", "rediss"]),
+    ("amqp", &["amqp", "amqps"]),
+    ("kafka", &["kafka"]),
+    ("sqs", &["sqs"]),
+];
+
+/// Register the connector of every backend compiled into this build
+/// ([`registry::register`]); [`connect`] does it before connecting, so a
+/// program needs this only to use [`registry`] directly.
+pub fn register_backends() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(feature = "redis")]
+        registry::register(queue_redis::CONNECTOR);
+    });
+}
+
 /// Connect the backend a URL names (`memory://`, `redis://`, `amqp://`,
 /// `kafka://`, `sqs://`).
 ///
@@ -47,14 +68,26 @@ pub async fn connect_env() -> Result<Arc<dyn Backend>> {
 
 /// Connect the backend of a validated configuration.
 pub async fn connect_config(config: &QueueConfig) -> Result<Arc<dyn Backend>> {
-    match config.backend {
-        #[cfg(feature = "memory")]
-        BackendKind::Memory => Ok(Arc::new(MemoryBackend::from_config(config)?)),
-        #[cfg(feature = "redis")]
-        BackendKind::Redis => Ok(Arc::new(
-            queue_redis::RedisBackend::from_config(config).await?,
+    register_backends();
+    let scheme = config.scheme();
+    let compiled_in = cfg!(feature = "memory") || scheme != "memory";
+    match registry::connector(scheme) {
+        Some(connector) if compiled_in => (connector.connect)(config.clone()).await,
+        _ => Err(not_compiled_in(scheme)),
+    }
+}
+
+/// The error for a scheme whose backend this build lacks: the feature to
+/// enable, or the unknown scheme.
+fn not_compiled_in(scheme: &str) -> Error {
+    match BACKEND_FEATURES
+        .iter()
+        .find(|(_, schemes)| schemes.contains(&scheme))
+    {
+        Some((feature, _)) => Error::config(format!(
+            "url: backend not compiled in: enable feature `{feature}` of crate `queue`"
         )),
-        other => Err(other.not_compiled_in()),
+        None => registry::unknown_scheme(scheme),
     }
 }
 
@@ -82,6 +115,17 @@ mod tests {
             );
             assert!(!text.contains("hunter2"), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_list_the_registered_ones() {
+        let err = connect("nope://u:hunter2@h").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("unknown scheme \"nope\""), "{err}");
+        assert!(err.message().contains("memory"), "{err}");
+        #[cfg(feature = "redis")]
+        assert!(err.message().contains("rediss"), "{err}");
+        assert!(!format!("{err:?}").contains("hunter2"));
     }
 
     #[tokio::test]

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::DEFAULT_MAX_PAYLOAD;
-use crate::config::{BackendKind, QueueConfig, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_LEASE};
-use crate::error::{Error, Result};
+use crate::config::{QueueConfig, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_LEASE};
+use crate::error::Result;
 
 /// What the memory backend takes from a configuration.
 #[derive(Debug, Clone, Copy)]
@@ -28,13 +28,8 @@ impl Settings {
     /// `max_payload`, `idempotency_window` and `lease` apply; any other
     /// parameter is an error naming it.
     pub(super) fn from_config(config: &QueueConfig) -> Result<Settings> {
-        if config.backend != BackendKind::Memory {
-            return Err(Error::config(format!(
-                "url: the memory backend needs a memory:// URL, got a {} URL",
-                config.backend
-            )));
-        }
-        config.reject_unknown_params(&[])?;
+        config.expect_scheme("memory", &["memory"])?;
+        config.reject_unknown_params("memory", &[])?;
         Ok(Settings {
             max_payload: config.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD),
             idempotency_window: config.idempotency_window,
