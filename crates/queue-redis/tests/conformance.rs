@@ -1,21 +1,22 @@
 //! The whole conformance suite against a real Redis (`QUEUE_TEST_REDIS_URL`).
 //!
-//! Each case gets its own ACL user, so `reconnect` can cut exactly that
-//! case's connections with `CLIENT KILL USER` while other cases run.
+//! The fault cases connect through the testkit's fault proxy; the restart
+//! case runs a private `redis-server` with an append-only file fsynced on
+//! every write, kills it with SIGKILL and starts it again on its files.
 
+mod support;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use queue_core::{Backend, JobStore, QueueName, Result};
+use queue_core::{Backend, Error, ErrorKind, JobStore, QueueName, Result};
 use queue_redis::RedisBackend;
-use queue_testkit::{broker_url, Harness};
+use queue_testkit::{broker_url, BrokerProcess, Harness};
 
 struct RedisHarness {
-    /// The broker URL as configured (admin rights: ACL, CLIENT KILL).
-    admin_url: String,
-    /// The URL this case's backends connect with (its own user).
     url: String,
-    user: Option<String>,
     /// The job store namespace of this case, removed afterwards.
     jobs: String,
     /// Keys written next to a queue's by `inject_foreign`, removed afterwards.
@@ -24,45 +25,10 @@ struct RedisHarness {
 
 impl RedisHarness {
     fn from_env() -> Option<RedisHarness> {
-        let admin_url = broker_url("QUEUE_TEST_REDIS_URL")?;
-        let unique = uuid_tail();
-        let user = format!("qt-{unique}");
-        let password = format!("pw-{unique}");
-        let created = admin(&admin_url).and_then(|mut conn| {
-            redis::cmd("ACL")
-                .arg("SETUSER")
-                .arg(&user)
-                .arg("on")
-                .arg(format!(">{password}"))
-                .arg("~*")
-                .arg("&*")
-                .arg("+@all")
-                .query::<()>(&mut conn)
-        });
-        let (url, user) = match created {
-            Ok(()) => {
-                let mut url = url::Url::parse(&admin_url).expect("QUEUE_TEST_REDIS_URL is a URL");
-                url.set_username(&user).expect("URL with a host");
-                url.set_password(Some(&password)).expect("URL with a host");
-                (url.to_string(), Some(user))
-            }
-            Err(e) => {
-                // Without its own user, `reconnect` could not cut this
-                // case's connections alone: a required run fails here.
-                let required = std::env::var("QUEUE_TEST_REQUIRED").is_ok_and(|v| v == "1");
-                assert!(
-                    !required,
-                    "ACL SETUSER failed ({e}): the Redis suite needs a user allowed to manage ACL users"
-                );
-                eprintln!("no ACL user for this case ({e}); connecting as configured");
-                (admin_url.clone(), None)
-            }
-        };
+        let url = broker_url("QUEUE_TEST_REDIS_URL")?;
         Some(RedisHarness {
-            admin_url,
             url,
-            user,
-            jobs: format!("qt-jobs-{unique}"),
+            jobs: format!("qt-jobs-{}", uuid_tail()),
             junk: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -79,15 +45,9 @@ fn admin(url: &str) -> redis::RedisResult<redis::Connection> {
 
 impl Drop for RedisHarness {
     fn drop(&mut self) {
-        let Ok(mut conn) = admin(&self.admin_url) else {
+        let Ok(mut conn) = admin(&self.url) else {
             return;
         };
-        if let Some(user) = &self.user {
-            let _ = redis::cmd("ACL")
-                .arg("DELUSER")
-                .arg(user)
-                .query::<()>(&mut conn);
-        }
         let pattern = format!("{}:{{{}}}:*", queue_redis::DEFAULT_PREFIX, self.jobs);
         let mut keys: Vec<String> = redis::cmd("KEYS")
             .arg(pattern)
@@ -121,33 +81,17 @@ impl Harness for RedisHarness {
         Some("redis://127.0.0.1:1".to_owned())
     }
 
-    async fn cut_connections(&self) -> Option<Result<()>> {
-        let user = self.user.clone()?;
-        let url = self.admin_url.clone();
-        let killed = tokio::task::spawn_blocking(move || {
-            redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("USER")
-                .arg(&user)
-                .query::<i64>(&mut admin(&url)?)
-        })
-        .await
-        .expect("CLIENT KILL task");
-        Some(match killed {
-            Ok(n) if n > 0 => Ok(()),
-            Ok(_) => Err(queue_core::Error::new(
-                queue_core::ErrorKind::Other,
-                "CLIENT KILL found no connection of this case's user",
-            )),
-            Err(e) => Err(queue_core::Error::new(
-                queue_core::ErrorKind::Connection,
-                format!("CLIENT KILL: {e}"),
-            )),
-        })
+    fn broker_addr(&self) -> Option<SocketAddr> {
+        let url = url::Url::parse(&self.url).ok()?;
+        let host = url.host_str()?.to_owned();
+        (host, url.port().unwrap_or(6379))
+            .to_socket_addrs()
+            .ok()?
+            .next()
     }
 
     async fn inject_foreign(&self, queue: &QueueName, payload: &[u8]) -> Option<Result<()>> {
-        let url = self.admin_url.clone();
+        let url = self.url.clone();
         let keys = queue_redis::queue_keys(queue_redis::DEFAULT_PREFIX, queue);
         let inbox = queue_redis::inbox_key(queue_redis::DEFAULT_PREFIX, queue);
         let payload = payload.to_vec();
@@ -177,9 +121,7 @@ impl Harness for RedisHarness {
         })
         .await
         .expect("LPUSH task");
-        Some(written.map_err(|e| {
-            queue_core::Error::new(queue_core::ErrorKind::Connection, format!("LPUSH: {e}"))
-        }))
+        Some(written.map_err(|e| Error::new(ErrorKind::Connection, format!("LPUSH: {e}"))))
     }
 
     async fn job_store(&self) -> Option<Result<Arc<dyn JobStore>>> {
@@ -189,6 +131,95 @@ impl Harness for RedisHarness {
             Ok(Arc::new(store) as Arc<dyn JobStore>)
         };
         Some(store.await)
+    }
+
+    async fn persistent_broker(&self) -> Option<Result<Box<dyn BrokerProcess>>> {
+        if !support::have("redis-server") {
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("queue-aof-{}", uuid_tail()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut broker = PersistentRedis {
+            port: 0,
+            dir,
+            child: None,
+        };
+        // A port found free may be taken before the server binds it.
+        for _ in 0..3 {
+            broker.port = support::free_port();
+            if broker.start().await.is_ok() {
+                return Some(Ok(Box::new(broker)));
+            }
+        }
+        Some(Err(Error::new(
+            ErrorKind::Connection,
+            "a private redis-server did not start on three ports",
+        )))
+    }
+}
+
+/// A private `redis-server` with `appendonly yes` and `appendfsync always`:
+/// every acknowledged write is on disk before the reply.
+struct PersistentRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<tokio::process::Child>,
+}
+
+#[async_trait]
+impl BrokerProcess for PersistentRedis {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // `kill` sends SIGKILL and waits for the process to end.
+            child
+                .kill()
+                .await
+                .map_err(|e| Error::new(ErrorKind::Other, format!("SIGKILL redis-server: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        let args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &self.dir.to_string_lossy(),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        match support::spawn_redis(&args).await {
+            Some(child) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::Connection,
+                format!("redis-server did not start on port {}", self.port),
+            )),
+        }
+    }
+}
+
+impl Drop for PersistentRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

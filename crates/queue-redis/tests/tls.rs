@@ -4,13 +4,14 @@
 
 #![cfg(feature = "tls")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use queue_core::{Backend, ConsumerOptions, ErrorKind, Message, QueueName};
 use queue_redis::RedisBackend;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl")
@@ -67,14 +68,6 @@ fn certificates(dir: &Path) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
 struct TlsRedis {
     child: tokio::process::Child,
     port: u16,
@@ -91,20 +84,15 @@ impl Drop for TlsRedis {
 /// Start a TLS-only redis-server; `None` (with the reason printed) when this
 /// machine cannot (no redis-server or openssl).
 async fn start() -> Option<TlsRedis> {
-    for tool in ["redis-server", "openssl"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            let required = std::env::var("QUEUE_TEST_REQUIRED").is_ok_and(|v| v == "1");
-            assert!(!required, "{tool} is missing and QUEUE_TEST_REQUIRED=1");
-            eprintln!("skipping: {tool} is not installed");
-            return None;
-        }
+    if !support::have("redis-server") || !support::have("openssl") {
+        return None;
     }
     let dir = std::env::temp_dir().join(format!("queue-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     certificates(&dir);
     // A port found free may be taken before the server binds it: try another.
     for _ in 0..3 {
-        let port = free_port();
+        let port = support::free_port();
         if let Some(child) = spawn_server(&dir, port).await {
             return Some(TlsRedis { child, port, dir });
         }
@@ -112,50 +100,35 @@ async fn start() -> Option<TlsRedis> {
     panic!("the TLS redis-server did not start on three ports");
 }
 
-/// Start redis-server with TLS on `port`; `None` if it exits before it
-/// says it is ready.
+/// Start redis-server with TLS only, on `port`.
 async fn spawn_server(dir: &Path, port: u16) -> Option<tokio::process::Child> {
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let mut child = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
-        .args([
-            "--tls-cert-file",
-            &path("server.crt"),
-            "--tls-key-file",
-            &path("server.key"),
-        ])
-        .args(["--tls-ca-cert-file", &path("ca.crt"), "--dir", &path("")])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start redis-server");
-    // The server says when it listens: wait for that line, not a timer.
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("Ready to accept connections") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    if ready != Ok(true) {
-        let _ = child.start_kill();
-        return None;
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some(child)
+    let args: Vec<String> = [
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-auth-clients",
+        "no",
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--dir",
+        &path(""),
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    support::spawn_redis(&args).await
 }
 
 #[tokio::test]

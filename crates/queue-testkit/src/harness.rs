@@ -1,8 +1,10 @@
 //! What a backend provides to the suite, and the per-case context.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::proxy::FaultProxy;
 use async_trait::async_trait;
 use queue_core::{
     Backend, Capabilities, Consumer, ConsumerOptions, Delivery, JobStore, MemoryBackend, Producer,
@@ -33,8 +35,27 @@ pub trait Harness: Send + Sync {
         None
     }
 
-    /// Cut every client connection from the server side.
-    async fn cut_connections(&self) -> Option<Result<()>> {
+    /// The broker's TCP address, for the fault proxy (the fault cases
+    /// connect through it). `None` for in-process backends.
+    fn broker_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// [`url`](Harness::url) pointing at `addr` (the proxy) instead of the
+    /// broker. The default replaces the URL's host and port; a harness
+    /// whose URL names the broker elsewhere (an `endpoint` parameter)
+    /// overrides it.
+    fn url_via(&self, addr: SocketAddr) -> String {
+        let mut url = url::Url::parse(&self.url()).expect("the harness URL parses");
+        url.set_ip_host(addr.ip()).expect("the URL has a host");
+        url.set_port(Some(addr.port())).expect("the URL has a host");
+        url.to_string()
+    }
+
+    /// A private broker of this backend's kind that keeps its data on
+    /// disk, which the restart case kills with SIGKILL and starts again
+    /// on its files. `None` where the harness cannot run one.
+    async fn persistent_broker(&self) -> Option<Result<Box<dyn BrokerProcess>>> {
         None
     }
 
@@ -56,6 +77,37 @@ pub trait Harness: Send + Sync {
         _limit: Duration,
     ) -> Option<Result<Arc<dyn Backend>>> {
         None
+    }
+}
+
+/// A broker process a harness runs itself (see
+/// [`Harness::persistent_broker`]). Dropping it stops the broker and
+/// removes its files.
+#[async_trait]
+pub trait BrokerProcess: Send + Sync {
+    /// The URL to connect to it.
+    fn url(&self) -> String;
+
+    /// Kill it with SIGKILL, as a crash or a power cut does.
+    async fn kill(&mut self) -> Result<()>;
+
+    /// Start it again on the same port and files; returns once it serves.
+    async fn start(&mut self) -> Result<()>;
+}
+
+/// A backend connected through a [`FaultProxy`], for the fault cases.
+pub struct Faulty {
+    /// The proxy between the backend and the broker.
+    pub proxy: FaultProxy,
+    /// The backend, connected through the proxy.
+    pub backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Faulty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faulty")
+            .field("proxy", &self.proxy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,6 +209,15 @@ impl Ctx {
         self.queue_on(&self.backend)
     }
 
+    /// A fresh queue name that is not cleaned up (for a broker the case
+    /// runs and removes itself).
+    pub fn queue_name(&self) -> QueueName {
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        let short: String = self.case.chars().take(32).collect();
+        QueueName::new(format!("qt-{short}-{}", &unique[unique.len() - 16..]))
+            .expect("generated queue names follow the rule")
+    }
+
     /// A fresh queue on another backend instance, deleted after the case.
     pub fn queue_on(&self, backend: &Arc<dyn Backend>) -> QueueName {
         self.make_queue(backend, None)
@@ -207,6 +268,28 @@ impl Ctx {
             .consumer(queue, options)
             .await
             .unwrap_or_else(|e| panic!("{}: consumer for {queue}: {e}", self.case))
+    }
+
+    /// A backend of the harness connected through a fresh [`FaultProxy`],
+    /// with `query` added to the URL (shorter timeouts, say); `None` for
+    /// an in-process backend. Queues made with [`Ctx::queue`] are reached
+    /// the same way through it and cleaned up through the direct backend.
+    pub async fn faulty(&self, query: &str) -> Option<Faulty> {
+        let upstream = self.harness.broker_addr()?;
+        let proxy = FaultProxy::start(upstream)
+            .await
+            .unwrap_or_else(|e| panic!("{}: start the fault proxy: {e}", self.case));
+        let mut url = self.harness.url_via(proxy.addr());
+        if !query.is_empty() {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(query);
+        }
+        let backend = self
+            .harness
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{}: connect through the fault proxy: {e}", self.case));
+        Some(Faulty { proxy, backend })
     }
 
     pub(crate) async fn cleanup(&self) {

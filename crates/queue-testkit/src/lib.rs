@@ -38,8 +38,9 @@
 pub mod bench;
 pub mod cases;
 mod harness;
+pub mod proxy;
 
-pub use harness::{broker_url, receive_n, Ctx, Harness, MemoryHarness};
+pub use harness::{broker_url, receive_n, BrokerProcess, Ctx, Faulty, Harness, MemoryHarness};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -126,7 +127,13 @@ macro_rules! conformance_suite {
             job_status,
             release_keeps_attempt,
             error_text_capped,
-            reserved_headers
+            reserved_headers,
+            cut_during_receive,
+            cut_during_ack,
+            cut_during_send,
+            blackholed_broker,
+            repeated_cuts,
+            broker_restart
         );
     };
 }
