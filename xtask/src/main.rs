@@ -7,6 +7,9 @@
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
 //! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`).
+//! - `cargo xtask soak [--minutes N] [--url URL]`: random cuts, blackholes
+//!   and worker kills under load for N minutes (default 5), invariants
+//!   checked, a summary printed (not part of CI).
 //!
 //! It stays thin: it starts services and runs cargo; test logic lives in tests.
 
@@ -24,7 +27,11 @@ commands:
   test             start services, run every workspace test (the README's test command)
   ci               fmt --check, clippy -D warnings, doc -D warnings, then test
   bench <name>     run a benchmark: memory (backend), worker (worker pool on memory),
-                   redis (backend and worker pool on Redis, beside a raw redis-crate baseline)";
+                   redis (backend and worker pool on Redis, beside a raw redis-crate baseline)
+  soak [--minutes N] [--url URL] [--rate R]
+                   random connection cuts, blackholes and worker kills under load
+                   (default 5 minutes on the machine's Redis), then checks every
+                   accepted job ran; not part of CI";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("ci") => ci(),
         Some("bench") => bench(args.get(1).map(String::as_str)),
+        Some("soak") => soak(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -169,6 +177,28 @@ fn ci() -> Result<(), String> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     test(&[])
+}
+
+fn soak(extra: &[String]) -> Result<(), String> {
+    let mut envs = Vec::new();
+    let redis;
+    if !extra.iter().any(|a| a == "--url") && env::var("QUEUE_SOAK_URL").is_err() {
+        redis = redis_url()?;
+        envs.push(("QUEUE_SOAK_URL", redis.as_str()));
+    }
+    cargo(&["build", "--release", "-p", "queue-tests", "--bins"], &[])?;
+    let target = env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let soak = std::path::Path::new(&target).join("release").join("soak");
+    let status = Command::new(&soak)
+        .args(extra)
+        .envs(envs.iter().copied())
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", soak.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("soak failed ({status})"))
+    }
 }
 
 fn bench(backend: Option<&str>) -> Result<(), String> {
