@@ -48,5 +48,6 @@ pub use stats::{
 };
 pub use store::{JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore, RetentionPolicy};
 pub use traits::{
-    Acker, Admin, Backend, CloseFlag, Consumer, Delivery, DeliveryError, Producer, ProducerExt,
+    AckAndReceive, Acker, Admin, Backend, CloseFlag, Consumer, Delivery, DeliveryError, Producer,
+    ProducerExt,
 };

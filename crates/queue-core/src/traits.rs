@@ -83,6 +83,39 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
         ack_each(deliveries, Vec::new()).await
     }
+
+    /// Ack `acks` and receive up to `max` more, in one broker round trip
+    /// where the backend can (Redis: one script settles and claims, as
+    /// BullMQ's finish-and-fetch does). A worker with finished jobs and free
+    /// slots calls this instead of an ack then a receive. The acks are
+    /// settled before any wait, so a caller that drops the future during the
+    /// wait loses no ack. The provided method calls
+    /// [`ack_batch`](Consumer::ack_batch), then [`receive`](Consumer::receive).
+    async fn ack_and_receive(
+        &self,
+        acks: Vec<Delivery>,
+        max: usize,
+        wait: Duration,
+    ) -> AckAndReceive {
+        let acked = if acks.is_empty() {
+            Ok(())
+        } else {
+            self.ack_batch(acks).await
+        };
+        AckAndReceive {
+            acked,
+            received: self.receive(max, wait).await,
+        }
+    }
+}
+
+/// What [`Consumer::ack_and_receive`] did: the acks, then the receive.
+#[derive(Debug)]
+pub struct AckAndReceive {
+    /// The acks; deliveries that could not be acked come back inside their errors.
+    pub acked: Result<(), Vec<DeliveryError>>,
+    /// The deliveries received.
+    pub received: Result<Vec<Delivery>>,
 }
 
 /// Split `deliveries` into this consumer's own, each with the key `own`
@@ -493,6 +526,14 @@ macro_rules! forward_pointer {
             }
             async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
                 (**self).ack_batch(deliveries).await
+            }
+            async fn ack_and_receive(
+                &self,
+                acks: Vec<Delivery>,
+                max: usize,
+                wait: Duration,
+            ) -> AckAndReceive {
+                (**self).ack_and_receive(acks, max, wait).await
             }
         }
     )*};

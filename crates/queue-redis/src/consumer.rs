@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use queue_core::traits::{ack_each, split_own};
 use queue_core::{
-    envelope, Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery, DeliveryError, Error,
-    ErrorKind, Message, QueueName, Result,
+    envelope, AckAndReceive, Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery,
+    DeliveryError, Error, ErrorKind, Message, QueueName, Result,
 };
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -17,6 +17,16 @@ use crate::backend::Shared;
 use crate::ctx::{settle, QueueCtx, Settle};
 use crate::error::unexpected;
 use crate::scripts::{int_of, invocation, lost_positions, ms_after, NOTIFY, SCRIPTS, SCRIPT_BATCH};
+
+/// What one claim took.
+struct Claimed {
+    deliveries: Vec<Delivery>,
+    /// Something left the queue (undecodable messages are dead-lettered,
+    /// expired ones buried, not delivered).
+    took: bool,
+    /// Time to the next due message or lease deadline, when nothing was taken.
+    next_event: Option<Duration>,
+}
 
 /// Receives from one Redis queue.
 #[derive(Debug)]
@@ -47,16 +57,22 @@ impl RedisConsumer {
         })
     }
 
-    /// Claim up to `max` messages in one script call. Returns the deliveries,
-    /// whether anything was taken off the queue (undecodable messages are
-    /// dead-lettered, not delivered), and the time to the next due message
-    /// or lease deadline when nothing was.
-    async fn claim(&self, max: usize) -> Result<(Vec<Delivery>, bool, Option<Duration>)> {
+    /// Ack the lease members `acks`, then claim up to `max` messages, in
+    /// one script call. Returns what the claim took (see [`Claimed`]) and
+    /// the 1-based positions of the acks whose lease was lost.
+    async fn claim(&self, max: usize, acks: &[Bytes]) -> Result<(Claimed, Vec<usize>)> {
         let mut call = invocation(&SCRIPTS.claim, &self.ctx.keys);
         call.arg(max).arg(self.lease.as_millis() as u64);
+        for member in acks {
+            call.arg(member.as_ref());
+        }
         // Measured before the call: the server's deadline is never earlier.
         let deadline = SystemTime::now() + self.lease;
-        let items = self.ctx.ok_reply(self.ctx.run(call, "claiming").await?)?;
+        let mut items = self.ctx.ok_reply(self.ctx.run(call, "claiming").await?)?;
+        let lost = match items.get_mut(3).map(std::mem::take) {
+            Some(lost) => lost_positions(lost)?,
+            None => return Err(unexpected("claimed messages")),
+        };
         let next_event = items
             .get(1)
             .and_then(int_of)
@@ -65,7 +81,7 @@ impl RedisConsumer {
         let mut out = Vec::with_capacity(items.len().saturating_sub(2) / 2);
         let mut undecodable = Vec::new();
         let buried = items.get(2).and_then(int_of).unwrap_or(0);
-        let mut items = items.into_iter().skip(3);
+        let mut items = items.into_iter().skip(4);
         while let (Some(member), Some(env)) = (items.next(), items.next()) {
             let (Value::BulkString(member), Value::BulkString(env)) = (member, env) else {
                 return Err(unexpected("claimed messages"));
@@ -94,7 +110,40 @@ impl RedisConsumer {
                 tracing::warn!(queue = %self.ctx.name, error = %failed, "could not dead-letter an undecodable message");
             }
         }
-        Ok((out, took, next_event))
+        let claimed = Claimed {
+            deliveries: out,
+            took,
+            next_event,
+        };
+        Ok((claimed, lost))
+    }
+
+    /// Claim until something is delivered or `give_up_at`, blocking on the
+    /// notification list in between; `first` is a claim already made.
+    async fn receive_from(
+        &self,
+        max: usize,
+        give_up_at: tokio::time::Instant,
+        mut claimed: Claimed,
+    ) -> Result<Vec<Delivery>> {
+        loop {
+            if !claimed.deliveries.is_empty() {
+                return Ok(claimed.deliveries);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= give_up_at {
+                return Ok(claimed.deliveries);
+            }
+            // Only undecodable or expired messages came: claim again at once.
+            if !claimed.took {
+                let mut limit = give_up_at - now;
+                if let Some(next) = claimed.next_event {
+                    limit = limit.min(next);
+                }
+                self.wait_for_notification(limit).await?;
+            }
+            claimed = self.claim(max, &[]).await?.0;
+        }
     }
 
     /// Block until a message may be ready (a notification) or `limit`
@@ -145,24 +194,63 @@ impl Consumer for RedisConsumer {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         self.ctx.shared.capabilities.check_receive(max)?;
         let give_up_at = tokio::time::Instant::now() + wait;
-        loop {
-            let (batch, took, next_event) = self.claim(max).await?;
-            if !batch.is_empty() {
-                return Ok(batch);
+        let first = self.claim(max, &[]).await?.0;
+        self.receive_from(max, give_up_at, first).await
+    }
+
+    /// Acks and the next claim in one script call (finish and fetch): a
+    /// worker with finished jobs pays one round trip, not two.
+    async fn ack_and_receive(
+        &self,
+        acks: Vec<Delivery>,
+        max: usize,
+        wait: Duration,
+    ) -> AckAndReceive {
+        if let Err(e) = self.ctx.shared.capabilities.check_receive(max) {
+            return AckAndReceive {
+                acked: self.ack_batch(acks).await,
+                received: Err(e),
+            };
+        }
+        let give_up_at = tokio::time::Instant::now() + wait;
+        let (mut ours, foreign) = split_own(acks, |acker: &RedisAcker| {
+            Arc::ptr_eq(&acker.ctx, &self.ctx).then(|| acker.member.clone())
+        });
+        // More than one call carries go ahead in their own batches.
+        let beyond = ours.split_off(ours.len().min(SCRIPT_BATCH));
+        let mut failed = match self
+            .ack_batch(beyond.into_iter().map(|(_, d)| d).collect())
+            .await
+        {
+            Ok(()) => Vec::new(),
+            Err(failed) => failed,
+        };
+        let members: Vec<Bytes> = ours.iter().map(|(member, _)| member.clone()).collect();
+        let (first, lost) = match self.claim(max, &members).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                failed.extend(
+                    ours.into_iter()
+                        .map(|(_, d)| DeliveryError::new(e.clone_kind(), d)),
+                );
+                let acked = ack_each(foreign, failed).await;
+                return AckAndReceive {
+                    acked,
+                    received: Err(e),
+                };
             }
-            let now = tokio::time::Instant::now();
-            if now >= give_up_at {
-                return Ok(batch);
+        };
+        let mut lost = lost.into_iter().peekable();
+        for (i, (_, delivery)) in ours.into_iter().enumerate() {
+            if lost.next_if_eq(&(i + 1)).is_some() {
+                let error = Error::lease_lost(delivery.message().id);
+                failed.push(DeliveryError::new(error, delivery));
             }
-            if took {
-                // Only undecodable or expired messages came: claim again.
-                continue;
-            }
-            let mut limit = give_up_at - now;
-            if let Some(next) = next_event {
-                limit = limit.min(next);
-            }
-            self.wait_for_notification(limit).await?;
+        }
+        let acked = ack_each(foreign, failed).await;
+        AckAndReceive {
+            acked,
+            received: self.receive_from(max, give_up_at, first).await,
         }
     }
 

@@ -2375,3 +2375,48 @@ pub async fn reserved_headers(ctx: &Ctx) {
         d.ack().await.expect("ack");
     }
 }
+
+/// Case 48: `ack_and_receive` settles the finished deliveries and takes the
+/// next ones in one call; a stale ack among them comes back typed, and the
+/// others still land.
+pub async fn ack_and_receive(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let ids = send_numbered(&*producer, "f", 3).await;
+    let consumer = ctx.consumer(&queue, Some(LEASE)).await;
+    let first = receive_n(&*consumer, 2, SOON).await;
+    assert_eq!(first.len(), 2);
+    let done = consumer.ack_and_receive(first, 10, SOON).await;
+    done.acked.expect("both acks land");
+    let mut next = done.received.expect("the next one arrives with the acks");
+    if next.is_empty() {
+        next = receive_n(&*consumer, 1, SOON).await;
+    }
+    assert_eq!(next.len(), 1);
+    let stale = next.pop().expect("one");
+    assert_eq!(stale.message().id, ids[2], "the one not yet taken");
+    // Its lease runs out and it is delivered again.
+    let current = receive_one(&*consumer, "redelivery after the lease").await;
+    assert_eq!(current.message().id, ids[2]);
+    let done = consumer
+        .ack_and_receive(vec![stale, current], 10, Duration::from_millis(200))
+        .await;
+    if ctx.caps().detects_lease_lost() {
+        let failed = done.acked.expect_err("the stale ack fails");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error.kind(), ErrorKind::LeaseLost);
+        assert_eq!(
+            failed[0].delivery.attempt(),
+            1,
+            "the stale delivery comes back"
+        );
+    }
+    assert!(
+        done.received.expect("receive").is_empty(),
+        "nothing else is queued"
+    );
+    if ctx.caps().exact_stats() {
+        let stats = ctx.backend().admin().stats(&queue).await.expect("stats");
+        assert_eq!((stats.acked_total, stats.depth()), (3, 0), "{stats:?}");
+    }
+}

@@ -133,7 +133,8 @@ macro_rules! conformance_suite {
             cut_during_send,
             blackholed_broker,
             repeated_cuts,
-            broker_restart
+            broker_restart,
+            ack_and_receive
         );
     };
 }

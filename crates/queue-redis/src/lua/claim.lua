@@ -1,16 +1,20 @@
--- ARGV: max, lease_ms. Returns {status, next_event_ms, buried, member1,
--- env1, ...}: status is always 'ok' (a missing queue is created); next_event_ms is the
+-- ARGV: max, lease_ms, then lease members to ack first (a worker's
+-- finished jobs: finish and fetch in one call). Returns {status,
+-- next_event_ms, buried, lost, member1, env1, ...}: status is always 'ok'
+-- (a missing queue is created); lost lists the 1-based positions of the
+-- acks whose lease was lost; next_event_ms is the
 -- time until the next delayed message is due or lease expires (-1: none),
 -- sent only when nothing was claimed; buried counts messages taken off the
 -- queue as expired instead of delivered. A member is the 16-byte id plus an 8-byte lease
 -- token, so a stale holder can never settle a newer lease.
+local lost = ack_members({ unpack(ARGV, 3) })
 local now = now_ms()
 -- A queue is its keys: one deleted (or lost with a restart that kept no
 -- data) is created again, so bytes pushed to its inbox are still taken.
 if missing() then redis.call('HSETNX', K_META, 'created', now) end
 maintain(now, 1000)
 local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
-local out = { 'ok', -1, 0 }
+local out = { 'ok', -1, 0, lost }
 local ids = redis.call('ZRANGE', K_READY, 0, max - 1)
 if #ids > 0 then
   redis.call('ZREMRANGEBYRANK', K_READY, 0, #ids - 1)
@@ -38,7 +42,7 @@ if #ids > 0 then
   -- Pass the wake-up on when messages are left for another consumer.
   if redis.call('EXISTS', K_READY) == 1 then notify() end
 end
-if #out == 3 then
+if #out == 4 then
   local next_at = nil
   local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
   if d[2] then next_at = tonumber(d[2]) end

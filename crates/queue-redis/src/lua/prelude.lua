@@ -244,6 +244,33 @@ local function maintain_all(now)
   while sweep(now, 1000) == 1000 do end
 end
 
+-- Ack leased `members`: each leaves the lease set and its envelope is
+-- removed. Returns the 1-based positions of members whose lease was lost
+-- (expired and taken back, settled, or purged).
+local function ack_members(members)
+  if #members == 0 then return {} end
+  local scores = redis.call('ZMSCORE', K_LEASED, unpack(members))
+  local held, ids, lost = {}, {}, {}
+  for i, member in ipairs(members) do
+    if scores[i] then
+      held[#held + 1] = member
+      ids[#ids + 1] = string.sub(member, 1, 16)
+    else
+      lost[#lost + 1] = i
+    end
+  end
+  if #held > 0 then
+    redis.call('ZREM', K_LEASED, unpack(held))
+    redis.call('HDEL', K_MSG, unpack(ids))
+    if redis.call('EXISTS', K_EXP) == 1 then
+      redis.call('HDEL', K_EXP, unpack(ids))
+      redis.call('ZREM', K_TTL, unpack(ids))
+    end
+    redis.call('HINCRBY', K_STATS, 'acked', #held)
+  end
+  return lost
+end
+
 local function missing()
   return redis.call('EXISTS', K_META) == 0
 end

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use queue_core::error::{Error, ErrorKind, Result};
-use queue_core::traits::{Consumer, Delivery};
+use queue_core::traits::{AckAndReceive, Consumer, Delivery, DeliveryError};
 use tokio::sync::watch;
 
 use super::attempt::run_job;
@@ -53,17 +53,41 @@ pub(super) async fn dispatch(
     })
 }
 
-type ReceiveFuture = Pin<Box<dyn Future<Output = Result<Vec<Delivery>>> + Send>>;
+/// A receive in flight, with the acks it carries (finish and fetch).
+type ReceiveFuture = Pin<Box<dyn Future<Output = AckAndReceive> + Send>>;
 type AckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Log the deliveries an ack call could not settle.
+fn log_failed_acks(acked: std::result::Result<(), Vec<DeliveryError>>) {
+    if let Err(failed) = acked {
+        for f in failed {
+            tracing::warn!(job_id = %f.delivery.message().id, error = %f.error, "ack failed; the job may run again");
+        }
+    }
+}
 
 /// Ack `batch` in one call, logging what could not be acked.
 fn ack_batch(consumer: &Arc<dyn Consumer>, batch: Vec<Delivery>) -> AckFuture {
     let consumer = consumer.clone();
+    Box::pin(async move { log_failed_acks(consumer.ack_batch(batch).await) })
+}
+
+/// Ack `acks` (possibly none) and receive up to `max`, in one call.
+fn receive(
+    consumer: &Arc<dyn Consumer>,
+    acks: Vec<Delivery>,
+    max: usize,
+    wait: Duration,
+) -> ReceiveFuture {
+    let consumer = consumer.clone();
     Box::pin(async move {
-        if let Err(failed) = consumer.ack_batch(batch).await {
-            for f in failed {
-                tracing::warn!(job_id = %f.delivery.message().id, error = %f.error, "ack failed; the job may run again");
+        if acks.is_empty() {
+            AckAndReceive {
+                acked: Ok(()),
+                received: consumer.receive(max, wait).await,
             }
+        } else {
+            consumer.ack_and_receive(acks, max, wait).await
         }
     })
 }
@@ -72,10 +96,12 @@ fn ack_batch(consumer: &Arc<dyn Consumer>, batch: Vec<Delivery>) -> AckFuture {
 /// futures in one task (no task spawn per job). Finished jobs hand their
 /// delivery back to the lane, which acks whatever finished while the last
 /// ack call was on its way in one batch; a delivery waiting for its ack
-/// still holds its slot, so unacked deliveries never pile up. A receive or
-/// ack call stays pending across job completions rather than being
-/// dropped, so a broker call is never cancelled half-way while the worker
-/// runs.
+/// still holds its slot, so unacked deliveries never pile up. When no
+/// receive is pending and finished jobs wait for their ack, the acks go
+/// with the next receive in one call ([`Consumer::ack_and_receive`]: one
+/// round trip per job at concurrency 1 instead of two). A receive or ack
+/// call stays pending across job completions rather than being dropped,
+/// so a broker call is never cancelled half-way while the worker runs.
 async fn run_lane(
     shared: Arc<Shared>,
     lane: usize,
@@ -85,45 +111,60 @@ async fn run_lane(
     at_stop: Arc<AtomicU64>,
 ) {
     let mut running = FuturesUnordered::new();
-    let mut receiving: Option<ReceiveFuture> = None;
+    // The receive in flight, and how many acks ride with it.
+    let mut receiving: Option<(ReceiveFuture, usize)> = None;
     let mut to_ack: Vec<Delivery> = Vec::new();
     let mut acking: Option<(AckFuture, usize)> = None;
     let mut failures = 0u32;
     let mut stopping = *stop.borrow();
     let (mut backlog, mut asked) = (false, 0usize);
+    let (prefetch, wait) = (shared.settings.prefetch, shared.settings.poll_wait);
     loop {
+        // With a backlog (the last receive came back full), refill in
+        // batches of half the lane; otherwise keep a receive pending for
+        // every free slot so a new job is picked up at once.
+        let refill_at = if backlog { (slots / 2).max(1) } else { 1 };
+        let in_flight = |acking: &Option<(AckFuture, usize)>,
+                         receiving: &Option<(ReceiveFuture, usize)>| {
+            acking.as_ref().map_or(0, |(_, n)| *n) + receiving.as_ref().map_or(0, |(_, n)| *n)
+        };
+        let free_after_acks = slots.saturating_sub(running.len() + in_flight(&acking, &receiving));
+        if !stopping
+            && receiving.is_none()
+            && acking.is_none()
+            && !to_ack.is_empty()
+            && free_after_acks >= refill_at
+        {
+            // Finish and fetch: the acks free their slots in the same call.
+            let acks = std::mem::take(&mut to_ack);
+            let riding = acks.len();
+            asked = free_after_acks.min(prefetch);
+            receiving = Some((receive(&consumer, acks, asked, wait), riding));
+        }
         if acking.is_none() && !to_ack.is_empty() {
             let batch = std::mem::take(&mut to_ack);
             let len = batch.len();
             acking = Some((ack_batch(&consumer, batch), len));
         }
-        let unacked = to_ack.len() + acking.as_ref().map_or(0, |(_, n)| *n);
+        let unacked = to_ack.len() + in_flight(&acking, &receiving);
         let free = slots.saturating_sub(running.len() + unacked);
         shared.counters[lane]
             .saturated
-            .store(free == 0, AtomicOrdering::Relaxed);
+            .store(free == 0 && receiving.is_none(), AtomicOrdering::Relaxed);
         if stopping {
             break;
         }
-        // With a backlog (the last receive came back full), refill in
-        // batches of half the lane; otherwise keep a receive pending for
-        // every free slot so a new job is picked up at once.
-        let refill_at = if backlog { (slots / 2).max(1) } else { 1 };
         if receiving.is_none() && free >= refill_at {
-            let consumer = consumer.clone();
-            let (max, wait) = (
-                free.min(shared.settings.prefetch),
-                shared.settings.poll_wait,
-            );
-            asked = max;
-            receiving = Some(Box::pin(async move { consumer.receive(max, wait).await }));
+            asked = free.min(prefetch);
+            receiving = Some((receive(&consumer, Vec::new(), asked, wait), 0));
         }
         tokio::select! {
             Some(finished) = running.next(), if !running.is_empty() => to_ack.extend(finished),
             () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => acking = None,
-            received = async { receiving.as_mut().expect("guarded").await }, if receiving.is_some() => {
+            done = async { receiving.as_mut().expect("guarded").0.as_mut().await }, if receiving.is_some() => {
                 receiving = None;
-                match received {
+                log_failed_acks(done.acked);
+                match done.received {
                     Ok(deliveries) => {
                         failures = 0;
                         backlog = deliveries.len() == asked;
@@ -160,11 +201,23 @@ async fn run_lane(
             }
         }
     }
-    // Stop fetching. A pending receive is dropped: memory returns nothing
-    // it had not handed out; a broker's unreturned deliveries come back when
-    // their lease expires. Running jobs finish (or stop at the end of the
-    // grace period, when `hard_stop` is set).
-    drop(receiving);
+    // Stop fetching. A pending receive that carries acks is finished, so
+    // the acks land, and what it received goes back without spending an
+    // attempt; one without acks is dropped (memory returns nothing it had
+    // not handed out; a broker's unreturned deliveries come back when their
+    // lease expires). Running jobs finish (or stop at the end of the grace
+    // period, when `hard_stop` is set).
+    if let Some((pending, riding)) = receiving.take() {
+        if riding > 0 {
+            let done = pending.await;
+            log_failed_acks(done.acked);
+            for delivery in done.received.unwrap_or_default() {
+                if let Err(e) = delivery.release().await {
+                    tracing::warn!(job_id = %e.delivery.message().id, error = %e.error, "could not hand back an unstarted job; it returns when its lease expires");
+                }
+            }
+        }
+    }
     at_stop.fetch_add(running.len() as u64, AtomicOrdering::Relaxed);
     while let Some(finished) = running.next().await {
         to_ack.extend(finished);
