@@ -7,6 +7,10 @@
 //!   processing list and `LREM` it (one job per round trip).
 //! - backend: 50,000 jobs of 100 bytes through the worker pool
 //!   (concurrency 100, no-op handler): enqueue and processing rates.
+//! - one at a time: 10,000 jobs through a worker with concurrency 1, beside
+//!   a raw loop of one task doing `BLMOVE` + `LREM` per job (two round
+//!   trips); the worker acks a finished job and claims the next in one
+//!   script call.
 //! - pickup latency: a producer offers 2,000 jobs/s one at a time to a
 //!   worker; p50/p99 from send to handler start.
 //! - backlog: 1,000,000 queued jobs processed, against 10,000 (the median
@@ -25,6 +29,8 @@ use redis::aio::MultiplexedConnection;
 const JOBS: u64 = 50_000;
 const PAYLOAD: usize = 100;
 const CONCURRENCY: usize = 100;
+/// Jobs of each one-at-a-time run.
+const SERIAL_JOBS: u64 = 10_000;
 
 fn queue(name: &str) -> QueueName {
     QueueName::new(format!("bench-{name}")).expect("queue name")
@@ -91,6 +97,58 @@ async fn raw_baseline(conn: &MultiplexedConnection) -> (f64, f64) {
     (enqueue, JOBS as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Jobs one at a time: one task, `BLMOVE` to a processing list then `LREM`
+/// per job, as a serial reliable-queue consumer does. Returns jobs/s.
+async fn raw_serial(conn: &MultiplexedConnection, jobs: u64) -> f64 {
+    let (list, processing) = ("bench-raw1:{q}:list", "bench-raw1:{q}:processing");
+    let mut c = conn.clone();
+    let _: () = redis::cmd("DEL")
+        .arg(list)
+        .arg(processing)
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+    for start in (0..jobs).step_by(1000) {
+        let batch: Vec<Vec<u8>> = (start..(start + 1000).min(jobs))
+            .map(|i| {
+                let mut job = format!("{i:020}").into_bytes();
+                job.resize(PAYLOAD, b'x');
+                job
+            })
+            .collect();
+        let _: () = redis::cmd("LPUSH")
+            .arg(list)
+            .arg(batch)
+            .query_async(&mut c)
+            .await
+            .expect("LPUSH");
+    }
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < jobs {
+        let job: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(list)
+            .arg(processing)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .expect("BLMOVE");
+        let Some(job) = job else { break };
+        let _: i64 = redis::cmd("LREM")
+            .arg(processing)
+            .arg(1)
+            .arg(job)
+            .query_async(&mut c)
+            .await
+            .expect("LREM");
+        done += 1;
+    }
+    assert_eq!(done, jobs, "the serial baseline processed every job");
+    jobs as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn used_memory(conn: &MultiplexedConnection) -> u64 {
     let mut c = conn.clone();
     let info: String = redis::cmd("INFO")
@@ -143,6 +201,27 @@ fn main() {
         eprintln!(
             "backend: enqueue {:.0}/s, processed {:.0}/s",
             run.enqueue_per_second, run.processed_per_second
+        );
+
+        // One job at a time, the raw loop and the worker back to back, three
+        // rounds (a 10,000-job run lasts one to two seconds): the medians.
+        let (mut raw_ones, mut ones) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            raw_ones.push(raw_serial(&conn, SERIAL_JOBS).await);
+            let q = queue("serial");
+            backend.admin().delete_queue(&q).await.expect("delete");
+            let one = bench::worker_run(backend.clone(), &q, SERIAL_JOBS, PAYLOAD, 1)
+                .await
+                .expect("concurrency 1 run");
+            backend.admin().delete_queue(&q).await.expect("delete");
+            ones.push(one.processed_per_second);
+        }
+        raw_ones.sort_by(f64::total_cmp);
+        ones.sort_by(f64::total_cmp);
+        let (raw_one, one) = (raw_ones[1], ones[1]);
+        eprintln!(
+            "one at a time: raw BLMOVE + LREM {raw_one:.0}/s, worker (concurrency 1) {one:.0}/s, ratio {:.2}",
+            one / raw_one
         );
 
         let q = queue("pickup");
@@ -204,6 +283,13 @@ fn main() {
             run.processed_per_second / raw_processed
         );
         println!(
+            "| raw redis, one task (BLMOVE + LREM per job) | | {raw_one:.0} | 1.00 |"
+        );
+        println!(
+            "| queue-redis worker, concurrency 1 (ack and claim in one call) | | {one:.0} | {:.2} |",
+            one / raw_one
+        );
+        println!(
             "pickup p50 {:.2} ms, p99 {:.2} ms at 2,000 jobs/s; backlog 1M/10k ratio {ratio:.2}; {per_job:.0} bytes of Redis memory per queued job",
             latency.p50_us / 1000.0,
             latency.p99_us / 1000.0
@@ -224,6 +310,10 @@ fn main() {
                 latency.achieved_rate >= 1_900.0,
             ),
             ("backlog 1M >= 0.9 x backlog 10k", ratio >= 0.9),
+            (
+                "concurrency 1 >= 1.2 x the raw one-at-a-time loop",
+                one >= 1.2 * raw_one,
+            ),
         ];
         for (target, met) in &checks {
             println!("target {target}: {}", if *met { "met" } else { "MISSED" });
@@ -237,6 +327,7 @@ fn main() {
                 "pickup": latency,
                 "backlog": { "jobs_10k_per_second": small, "jobs_1m_per_second": large, "ratio": ratio },
                 "memory_bytes_per_job": per_job,
+                "one_at_a_time": { "raw_per_second": raw_one, "worker_per_second": one, "ratio": one / raw_one },
                 "targets_met": checks.iter().all(|(_, met)| *met),
             }),
         );
