@@ -259,7 +259,7 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
     };
     let idempotency_key = if flags & HAS_IDEMPOTENCY_KEY != 0 {
         let len = r.u16("idempotency key length")? as usize;
-        Some(r.string(len, "idempotency key")?)
+        Some(r.string(len, "idempotency key")?.into())
     } else {
         None
     };
@@ -288,7 +288,7 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
     };
     let ordering_key = if flags & HAS_ORDERING_KEY != 0 {
         let len = r.u16("ordering key length")? as usize;
-        Some(r.string(len, "ordering key")?)
+        Some(r.string(len, "ordering key")?.into())
     } else {
         None
     };

@@ -501,7 +501,8 @@ pub struct Message {
     /// Never handed to a consumer after this time; dead-lettered as `expired`.
     pub expires_at: Option<SystemTime>,
     /// Sends with the same key inside the backend's window deliver once.
-    pub idempotency_key: Option<String>,
+    /// (Shared, so copies of a message share it.)
+    pub idempotency_key: Option<Arc<str>>,
     /// The error of the previous failed attempt, if any.
     pub last_error: Option<String>,
     /// The W3C trace context of the sender (`traceparent`), kept as a
@@ -512,7 +513,8 @@ pub struct Message {
     /// backend orders per key or partition: the Kafka record key, the SQS
     /// FIFO `MessageGroupId`. Backends that keep one order for the whole
     /// queue (memory, Redis: FIFO per priority) carry it along.
-    pub ordering_key: Option<String>,
+    /// (Shared, so copies of a message share it.)
+    pub ordering_key: Option<Arc<str>>,
 }
 
 impl Message {
@@ -537,8 +539,8 @@ impl Message {
 
     /// Keep order with the other messages of `key` (see [`Message::ordering_key`]).
     #[must_use]
-    pub fn with_ordering_key(mut self, key: impl Into<String>) -> Self {
-        self.ordering_key = Some(key.into());
+    pub fn with_ordering_key(mut self, key: impl AsRef<str>) -> Self {
+        self.ordering_key = Some(Arc::from(key.as_ref()));
         self
     }
 
@@ -593,8 +595,8 @@ impl Message {
 
     /// Deduplicate sends by this key within the backend's window.
     #[must_use]
-    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
-        self.idempotency_key = Some(key.into());
+    pub fn with_idempotency_key(mut self, key: impl AsRef<str>) -> Self {
+        self.idempotency_key = Some(Arc::from(key.as_ref()));
         self
     }
 

@@ -129,13 +129,22 @@ pub fn split_own<A: Acker + 'static, K>(
     let mut ours = Vec::with_capacity(deliveries.len());
     let mut foreign = Vec::new();
     for delivery in deliveries {
-        let key = delivery.acker().as_any().downcast_ref::<A>().and_then(&own);
-        match key {
+        match own_key(&delivery, &own) {
             Some(key) => ours.push((key, delivery)),
             None => foreign.push(delivery),
         }
     }
     (ours, foreign)
+}
+
+/// The key `own` finds in `delivery`'s acker if it is an `A` (`None`: not
+/// this consumer's): [`split_own`] one delivery at a time, for a backend
+/// that settles as it goes.
+pub fn own_key<A: Acker + 'static, K>(
+    delivery: &Delivery,
+    own: impl Fn(&A) -> Option<K>,
+) -> Option<K> {
+    delivery.acker().as_any().downcast_ref::<A>().and_then(own)
 }
 
 /// Whether a backend (or handle) was closed; every backend checks it the

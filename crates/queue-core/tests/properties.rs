@@ -51,9 +51,9 @@ prop_compose! {
         m.created_at = created_at;
         m.not_before = not_before;
         m.expires_at = expires_at;
-        m.idempotency_key = idempotency_key;
+        m.idempotency_key = idempotency_key.map(Into::into);
         m.last_error = last_error;
-        m.ordering_key = ordering_key;
+        m.ordering_key = ordering_key.map(Into::into);
         m.trace = trace.map(|(trace_id, span_id, sampled)| TraceContext { trace_id, span_id, sampled });
         m
     }

@@ -282,9 +282,7 @@ fn main() {
             run.processed_per_second,
             run.processed_per_second / raw_processed
         );
-        println!(
-            "| raw redis, one task (BLMOVE + LREM per job) | | {raw_one:.0} | 1.00 |"
-        );
+        println!("| raw redis, one task (BLMOVE + LREM per job) | | {raw_one:.0} | 1.00 |");
         println!(
             "| queue-redis worker, concurrency 1 (ack and claim in one call) | | {one:.0} | {:.2} |",
             one / raw_one

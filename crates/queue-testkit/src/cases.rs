@@ -629,8 +629,9 @@ pub async fn fifo_within_priority(ctx: &Ctx) {
             let key = d
                 .message()
                 .ordering_key
-                .clone()
-                .expect("the ordering key travels");
+                .as_deref()
+                .expect("the ordering key travels")
+                .to_owned();
             let n = u32::from_be_bytes(d.payload().as_ref().try_into().expect("4-byte payload"));
             (key, n)
         })

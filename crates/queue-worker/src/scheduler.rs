@@ -117,7 +117,7 @@ impl JobScheduler {
             message.max_attempts,
             message.not_before.is_some(),
         );
-        record.idempotency_key = message.idempotency_key.clone();
+        record.idempotency_key = message.idempotency_key.as_deref().map(str::to_owned);
         let id = self.store.insert(record).await?;
         if id != message.id {
             return Ok(id);

@@ -13,7 +13,7 @@ use super::state::{MemQueue, State, TimeKey, WaiterGuard};
 use crate::error::{Error, Result};
 use crate::message::{Message, QueueName};
 use crate::stats::DeadLetterReason;
-use crate::traits::{ack_each, split_own, Acker, Consumer, Delivery, DeliveryError};
+use crate::traits::{ack_each, own_key, Acker, Consumer, Delivery, DeliveryError};
 
 /// Receives from one memory queue.
 #[derive(Debug)]
@@ -132,21 +132,29 @@ impl Consumer for MemoryConsumer {
 
     /// Acks every delivery of this queue under one lock.
     async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
-        let (ours, foreign) = split_own(deliveries, |acker: &MemoryAcker| {
-            Arc::ptr_eq(&acker.local.queue, &self.queue).then_some(acker.key)
-        });
+        let own =
+            |acker: &MemoryAcker| Arc::ptr_eq(&acker.local.queue, &self.queue).then_some(acker.key);
         let mut failed = Vec::new();
+        let mut foreign = Vec::new();
         match self.queue.state() {
-            Err(e) => failed.extend(
-                ours.into_iter()
-                    .map(|(_, d)| DeliveryError::new(e.clone_kind(), d)),
-            ),
+            Err(e) => {
+                for delivery in deliveries {
+                    match own_key(&delivery, own) {
+                        Some(_) => failed.push(DeliveryError::new(e.clone_kind(), delivery)),
+                        None => foreign.push(delivery),
+                    }
+                }
+            }
             Ok(mut state) => {
                 // Freeing messages is slow next to the bookkeeping: keep it
                 // out of the lock, which other consumers are waiting for.
-                let mut released = Vec::with_capacity(ours.len());
-                let mut settled = Vec::with_capacity(ours.len());
-                for (key, delivery) in ours {
+                let mut released = Vec::with_capacity(deliveries.len());
+                let mut settled = Vec::with_capacity(deliveries.len());
+                for delivery in deliveries {
+                    let Some(key) = own_key(&delivery, own) else {
+                        foreign.push(delivery);
+                        continue;
+                    };
                     match state.unlease(&key) {
                         Some(message) => {
                             state.stats.acked_total += 1;
