@@ -1,10 +1,10 @@
 //! The versioned binary envelope for brokers without native headers.
 //!
-//! Layout of version 1 (all integers big-endian; `docs/wire-format.md` is the
+//! Layout of version 2 (all integers big-endian; `docs/wire-format.md` is the
 //! normative description):
 //!
 //! ```text
-//! magic "QE" | version u8 = 1 | flags u8
+//! magic "QE" | version u8 = 2 (1 is read too) | flags u8
 //! id [16] | priority u8 | attempt u32 | max_attempts u32 | created_at_ms u64
 //! [not_before_ms u64]        if flags & 0x01
 //! [expires_at_ms u64]        if flags & 0x02
@@ -28,8 +28,11 @@ use crate::message::{Headers, Message, MessageId, Priority};
 
 /// The first two bytes of every envelope.
 pub const MAGIC: [u8; 2] = *b"QE";
-/// The envelope version this build writes.
-pub const VERSION: u8 = 1;
+/// The envelope version this build writes. Version 2 added the ordering
+/// key (flag `0x20`); this build reads versions 1 and 2.
+pub const VERSION: u8 = 2;
+/// The oldest envelope version this build reads.
+pub const OLDEST_VERSION: u8 = 1;
 
 const HAS_NOT_BEFORE: u8 = 0x01;
 const HAS_EXPIRES_AT: u8 = 0x02;
@@ -37,7 +40,14 @@ const HAS_IDEMPOTENCY_KEY: u8 = 0x04;
 const HAS_LAST_ERROR: u8 = 0x08;
 const HAS_TRACE: u8 = 0x10;
 const HAS_ORDERING_KEY: u8 = 0x20;
-const KNOWN_FLAGS: u8 = 0x3f;
+/// The flags each version defines: version 1 has no ordering key.
+fn known_flags(version: u8) -> u8 {
+    if version == 1 {
+        0x1f
+    } else {
+        0x3f
+    }
+}
 
 /// Bytes of the fixed part: magic, version, flags, id, priority, attempt,
 /// max attempts, created at.
@@ -82,7 +92,7 @@ fn from_millis(ms: u64) -> SystemTime {
 
 /// Whether `bytes` start like an envelope (magic and a known version).
 pub fn looks_like_envelope(bytes: &[u8]) -> bool {
-    bytes.len() >= 4 && bytes[..2] == MAGIC && bytes[2] == VERSION
+    bytes.len() >= 4 && bytes[..2] == MAGIC && (OLDEST_VERSION..=VERSION).contains(&bytes[2])
 }
 
 /// Encode a message into an envelope.
@@ -226,14 +236,14 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
             "not a queue envelope: magic bytes \"QE\" missing".to_owned(),
         ));
     }
-    if bytes[2] != VERSION {
+    let version = bytes[2];
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(decode_error(format!(
-            "envelope version {} is not supported (this build reads version {VERSION})",
-            bytes[2]
+            "envelope version {version} is not supported (this build reads versions {OLDEST_VERSION} to {VERSION})"
         )));
     }
     let flags = bytes[3];
-    if flags & !KNOWN_FLAGS != 0 {
+    if flags & !known_flags(version) != 0 {
         return Err(decode_error(format!(
             "envelope has unknown flags {flags:#04x}"
         )));
@@ -350,6 +360,18 @@ mod tests {
         assert_eq!(msg.wire_size(), encoded.len());
         let decoded = decode(&encoded).unwrap();
         assert_eq!(decoded, truncate_times(msg));
+    }
+
+    #[test]
+    fn version_1_envelopes_still_read_and_know_no_ordering_key() {
+        let msg = Message::new(&b"old"[..]).with_header("k", "v");
+        let mut v1 = encode(&msg).to_vec();
+        v1[2] = 1;
+        let decoded = decode(&Bytes::from(v1.clone())).expect("a version 1 envelope reads");
+        assert_eq!((decoded.id, decoded.payload), (msg.id, msg.payload.clone()));
+        v1[3] |= HAS_ORDERING_KEY;
+        let err = decode(&Bytes::from(v1)).unwrap_err();
+        assert!(err.message().contains("unknown flags"), "{err}");
     }
 
     #[test]

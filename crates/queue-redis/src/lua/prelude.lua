@@ -36,11 +36,19 @@ local function with_attempt(env, attempt)
   return string.sub(env, 1, 21) .. struct.pack('>I4', attempt) .. string.sub(env, 26)
 end
 
+-- Whether `env` is an envelope this build reads: version 1 or 2 (version 2
+-- adds the ordering key after the trace context; the fields the scripts
+-- read and rewrite sit at the same places in both).
+local function readable(env)
+  local version = string.byte(env, 3)
+  return #env >= 39 and string.sub(env, 1, 2) == 'QE' and (version == 1 or version == 2)
+end
+
 -- The envelope with its last error replaced (or added): the flags say
 -- which optional fields precede it. Bytes that are not a v1 envelope are
 -- returned as they are.
 local function with_last_error(env, err)
-  if #env < 39 or string.sub(env, 1, 3) ~= 'QE\1' then return env end
+  if not readable(env) then return env end
   local flags = string.byte(env, 4)
   local pos = 38
   if flags % 2 == 1 then pos = pos + 8 end
@@ -198,7 +206,7 @@ local function accept(raw, now)
     return
   end
   local flags = string.byte(env, 4)
-  if string.byte(env, 3) ~= 1 then flags = 0 end
+  if not readable(env) then flags = 0 end
   local pos, due, expires = 38, nil, nil
   if flags % 2 == 1 and #env >= pos + 7 then
     due = u64_at(env, pos)

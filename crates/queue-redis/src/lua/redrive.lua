@@ -17,7 +17,7 @@ else
 end
 -- Clear the not-before and expires-at fields and reset the attempt.
 local function reset(env)
-  if #env < 39 or string.sub(env, 1, 3) ~= 'QE\1' then return env end
+  if not readable(env) then return env end
   local flags = string.byte(env, 4)
   local cut = 0
   if flags % 2 == 1 then cut = cut + 8 end
