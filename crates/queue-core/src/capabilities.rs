@@ -226,6 +226,31 @@ impl Capabilities {
         }
     }
 
+    /// The table of a backend that does everything itself, exactly: every
+    /// feature native, exact stats with totals kept with the queue, every
+    /// redelivery counted, lost leases refused by the broker, FIFO per
+    /// priority. The memory backend's table, and Redis's, start from it
+    /// and set their limits.
+    pub fn native(backend: &'static str) -> Self {
+        let mut caps = Capabilities::new(backend);
+        caps.priority = Support::Native;
+        caps.delay = Support::Native;
+        caps.ttl = Support::Native;
+        caps.dead_letter = Support::Native;
+        caps.redrive = Support::Native;
+        caps.idempotency = Support::Native;
+        caps.lease_extension = Support::Native;
+        caps.max_length = Support::Native;
+        caps.purge = Support::Native;
+        caps.purge_in_flight = true;
+        caps.stats = StatsAccuracy::Exact;
+        caps.totals = Totals::Queue;
+        caps.redeliveries = RedeliveryCount::Exact;
+        caps.lease_loss = LeaseLossDetection::Broker;
+        caps.ordering = Ordering::FifoPerPriority;
+        caps
+    }
+
     /// The column of this table in `docs/capabilities.md`: the backend,
     /// and its mode if it has several (`amqp quorum`).
     pub fn column(&self) -> String {

@@ -38,29 +38,8 @@ fn queue(name: &str) -> QueueName {
 
 async fn raw_baseline(conn: &MultiplexedConnection) -> (f64, f64) {
     let (list, processing) = ("bench-raw:{q}:list", "bench-raw:{q}:processing");
-    let mut c = conn.clone();
-    let _: () = redis::cmd("DEL")
-        .arg(list)
-        .arg(processing)
-        .query_async(&mut c)
-        .await
-        .expect("DEL");
     let started = Instant::now();
-    for start in (0..JOBS).step_by(1000) {
-        let batch: Vec<Vec<u8>> = (start..(start + 1000).min(JOBS))
-            .map(|i| {
-                let mut job = format!("{i:020}").into_bytes();
-                job.resize(PAYLOAD, b'x');
-                job
-            })
-            .collect();
-        let _: () = redis::cmd("LPUSH")
-            .arg(list)
-            .arg(batch)
-            .query_async(&mut c)
-            .await
-            .expect("LPUSH");
-    }
+    fill_raw(conn, list, processing, JOBS).await;
     let enqueue = JOBS as f64 / started.elapsed().as_secs_f64();
     let started = Instant::now();
     let tasks = (0..CONCURRENCY).map(|_| {
@@ -97,10 +76,9 @@ async fn raw_baseline(conn: &MultiplexedConnection) -> (f64, f64) {
     (enqueue, JOBS as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Jobs one at a time: one task, `BLMOVE` to a processing list then `LREM`
-/// per job, as a serial reliable-queue consumer does. Returns jobs/s.
-async fn raw_serial(conn: &MultiplexedConnection, jobs: u64) -> f64 {
-    let (list, processing) = ("bench-raw1:{q}:list", "bench-raw1:{q}:processing");
+/// Empty `list` and `processing`, then push `jobs` jobs of `PAYLOAD`
+/// bytes to `list` with `LPUSH`, 1,000 per command.
+async fn fill_raw(conn: &MultiplexedConnection, list: &str, processing: &str, jobs: u64) {
     let mut c = conn.clone();
     let _: () = redis::cmd("DEL")
         .arg(list)
@@ -123,6 +101,14 @@ async fn raw_serial(conn: &MultiplexedConnection, jobs: u64) -> f64 {
             .await
             .expect("LPUSH");
     }
+}
+
+/// Jobs one at a time: one task, `BLMOVE` to a processing list then `LREM`
+/// per job, as a serial reliable-queue consumer does. Returns jobs/s.
+async fn raw_serial(conn: &MultiplexedConnection, jobs: u64) -> f64 {
+    let (list, processing) = ("bench-raw1:{q}:list", "bench-raw1:{q}:processing");
+    fill_raw(conn, list, processing, jobs).await;
+    let mut c = conn.clone();
     let started = Instant::now();
     let mut done = 0u64;
     while done < jobs {

@@ -6,8 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use queue_core::{
     Admin, Backend, Capabilities, CloseFlag, Consumer, ConsumerOptions, Error, ErrorKind,
-    HealthStatus, LeaseLossDetection, Ordering, Producer, QueueConfig, QueueName, RedeliveryCount,
-    Result, StatsAccuracy, Support, Totals,
+    HealthStatus, Producer, QueueConfig, QueueName, Result,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
@@ -236,22 +235,7 @@ impl RedisBackend {
 /// The Redis table: everything native (done inside Redis by the scripts),
 /// exact, FIFO per priority.
 fn capabilities(max_payload: usize, idempotency_window: Duration) -> Capabilities {
-    let mut caps = Capabilities::new("redis");
-    caps.priority = Support::Native;
-    caps.delay = Support::Native;
-    caps.ttl = Support::Native;
-    caps.dead_letter = Support::Native;
-    caps.redrive = Support::Native;
-    caps.idempotency = Support::Native;
-    caps.lease_extension = Support::Native;
-    caps.max_length = Support::Native;
-    caps.purge = Support::Native;
-    caps.purge_in_flight = true;
-    caps.stats = StatsAccuracy::Exact;
-    caps.totals = Totals::Queue;
-    caps.redeliveries = RedeliveryCount::Exact;
-    caps.lease_loss = LeaseLossDetection::Broker;
-    caps.ordering = Ordering::FifoPerPriority;
+    let mut caps = Capabilities::native("redis");
     caps.max_payload = max_payload;
     // The envelope counts headers in a u16.
     caps.max_headers = Some(u16::MAX as usize);

@@ -11,9 +11,7 @@ use super::consumer::{LocalQueue, MemoryConsumer};
 use super::producer::MemoryProducer;
 use super::state::{lock, MemQueue, State};
 use super::{MAX_BATCH, MAX_RECEIVE};
-use crate::capabilities::{
-    Capabilities, LeaseLossDetection, Ordering, RedeliveryCount, StatsAccuracy, Support, Totals,
-};
+use crate::capabilities::Capabilities;
 use crate::config::QueueConfig;
 use crate::error::Result;
 use crate::message::QueueName;
@@ -175,22 +173,7 @@ impl Backend for MemoryBackend {
 
 /// The memory backend's table: everything native, exact, FIFO per priority.
 fn capabilities(max_payload: usize, idempotency_window: Duration) -> Capabilities {
-    let mut caps = Capabilities::new("memory");
-    caps.priority = Support::Native;
-    caps.delay = Support::Native;
-    caps.ttl = Support::Native;
-    caps.dead_letter = Support::Native;
-    caps.redrive = Support::Native;
-    caps.idempotency = Support::Native;
-    caps.lease_extension = Support::Native;
-    caps.max_length = Support::Native;
-    caps.purge = Support::Native;
-    caps.purge_in_flight = true;
-    caps.stats = StatsAccuracy::Exact;
-    caps.totals = Totals::Queue;
-    caps.redeliveries = RedeliveryCount::Exact;
-    caps.lease_loss = LeaseLossDetection::Broker;
-    caps.ordering = Ordering::FifoPerPriority;
+    let mut caps = Capabilities::native("memory");
     caps.max_payload = max_payload;
     caps.max_batch = MAX_BATCH;
     caps.max_receive = MAX_RECEIVE;
