@@ -1,12 +1,13 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
 //! - `cargo xtask test`: start the services the tests need (Redis: PING
-//!   127.0.0.1:6379, start it with the machine's command if silent), export
-//!   their URLs (`QUEUE_TEST_REDIS_URL`) with `QUEUE_TEST_REQUIRED=1`, and
-//!   run the workspace tests.
+//!   127.0.0.1:6379; RabbitMQ: the AMQP handshake on 127.0.0.1:5672; each
+//!   started with the machine's command if silent), export their URLs
+//!   (`QUEUE_TEST_REDIS_URL`, `QUEUE_TEST_AMQP_URL`) with
+//!   `QUEUE_TEST_REQUIRED=1`, and run the workspace tests.
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
-//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`).
+//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`, `amqp`).
 //! - `cargo xtask soak [--minutes N] [--url URL]`: random cuts, blackholes
 //!   and worker kills under load for N minutes (default 5), invariants
 //!   checked, a summary printed (not part of CI).
@@ -28,6 +29,7 @@ commands:
   ci               fmt --check, clippy -D warnings, doc -D warnings, then test
   bench <name>     run a benchmark: memory (backend), worker (worker pool on memory),
                    redis (backend and worker pool on Redis, beside a raw redis-crate baseline)
+                   amqp (backend and worker pool on RabbitMQ, beside a raw lapin baseline)
   soak [--minutes N] [--url URL] [--rate R]
                    random connection cuts, blackholes and worker kills under load
                    (default 5 minutes on the machine's Redis), then checks every
@@ -74,6 +76,7 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
 
 fn test(extra: &[String]) -> Result<(), String> {
     let redis = redis_url()?;
+    let amqp = amqp_url()?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
     cargo(
@@ -81,6 +84,7 @@ fn test(extra: &[String]) -> Result<(), String> {
         &[
             ("QUEUE_TEST_REQUIRED", "1"),
             ("QUEUE_TEST_REDIS_URL", &redis),
+            ("QUEUE_TEST_AMQP_URL", &amqp),
         ],
     )
 }
@@ -140,6 +144,63 @@ fn redis_url() -> Result<String, String> {
     Err(format!(
         "redis-server started but {REDIS_ADDR} did not answer PING within 20 s"
     ))
+}
+
+/// The machine's RabbitMQ: 127.0.0.1:5672, guest/guest.
+const AMQP_ADDR: &str = "127.0.0.1:5672";
+
+/// The RabbitMQ URL for tests and benches: `QUEUE_TEST_AMQP_URL` if set,
+/// else the machine's RabbitMQ, started with `rabbitmq-server -detached`
+/// if its port is silent.
+fn amqp_url() -> Result<String, String> {
+    if let Ok(url) = env::var("QUEUE_TEST_AMQP_URL") {
+        if !url.is_empty() {
+            eprintln!("xtask: using QUEUE_TEST_AMQP_URL={url}");
+            return Ok(url);
+        }
+    }
+    let url = format!("amqp://guest:guest@{AMQP_ADDR}");
+    if amqp_answers(AMQP_ADDR) {
+        eprintln!("xtask: rabbitmq answers at {AMQP_ADDR}");
+        return Ok(url);
+    }
+    eprintln!("xtask: rabbitmq does not answer at {AMQP_ADDR}; starting rabbitmq-server -detached");
+    let status = Command::new("rabbitmq-server")
+        .arg("-detached")
+        .status()
+        .map_err(|e| format!("cannot run rabbitmq-server: {e}"))?;
+    if !status.success() {
+        return Err(format!("rabbitmq-server failed to start ({status})"));
+    }
+    // The node takes a few seconds to boot; its port is the event.
+    for _ in 0..120 {
+        std::thread::sleep(Duration::from_millis(500));
+        if amqp_answers(AMQP_ADDR) {
+            eprintln!("xtask: rabbitmq started at {AMQP_ADDR}");
+            return Ok(url);
+        }
+    }
+    Err(format!(
+        "rabbitmq-server started but {AMQP_ADDR} did not answer within 60 s"
+    ))
+}
+
+/// Whether an AMQP broker at `addr` answers the protocol header with its
+/// `connection.start` frame.
+fn amqp_answers(addr: &str) -> bool {
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"AMQP\x00\x00\x09\x01").is_err() {
+        return false;
+    }
+    // A method frame (type 1) on channel 0.
+    let mut reply = [0u8; 3];
+    stream.read_exact(&mut reply).is_ok() && reply == [1, 0, 0]
 }
 
 /// Whether a Redis at `addr` answers `PING` with `+PONG`.
@@ -212,8 +273,15 @@ fn bench(backend: Option<&str>) -> Result<(), String> {
                 &[("QUEUE_BENCH_REDIS_URL", &url)],
             )
         }
+        Some("amqp") => {
+            let url = amqp_url()?;
+            cargo(
+                &["bench", "-p", "queue-amqp", "--bench", "amqp"],
+                &[("QUEUE_BENCH_AMQP_URL", &url)],
+            )
+        }
         Some(other) => Err(format!(
-            "no benchmark named {other:?}; available: memory, worker, redis"
+            "no benchmark named {other:?}; available: memory, worker, redis, amqp"
         )),
         None => Err(format!("bench needs a backend\n\n{USAGE}")),
     }

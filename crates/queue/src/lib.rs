@@ -20,6 +20,10 @@ pub use queue_prometheus as prometheus;
 #[cfg(feature = "redis")]
 pub use queue_redis as redis;
 
+/// The RabbitMQ backend ([`amqp::AmqpBackend`]).
+#[cfg(feature = "amqp")]
+pub use queue_amqp as amqp;
+
 /// Every backend this crate can compile in: its URL schemes and the cargo
 /// feature that brings it, so a URL for one left out names the feature.
 pub const BACKEND_FEATURES: [(&str, &[&str]); 5] = [
@@ -38,6 +42,8 @@ pub fn register_backends() {
     ONCE.call_once(|| {
         #[cfg(feature = "redis")]
         registry::register(queue_redis::CONNECTOR);
+        #[cfg(feature = "amqp")]
+        registry::register(queue_amqp::CONNECTOR);
     });
 }
 
