@@ -57,6 +57,8 @@ pub(crate) struct Settings {
     pub(crate) consumer_timeout: Duration,
     /// `host:port`, for errors (never the credentials).
     pub(crate) address: String,
+    /// The heartbeat interval asked of the broker.
+    pub(crate) heartbeat: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) lease: Duration,
@@ -162,6 +164,7 @@ impl Settings {
             prefetch,
             consumer_timeout,
             address,
+            heartbeat: Duration::from_secs(heartbeat),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             lease: config.lease,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
@@ -29,7 +29,6 @@ use queue_core::traits::split_own;
 use tokio::sync::Notify;
 
 use crate::backend::Shared;
-use crate::config::QueueType;
 use crate::link::Outgoing;
 use crate::producer::prepare;
 use crate::wire::{self, Incoming};
@@ -70,9 +69,18 @@ struct Inner {
     /// Deliveries being settled by a publish then an ack (nack, dead
     /// letter, expiry): still unacked on the channel.
     settling: BTreeSet<u64>,
-    /// Why the channel is gone, told once to the next `receive`.
+    /// Why the channel is gone, told to every `receive` until it is back.
     error: Option<Error>,
     closed: bool,
+    /// The prefetch of the live `basic.consume`: how many deliveries the
+    /// broker leaves unacked with this consumer.
+    window: u16,
+    /// A new window the pump is asked to set (by consuming again with it).
+    want_window: Option<u16>,
+    /// `receive` calls waiting now.
+    waiting: usize,
+    /// When the last `receive` call ended.
+    last_receive: Option<Instant>,
 }
 
 /// What a consumer and its deliveries share.
@@ -85,7 +93,7 @@ pub(crate) struct ConsumerState {
     /// Deliveries arrived, or the channel changed.
     arrived: Notify,
     /// A lease was added or moved: the pump looks at the deadlines again.
-    leases_changed: Notify,
+    wake: Notify,
 }
 
 /// The settle side of one delivery.
@@ -139,7 +147,7 @@ impl ConsumerState {
             )),
             Some(lease) if lease.deadline <= Instant::now() => {
                 drop(inner);
-                self.leases_changed.notify_one();
+                self.wake.notify_one();
                 Err(lease_lost(&self.queue, "its lease ran out"))
             }
             Some(_) => {
@@ -179,6 +187,57 @@ impl ConsumerState {
             })
     }
 
+    /// Wait until the broker processed what this channel sent before (its
+    /// acks): a round trip on the same channel (`basic.qos`, answered in
+    /// order). An ack is a frame without a reply; after this one a cut
+    /// connection no longer hands the acked messages out again.
+    async fn sync(&self, channel: &Channel) -> Result<()> {
+        let prefetch = self.shared.settings().prefetch;
+        self.shared
+            .link
+            .call(
+                "confirming acks",
+                channel.basic_qos(prefetch, BasicQosOptions::default()),
+            )
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::LeaseLost,
+                    format!(
+                        "queue {:?}: the broker did not confirm the acks ({}); the messages may be handed out again",
+                        self.queue,
+                        e.message()
+                    ),
+                )
+            })
+    }
+
+    /// Ask the pump for a wider or narrower prefetch window so that `held`
+    /// handed-out deliveries never starve `receive`: the window is what
+    /// this consumer holds plus the configured prefetch.
+    fn adjust_window(&self) {
+        let prefetch = self.shared.settings().prefetch;
+        let mut inner = self.lock();
+        if inner.channel.is_none() {
+            return;
+        }
+        let held = (inner.leases.len() + inner.settling.len()).min(usize::from(u16::MAX));
+        let held = held as u16;
+        let window = inner.want_window.unwrap_or(inner.window);
+        let want = if held >= window.saturating_sub(prefetch / 2) {
+            Some(held.saturating_add(prefetch))
+        } else if held == 0 && inner.buffer.is_empty() && window > prefetch {
+            Some(prefetch)
+        } else {
+            None
+        };
+        if let Some(want) = want.filter(|&w| w != window) {
+            inner.want_window = Some(want);
+            drop(inner);
+            self.wake.notify_one();
+        }
+    }
+
     /// Put `copy` on the broker (confirmed), then ack the original `tag`:
     /// the message is never lost; a crash in between delivers it twice.
     async fn replace(
@@ -193,7 +252,10 @@ impl ConsumerState {
             self.restore(session, tag, lease);
             return Err(e.error);
         }
-        let acked = self.ack_tag(channel, tag, false).await;
+        let mut acked = self.ack_tag(channel, tag, false).await;
+        if acked.is_ok() {
+            acked = self.sync(channel).await;
+        }
         self.finish(tag);
         if let Err(e) = acked {
             // The copy is stored; the original comes back once more.
@@ -270,6 +332,72 @@ impl ConsumerState {
         }
     }
 
+    /// When an idle consumer stops: deliveries wait in the buffer, no
+    /// `receive` is waiting, and none came for [`IDLE`].
+    fn idle_deadline(&self, consuming: bool) -> Option<Instant> {
+        let inner = self.lock();
+        if !consuming || inner.waiting > 0 || inner.buffer.is_empty() {
+            return None;
+        }
+        let since = inner.last_receive.unwrap_or_else(Instant::now).max(
+            inner.buffer.front().map_or_else(Instant::now, |b| b.arrived),
+        );
+        Some(since + IDLE)
+    }
+
+    /// Give the buffered deliveries back to the broker (a stopped idle
+    /// consumer). Classic queues put them back where they were
+    /// (`basic.reject` with requeue); quorum queues would count that as a
+    /// delivery, so there a copy with the same attempt is published and
+    /// the original acked.
+    async fn hand_back_buffer(&self, channel: &Channel) -> Result<()> {
+        let buffered: Vec<Buffered> = {
+            let mut inner = self.lock();
+            let taken: Vec<Buffered> = inner.buffer.drain(..).collect();
+            for b in &taken {
+                inner.settling.insert(b.tag);
+            }
+            taken
+        };
+        if buffered.is_empty() {
+            return Ok(());
+        }
+        let link = &self.shared.link;
+        let result = async {
+            match self.shared.queue_type() {
+                crate::config::QueueType::Classic => {
+                    for b in &buffered {
+                        link.call(
+                            "handing a delivery back",
+                            channel.basic_reject(b.tag, lapin::options::BasicRejectOptions { requeue: true }),
+                        )
+                        .await?;
+                    }
+                }
+                crate::config::QueueType::Quorum => {
+                    let mut copies = Vec::with_capacity(buffered.len());
+                    for b in &buffered {
+                        let message = match wire::incoming(b.body.clone(), &b.properties, true) {
+                            Incoming::Message(m) | Incoming::Undecodable(m, _) => m,
+                        };
+                        copies.extend(prepare(&self.shared, &self.queue, std::slice::from_ref(&message)).await?);
+                    }
+                    link.publish(&copies).await.map_err(|e| e.error)?;
+                    for b in &buffered {
+                        self.ack_tag(channel, b.tag, false).await?;
+                    }
+                }
+            }
+            self.sync(channel).await
+        }
+        .await;
+        let mut inner = self.lock();
+        for b in &buffered {
+            inner.settling.remove(&b.tag);
+        }
+        result
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         self.lock().leases.values().map(|l| l.deadline).min()
     }
@@ -301,6 +429,9 @@ impl ConsumerState {
         }
         inner.session += 1;
         inner.channel = Some(channel);
+        inner.error = None;
+        inner.window = prefetch;
+        inner.want_window = None;
         inner.buffer.clear();
         inner.leases.clear();
         inner.settling.clear();
@@ -335,7 +466,7 @@ async fn pump(state: Arc<ConsumerState>, first: (u64, lapin::Consumer)) {
     let mut next = Some(first);
     let mut backoff = Duration::from_millis(50);
     loop {
-        let (session, mut stream) = match next.take() {
+        let (session, stream) = match next.take() {
             Some(subscribed) => subscribed,
             None => match state.subscribe().await {
                 Ok(subscribed) => {
@@ -354,7 +485,7 @@ async fn pump(state: Arc<ConsumerState>, first: (u64, lapin::Consumer)) {
                 }
             },
         };
-        let why = drain(&state, session, &mut stream).await;
+        let why = drain(&state, session, stream).await;
         state.lost(session, why);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -377,7 +508,7 @@ impl AmqpConsumer {
             lease,
             inner: std::sync::Mutex::new(Inner::default()),
             arrived: Notify::new(),
-            leases_changed: Notify::new(),
+            wake: Notify::new(),
         });
         // The first subscription happens here, so a consumer that cannot
         // consume fails at once with the reason.
@@ -416,8 +547,50 @@ impl AmqpConsumer {
     }
 }
 
+/// What the pump hears from one `basic.consume`: a delivery, or its end.
+enum Event {
+    Delivery(lapin::Result<lapin::message::Delivery>),
+    Ended(String),
+}
+
+fn tagged(stream: lapin::Consumer) -> futures_util::stream::BoxStream<'static, Event> {
+    let tag = stream.tag().to_string();
+    stream
+        .map(Event::Delivery)
+        .chain(futures_util::stream::once(async move { Event::Ended(tag) }))
+        .boxed()
+}
+
+/// How long buffered deliveries wait for a `receive` before an idle
+/// consumer stops consuming and hands them back to the broker, so a
+/// consumer nobody reads does not sit on messages other consumers wait for.
+const IDLE: Duration = Duration::from_secs(1);
+
 /// Run one subscription until its channel ends; returns why it ended.
-async fn drain(state: &Arc<ConsumerState>, session: u64, stream: &mut lapin::Consumer) -> Error {
+///
+/// `basic.consume` calls are read one after the other, oldest first
+/// (delivery tags follow the queue's order): a consumer replaced by a
+/// wider window, or stopped while idle, is read to its end before the
+/// next.
+async fn drain(state: &Arc<ConsumerState>, session: u64, stream: lapin::Consumer) -> Error {
+    let Some(channel) = state.lock().channel.clone() else {
+        return Error::new(ErrorKind::Connection, "the consumer's channel closed");
+    };
+    let heartbeat = state.shared.settings().heartbeat;
+    let mut next_check = tokio::time::Instant::now() + heartbeat;
+    let mut current: Option<String> = Some(stream.tag().to_string());
+    let mut streams: VecDeque<futures_util::stream::BoxStream<'static, Event>> = VecDeque::new();
+    streams.push_back(tagged(stream));
+    let ended = |state: &ConsumerState| {
+        Error::new(
+            ErrorKind::Connection,
+            format!(
+                "amqp at {}: the broker ended the consumer of queue {:?} (queue deleted, or the channel closed)",
+                state.shared.link.address(),
+                state.queue.as_str()
+            ),
+        )
+    };
     loop {
         let deadline = state.next_deadline();
         let expiry = async {
@@ -426,9 +599,26 @@ async fn drain(state: &Arc<ConsumerState>, session: u64, stream: &mut lapin::Con
                 None => std::future::pending().await,
             }
         };
+        let idle_at = state.idle_deadline(current.is_some());
+        let idle = async {
+            match idle_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        // lapin tells a dead connection (missed heartbeats) through the
+        // channel's status, not always through the consumer stream: look
+        // at it once a heartbeat interval.
+        let watchdog = tokio::time::sleep_until(next_check);
+        let next = async {
+            match streams.front_mut() {
+                Some(stream) => stream.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            item = stream.next() => match item {
-                Some(Ok(delivery)) => {
+            event = next => match event {
+                Some(Event::Delivery(Ok(delivery))) => {
                     let mut inner = state.lock();
                     if inner.session != session {
                         continue;
@@ -442,23 +632,118 @@ async fn drain(state: &Arc<ConsumerState>, session: u64, stream: &mut lapin::Con
                     drop(inner);
                     state.arrived.notify_waiters();
                 }
-                Some(Err(e)) => {
+                Some(Event::Delivery(Err(e))) => {
                     return crate::error::classify(e, "consuming", state.shared.link.address());
                 }
-                None => {
+                Some(Event::Ended(tag)) if current.as_deref() != Some(tag.as_str()) => {
+                    streams.pop_front();
+                    if current.is_none() && streams.is_empty() {
+                        // Stopped while idle: every delivery it got is here.
+                        if let Err(e) = state.hand_back_buffer(&channel).await {
+                            return e;
+                        }
+                    }
+                }
+                Some(Event::Ended(_)) | None => return ended(state),
+            },
+            () = watchdog => {
+                next_check = tokio::time::Instant::now() + heartbeat;
+                if !channel.status().connected() {
                     return Error::new(
                         ErrorKind::Connection,
                         format!(
-                            "amqp at {}: the broker ended the consumer of queue {:?} (queue deleted, or the channel closed)",
+                            "amqp at {}: the connection of the consumer of queue {:?} is lost",
                             state.shared.link.address(),
                             state.queue.as_str()
                         ),
                     );
                 }
-            },
+            }
             () = expiry => state.expire_due().await,
-            () = state.leases_changed.notified() => {}
+            () = idle => {
+                if let Some(tag) = current.take() {
+                    let cancel = channel.basic_cancel(tag.as_str().into(), lapin::options::BasicCancelOptions::default());
+                    if let Err(e) = state.shared.link.call("stopping an idle consumer", cancel).await {
+                        return e;
+                    }
+                }
+            }
+            () = state.wake.notified() => {
+                let want = {
+                    let mut inner = state.lock();
+                    match inner.want_window.take() {
+                        Some(window) => Some(window),
+                        None if current.is_none() && inner.waiting > 0 => Some(inner.window),
+                        None => None,
+                    }
+                };
+                if let Some(window) = want {
+                    match state.rewindow(&channel, window, current.as_deref()).await {
+                        Ok(consumer) => {
+                            current = Some(consumer.tag().to_string());
+                            streams.push_back(tagged(consumer));
+                        }
+                        Err(e) => return e,
+                    }
+                }
+            }
         }
+    }
+}
+
+impl ConsumerState {
+    /// Consume again with prefetch `window` and cancel the consumer
+    /// `old`: RabbitMQ applies a per-consumer prefetch to new consumers
+    /// only. The old consumer's unacked deliveries stay with the channel.
+    async fn rewindow(&self, channel: &Channel, window: u16, old: Option<&str>) -> Result<lapin::Consumer> {
+        let link = &self.shared.link;
+        link.call(
+            "setting the prefetch",
+            channel.basic_qos(window, BasicQosOptions::default()),
+        )
+        .await?;
+        let consumer = link
+            .call(
+                &format!("consuming from queue {:?}", self.queue.as_str()),
+                channel.basic_consume(
+                    self.queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        if let Some(old) = old {
+            link.call(
+                "cancelling the previous consumer",
+                channel.basic_cancel(old.into(), lapin::options::BasicCancelOptions::default()),
+            )
+            .await?;
+        }
+        self.lock().window = window;
+        Ok(consumer)
+    }
+}
+
+/// Counts a `receive` call as waiting while it runs; a stopped consumer
+/// starts consuming again when one begins.
+struct Waiting<'a>(&'a ConsumerState);
+
+impl<'a> Waiting<'a> {
+    fn new(state: &'a ConsumerState) -> Self {
+        let mut inner = state.lock();
+        inner.waiting += 1;
+        drop(inner);
+        state.wake.notify_one();
+        Waiting(state)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.waiting -= 1;
+        inner.last_receive = Some(Instant::now());
     }
 }
 
@@ -488,6 +773,7 @@ impl Consumer for AmqpConsumer {
         shared.check_open()?;
         shared.capabilities.check_receive(max)?;
         let deadline = tokio::time::Instant::now() + wait;
+        let _waiting = Waiting::new(&self.state);
         loop {
             let notified = self.state.arrived.notified();
             tokio::pin!(notified);
@@ -499,9 +785,10 @@ impl Consumer for AmqpConsumer {
                 }
                 let n = max.min(inner.buffer.len());
                 let taken: Vec<Buffered> = inner.buffer.drain(..n).collect();
-                if taken.is_empty() {
-                    if let Some(error) = inner.error.take() {
-                        return Err(error);
+                if taken.is_empty() && inner.channel.is_none() {
+                    // While the channel is down, every receive says why.
+                    if let Some(error) = &inner.error {
+                        return Err(Error::new(error.kind(), error.message().to_owned()));
                     }
                 }
                 (inner.session, inner.channel.clone(), taken)
@@ -582,10 +869,12 @@ impl Consumer for AmqpConsumer {
                     }
                 }
                 if !out.is_empty() {
-                    self.state.leases_changed.notify_one();
+                    self.state.wake.notify_one();
+                    self.state.adjust_window();
                     return Ok(out);
                 }
             }
+            self.state.adjust_window();
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Ok(Vec::new());
             }
@@ -651,6 +940,15 @@ impl Consumer for AmqpConsumer {
             for (tag, _) in &taken[start..] {
                 results.push(state.ack_tag(&channel, *tag, false).await);
             }
+            if results.iter().any(Result::is_ok) {
+                if let Err(e) = state.sync(&channel).await {
+                    for result in &mut results {
+                        if result.is_ok() {
+                            *result = Err(Error::new(e.kind(), e.message().to_owned()));
+                        }
+                    }
+                }
+            }
             for ((tag, delivery), result) in taken.into_iter().zip(results) {
                 state.finish(tag);
                 match result {
@@ -675,7 +973,10 @@ impl AmqpAcker {
 impl Acker for AmqpAcker {
     async fn ack(&self, _message: &Message) -> Result<()> {
         let (channel, lease) = self.state.take(self.session, self.tag)?;
-        let acked = self.state.ack_tag(&channel, self.tag, false).await;
+        let mut acked = self.state.ack_tag(&channel, self.tag, false).await;
+        if acked.is_ok() {
+            acked = self.state.sync(&channel).await;
+        }
         self.state.finish(self.tag);
         drop(lease);
         acked?;
@@ -726,7 +1027,7 @@ impl Acker for AmqpAcker {
                 }
                 held.deadline = now + lease;
                 drop(inner);
-                state.leases_changed.notify_one();
+                state.wake.notify_one();
                 Ok(SystemTime::now() + lease)
             }
             _ => Err(lease_lost(&state.queue, "its lease ran out or its channel closed")),
@@ -748,35 +1049,28 @@ impl Acker for AmqpAcker {
         Ok(())
     }
 
-    /// Classic queues take the delivery back where it was (`basic.reject`
-    /// with requeue: the attempt is in the message, so it stays). Quorum
-    /// queues would count a requeue as a delivery: there a copy with the
-    /// same attempt is published and the original acked.
+    /// The delivery goes back to the head of this consumer's buffer, still
+    /// unacked on the channel: no broker call, no attempt, no redelivery
+    /// count (quorum queues count a requeue as a delivery). It is handed
+    /// out next; if the consumer closes first, the broker hands it out
+    /// again with the others this consumer held.
     async fn release(&self, message: &Message) -> Result<()> {
-        let (channel, lease) = self.state.take(self.session, self.tag)?;
-        match self.state.shared.queue_type() {
-            QueueType::Classic => {
-                let rejected = self
-                    .state
-                    .shared
-                    .link
-                    .call(
-                        "releasing",
-                        channel.basic_reject(self.tag, BasicRejectOptions { requeue: true }),
-                    )
-                    .await;
-                self.state.finish(self.tag);
-                rejected.map_err(|e| lease_lost(&self.state.queue, e.message()))
-            }
-            QueueType::Quorum => {
-                let mut copy = message.clone();
-                copy.not_before = None;
-                let copy = prepare(&self.state.shared, &self.state.queue, std::slice::from_ref(&copy)).await?;
-                self.state
-                    .replace(&channel, self.session, self.tag, lease, copy)
-                    .await
-            }
+        let state = &self.state;
+        let (_channel, lease) = state.take(self.session, self.tag)?;
+        let mut inner = state.lock();
+        inner.settling.remove(&self.tag);
+        if inner.session != self.session {
+            return Err(lease_lost(&state.queue, "the channel it came on closed"));
         }
+        inner.buffer.push_front(Buffered {
+            tag: self.tag,
+            body: queue_core::envelope::encode(message).to_vec(),
+            properties: BasicProperties::default(),
+            arrived: lease.arrived,
+        });
+        drop(inner);
+        state.arrived.notify_waiters();
+        Ok(())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
