@@ -799,9 +799,7 @@ impl Consumer for AmqpConsumer {
             for buffered in taken {
                 match wire::incoming(buffered.body, &buffered.properties, true) {
                     Incoming::Message(message)
-                        if message
-                            .not_before
-                            .is_some_and(|at| at > now + Duration::from_millis(1)) =>
+                        if message.not_before.is_some_and(|at| at > now) =>
                     {
                         diverted.push((buffered.tag, None, message));
                     }

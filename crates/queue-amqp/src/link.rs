@@ -118,12 +118,37 @@ impl Link {
     }
 
     /// A fresh channel on the live connection.
+    /// A connection that closes under us (the broker closed it, or it
+    /// broke between the check and the call) is replaced once.
     pub(crate) async fn channel(&self) -> Result<(Arc<Live>, Channel)> {
         let live = self.live().await?;
-        let channel = self
+        match self
             .call("opening a channel", live.conn.create_channel())
-            .await?;
-        Ok((live, channel))
+            .await
+        {
+            Ok(channel) => Ok((live, channel)),
+            Err(e) if e.kind() == ErrorKind::Connection || e.kind() == ErrorKind::Timeout => {
+                self.discard(&live).await;
+                let live = self.live().await?;
+                let channel = self
+                    .call("opening a channel", live.conn.create_channel())
+                    .await?;
+                Ok((live, channel))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forget `live` if it is still the current connection: the next call
+    /// connects again.
+    pub(crate) async fn discard(&self, live: &Arc<Live>) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, live)) {
+            if let Some(old) = current.take() {
+                let closing = old.conn.close(320, "reconnecting".into());
+                let _ = tokio::time::timeout(Duration::from_millis(200), closing).await;
+            }
+        }
     }
 
     /// The shared publishing channel (confirms on), opened again after it
