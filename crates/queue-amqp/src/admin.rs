@@ -117,9 +117,7 @@ impl Shared {
                 });
             let at = wire::header_int(&properties, wire::HEADER_DEAD_AT)
                 .and_then(|ms| u64::try_from(ms).ok())
-                .map_or_else(SystemTime::now, |ms| {
-                    UNIX_EPOCH + Duration::from_millis(ms)
-                });
+                .map_or_else(SystemTime::now, |ms| UNIX_EPOCH + Duration::from_millis(ms));
             let mut letter = DeadLetter::new(message, reason, attempts);
             letter.dead_lettered_at = at;
             out.push((delivery.delivery_tag, letter));
@@ -215,7 +213,11 @@ impl Admin for AmqpBackend {
 
     /// Reads the dead-letter queue without taking anything: the letters are
     /// fetched unacked and the channel closed, which puts them back in order.
-    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<queue_core::DeadLetter>> {
+    async fn dead_letters(
+        &self,
+        queue: &QueueName,
+        limit: usize,
+    ) -> Result<Vec<queue_core::DeadLetter>> {
         self.shared.check_open()?;
         let (_, channel) = self.shared.link.channel().await?;
         let read = self.shared.read_dead(&channel, queue, limit).await;
@@ -245,9 +247,19 @@ impl Admin for AmqpBackend {
 }
 
 impl AmqpBackend {
-    async fn redrive_on(&self, channel: &Channel, queue: &QueueName, which: Redrive) -> Result<u64> {
+    async fn redrive_on(
+        &self,
+        channel: &Channel,
+        queue: &QueueName,
+        which: Redrive,
+    ) -> Result<u64> {
         let dlq = wire::dlq(queue);
-        let total = match self.shared.counts(std::slice::from_ref(&dlq)).await?.first() {
+        let total = match self
+            .shared
+            .counts(std::slice::from_ref(&dlq))
+            .await?
+            .first()
+        {
             Some((_, n)) => *n as usize,
             None => return Ok(0),
         };
@@ -283,8 +295,14 @@ impl AmqpBackend {
             message.attempt = 1;
             message.last_error = None;
             message.not_before = None;
-            let outgoing = crate::producer::prepare(&self.shared, queue, std::slice::from_ref(&message)).await?;
-            self.shared.link.publish(&outgoing).await.map_err(|e| e.error)?;
+            let outgoing =
+                crate::producer::prepare(&self.shared, queue, std::slice::from_ref(&message))
+                    .await?;
+            self.shared
+                .link
+                .publish(&outgoing)
+                .await
+                .map_err(|e| e.error)?;
             self.shared
                 .link
                 .call(
@@ -293,7 +311,10 @@ impl AmqpBackend {
                 )
                 .await?;
             moved += 1;
-            if wanted.as_ref().is_some_and(|ids| moved as usize == ids.len()) {
+            if wanted
+                .as_ref()
+                .is_some_and(|ids| moved as usize == ids.len())
+            {
                 break;
             }
         }

@@ -158,7 +158,11 @@ impl Shared {
     }
 
     /// Declare `queue` with `options`, and its dead-letter queue.
-    pub(crate) async fn ensure_queue(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+    pub(crate) async fn ensure_queue(
+        &self,
+        queue: &QueueName,
+        options: &QueueOptions,
+    ) -> Result<()> {
         self.check_open()?;
         options.check()?;
         let queue_type = self.queue_type();

@@ -86,12 +86,13 @@ impl Settings {
                 )))
             }
         };
-        let prefetch = match prefetch {
-            None => DEFAULT_PREFETCH,
-            Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| {
-                Error::config(format!("prefetch: must be 1 to 65535, got {p:?}"))
-            })?,
-        };
+        let prefetch =
+            match prefetch {
+                None => DEFAULT_PREFETCH,
+                Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| {
+                    Error::config(format!("prefetch: must be 1 to 65535, got {p:?}"))
+                })?,
+            };
         let consumer_timeout = match consumer_timeout {
             None => DEFAULT_CONSUMER_TIMEOUT,
             Some(t) => {
@@ -186,7 +187,10 @@ mod tests {
                 "amqp://u:hunter2@127.0.0.1:5672?queue_type=stream",
                 "queue_type: must be",
             ),
-            ("amqp://u:hunter2@127.0.0.1:5672?prefetch=0", "prefetch: must be"),
+            (
+                "amqp://u:hunter2@127.0.0.1:5672?prefetch=0",
+                "prefetch: must be",
+            ),
             (
                 "amqp://u:hunter2@127.0.0.1:5672?prefetch=70000",
                 "prefetch: must be",

@@ -16,16 +16,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
-use queue_core::{
-    Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery,
-    DeliveryError, Error, ErrorKind, Message, QueueName, Result,
-};
 use queue_core::traits::split_own;
+use queue_core::{
+    Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery, DeliveryError, Error, ErrorKind,
+    Message, QueueName, Result,
+};
 use tokio::sync::Notify;
 
 use crate::backend::Shared;
@@ -133,12 +131,7 @@ impl ConsumerState {
         }
         let channel = match &inner.channel {
             Some(channel) if inner.session == session => channel.clone(),
-            _ => {
-                return Err(lease_lost(
-                    &self.queue,
-                    "the channel it came on closed",
-                ))
-            }
+            _ => return Err(lease_lost(&self.queue, "the channel it came on closed")),
         };
         match inner.leases.get(&tag) {
             None => Err(lease_lost(
@@ -316,7 +309,10 @@ impl ConsumerState {
         };
         for (tag, mut lease) in due {
             let error = "lease expired before the delivery was settled";
-            let copy = match self.retry_copy(&lease.message, Duration::ZERO, Some(error)).await {
+            let copy = match self
+                .retry_copy(&lease.message, Duration::ZERO, Some(error))
+                .await
+            {
                 Ok(copy) => copy,
                 Err(_) => {
                     lease.deadline = Instant::now() + Duration::from_secs(1);
@@ -328,7 +324,10 @@ impl ConsumerState {
             retry.deadline = Instant::now() + Duration::from_secs(1);
             // On failure the lease is back with a short deadline: tried again.
             let _ = self.replace(&channel, session, tag, retry, copy).await;
-            self.shared.counters(&self.queue).retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared
+                .counters(&self.queue)
+                .retried
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -340,7 +339,10 @@ impl ConsumerState {
             return None;
         }
         let since = inner.last_receive.unwrap_or_else(Instant::now).max(
-            inner.buffer.front().map_or_else(Instant::now, |b| b.arrived),
+            inner
+                .buffer
+                .front()
+                .map_or_else(Instant::now, |b| b.arrived),
         );
         Some(since + IDLE)
     }
@@ -369,7 +371,10 @@ impl ConsumerState {
                     for b in &buffered {
                         link.call(
                             "handing a delivery back",
-                            channel.basic_reject(b.tag, lapin::options::BasicRejectOptions { requeue: true }),
+                            channel.basic_reject(
+                                b.tag,
+                                lapin::options::BasicRejectOptions { requeue: true },
+                            ),
                         )
                         .await?;
                     }
@@ -380,7 +385,10 @@ impl ConsumerState {
                         let message = match wire::incoming(b.body.clone(), &b.properties, true) {
                             Incoming::Message(m) | Incoming::Undecodable(m, _) => m,
                         };
-                        copies.extend(prepare(&self.shared, &self.queue, std::slice::from_ref(&message)).await?);
+                        copies.extend(
+                            prepare(&self.shared, &self.queue, std::slice::from_ref(&message))
+                                .await?,
+                        );
                     }
                     link.publish(&copies).await.map_err(|e| e.error)?;
                     for b in &buffered {
@@ -526,7 +534,14 @@ impl AmqpConsumer {
     /// Handle the deliveries that must not be handed out: early arrivals
     /// from the delay tiers hop on, expired ones and undecodable bytes are
     /// dead-lettered.
-    async fn divert(&self, session: u64, channel: &Channel, tag: u64, copy: Vec<Outgoing>, message: Message) {
+    async fn divert(
+        &self,
+        session: u64,
+        channel: &Channel,
+        tag: u64,
+        copy: Vec<Outgoing>,
+        message: Message,
+    ) {
         let lease = Lease {
             message,
             deadline: Instant::now(),
@@ -695,7 +710,12 @@ impl ConsumerState {
     /// Consume again with prefetch `window` and cancel the consumer
     /// `old`: RabbitMQ applies a per-consumer prefetch to new consumers
     /// only. The old consumer's unacked deliveries stay with the channel.
-    async fn rewindow(&self, channel: &Channel, window: u16, old: Option<&str>) -> Result<lapin::Consumer> {
+    async fn rewindow(
+        &self,
+        channel: &Channel,
+        window: u16,
+        old: Option<&str>,
+    ) -> Result<lapin::Consumer> {
         let link = &self.shared.link;
         link.call(
             "setting the prefetch",
@@ -798,15 +818,15 @@ impl Consumer for AmqpConsumer {
             let now = SystemTime::now();
             for buffered in taken {
                 match wire::incoming(buffered.body, &buffered.properties, true) {
-                    Incoming::Message(message)
-                        if message.not_before.is_some_and(|at| at > now) =>
-                    {
+                    Incoming::Message(message) if message.not_before.is_some_and(|at| at > now) => {
                         diverted.push((buffered.tag, None, message));
                     }
                     Incoming::Message(message) if message.is_expired_at(now) => {
                         diverted.push((buffered.tag, Some(DeadLetterReason::Expired), message));
                     }
-                    Incoming::Message(message) => ready.push((buffered.tag, buffered.arrived, message)),
+                    Incoming::Message(message) => {
+                        ready.push((buffered.tag, buffered.arrived, message))
+                    }
                     Incoming::Undecodable(message, error) => {
                         tracing::warn!(queue = %self.state.queue, %error, "undecodable bytes on the queue: dead-lettered");
                         diverted.push((buffered.tag, Some(DeadLetterReason::Decode), message));
@@ -816,22 +836,37 @@ impl Consumer for AmqpConsumer {
             if let Some(channel) = &channel {
                 for (tag, reason, message) in diverted {
                     let copy = match &reason {
-                        None => prepare(shared, &self.state.queue, std::slice::from_ref(&message)).await,
+                        None => {
+                            prepare(shared, &self.state.queue, std::slice::from_ref(&message)).await
+                        }
                         Some(reason) => {
                             let attempts = match reason {
                                 DeadLetterReason::Expired => message.attempt.saturating_sub(1),
                                 _ => message.attempt,
                             };
                             if *reason == DeadLetterReason::Expired {
-                                shared.counters(&self.state.queue).expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                shared
+                                    .counters(&self.state.queue)
+                                    .expired
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
-                            shared.counters(&self.state.queue).dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            Ok(vec![wire::dead_letter(&self.state.queue, &message, reason, attempts)])
+                            shared
+                                .counters(&self.state.queue)
+                                .dead_lettered
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            Ok(vec![wire::dead_letter(
+                                &self.state.queue,
+                                &message,
+                                reason,
+                                attempts,
+                            )])
                         }
                     };
                     match copy {
                         Ok(copy) => self.divert(session, channel, tag, copy, message).await,
-                        Err(e) => tracing::warn!(queue = %self.state.queue, error = %e, "could not move a delivery off the queue"),
+                        Err(e) => {
+                            tracing::warn!(queue = %self.state.queue, error = %e, "could not move a delivery off the queue")
+                        }
                     }
                 }
             }
@@ -925,13 +960,21 @@ impl Consumer for AmqpConsumer {
         }
         if let Some(channel) = channel {
             taken.sort_by_key(|(tag, _)| *tag);
-            let prefix = taken.iter().take_while(|(tag, _)| *tag < lowest_other).count();
+            let prefix = taken
+                .iter()
+                .take_while(|(tag, _)| *tag < lowest_other)
+                .count();
             let mut results: Vec<Result<()>> = Vec::with_capacity(taken.len());
             if prefix >= 2 {
                 let last = taken[prefix - 1].0;
                 let acked = state.ack_tag(&channel, last, true).await;
                 for _ in 0..prefix {
-                    results.push(acked.as_ref().map(|_| ()).map_err(|e| Error::new(e.kind(), e.message().to_owned())));
+                    results.push(
+                        acked
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| Error::new(e.kind(), e.message().to_owned())),
+                    );
                 }
             }
             let start = if prefix >= 2 { prefix } else { 0 };
@@ -951,7 +994,11 @@ impl Consumer for AmqpConsumer {
                 state.finish(tag);
                 match result {
                     Ok(()) => {
-                        state.shared.counters(&state.queue).acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        state
+                            .shared
+                            .counters(&state.queue)
+                            .acked
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => failed.push(DeliveryError::new(e, delivery)),
                 }
@@ -978,11 +1025,18 @@ impl Acker for AmqpAcker {
         self.state.finish(self.tag);
         drop(lease);
         acked?;
-        self.counters().acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters()
+            .acked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    async fn nack(&self, message: &Message, delay: Duration, last_error: Option<&str>) -> Result<()> {
+    async fn nack(
+        &self,
+        message: &Message,
+        delay: Duration,
+        last_error: Option<&str>,
+    ) -> Result<()> {
         let (channel, lease) = self.state.take(self.session, self.tag)?;
         let copy = match self.state.retry_copy(message, delay, last_error).await {
             Ok(copy) => copy,
@@ -997,9 +1051,13 @@ impl Acker for AmqpAcker {
             .await?;
         let counters = self.counters();
         if last {
-            counters.dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counters
+                .dead_lettered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else {
-            counters.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counters
+                .retried
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
@@ -1028,7 +1086,10 @@ impl Acker for AmqpAcker {
                 state.wake.notify_one();
                 Ok(SystemTime::now() + lease)
             }
-            _ => Err(lease_lost(&state.queue, "its lease ran out or its channel closed")),
+            _ => Err(lease_lost(
+                &state.queue,
+                "its lease ran out or its channel closed",
+            )),
         }
     }
 
@@ -1043,7 +1104,9 @@ impl Acker for AmqpAcker {
         self.state
             .replace(&channel, self.session, self.tag, lease, copy)
             .await?;
-        self.counters().dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters()
+            .dead_lettered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -132,7 +132,11 @@ mod tests {
         );
         let source = std::error::Error::source(&error).expect("the client error is kept");
         assert!(source.downcast_ref::<lapin::Error>().is_some());
-        let timeout = timed_out("publishing", "10.0.0.7:5672", std::time::Duration::from_secs(1));
+        let timeout = timed_out(
+            "publishing",
+            "10.0.0.7:5672",
+            std::time::Duration::from_secs(1),
+        );
         assert_eq!(timeout.kind(), ErrorKind::Timeout);
     }
 }

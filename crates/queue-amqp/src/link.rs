@@ -95,8 +95,7 @@ impl Link {
             identity: None,
             cert_chain: self.settings.tls_ca.clone(),
         };
-        let connect =
-            Connection::connect_with_config(&self.settings.uri, properties, tls, runtime);
+        let connect = Connection::connect_with_config(&self.settings.uri, properties, tls, runtime);
         let limit = self.settings.connect_timeout;
         let conn = match tokio::time::timeout(limit, connect).await {
             Ok(Ok(conn)) => conn,
@@ -104,10 +103,7 @@ impl Link {
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Connection,
-                    format!(
-                        "amqp at {}: no connection within {limit:?}",
-                        self.address()
-                    ),
+                    format!("amqp at {}: no connection within {limit:?}", self.address()),
                 ))
             }
         };

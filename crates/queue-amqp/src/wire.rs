@@ -116,10 +116,7 @@ pub(crate) fn dlq_args(queue_type: QueueType) -> FieldTable {
 /// in arrival order, so the head is always the next due.
 pub(crate) fn tier_args(queue_type: QueueType, queue: &QueueName, k: u32) -> FieldTable {
     let mut args = kind_args(queue_type);
-    args.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(1i64 << k),
-    );
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1i64 << k));
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(LongString::from("")),
@@ -228,7 +225,11 @@ pub(crate) enum Incoming {
 /// a raw payload with a fresh id, their AMQP headers as text headers;
 /// with `count_deliveries`, the broker's `x-delivery-count` (quorum queues)
 /// adds to the attempt.
-pub(crate) fn incoming(body: Vec<u8>, properties: &BasicProperties, count_deliveries: bool) -> Incoming {
+pub(crate) fn incoming(
+    body: Vec<u8>,
+    properties: &BasicProperties,
+    count_deliveries: bool,
+) -> Incoming {
     let body = bytes::Bytes::from(body);
     let delivery_count = if count_deliveries {
         header_int(properties, "x-delivery-count").unwrap_or(0)
