@@ -175,27 +175,63 @@ impl Link {
     pub(crate) async fn publish(&self, messages: &[Outgoing]) -> Result<(), PublishError> {
         let channel = self.publisher().await.map_err(PublishError::none)?;
         let mut confirms = Vec::with_capacity(messages.len());
-        for (index, message) in messages.iter().enumerate() {
-            let publish = channel.basic_publish(
-                ShortString::from(""),
-                ShortString::from(message.routing_key.as_str()),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &message.body,
-                message.properties.clone(),
-            );
-            match self.call("publishing", publish).await {
-                Ok(confirm) => confirms.push(confirm),
-                Err(error) => return Err(PublishError { index, error }),
+        // One deadline for the whole batch (a timer per publish costs more
+        // than the publish).
+        let limit = self.settings.request_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let exchange = ShortString::from("");
+        let published = tokio::time::timeout_at(deadline, async {
+            for (index, message) in messages.iter().enumerate() {
+                let publish = channel.basic_publish(
+                    exchange.clone(),
+                    ShortString::from(message.routing_key.as_str()),
+                    options,
+                    &message.body,
+                    message.properties.clone(),
+                );
+                match publish.await {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(e) => {
+                        return Err(PublishError {
+                            index,
+                            error: classify(e, "publishing", self.address()),
+                        })
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match published {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(PublishError {
+                    index: confirms.len(),
+                    error: timed_out("publishing", self.address(), limit),
+                })
             }
         }
         for (index, confirm) in confirms.into_iter().enumerate() {
-            let confirmation = self
-                .call("awaiting the publisher confirm", confirm)
-                .await
-                .map_err(|error| PublishError { index, error })?;
+            let confirmation = match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(confirmation)) => confirmation,
+                Ok(Err(e)) => {
+                    return Err(PublishError {
+                        index,
+                        error: classify(e, "awaiting the publisher confirm", self.address()),
+                    })
+                }
+                Err(_) => {
+                    return Err(PublishError {
+                        index,
+                        error: timed_out("awaiting the publisher confirm", self.address(), limit),
+                    })
+                }
+            };
             let routing_key = &messages[index].routing_key;
             match confirmation {
                 Confirmation::Ack(None) => {}
