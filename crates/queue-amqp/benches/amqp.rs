@@ -71,16 +71,19 @@ async fn raw_baseline(url: &str) -> (f64, f64) {
     let started = Instant::now();
     for _ in 0..JOBS / 1000 {
         for _ in 0..1000 {
-            let _ = channel
-                .basic_publish(
-                    "".into(),
-                    name.into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .expect("publish");
+            // Its confirm is awaited with the others by `wait_for_confirms`.
+            drop(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        name.into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .expect("publish"),
+            );
         }
         channel.wait_for_confirms().await.expect("confirms");
     }
