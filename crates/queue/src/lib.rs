@@ -106,6 +106,7 @@ mod tests {
         for (url, feature) in [
             #[cfg(not(feature = "redis"))]
             ("redis://u:hunter2@127.0.0.1:6379", "redis"),
+            #[cfg(not(feature = "amqp"))]
             ("amqps://u:hunter2@h", "amqp"),
             ("kafka://127.0.0.1:9092,127.0.0.1:9093", "kafka"),
             ("sqs://us-east-1?secret_access_key=hunter2", "sqs"),
