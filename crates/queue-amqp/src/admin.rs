@@ -253,16 +253,6 @@ impl AmqpBackend {
         queue: &QueueName,
         which: Redrive,
     ) -> Result<u64> {
-        let dlq = wire::dlq(queue);
-        let total = match self
-            .shared
-            .counts(std::slice::from_ref(&dlq))
-            .await?
-            .first()
-        {
-            Some((_, n)) => *n as usize,
-            None => return Ok(0),
-        };
         let wanted: Option<HashSet<MessageId>> = match which {
             Redrive::All => None,
             Redrive::Ids(ids) => Some(ids.into_iter().collect()),
@@ -274,9 +264,11 @@ impl AmqpBackend {
             }
         };
         let mut moved = 0u64;
-        let mut seen = 0usize;
-        // One letter at a time: fetch, publish the fresh copy, ack.
-        while seen < total {
+        // One letter at a time: fetch, publish the fresh copy, ack. Letters
+        // left unacked are not fetched again on this channel, so the loop
+        // ends when the queue has nothing more to give (its message count
+        // lags on quorum queues, so it is not used as the bound).
+        loop {
             let batch = match self.shared.read_dead(channel, queue, 1).await? {
                 Outcome::Done(batch) => batch,
                 Outcome::Missing => break,
@@ -284,7 +276,6 @@ impl AmqpBackend {
             let Some((tag, letter)) = batch.into_iter().next() else {
                 break;
             };
-            seen += 1;
             let take = wanted
                 .as_ref()
                 .is_none_or(|ids| ids.contains(&letter.message.id));
