@@ -75,10 +75,28 @@ struct Inner {
     window: u16,
     /// A new window the pump is asked to set (by consuming again with it).
     want_window: Option<u16>,
+    /// Every delivery tag up to this one reached the buffer (tags count
+    /// from 1 per channel); `seen_above` holds the ones seen past a gap.
+    seen_upto: u64,
+    seen_above: BTreeSet<u64>,
     /// `receive` calls waiting now.
     waiting: usize,
     /// When the last `receive` call ended.
     last_receive: Option<Instant>,
+}
+
+impl Inner {
+    /// Note that the delivery `tag` reached the buffer.
+    fn saw(&mut self, tag: u64) {
+        if tag == self.seen_upto + 1 {
+            self.seen_upto = tag;
+            while self.seen_above.remove(&(self.seen_upto + 1)) {
+                self.seen_upto += 1;
+            }
+        } else if tag > self.seen_upto {
+            self.seen_above.insert(tag);
+        }
+    }
 }
 
 /// What a consumer and its deliveries share.
@@ -437,6 +455,8 @@ impl ConsumerState {
         }
         inner.session += 1;
         inner.channel = Some(channel);
+        inner.seen_upto = 0;
+        inner.seen_above.clear();
         inner.error = None;
         inner.window = prefetch;
         inner.want_window = None;
@@ -641,6 +661,7 @@ async fn drain(state: &Arc<ConsumerState>, session: u64, stream: lapin::Consumer
                     if inner.session != session {
                         continue;
                     }
+                    inner.saw(delivery.delivery_tag);
                     inner.buffer.push_back(Buffered {
                         tag: delivery.delivery_tag,
                         body: delivery.data,
@@ -808,6 +829,11 @@ impl Consumer for AmqpConsumer {
                 }
                 let n = max.min(inner.buffer.len());
                 let taken: Vec<Buffered> = inner.buffer.drain(..n).collect();
+                // Taken but not yet leased: counted unsettled, so a batch
+                // ack with `multiple` never covers them in the meantime.
+                for b in &taken {
+                    inner.settling.insert(b.tag);
+                }
                 if taken.is_empty() && inner.channel.is_none() {
                     // While the channel is down, every receive says why.
                     if let Some(error) = &inner.error {
@@ -868,6 +894,9 @@ impl Consumer for AmqpConsumer {
                     match copy {
                         Ok(copy) => self.divert(session, channel, tag, copy, message).await,
                         Err(e) => {
+                            // Left unacked: the broker hands it out again
+                            // when the channel closes.
+                            self.state.finish(tag);
                             tracing::warn!(queue = %self.state.queue, error = %e, "could not move a delivery off the queue")
                         }
                     }
@@ -882,6 +911,7 @@ impl Consumer for AmqpConsumer {
                     if inner.session == session {
                         let deadline = Instant::now() + lease;
                         for (tag, arrived, message) in ready {
+                            inner.settling.remove(&tag);
                             inner.leases.insert(
                                 tag,
                                 Lease {
@@ -947,10 +977,14 @@ impl Consumer for AmqpConsumer {
             }
             if !taken.is_empty() {
                 channel = inner.channel.clone();
+                // A tag the pump has not seen yet (still in the client's
+                // buffer of another `basic.consume` on this channel) may be
+                // lower than ours: `multiple` must stop before it.
                 lowest_other = [
                     inner.leases.keys().next().copied(),
                     inner.settling.iter().next().copied(),
-                    inner.buffer.front().map(|b| b.tag),
+                    inner.buffer.iter().map(|b| b.tag).min(),
+                    Some(inner.seen_upto + 1),
                 ]
                 .into_iter()
                 .flatten()
