@@ -834,12 +834,7 @@ impl Consumer for AmqpConsumer {
                 for b in &taken {
                     inner.settling.insert(b.tag);
                 }
-                if taken.is_empty() && inner.channel.is_none() {
-                    // While the channel is down, every receive says why.
-                    if let Some(error) = &inner.error {
-                        return Err(Error::new(error.kind(), error.message().to_owned()));
-                    }
-                }
+
                 (inner.session, inner.channel.clone(), taken)
             };
             let mut ready = Vec::with_capacity(taken.len());
@@ -942,6 +937,15 @@ impl Consumer for AmqpConsumer {
             }
             self.state.adjust_window();
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // While the channel is down, a receive that got nothing
+                // says why (after waiting for it to come back: returning
+                // at once would let a caller's retry loop spin).
+                let inner = self.state.lock();
+                if inner.channel.is_none() {
+                    if let Some(error) = &inner.error {
+                        return Err(Error::new(error.kind(), error.message().to_owned()));
+                    }
+                }
                 return Ok(Vec::new());
             }
         }
