@@ -842,7 +842,9 @@ impl Consumer for AmqpConsumer {
             let now = SystemTime::now();
             for buffered in taken {
                 match wire::incoming(buffered.body, &buffered.properties, true) {
-                    Incoming::Message(message) if message.not_before.is_some_and(|at| at > now) => {
+                    Incoming::Message(message)
+                        if !wire::remaining_delay(&message, now).is_zero() =>
+                    {
                         diverted.push((buffered.tag, None, message));
                     }
                     Incoming::Message(message) if message.is_expired_at(now) => {

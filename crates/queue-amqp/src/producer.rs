@@ -41,7 +41,7 @@ pub(crate) async fn prepare(
     for message in messages {
         let outgoing = wire::outgoing(queue, message, now);
         if outgoing.routing_key != queue.as_str() {
-            let delay = message.delay_from(now).as_millis() as u64;
+            let delay = wire::remaining_delay(message, now).as_millis() as u64;
             shared.ensure_tier(queue, wire::tier_for(delay)).await?;
         }
         out.push(outgoing);

@@ -14,6 +14,23 @@ use crate::link::Outgoing;
 /// The highest AMQP priority used (`x-max-priority` of classic queues):
 /// Low 0, Normal 1, High 2, Urgent 3.
 pub(crate) const MAX_PRIORITY: u8 = 3;
+/// A delayed message is handed out only this long after its due time: the
+/// due time travels in whole milliseconds and the broker's TTL timers are
+/// not exact, so a small margin keeps "never before" true to the caller's
+/// clocks.
+pub(crate) const DUE_SLACK: Duration = Duration::from_millis(10);
+
+/// What remains of `message`'s delay at `now`, with the margin: zero once
+/// it may be handed out.
+pub(crate) fn remaining_delay(message: &Message, now: SystemTime) -> Duration {
+    match message.not_before {
+        Some(at) => (at + DUE_SLACK)
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+        None => Duration::ZERO,
+    }
+}
+
 /// Delay tiers: tier `k` holds messages for 2^k ms, k = 0..TIERS.
 /// 2^35 ms is about 397 days, so any delay up to 365 days decomposes.
 pub(crate) const TIERS: u32 = 36;
@@ -161,7 +178,7 @@ fn base_properties(message: &Message) -> BasicProperties {
 /// for what remains of its delay (with its due time in a header).
 pub(crate) fn outgoing(queue: &QueueName, message: &Message, now: SystemTime) -> Outgoing {
     let body = envelope::encode(message);
-    let delay = message.delay_from(now);
+    let delay = remaining_delay(message, now);
     let mut properties = base_properties(message);
     let routing_key = if delay >= Duration::from_millis(1) {
         let due = message.not_before.map_or(0, ms_since_epoch);
