@@ -86,6 +86,18 @@ struct Inner {
 }
 
 impl Inner {
+    /// Start a new session on `channel` (or none): every delivery of the
+    /// old channel is void, the broker hands it out again.
+    fn new_session(&mut self, channel: Option<Channel>) {
+        self.session += 1;
+        self.channel = channel;
+        self.buffer.clear();
+        self.leases.clear();
+        self.settling.clear();
+        self.seen_upto = 0;
+        self.seen_above.clear();
+    }
+
     /// Note that the delivery `tag` reached the buffer.
     fn saw(&mut self, tag: u64) {
         if tag == self.seen_upto + 1 {
@@ -428,41 +440,41 @@ impl ConsumerState {
         self.lock().leases.values().map(|l| l.deadline).min()
     }
 
+    /// Start a `basic.consume` on `channel` with prefetch `window` (a
+    /// per-consumer prefetch applies to consumers started after it).
+    async fn consume(&self, channel: &Channel, window: u16) -> Result<lapin::Consumer> {
+        let link = &self.shared.link;
+        link.call(
+            "setting the prefetch",
+            channel.basic_qos(window, BasicQosOptions::default()),
+        )
+        .await?;
+        link.call(
+            &format!("consuming from queue {:?}", self.queue.as_str()),
+            channel.basic_consume(
+                self.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
     /// Open a channel with prefetch and start consuming.
     async fn subscribe(self: &Arc<Self>) -> Result<(u64, lapin::Consumer)> {
         let link = &self.shared.link;
         let (_, channel) = link.channel().await?;
         let prefetch = self.shared.settings().prefetch;
-        link.call(
-            "setting the prefetch",
-            channel.basic_qos(prefetch, BasicQosOptions::default()),
-        )
-        .await?;
-        let consumer = link
-            .call(
-                &format!("consuming from queue {:?}", self.queue.as_str()),
-                channel.basic_consume(
-                    self.queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
+        let consumer = self.consume(&channel, prefetch).await?;
         let mut inner = self.lock();
         if inner.closed {
             return Err(Error::closed("the amqp consumer"));
         }
-        inner.session += 1;
-        inner.channel = Some(channel);
-        inner.seen_upto = 0;
-        inner.seen_above.clear();
+        inner.new_session(Some(channel));
         inner.error = None;
         inner.window = prefetch;
         inner.want_window = None;
-        inner.buffer.clear();
-        inner.leases.clear();
-        inner.settling.clear();
         Ok((inner.session, consumer))
     }
 
@@ -470,11 +482,7 @@ impl ConsumerState {
     fn lost(&self, session: u64, error: Error) {
         let mut inner = self.lock();
         if inner.session == session {
-            inner.channel = None;
-            inner.session += 1;
-            inner.buffer.clear();
-            inner.leases.clear();
-            inner.settling.clear();
+            inner.new_session(None);
         }
         inner.error = Some(error);
         drop(inner);
@@ -741,22 +749,7 @@ impl ConsumerState {
         old: Option<&str>,
     ) -> Result<lapin::Consumer> {
         let link = &self.shared.link;
-        link.call(
-            "setting the prefetch",
-            channel.basic_qos(window, BasicQosOptions::default()),
-        )
-        .await?;
-        let consumer = link
-            .call(
-                &format!("consuming from queue {:?}", self.queue.as_str()),
-                channel.basic_consume(
-                    self.queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
+        let consumer = self.consume(channel, window).await?;
         if let Some(old) = old {
             link.call(
                 "cancelling the previous consumer",
@@ -798,11 +791,7 @@ impl Drop for AmqpConsumer {
         inner.closed = true;
         // The last handle on the channel closes it: the broker hands the
         // unsettled deliveries to other consumers.
-        inner.channel = None;
-        inner.session += 1;
-        inner.buffer.clear();
-        inner.leases.clear();
-        inner.settling.clear();
+        inner.new_session(None);
     }
 }
 
