@@ -20,6 +20,14 @@ pub(crate) fn classify(e: lapin::Error, doing: &str, address: &str) -> Error {
             let kind = match amqp.kind() {
                 AMQPErrorKind::Soft(soft) => match soft {
                     AMQPSoftError::ACCESSREFUSED => ErrorKind::Auth,
+                    // The queue exists but its process is not running (its
+                    // node is down, or it is still recovering after a
+                    // restart): worth retrying, unlike a missing queue.
+                    AMQPSoftError::NOTFOUND
+                        if amqp.get_message().as_str().contains("down or inaccessible") =>
+                    {
+                        ErrorKind::Connection
+                    }
                     AMQPSoftError::NOTFOUND => ErrorKind::NotFound,
                     // A queue that exists with other arguments (declared
                     // elsewhere) or an argument the broker refuses.
@@ -117,6 +125,22 @@ mod tests {
             );
         }
         assert!(Error::new(ErrorKind::Connection, "x").is_retryable());
+    }
+
+    #[test]
+    fn a_queue_whose_process_is_down_is_retryable_not_missing() {
+        let down = protocol(
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
+            "NOT_FOUND - home node 'rabbit@h' of durable queue 'jobs' in vhost '/' is down or inaccessible",
+        );
+        let error = classify(down, "checking queue jobs", "127.0.0.1:5672");
+        assert_eq!(error.kind(), ErrorKind::Connection);
+        assert!(error.is_retryable());
+        let missing = protocol(
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
+            "NOT_FOUND - no queue 'jobs' in vhost '/'",
+        );
+        assert_eq!(kind_of(missing), ErrorKind::NotFound);
     }
 
     #[test]

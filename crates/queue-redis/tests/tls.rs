@@ -1,72 +1,16 @@
 //! `rediss://` against a real TLS Redis: a `redis-server` started here on a
-//! free port with a certificate signed by a throwaway CA (made with the
-//! `openssl` command), trusted through the `tls_ca` URL parameter.
+//! free port with a certificate signed by a throwaway CA
+//! (`queue_testkit::certs`), trusted through the `tls_ca` URL parameter.
 
 #![cfg(feature = "tls")]
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use queue_core::{Backend, ConsumerOptions, ErrorKind, Message, QueueName};
 use queue_redis::RedisBackend;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run openssl");
-    assert!(status.success(), "openssl {args:?} failed");
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=queue test CA"];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
-    csr.extend(ec);
-    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write extensions");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
-}
 
 struct TlsRedis {
     child: tokio::process::Child,
@@ -89,7 +33,7 @@ async fn start() -> Option<TlsRedis> {
     }
     let dir = std::env::temp_dir().join(format!("queue-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    certificates(&dir);
+    queue_testkit::certs::make_test_certificates(&dir);
     // A port found free may be taken before the server binds it: try another.
     for _ in 0..3 {
         let port = support::free_port();

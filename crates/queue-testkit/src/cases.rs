@@ -1077,6 +1077,22 @@ async fn send_retrying(producer: &dyn Producer, message: &Message) -> Result<Mes
     }
 }
 
+/// A queue's stats, retrying a retryable error a few times (a broker that
+/// just restarted may still be bringing the queue up).
+async fn stats_retrying(backend: &dyn Backend, queue: &QueueName) -> queue_core::QueueStats {
+    let mut attempt = 0u32;
+    loop {
+        match backend.admin().stats(queue).await {
+            Err(e) if e.is_retryable() && attempt < 8 => {
+                // A recovering broker has no event to await here.
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+            }
+            other => return other.expect("stats"),
+        }
+    }
+}
+
 /// Receive and ack until every id of `expected` arrived or `timeout`
 /// passed, riding out retryable errors; counts every delivery per id.
 async fn drain(
@@ -1544,11 +1560,11 @@ pub async fn broker_restart(ctx: &Ctx) {
     .await;
     // A job that ran while its ack could not reach the broker comes back
     // when its lease runs out: let the worker settle it before counting.
-    let mut stats = backend.admin().stats(&queue).await.expect("stats");
+    let mut stats = stats_retrying(&*backend, &queue).await;
     let deadline = Instant::now() + SOON;
     while stats.depth() > 0 && Instant::now() < deadline {
         let _ = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
-        stats = backend.admin().stats(&queue).await.expect("stats");
+        stats = stats_retrying(&*backend, &queue).await;
     }
     worker.shutdown().await.expect("shutdown");
     let (missing, duplicates) = missing_and_duplicates(&runs, &accepted);

@@ -37,6 +37,7 @@
 
 pub mod bench;
 pub mod cases;
+pub mod certs;
 mod harness;
 pub mod proxy;
 
