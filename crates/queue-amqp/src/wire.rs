@@ -14,6 +14,10 @@ use crate::link::Outgoing;
 /// The highest AMQP priority used (`x-max-priority` of classic queues):
 /// Low 0, Normal 1, High 2, Urgent 3.
 pub(crate) const MAX_PRIORITY: u8 = 3;
+
+/// The storage version of classic queues (`x-queue-version`).
+pub(crate) const CLASSIC_QUEUE_VERSION: u8 = 2;
+
 /// A delayed message is handed out only this long after its due time: the
 /// due time travels in whole milliseconds and the broker's TTL timers are
 /// not exact, so a small margin keeps "never before" true to the caller's
@@ -77,11 +81,21 @@ fn ms_since_epoch(at: SystemTime) -> i64 {
 
 fn kind_args(queue_type: QueueType) -> FieldTable {
     let mut args = FieldTable::default();
-    if queue_type == QueueType::Quorum {
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
+    match queue_type {
+        QueueType::Quorum => {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+        }
+        // Classic queue storage version 2 (RabbitMQ 3.10+): faster to fill
+        // and to drain than version 1, and steady with a deep backlog.
+        QueueType::Classic => {
+            args.insert(
+                "x-queue-version".into(),
+                AMQPValue::ShortShortUInt(CLASSIC_QUEUE_VERSION),
+            );
+        }
     }
     args
 }
@@ -170,7 +184,6 @@ fn base_properties(message: &Message) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_priority(amqp_priority(message.priority))
-        .with_message_id(ShortString::from(message.id.to_string()))
         .with_content_type(ShortString::from("application/x-queue-envelope"))
 }
 

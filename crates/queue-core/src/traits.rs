@@ -84,6 +84,15 @@ pub trait Consumer: Send + Sync + fmt::Debug {
         ack_each(deliveries, Vec::new()).await
     }
 
+    /// Whether [`ack_and_receive`](Consumer::ack_and_receive) settles and
+    /// fetches in one broker round trip. A worker fuses its acks into the
+    /// next receive only when it does; otherwise it sends them on their own
+    /// beside a pending receive, so an ack's round trip never holds up the
+    /// pickup of the next job. The provided method says `false`.
+    fn fuses_ack_and_receive(&self) -> bool {
+        false
+    }
+
     /// Ack `acks` and receive up to `max` more, in one broker round trip
     /// where the backend can (Redis: one script settles and claims, as
     /// BullMQ's finish-and-fetch does). A worker with finished jobs and free
@@ -535,6 +544,9 @@ macro_rules! forward_pointer {
             }
             async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
                 (**self).ack_batch(deliveries).await
+            }
+            fn fuses_ack_and_receive(&self) -> bool {
+                (**self).fuses_ack_and_receive()
             }
             async fn ack_and_receive(
                 &self,

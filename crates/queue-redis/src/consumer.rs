@@ -198,6 +198,11 @@ impl Consumer for RedisConsumer {
         self.receive_from(max, give_up_at, first).await
     }
 
+    /// One script settles the acks and claims the next deliveries.
+    fn fuses_ack_and_receive(&self) -> bool {
+        true
+    }
+
     /// Acks and the next claim in one script call (finish and fetch): a
     /// worker with finished jobs pays one round trip, not two.
     async fn ack_and_receive(

@@ -83,6 +83,12 @@ impl Consumer for MemoryConsumer {
         &self.queue.name
     }
 
+    /// Acks settle in process without a round trip: the worker may as well
+    /// hand them over with its next receive.
+    fn fuses_ack_and_receive(&self) -> bool {
+        true
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         self.shared.capabilities.check_receive(max)?;
         let give_up_at = Instant::now() + wait;

@@ -98,8 +98,11 @@ fn receive(
 /// ack call was on its way in one batch; a delivery waiting for its ack
 /// still holds its slot, so unacked deliveries never pile up. When no
 /// receive is pending and finished jobs wait for their ack, the acks go
-/// with the next receive in one call ([`Consumer::ack_and_receive`]: one
-/// round trip per job at concurrency 1 instead of two). A receive or ack
+/// with the next receive in one call when the backend does both in one
+/// round trip ([`Consumer::ack_and_receive`], [`Consumer::fuses_ack_and_receive`]:
+/// one round trip per job at concurrency 1 instead of two); with any other
+/// backend they go on their own beside a pending receive, so a new job is
+/// picked up while the ack is on its way. A receive or ack
 /// call stays pending across job completions rather than being dropped,
 /// so a broker call is never cancelled half-way while the worker runs.
 async fn run_lane(
@@ -119,6 +122,7 @@ async fn run_lane(
     let mut stopping = *stop.borrow();
     let (mut backlog, mut asked) = (false, 0usize);
     let (prefetch, wait) = (shared.settings.prefetch, shared.settings.poll_wait);
+    let fused = consumer.fuses_ack_and_receive();
     loop {
         // With a backlog (the last receive came back full), refill in
         // batches of half the lane; otherwise keep a receive pending for
@@ -130,6 +134,7 @@ async fn run_lane(
         };
         let free_after_acks = slots.saturating_sub(running.len() + in_flight(&acking, &receiving));
         if !stopping
+            && fused
             && receiving.is_none()
             && acking.is_none()
             && !to_ack.is_empty()
