@@ -7,7 +7,9 @@
 //!   each message.
 //! - backend: 50,000 jobs of 100 bytes through the worker pool
 //!   (concurrency 100, no-op handler): enqueue and processing rates.
-//! - pickup latency: a producer offers 2,000 jobs/s one at a time to a
+//! - raw pickup: lapin publishes 2,000 messages/s (confirms on, open load)
+//!   to one consumer (prefetch 100, ack each); publish-to-delivery latency.
+//! - pickup latency: a producer offers 2,000 single sends/s (open load) to a
 //!   worker; p50/p99 from send to handler start.
 //! - backlog: `QUEUE_BENCH_BACKLOG` queued jobs (default 1,000,000)
 //!   processed, against 10,000 (the median of three).
@@ -120,6 +122,99 @@ async fn raw_baseline(url: &str) -> (f64, f64) {
     (enqueue, processed)
 }
 
+/// The raw pickup baseline: a lapin publisher (confirms on, not awaited
+/// before the next publish) offers `RATE` messages/s to one consumer with
+/// prefetch 100 acking each; latency from publish to delivery.
+async fn raw_pickup(url: &str) -> bench::Latency {
+    const RATE: u64 = 2_000;
+    let conn = Connection::connect(&plain(url), ConnectionProperties::default())
+        .await
+        .expect("connect lapin");
+    let channel = conn.create_channel().await.expect("channel");
+    let name = "bench-raw-pickup";
+    let _ = channel
+        .queue_delete(name.into(), QueueDeleteOptions::default())
+        .await;
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let consumer_channel = conn.create_channel().await.expect("channel");
+    consumer_channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = consumer_channel
+        .basic_consume(
+            name.into(),
+            "raw-pickup".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let base = Instant::now();
+    let total = RATE * 5;
+    let receiving = tokio::spawn(async move {
+        let mut samples = Vec::with_capacity(total as usize);
+        while (samples.len() as u64) < total {
+            let delivery = consumer.next().await.expect("stream").expect("delivery");
+            let now = base.elapsed().as_nanos() as u64;
+            let sent = u64::from_be_bytes(delivery.data[..8].try_into().expect("timestamp"));
+            samples.push(now.saturating_sub(sent));
+            delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        samples
+    });
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut confirms = futures_util::stream::FuturesUnordered::<lapin::PublisherConfirm>::new();
+    let sending = Instant::now();
+    for _ in 0..total / (RATE / 1000) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = interval.tick() => break,
+                Some(confirm) = confirms.next(), if !confirms.is_empty() => {
+                    let _: lapin::Confirmation = confirm.expect("confirm");
+                }
+            }
+        }
+        for _ in 0..RATE / 1000 {
+            let body = (base.elapsed().as_nanos() as u64).to_be_bytes();
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    name.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+    }
+    while let Some(confirm) = confirms.next().await {
+        let _: lapin::Confirmation = confirm.expect("confirm");
+    }
+    let sent_for = sending.elapsed();
+    let samples = receiving.await.expect("receiver");
+    let _ = channel
+        .queue_delete(name.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    bench::Latency::of(RATE, total, sent_for, samples)
+}
+
 /// The broker's Erlang memory, from `rabbitmqctl status`.
 fn broker_memory() -> Option<u64> {
     let out = std::process::Command::new("rabbitmqctl")
@@ -169,6 +264,11 @@ fn main() {
             run.enqueue_per_second, run.processed_per_second
         );
 
+        let raw_latency = raw_pickup(&url).await;
+        eprintln!(
+            "raw pickup at 2,000 msgs/s (kept {:.0}/s): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            raw_latency.achieved_rate, raw_latency.p50_us, raw_latency.p99_us, raw_latency.max_us
+        );
         let q = queue("pickup");
         backend.admin().delete_queue(&q).await.expect("delete");
         let latency = bench::worker_pickup_latency(
@@ -229,6 +329,11 @@ fn main() {
             run.processed_per_second / raw_processed
         );
         println!(
+            "raw lapin pickup p50 {:.2} ms, p99 {:.2} ms at 2,000 msgs/s",
+            raw_latency.p50_us / 1000.0,
+            raw_latency.p99_us / 1000.0
+        );
+        println!(
             "pickup p50 {:.2} ms, p99 {:.2} ms at 2,000 jobs/s; backlog {big}/10k ratio {ratio:.2}; {per_job:.0} bytes of RabbitMQ memory per queued job",
             latency.p50_us / 1000.0,
             latency.p99_us / 1000.0
@@ -259,6 +364,7 @@ fn main() {
                 "raw": { "enqueue_per_second": raw_enqueue, "processed_per_second": raw_processed },
                 "worker": run,
                 "pickup": latency,
+                "raw_pickup": raw_latency,
                 "backlog": { "jobs_10k_per_second": small, "jobs_large": big, "jobs_large_per_second": large, "ratio": ratio },
                 "memory_bytes_per_job": per_job,
                 "targets_met": checks.iter().all(|(_, met)| *met),

@@ -11,7 +11,7 @@
 //!   a raw loop of one task doing `BLMOVE` + `LREM` per job (two round
 //!   trips); the worker acks a finished job and claims the next in one
 //!   script call.
-//! - pickup latency: a producer offers 2,000 jobs/s one at a time to a
+//! - pickup latency: a producer offers 2,000 single sends/s (open load) to a
 //!   worker; p50/p99 from send to handler start.
 //! - backlog: 1,000,000 queued jobs processed, against 10,000 (the median
 //!   of five runs, since one lasts only about 0.1 s).

@@ -29,7 +29,8 @@ pub struct Throughput {
 /// Pickup latency at a steady offered rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
-    /// Offered rate, messages per second (sent one at a time).
+    /// Offered rate, messages per second (single sends, open load: one
+    /// still in flight never holds back the next).
     pub rate: u64,
     /// The rate the producer actually kept (a slow send lowers it).
     pub achieved_rate: f64,
@@ -127,8 +128,9 @@ pub async fn throughput(
     })
 }
 
-/// Offer `rate` messages per second one at a time for `duration` while
-/// `consumers` tasks receive; report send-to-receive latency.
+/// Offer `rate` messages per second as single sends (open load) for
+/// `duration` while `consumers` tasks receive; report send-to-receive
+/// latency.
 pub async fn pickup_latency(
     backend: Arc<dyn Backend>,
     queue: &QueueName,
@@ -191,7 +193,7 @@ pub async fn pickup_latency(
 impl Latency {
     /// Percentiles of `samples` (nanoseconds) for `sent` messages offered at
     /// `rate` over `sent_for`.
-    fn of(rate: u64, sent: u64, sent_for: Duration, mut samples: Vec<u64>) -> Latency {
+    pub fn of(rate: u64, sent: u64, sent_for: Duration, mut samples: Vec<u64>) -> Latency {
         samples.sort_unstable();
         let pick = |q: f64| -> f64 {
             if samples.is_empty() {
@@ -211,10 +213,13 @@ impl Latency {
     }
 }
 
-/// Send `rate` messages per second one at a time for `duration`, each made
-/// by `make` from the nanoseconds since `base`; returns how many
-/// were sent and how long sending took. Sends go in 1 ms ticks (the
-/// timer's resolution), spreading each tick's share.
+/// Offer `rate` messages per second for `duration`, each made by `make`
+/// from the nanoseconds since `base`; returns how many were sent and how
+/// long sending took. Sends go in 1 ms ticks (the timer's resolution),
+/// spreading each tick's share. The load is open: a send still waiting for
+/// its broker's answer never holds back the next tick's, so a backend
+/// whose send takes longer than the gap between two (a publisher confirm
+/// after a disk sync) is still offered the full rate.
 async fn offer(
     producer: &dyn queue_core::Producer,
     rate: u64,
@@ -222,19 +227,30 @@ async fn offer(
     base: Instant,
     make: impl Fn(u64) -> queue_core::Result<Message>,
 ) -> queue_core::Result<(u64, Duration)> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let per_tick = (rate / 1000).max(1);
     let ticks = total / per_tick;
     let mut interval = tokio::time::interval(Duration::from_millis(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sending = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
     for _ in 0..ticks {
-        interval.tick().await;
-        for _ in 0..per_tick {
-            producer
-                .send(make(base.elapsed().as_nanos() as u64)?)
-                .await?;
+        loop {
+            tokio::select! {
+                biased;
+                _ = interval.tick() => break,
+                Some(sent) = in_flight.next(), if !in_flight.is_empty() => {
+                    sent?;
+                }
+            }
         }
+        for _ in 0..per_tick {
+            in_flight.push(producer.send(make(base.elapsed().as_nanos() as u64)?));
+        }
+    }
+    while let Some(sent) = in_flight.next().await {
+        sent?;
     }
     Ok((ticks * per_tick, sending.elapsed()))
 }
@@ -361,8 +377,9 @@ pub async fn worker_run(
     })
 }
 
-/// Offer `rate` jobs per second one at a time for `duration` to a worker
-/// with `concurrency` slots; report the time from send to handler start.
+/// Offer `rate` jobs per second as single sends (open load) for
+/// `duration` to a worker with `concurrency` slots; report the time from
+/// send to handler start.
 pub async fn worker_pickup_latency(
     backend: Arc<dyn Backend>,
     queue: &QueueName,
