@@ -246,7 +246,11 @@ async fn offer(
             }
         }
         for _ in 0..per_tick {
-            in_flight.push(producer.send(make(base.elapsed().as_nanos() as u64)?));
+            // The timestamp is taken when the send starts, not when it is
+            // queued behind this tick's others.
+            let make = &make;
+            in_flight
+                .push(async move { producer.send(make(base.elapsed().as_nanos() as u64)?).await });
         }
     }
     while let Some(sent) = in_flight.next().await {
