@@ -39,6 +39,7 @@ pub mod bench;
 pub mod cases;
 pub mod certs;
 mod harness;
+pub mod host;
 pub mod proxy;
 
 pub use harness::{broker_url, receive_n, BrokerProcess, Ctx, Faulty, Harness, MemoryHarness};

@@ -17,37 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// current user, with every path pointed into a private directory).
 pub(crate) const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
-/// Whether `tool` runs here (a path, or a command answering `--version`);
-/// a missing tool fails a required run and otherwise skips with the reason
-/// printed.
-pub(crate) fn have(tool: &str) -> bool {
-    let found = if tool.starts_with('/') {
-        std::path::Path::new(tool).exists()
-    } else {
-        std::process::Command::new(tool)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if found {
-        return true;
-    }
-    let required = std::env::var("QUEUE_TEST_REQUIRED").is_ok_and(|v| v == "1");
-    assert!(!required, "{tool} is missing and QUEUE_TEST_REQUIRED=1");
-    eprintln!("skipping: {tool} is not installed");
-    false
-}
-
-/// A loopback port free at the time of asking.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
+pub(crate) use queue_testkit::host::{free_port, have};
 
 /// A private RabbitMQ node. With TLS it also listens for `amqps://` on
 /// `tls_port` with the certificates of `queue_testkit::certs` in its

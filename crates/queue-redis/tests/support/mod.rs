@@ -10,30 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Whether `tool` runs here; a missing tool fails a required run and
-/// otherwise skips with the reason printed.
-pub(crate) fn have(tool: &str) -> bool {
-    if std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
-        return true;
-    }
-    let required = std::env::var("QUEUE_TEST_REQUIRED").is_ok_and(|v| v == "1");
-    assert!(!required, "{tool} is missing and QUEUE_TEST_REQUIRED=1");
-    eprintln!("skipping: {tool} is not installed");
-    false
-}
-
-/// A loopback port free at the time of asking.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
+pub(crate) use queue_testkit::host::{free_port, have};
 
 /// Start `redis-server` with `args`; `None` if it exits (a taken port)
 /// before it says it is ready.
