@@ -2,12 +2,14 @@
 //!
 //! - `cargo xtask test`: start the services the tests need (Redis: PING
 //!   127.0.0.1:6379; RabbitMQ: the AMQP handshake on 127.0.0.1:5672; each
-//!   started with the machine's command if silent), export their URLs
-//!   (`QUEUE_TEST_REDIS_URL`, `QUEUE_TEST_AMQP_URL`) with
-//!   `QUEUE_TEST_REQUIRED=1`, and run the workspace tests.
+//!   started with the machine's command if silent; SQS: `moto_server`,
+//!   installed with pip if missing, on a free loopback port), export their
+//!   URLs (`QUEUE_TEST_REDIS_URL`, `QUEUE_TEST_AMQP_URL`,
+//!   `QUEUE_TEST_SQS_URL`) with `QUEUE_TEST_REQUIRED=1`, and run the
+//!   workspace tests.
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
-//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`, `amqp`).
+//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`, `amqp`, `sqs`).
 //! - `cargo xtask soak [--minutes N] [--url URL]`: random cuts, blackholes
 //!   and worker kills under load for N minutes (default 5), invariants
 //!   checked, a summary printed (not part of CI).
@@ -30,6 +32,7 @@ commands:
   bench <name>     run a benchmark: memory (backend), worker (worker pool on memory),
                    redis (backend and worker pool on Redis, beside a raw redis-crate baseline)
                    amqp (backend and worker pool on RabbitMQ, beside a raw lapin baseline)
+                   sqs (worker pool on moto_server: requests per job, beside a raw aws-sdk-sqs loop)
   soak [--minutes N] [--url URL] [--rate R]
                    random connection cuts, blackholes and worker kills under load
                    (default 5 minutes on the machine's Redis), then checks every
@@ -77,6 +80,7 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     let redis = redis_url()?;
     let amqp = amqp_url()?;
+    let sqs = sqs_server()?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
     cargo(
@@ -85,8 +89,101 @@ fn test(extra: &[String]) -> Result<(), String> {
             ("QUEUE_TEST_REQUIRED", "1"),
             ("QUEUE_TEST_REDIS_URL", &redis),
             ("QUEUE_TEST_AMQP_URL", &amqp),
+            ("QUEUE_TEST_SQS_URL", &sqs.url),
         ],
     )
+}
+
+/// The moto release line `cargo xtask` installs when `moto_server` is missing.
+const MOTO: &str = "moto[server]>=5.1,<6";
+
+/// An SQS-compatible server for tests and benches; the server this
+/// process started (if any) stops when it is dropped.
+struct SqsServer {
+    url: String,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for SqsServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `QUEUE_TEST_SQS_URL` if set; else `moto_server` (installed with pip
+/// if missing) started on a free loopback port.
+fn sqs_server() -> Result<SqsServer, String> {
+    if let Ok(url) = env::var("QUEUE_TEST_SQS_URL") {
+        if !url.is_empty() {
+            eprintln!("xtask: using QUEUE_TEST_SQS_URL={url}");
+            return Ok(SqsServer { url, child: None });
+        }
+    }
+    let has_moto = |quiet: bool| {
+        Command::new("python3")
+            .args(["-c", "import moto.server, flask, flask_cors"])
+            .stderr(if quiet {
+                std::process::Stdio::null()
+            } else {
+                std::process::Stdio::inherit()
+            })
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_moto(true) {
+        eprintln!("xtask: installing {MOTO} with pip");
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                MOTO,
+            ])
+            .status()
+            .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
+        if !status.success() || !has_moto(false) {
+            return Err(format!("pip could not install {MOTO} ({status})"));
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free loopback port: {e}"))?
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let log = std::fs::File::create(env::temp_dir().join(format!("moto-{port}.log")))
+        .map_err(|e| format!("cannot create the moto log: {e}"))?;
+    let child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from moto.server import main; sys.exit(main())",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start moto_server: {e}"))?;
+    let server = SqsServer {
+        url: format!("sqs://test:test@us-east-1?endpoint=http://{addr}"),
+        child: Some(child),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            eprintln!("xtask: moto_server (SQS) answers at {addr}");
+            return Ok(server);
+        }
+        // A starting server has no event to wait on: try again shortly.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("moto_server did not answer at {addr} within 60 s"))
 }
 
 /// The machine's Redis: 127.0.0.1:6379, no persistence.
@@ -280,8 +377,15 @@ fn bench(backend: Option<&str>) -> Result<(), String> {
                 &[("QUEUE_BENCH_AMQP_URL", &url)],
             )
         }
+        Some("sqs") => {
+            let sqs = sqs_server()?;
+            cargo(
+                &["bench", "-p", "queue-sqs", "--bench", "sqs"],
+                &[("QUEUE_BENCH_SQS_URL", &sqs.url)],
+            )
+        }
         Some(other) => Err(format!(
-            "no benchmark named {other:?}; available: memory, worker, redis, amqp"
+            "no benchmark named {other:?}; available: memory, worker, redis, amqp, sqs"
         )),
         None => Err(format!("bench needs a backend\n\n{USAGE}")),
     }

@@ -1,0 +1,303 @@
+//! Queue administration: create, delete, purge, stats, and dead letters
+//! listed and redriven by receiving from the dead-letter queue.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering as AtomicOrdering;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use queue_core::{
+    Admin, DeadLetter, Error, ErrorKind, HealthStatus, MessageId, QueueName, QueueOptions,
+    QueueStats, Redrive, Result,
+};
+
+use crate::backend::SqsBackend;
+use crate::batcher::{self, Op};
+use crate::error::classify;
+use crate::wire::{self, Incoming};
+use crate::SQS_BATCH;
+
+/// How long dead letters being listed stay hidden from other readers
+/// before they are handed back (at once, after the listing).
+const LISTING_VISIBILITY: i32 = 30;
+
+impl SqsBackend {
+    /// One receive of up to ten dead letters of `dlq`, hidden while they
+    /// are looked at. A first empty short poll is confirmed by a one
+    /// second long poll (a short poll samples only some SQS servers).
+    async fn receive_dead(&self, queue: &QueueName, dlq: &str) -> Result<Vec<Incoming>> {
+        let sqs = &self.shared.sqs;
+        for wait in [0, 1] {
+            let received = sqs
+                .client
+                .receive_message()
+                .queue_url(dlq)
+                .max_number_of_messages(SQS_BATCH as i32)
+                .wait_time_seconds(wait)
+                .visibility_timeout(LISTING_VISIBILITY)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .map_err(|e| {
+                    classify(
+                        e,
+                        &format!("reading the dead letters of {queue}"),
+                        self.shared.address(),
+                    )
+                })?;
+            let got: Vec<Incoming> = received
+                .messages()
+                .iter()
+                .filter_map(wire::decode)
+                .collect();
+            if !got.is_empty() {
+                return Ok(got);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Make dead letters visible again.
+    async fn hand_back(&self, dlq: &str, held: Vec<Incoming>) -> Result<()> {
+        let ops = held
+            .into_iter()
+            .map(|i| Op::Visibility(i.receipt, 0))
+            .collect();
+        batcher::run(&self.shared.sqs, dlq, ops)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>>>()
+            .map(|_| ())
+    }
+
+    async fn attributes(
+        &self,
+        url: &str,
+        what: &str,
+    ) -> Result<std::collections::HashMap<QueueAttributeName, String>> {
+        let out = self
+            .shared
+            .sqs
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &format!("reading the counts of {what}"),
+                    self.shared.address(),
+                )
+            })?;
+        Ok(out.attributes().cloned().unwrap_or_default())
+    }
+}
+
+fn count(
+    attributes: &std::collections::HashMap<QueueAttributeName, String>,
+    name: QueueAttributeName,
+) -> u64 {
+    attributes
+        .get(&name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl Admin for SqsBackend {
+    async fn ensure_queue(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+        self.shared.check_open()?;
+        options.check()?;
+        if options.max_length.is_some() {
+            return Err(Error::unsupported(
+                "max_length: SQS queues have no length limit (see docs/backends/sqs.md)",
+            ));
+        }
+        self.shared.sqs.ensure(queue).await.map(|_| ())
+    }
+
+    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+        self.shared.check_open()?;
+        let sqs = &self.shared.sqs;
+        let names = [
+            wire::queue_name(queue, sqs.queue_type()),
+            wire::dlq_name(queue, sqs.queue_type()),
+        ];
+        sqs.forget(queue);
+        for name in names {
+            let Some(url) = sqs.lookup(&name).await? else {
+                continue;
+            };
+            if let Err(e) = sqs.client.delete_queue().queue_url(&*url).send().await {
+                let e = classify(e, &format!("deleting queue {name:?}"), sqs.address());
+                if e.kind() != ErrorKind::NotFound {
+                    return Err(e);
+                }
+            }
+        }
+        sqs.forget(queue);
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &QueueName) -> Result<u64> {
+        self.shared.check_open()?;
+        let urls = self.shared.sqs.existing(queue).await?;
+        let before = self.attributes(&urls.main, queue.as_str()).await?;
+        self.shared
+            .sqs
+            .client
+            .purge_queue()
+            .queue_url(&*urls.main)
+            .send()
+            .await
+            .map_err(|e| classify(e, &format!("purging {queue}"), self.shared.address()))?;
+        self.shared.purged(queue);
+        Ok(
+            count(&before, QueueAttributeName::ApproximateNumberOfMessages)
+                + count(
+                    &before,
+                    QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+                )
+                + count(
+                    &before,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                ),
+        )
+    }
+
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        self.shared.check_open()?;
+        let urls = self.shared.sqs.existing(queue).await?;
+        let (main, dead) = futures_util::future::try_join(
+            self.attributes(&urls.main, queue.as_str()),
+            self.attributes(&urls.dlq, "the dead-letter queue"),
+        )
+        .await?;
+        let counters = self.shared.counters(queue);
+        let mut stats = QueueStats::default();
+        stats.ready = count(&main, QueueAttributeName::ApproximateNumberOfMessages);
+        stats.delayed = count(
+            &main,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        );
+        stats.in_flight = count(
+            &main,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        );
+        stats.dead = count(&dead, QueueAttributeName::ApproximateNumberOfMessages)
+            + count(
+                &dead,
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            )
+            + count(
+                &dead,
+                QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+            );
+        stats.enqueued_total = counters.enqueued.load(AtomicOrdering::Relaxed);
+        stats.acked_total = counters.acked.load(AtomicOrdering::Relaxed);
+        stats.retried_total = counters.retried.load(AtomicOrdering::Relaxed);
+        stats.dead_lettered_total = counters.dead_lettered.load(AtomicOrdering::Relaxed);
+        stats.expired_total = counters.expired.load(AtomicOrdering::Relaxed);
+        Ok(stats)
+    }
+
+    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.shared.check_open()?;
+        let urls = self.shared.sqs.existing(queue).await?;
+        let mut held: Vec<Incoming> = Vec::new();
+        let mut seen = HashSet::new();
+        let listed = async {
+            while seen.len() < limit {
+                let got = self.receive_dead(queue, &urls.dlq).await?;
+                if got.is_empty() {
+                    break;
+                }
+                for incoming in got {
+                    seen.insert(incoming.message.id);
+                    held.push(incoming);
+                }
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        let mut letters: Vec<DeadLetter> = held.iter().map(Incoming::dead_letter).collect();
+        let handed_back = self.hand_back(&urls.dlq, held).await;
+        listed?;
+        handed_back?;
+        letters.sort_by_key(|l| l.dead_lettered_at);
+        letters.dedup_by_key(|l| l.message.id);
+        letters.truncate(limit);
+        Ok(letters)
+    }
+
+    async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {
+        self.shared.check_open()?;
+        let urls = self.shared.sqs.existing(queue).await?;
+        let wanted: Option<HashSet<MessageId>> = match &which {
+            Redrive::All => None,
+            Redrive::Ids(ids) => Some(ids.iter().copied().collect()),
+            _ => return Err(Error::unsupported("this redrive selection")),
+        };
+        let mut kept: Vec<Incoming> = Vec::new();
+        let mut moved = 0u64;
+        let mut found = HashSet::new();
+        let result = async {
+            loop {
+                if wanted.as_ref().is_some_and(|w| found.len() >= w.len()) {
+                    return Ok(());
+                }
+                let got = self.receive_dead(queue, &urls.dlq).await?;
+                if got.is_empty() {
+                    return Ok(());
+                }
+                let (take, keep): (Vec<Incoming>, Vec<Incoming>) = got
+                    .into_iter()
+                    .partition(|i| wanted.as_ref().is_none_or(|w| w.contains(&i.message.id)));
+                kept.extend(keep);
+                // A fresh start: attempt 1, no delay, no dead-letter marks.
+                let mut sends = Vec::with_capacity(take.len());
+                for incoming in &take {
+                    let mut message = incoming.message.clone();
+                    message.attempt = 1;
+                    message.not_before = None;
+                    sends.push(Op::Send(Box::new(self.shared.outgoing(&message)?)));
+                }
+                let sent = batcher::run(&self.shared.sqs, &urls.main, sends).await;
+                let mut deletes = Vec::new();
+                for (incoming, result) in take.into_iter().zip(sent) {
+                    match result {
+                        Ok(()) => {
+                            found.insert(incoming.message.id);
+                            deletes.push(Op::Delete(incoming.receipt));
+                        }
+                        Err(e) => {
+                            kept.push(incoming);
+                            return Err(e);
+                        }
+                    }
+                }
+                for result in batcher::run(&self.shared.sqs, &urls.dlq, deletes).await {
+                    // A failed delete leaves a duplicate in the dead-letter
+                    // queue, never a loss.
+                    if result.is_ok() {
+                        moved += 1;
+                    }
+                }
+            }
+        }
+        .await;
+        let handed_back = self.hand_back(&urls.dlq, kept).await;
+        result?;
+        handed_back?;
+        Ok(moved)
+    }
+
+    async fn health(&self) -> HealthStatus {
+        self.health_check().await
+    }
+}

@@ -1,0 +1,250 @@
+//! Batch calls, and the batcher that gathers concurrent settles into them.
+//!
+//! Every delete, visibility change and copy a delivery's settle needs goes
+//! through [`Batcher::submit`]: the batcher task collects what arrives
+//! within the settle linger (or until ten entries wait), groups it by
+//! queue and kind, and sends `DeleteMessageBatch`,
+//! `ChangeMessageVisibilityBatch` and `SendMessageBatch` calls of up to
+//! ten entries, answering each settle with its own entry's outcome.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use aws_sdk_sqs::types::{
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+};
+use futures_util::future::join_all;
+use queue_core::{Error, ErrorKind, Result};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::Sqs;
+use crate::error::{classify, entry_error};
+use crate::wire::Outgoing;
+use crate::SQS_BATCH;
+
+/// One entry of a batch call.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Delete the message of this receipt handle.
+    Delete(String),
+    /// Set the visibility timeout of this receipt handle, in seconds.
+    Visibility(String, i32),
+    /// Send this message.
+    Send(Box<Outgoing>),
+}
+
+impl Op {
+    fn kind(&self) -> u8 {
+        match self {
+            Op::Delete(_) => 0,
+            Op::Visibility(..) => 1,
+            Op::Send(_) => 2,
+        }
+    }
+}
+
+/// Run `ops` against queue `url` in batch calls of up to ten entries
+/// (sends also within the queue's size limit), all calls concurrently.
+/// Returns each op's outcome, in order.
+pub(crate) async fn run(sqs: &Sqs, url: &str, ops: Vec<Op>) -> Vec<Result<()>> {
+    let len = ops.len();
+    let mut chunks: Vec<Vec<(usize, Op)>> = Vec::new();
+    let mut open: [Option<usize>; 3] = [None; 3];
+    let mut bytes = [0usize; 3];
+    for (i, op) in ops.into_iter().enumerate() {
+        let kind = usize::from(op.kind());
+        let size = match &op {
+            Op::Send(out) => out.size(),
+            _ => 0,
+        };
+        let fits = open[kind].is_some_and(|c| {
+            chunks[c].len() < SQS_BATCH && bytes[kind] + size <= sqs.settings.max_message
+        });
+        if !fits {
+            open[kind] = Some(chunks.len());
+            chunks.push(Vec::with_capacity(SQS_BATCH));
+            bytes[kind] = 0;
+        }
+        bytes[kind] += size;
+        let chunk = open[kind].unwrap_or_default();
+        chunks[chunk].push((i, op));
+    }
+    let calls = chunks.into_iter().map(|chunk| async move {
+        let (indexes, ops): (Vec<usize>, Vec<Op>) = chunk.into_iter().unzip();
+        (indexes, call(sqs, url, ops).await)
+    });
+    let mut outcomes: Vec<Option<Result<()>>> = (0..len).map(|_| None).collect();
+    for (indexes, results) in join_all(calls).await {
+        for (i, result) in indexes.into_iter().zip(results) {
+            outcomes[i] = Some(result);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(Error::new(ErrorKind::Other, "batch entry lost"))))
+        .collect()
+}
+
+/// One batch call of up to ten ops of one kind.
+async fn call(sqs: &Sqs, url: &str, ops: Vec<Op>) -> Vec<Result<()>> {
+    let address = sqs.address();
+    let len = ops.len();
+    let doing = match ops.first() {
+        Some(Op::Delete(_)) => "deleting messages (DeleteMessageBatch)",
+        Some(Op::Visibility(..)) => "changing visibility (ChangeMessageVisibilityBatch)",
+        _ => "sending messages (SendMessageBatch)",
+    };
+    let failed: std::result::Result<Vec<BatchResultErrorEntry>, Error> = match ops.first() {
+        None => return Vec::new(),
+        Some(Op::Delete(_)) => {
+            let entries = ops.iter().enumerate().filter_map(|(i, op)| match op {
+                Op::Delete(receipt) => DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .ok(),
+                _ => None,
+            });
+            sqs.client
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map(|out| out.failed().to_vec())
+                .map_err(|e| classify(e, doing, address))
+        }
+        Some(Op::Visibility(..)) => {
+            let entries = ops.iter().enumerate().filter_map(|(i, op)| match op {
+                Op::Visibility(receipt, secs) => {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(receipt)
+                        .visibility_timeout(*secs)
+                        .build()
+                        .ok()
+                }
+                _ => None,
+            });
+            sqs.client
+                .change_message_visibility_batch()
+                .queue_url(url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .map(|out| out.failed().to_vec())
+                .map_err(|e| classify(e, doing, address))
+        }
+        Some(Op::Send(_)) => {
+            let entries: Result<Vec<_>> = ops
+                .iter()
+                .enumerate()
+                .filter_map(|(i, op)| match op {
+                    Op::Send(out) => Some(out.entry(i)),
+                    _ => None,
+                })
+                .collect();
+            match entries {
+                Err(e) => Err(e),
+                Ok(entries) => sqs
+                    .client
+                    .send_message_batch()
+                    .queue_url(url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map(|out| out.failed().to_vec())
+                    .map_err(|e| classify(e, doing, address)),
+            }
+        }
+    };
+    match failed {
+        Err(e) => (0..len).map(|_| Err(e.clone_kind())).collect(),
+        Ok(failed) => {
+            let mut results: Vec<Result<()>> = (0..len).map(|_| Ok(())).collect();
+            for entry in failed {
+                if let Some(slot) = entry
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| results.get_mut(i))
+                {
+                    *slot = Err(entry_error(entry.code(), entry.message(), doing, address));
+                }
+            }
+            results
+        }
+    }
+}
+
+type Job = (Arc<str>, Op, oneshot::Sender<Result<()>>);
+
+/// Gathers settles from concurrent deliveries into batch calls.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Batcher {
+    /// Start the batcher task; it ends when the backend (`sqs`) is gone.
+    pub(crate) fn start(sqs: &Arc<Sqs>) -> Batcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(gather(Arc::downgrade(sqs), rx));
+        Batcher { tx }
+    }
+
+    /// Run `op` on queue `url` in the next batch call.
+    pub(crate) async fn submit(&self, url: &Arc<str>, op: Op) -> Result<()> {
+        let (done, outcome) = oneshot::channel();
+        self.tx
+            .send((url.clone(), op, done))
+            .map_err(|_| Error::closed("the sqs backend"))?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(Error::closed("the sqs backend")))
+    }
+}
+
+async fn gather(sqs: Weak<Sqs>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let Some(linger) = sqs.upgrade().map(|s| s.settings.settle_linger) else {
+            break;
+        };
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while jobs.len() < SQS_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => jobs.push(job),
+                _ => break,
+            }
+        }
+        // Whatever else is already waiting rides along.
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+        }
+        let Some(sqs) = sqs.upgrade() else {
+            break;
+        };
+        tokio::spawn(flush(sqs, jobs));
+    }
+}
+
+async fn flush(sqs: Arc<Sqs>, jobs: Vec<Job>) {
+    let mut by_queue: HashMap<Arc<str>, (Vec<Op>, Vec<oneshot::Sender<Result<()>>>)> =
+        HashMap::new();
+    for (url, op, done) in jobs {
+        let entry = by_queue.entry(url).or_default();
+        entry.0.push(op);
+        entry.1.push(done);
+    }
+    let calls = by_queue.into_iter().map(|(url, (ops, dones))| {
+        let sqs = &sqs;
+        async move {
+            let results = run(sqs, &url, ops).await;
+            for (done, result) in dones.into_iter().zip(results) {
+                let _ = done.send(result);
+            }
+        }
+    });
+    join_all(calls).await;
+}

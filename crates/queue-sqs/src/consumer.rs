@@ -1,0 +1,426 @@
+//! [`SqsConsumer`]: receives with long polling, and settles through the
+//! batcher, checking the local lease deadline before any request.
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use futures_util::future::join_all;
+use queue_core::traits::{ack_each, split_own};
+use queue_core::{
+    Acker, Consumer, DeadLetterReason, Delivery, DeliveryError, Error, ErrorKind, Message,
+    QueueName, Result,
+};
+
+use crate::backend::Shared;
+use crate::batcher::{self, Op};
+use crate::client::QueueUrls;
+use crate::error::classify;
+use crate::wire::{self, Incoming};
+use crate::{MAX_VISIBILITY, MAX_WAIT, SQS_BATCH};
+
+/// Receives from one SQS queue.
+#[derive(Debug, Clone)]
+pub struct SqsConsumer {
+    shared: Arc<Shared>,
+    queue: QueueName,
+    urls: QueueUrls,
+    lease: Duration,
+}
+
+impl SqsConsumer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        queue: QueueName,
+        urls: QueueUrls,
+        lease: Duration,
+    ) -> SqsConsumer {
+        SqsConsumer {
+            shared,
+            queue,
+            urls,
+            lease,
+        }
+    }
+
+    /// One `ReceiveMessage` of up to `max`, waiting up to `wait_secs`;
+    /// what it returns is sorted into deliveries and messages the backend
+    /// settles itself (early arrivals hop on, undecodable, expired and
+    /// exhausted ones are dead-lettered).
+    async fn fetch(&self, max: usize, wait_secs: u64) -> Result<Vec<Delivery>> {
+        let visibility = wire::whole_seconds(self.lease);
+        let started = SystemTime::now();
+        let epoch = self.shared.purge_epoch(&self.queue);
+        let wait = Duration::from_secs(wait_secs);
+        let received = self
+            .shared
+            .sqs
+            .client
+            .receive_message()
+            .queue_url(&*self.urls.main)
+            .max_number_of_messages(max.clamp(1, SQS_BATCH) as i32)
+            .wait_time_seconds(wait_secs as i32)
+            .visibility_timeout(visibility as i32)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .customize()
+            .config_override(self.shared.sqs.receive_timeouts(wait))
+            .send()
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &format!("receiving from {}", self.queue),
+                    self.shared.address(),
+                )
+            })?;
+        let deadline = started + Duration::from_secs(visibility);
+        let now = SystemTime::now();
+        let mut deliveries = Vec::new();
+        let mut chores = Vec::new();
+        for incoming in received.messages().iter().filter_map(wire::decode) {
+            let acker = SqsAcker {
+                shared: self.shared.clone(),
+                queue: self.queue.clone(),
+                urls: self.urls.clone(),
+                receipt: Arc::from(incoming.receipt.as_str()),
+                deadline,
+                received_at: started,
+                epoch,
+            };
+            match Chore::of(incoming, now) {
+                Ok(message) => deliveries.push(Delivery::new(
+                    self.queue.clone(),
+                    message,
+                    deadline,
+                    Box::new(acker),
+                )),
+                Err(chore) => chores.push(chore.run(acker)),
+            }
+        }
+        for result in join_all(chores).await {
+            if let Err(e) = result {
+                // The message stays and comes back after its lease.
+                tracing::warn!(queue = %self.queue, error = %e, "settling a message the consumer does not hand out failed");
+            }
+        }
+        Ok(deliveries)
+    }
+}
+
+/// What the consumer does itself with a message it does not hand out.
+enum Chore {
+    /// Its metadata does not decode: dead-letter it with reason `decode`.
+    Undecodable(Message, u32),
+    /// Its TTL passed before pickup.
+    Expired(Message),
+    /// Its leases ran out more often than `max_attempts` allows.
+    Exhausted(Message),
+    /// It arrived before its due time (a delay past the native limit):
+    /// send it on with the rest of its delay.
+    Early(Message),
+}
+
+impl Chore {
+    /// The message to hand out, with its attempt counted from the
+    /// metadata and SQS's receive count, or the chore it needs.
+    fn of(incoming: Incoming, now: SystemTime) -> std::result::Result<Message, Chore> {
+        let Incoming {
+            mut message,
+            undecodable,
+            receive_count,
+            ..
+        } = incoming;
+        if undecodable.is_some() {
+            return Err(Chore::Undecodable(message, receive_count));
+        }
+        if message.not_before.is_some_and(|at| at > now) {
+            return Err(Chore::Early(message));
+        }
+        // Each SQS message starts at receive count 1; copies (nacks with
+        // an error, hops) carry their attempt in the metadata.
+        message.attempt = message.attempt.saturating_add(receive_count - 1);
+        if message.is_expired_at(now) {
+            return Err(Chore::Expired(message));
+        }
+        if message.attempt > message.max_attempts {
+            message.attempt = message.max_attempts;
+            return Err(Chore::Exhausted(message));
+        }
+        Ok(message)
+    }
+
+    async fn run(self, acker: SqsAcker) -> Result<()> {
+        match self {
+            Chore::Undecodable(message, attempts) => {
+                acker
+                    .bury(&message, &DeadLetterReason::Decode, attempts)
+                    .await
+            }
+            Chore::Expired(message) => {
+                acker.bury(&message, &DeadLetterReason::Expired, 0).await?;
+                acker
+                    .shared
+                    .counters(&acker.queue)
+                    .expired
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                Ok(())
+            }
+            Chore::Exhausted(message) => {
+                let attempts = message.attempt;
+                acker
+                    .bury(&message, &DeadLetterReason::MaxAttempts, attempts)
+                    .await
+            }
+            Chore::Early(message) => acker.replace(&acker.urls.main.clone(), &message).await,
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for SqsConsumer {
+    fn queue(&self) -> &QueueName {
+        &self.queue
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.shared.check_open()?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let until = Instant::now() + wait;
+        let mut slept = false;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let got = self
+                .fetch(max, left.as_secs().min(MAX_WAIT.as_secs()))
+                .await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(got);
+            }
+            if left < Duration::from_secs(1) {
+                // SQS waits in whole seconds: sleep the fraction, then one
+                // last look without waiting.
+                if slept {
+                    return Ok(got);
+                }
+                tokio::time::sleep(left).await;
+                slept = true;
+            }
+        }
+    }
+
+    async fn ack_batch(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<DeliveryError>> {
+        let (ours, foreign) = split_own::<SqsAcker, _>(deliveries, |a| Some(a.clone()));
+        let mut failed = Vec::new();
+        let mut pending = Vec::new();
+        for (acker, delivery) in ours {
+            match acker.check_lease(delivery.message()) {
+                Ok(()) => pending.push((acker, delivery)),
+                Err(e) => failed.push(DeliveryError::new(e, delivery)),
+            }
+        }
+        // Group by queue: deliveries of one consumer share one.
+        let mut by_queue: Vec<(Arc<str>, Vec<(SqsAcker, Delivery)>)> = Vec::new();
+        for (acker, delivery) in pending {
+            match by_queue.iter_mut().find(|(url, _)| *url == acker.urls.main) {
+                Some((_, group)) => group.push((acker, delivery)),
+                None => by_queue.push((acker.urls.main.clone(), vec![(acker, delivery)])),
+            }
+        }
+        for (url, group) in by_queue {
+            let ops = group
+                .iter()
+                .map(|(a, _)| Op::Delete(a.receipt.to_string()))
+                .collect();
+            let results = batcher::run(&self.shared.sqs, &url, ops).await;
+            for ((acker, delivery), result) in group.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        acker
+                            .shared
+                            .counters(&acker.queue)
+                            .acked
+                            .fetch_add(1, AtomicOrdering::Relaxed);
+                    }
+                    Err(e) => failed.push(DeliveryError::new(e, delivery)),
+                }
+            }
+        }
+        ack_each(foreign, failed).await
+    }
+}
+
+/// The SQS side of one delivery: its receipt handle and lease.
+#[derive(Debug, Clone)]
+pub(crate) struct SqsAcker {
+    shared: Arc<Shared>,
+    queue: QueueName,
+    urls: QueueUrls,
+    receipt: Arc<str>,
+    /// The local lease deadline, counted from before the receive request:
+    /// never later than SQS's own.
+    deadline: SystemTime,
+    received_at: SystemTime,
+    /// This process's purge count of the queue when it was received.
+    epoch: u64,
+}
+
+impl SqsAcker {
+    /// `LeaseLost` without a request when the lease ran out (or a purge
+    /// by this process took the message).
+    fn check_lease(&self, message: &Message) -> Result<()> {
+        self.shared.check_open()?;
+        if SystemTime::now() >= self.deadline || self.shared.purge_epoch(&self.queue) != self.epoch
+        {
+            return Err(Error::lease_lost(message.id));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self) -> Result<()> {
+        self.shared
+            .batcher
+            .submit(&self.urls.main, Op::Delete(self.receipt.to_string()))
+            .await
+    }
+
+    /// Send `message` to `url` as a new SQS message, then delete this one:
+    /// a crash in between leaves both (a duplicate), never neither.
+    async fn replace(&self, url: &Arc<str>, message: &Message) -> Result<()> {
+        let out = self.shared.outgoing(message)?;
+        self.shared
+            .batcher
+            .submit(url, Op::Send(Box::new(out)))
+            .await?;
+        self.delete().await
+    }
+
+    /// Dead-letter `message` with `reason` after `attempts`.
+    async fn bury(
+        &self,
+        message: &Message,
+        reason: &DeadLetterReason,
+        attempts: u32,
+    ) -> Result<()> {
+        let mut out = self.shared.outgoing(message)?;
+        // A dead letter is never delayed.
+        out.delay_seconds = 0;
+        let out = out.dead(reason, attempts);
+        self.shared
+            .batcher
+            .submit(&self.urls.dlq, Op::Send(Box::new(out)))
+            .await?;
+        self.delete().await?;
+        self.shared
+            .counters(&self.queue)
+            .dead_lettered
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+
+    async fn set_visibility(&self, timeout: Duration) -> Result<()> {
+        let secs = i32::try_from(wire::whole_seconds(timeout)).unwrap_or(i32::MAX);
+        self.shared
+            .batcher
+            .submit(
+                &self.urls.main,
+                Op::Visibility(self.receipt.to_string(), secs),
+            )
+            .await
+    }
+}
+
+#[async_trait]
+impl Acker for SqsAcker {
+    async fn ack(&self, message: &Message) -> Result<()> {
+        self.check_lease(message)?;
+        self.delete().await?;
+        self.shared
+            .counters(&self.queue)
+            .acked
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+
+    async fn nack(
+        &self,
+        message: &Message,
+        delay: Duration,
+        last_error: Option<&str>,
+    ) -> Result<()> {
+        self.check_lease(message)?;
+        if message.is_last_attempt() {
+            let mut last = message.clone();
+            if let Some(error) = last_error {
+                last.last_error = Some(error.to_owned());
+            }
+            return self
+                .bury(&last, &DeadLetterReason::MaxAttempts, message.attempt)
+                .await;
+        }
+        let held = SystemTime::now()
+            .duration_since(self.received_at)
+            .unwrap_or_default();
+        if last_error.is_none() && held + delay < MAX_VISIBILITY {
+            // The same SQS message comes back: its receive count is the
+            // next attempt.
+            self.set_visibility(delay).await?;
+        } else {
+            let mut copy = message.clone();
+            copy.attempt += 1;
+            if let Some(error) = last_error {
+                copy.last_error = Some(error.to_owned());
+            }
+            copy.not_before = (!delay.is_zero()).then(|| SystemTime::now() + delay);
+            self.replace(&self.urls.main.clone(), &copy).await?;
+        }
+        self.shared
+            .counters(&self.queue)
+            .retried
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+
+    async fn extend(&mut self, message: &Message, lease: Duration) -> Result<SystemTime> {
+        self.check_lease(message)?;
+        let started = SystemTime::now();
+        let held = started.duration_since(self.received_at).unwrap_or_default();
+        let lease = Duration::from_secs(wire::whole_seconds(lease));
+        if held + lease > MAX_VISIBILITY {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "message {}: SQS keeps a message invisible for at most 12h from its receipt; it was received {}s ago",
+                    message.id,
+                    held.as_secs()
+                ),
+            ));
+        }
+        self.set_visibility(lease).await?;
+        self.deadline = started + lease;
+        Ok(self.deadline)
+    }
+
+    async fn dead_letter(&self, message: &Message, reason: &DeadLetterReason) -> Result<()> {
+        self.check_lease(message)?;
+        self.bury(message, reason, message.attempt).await
+    }
+
+    async fn release(&self, message: &Message) -> Result<()> {
+        self.check_lease(message)?;
+        // A visibility change would count a receive; a copy keeps the attempt.
+        self.replace(&self.urls.main.clone(), message).await
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
