@@ -14,6 +14,7 @@ use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use queue_core::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +22,9 @@ use crate::client::Sqs;
 use crate::error::{classify, entry_error};
 use crate::wire::Outgoing;
 use crate::SQS_BATCH;
+
+/// Most batch calls one [`run`] has in flight at once.
+pub(crate) const MAX_CONCURRENT_CALLS: usize = 8;
 
 /// One entry of a batch call.
 #[derive(Debug)]
@@ -73,8 +77,12 @@ pub(crate) async fn run(sqs: &Sqs, url: &str, ops: Vec<Op>) -> Vec<Result<()>> {
         let (indexes, ops): (Vec<usize>, Vec<Op>) = chunk.into_iter().unzip();
         (indexes, call(sqs, url, ops).await)
     });
+    let done: Vec<_> = futures_util::stream::iter(calls)
+        .buffer_unordered(MAX_CONCURRENT_CALLS)
+        .collect()
+        .await;
     let mut outcomes: Vec<Option<Result<()>>> = (0..len).map(|_| None).collect();
-    for (indexes, results) in join_all(calls).await {
+    for (indexes, results) in done {
         for (i, result) in indexes.into_iter().zip(results) {
             outcomes[i] = Some(result);
         }

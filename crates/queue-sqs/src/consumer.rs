@@ -21,6 +21,10 @@ use crate::error::classify;
 use crate::wire::{self, Incoming};
 use crate::{MAX_VISIBILITY, MAX_WAIT, SQS_BATCH};
 
+/// How long before a long poll's reply arrived SQS may have handed its
+/// messages out.
+const ARRIVAL_MARGIN: Duration = Duration::from_millis(200);
+
 /// Receives from one SQS queue.
 #[derive(Debug, Clone)]
 pub struct SqsConsumer {
@@ -77,8 +81,13 @@ impl SqsConsumer {
                     self.shared.address(),
                 )
             })?;
-        let deadline = started + Duration::from_secs(visibility);
+        // SQS starts the visibility timeout when it hands a message out:
+        // after the request started, and up to the reply's arrival when a
+        // long poll waited for it. The local deadline is the earlier of
+        // the two, less a margin for the reply's trip.
         let now = SystemTime::now();
+        let lease = Duration::from_secs(visibility);
+        let deadline = (started + lease).max(now + lease - ARRIVAL_MARGIN.min(lease / 4));
         let mut deliveries = Vec::new();
         let mut chores = Vec::new();
         for incoming in received.messages().iter().filter_map(wire::decode) {
