@@ -80,7 +80,6 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     let redis = redis_url()?;
     let amqp = amqp_url()?;
-    let sqs = sqs_server()?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
     cargo(
@@ -89,7 +88,6 @@ fn test(extra: &[String]) -> Result<(), String> {
             ("QUEUE_TEST_REQUIRED", "1"),
             ("QUEUE_TEST_REDIS_URL", &redis),
             ("QUEUE_TEST_AMQP_URL", &amqp),
-            ("QUEUE_TEST_SQS_URL", &sqs.url),
         ],
     )
 }
