@@ -2,13 +2,15 @@
 //!
 //! - `cargo xtask test`: start the services the tests need (Redis: PING
 //!   127.0.0.1:6379; RabbitMQ: the AMQP handshake on 127.0.0.1:5672; each
-//!   started with the machine's command if silent), export their URLs
-//!   (`QUEUE_TEST_REDIS_URL`, `QUEUE_TEST_AMQP_URL`) with
+//!   started with the machine's command if silent; SQS: `moto_server`,
+//!   installed with pip if missing and started on a free loopback port),
+//!   export their URLs (`QUEUE_TEST_REDIS_URL`, `QUEUE_TEST_AMQP_URL`,
+//!   `QUEUE_TEST_SQS_URL`) with
 //!   `QUEUE_TEST_REQUIRED=1`, and run the workspace tests.
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
-//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`, `amqp`;
-//!   `sqs` starts `moto_server`, but its crate is not a workspace member yet).
+//! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`,
+//!   `amqp`, `sqs`; the last starts `moto_server`).
 //! - `cargo xtask soak [--minutes N] [--url URL]`: random cuts, blackholes
 //!   and worker kills under load for N minutes (default 5), invariants
 //!   checked, a summary printed (not part of CI).
@@ -31,7 +33,7 @@ commands:
   bench <name>     run a benchmark: memory (backend), worker (worker pool on memory),
                    redis (backend and worker pool on Redis, beside a raw redis-crate baseline)
                    amqp (backend and worker pool on RabbitMQ, beside a raw lapin baseline)
-                   sqs (work in progress: starts moto_server; queue-sqs is not a workspace member yet)
+                   sqs (worker on moto_server beside a raw aws-sdk-sqs baseline, API requests counted)
   soak [--minutes N] [--url URL] [--rate R]
                    random connection cuts, blackholes and worker kills under load
                    (default 5 minutes on the machine's Redis), then checks every
@@ -79,6 +81,7 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     let redis = redis_url()?;
     let amqp = amqp_url()?;
+    let sqs = sqs_server()?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
     cargo(
@@ -87,12 +90,17 @@ fn test(extra: &[String]) -> Result<(), String> {
             ("QUEUE_TEST_REQUIRED", "1"),
             ("QUEUE_TEST_REDIS_URL", &redis),
             ("QUEUE_TEST_AMQP_URL", &amqp),
+            ("QUEUE_TEST_SQS_URL", &sqs.url),
         ],
     )
 }
 
 /// The moto release line `cargo xtask` installs when `moto_server` is missing.
 const MOTO: &str = "moto[server]>=5.1,<6";
+
+/// moto's server with a constant-time clock (see the script's docstring):
+/// receives no longer cost time per queued message.
+const MOTO_SERVER: &str = include_str!("moto_server.py");
 
 /// An SQS-compatible server for tests and benches; the server this
 /// process started (if any) stops when it is dropped.
@@ -157,7 +165,7 @@ fn sqs_server() -> Result<SqsServer, String> {
     let child = Command::new("python3")
         .args([
             "-c",
-            "import sys; from moto.server import main; sys.exit(main())",
+            MOTO_SERVER,
             "-H",
             "127.0.0.1",
             "-p",

@@ -265,7 +265,7 @@ impl Admin for SqsBackend {
                     let mut message = incoming.message.clone();
                     message.attempt = 1;
                     message.not_before = None;
-                    sends.push(Op::Send(Box::new(self.shared.outgoing(&message)?)));
+                    sends.push(Op::Send(Box::new(self.shared.outgoing_copy(&message)?)));
                 }
                 let sent = batcher::run(&self.shared.sqs, &urls.main, sends).await;
                 let mut deletes = Vec::new();

@@ -92,7 +92,14 @@ impl Shared {
     pub(crate) fn outgoing(&self, message: &Message) -> Result<Outgoing> {
         let settings = self.settings();
         let delay = message.delay_from(SystemTime::now());
-        let native = wire::whole_seconds(delay).min(settings.max_native_delay.as_secs());
+        // FIFO queues refuse a per-message delay: a copy that is due later
+        // (a nack with a delay) is held by its visibility when it arrives.
+        let native = match settings.queue_type {
+            QueueType::Standard => {
+                wire::whole_seconds(delay).min(settings.max_native_delay.as_secs())
+            }
+            QueueType::Fifo => 0,
+        };
         let out = Outgoing::new(
             message,
             i32::try_from(native).unwrap_or(0),
@@ -109,6 +116,12 @@ impl Shared {
             ));
         }
         Ok(out)
+    }
+
+    /// [`Shared::outgoing`] for a copy of a message SQS holds
+    /// ([`Outgoing::fresh`]).
+    pub(crate) fn outgoing_copy(&self, message: &Message) -> Result<Outgoing> {
+        Ok(self.outgoing(message)?.fresh())
     }
 }
 

@@ -17,6 +17,7 @@ use queue_core::{
 use crate::backend::Shared;
 use crate::batcher::{self, Op};
 use crate::client::QueueUrls;
+use crate::config::QueueType;
 use crate::error::classify;
 use crate::wire::{self, Incoming};
 use crate::{MAX_VISIBILITY, MAX_WAIT, SQS_BATCH};
@@ -70,6 +71,9 @@ impl SqsConsumer {
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(
+                MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+            )
             .customize()
             .config_override(self.shared.sqs.receive_timeouts(wait))
             .send()
@@ -100,7 +104,7 @@ impl SqsConsumer {
                 received_at: started,
                 epoch,
             };
-            match Chore::of(incoming, now) {
+            match Chore::of(incoming, now, self.shared.settings().queue_type) {
                 Ok(message) => deliveries.push(Delivery::new(
                     self.queue.clone(),
                     message,
@@ -131,27 +135,46 @@ enum Chore {
     /// It arrived before its due time (a delay past the native limit):
     /// send it on with the rest of its delay.
     Early(Message),
+    /// It arrived before its due time on a FIFO queue, which takes no
+    /// per-message delay (a nack copy with a delay): hold it invisible
+    /// for the rest of its delay.
+    Hold(Duration),
 }
 
 impl Chore {
     /// The message to hand out, with its attempt counted from the
     /// metadata and SQS's receive count, or the chore it needs.
-    fn of(incoming: Incoming, now: SystemTime) -> std::result::Result<Message, Chore> {
+    fn of(
+        incoming: Incoming,
+        now: SystemTime,
+        queue_type: QueueType,
+    ) -> std::result::Result<Message, Chore> {
         let Incoming {
             mut message,
             undecodable,
             receive_count,
+            first_received_at,
             ..
         } = incoming;
         if undecodable.is_some() {
             return Err(Chore::Undecodable(message, receive_count));
         }
-        if message.not_before.is_some_and(|at| at > now) {
-            return Err(Chore::Early(message));
+        if let Some(due) = message.not_before.filter(|&at| at > now) {
+            return Err(match queue_type {
+                QueueType::Standard => Chore::Early(message),
+                QueueType::Fifo => Chore::Hold(due.duration_since(now).unwrap_or_default()),
+            });
         }
         // Each SQS message starts at receive count 1; copies (nacks with
-        // an error, hops) carry their attempt in the metadata.
-        message.attempt = message.attempt.saturating_add(receive_count - 1);
+        // an error, hops) carry their attempt in the metadata. A FIFO
+        // copy first received before its due time was held, not
+        // attempted: that receive does not count.
+        let held = match (queue_type, message.not_before, first_received_at) {
+            (QueueType::Fifo, Some(due), Some(first)) if first < due => 1,
+            _ => 0,
+        };
+        let receives = receive_count.saturating_sub(held).max(1);
+        message.attempt = message.attempt.saturating_add(receives - 1);
         if message.is_expired_at(now) {
             return Err(Chore::Expired(message));
         }
@@ -185,6 +208,7 @@ impl Chore {
                     .await
             }
             Chore::Early(message) => acker.replace(&acker.urls.main.clone(), &message).await,
+            Chore::Hold(rest) => acker.set_visibility(rest.min(MAX_VISIBILITY)).await,
         }
     }
 }
@@ -304,7 +328,7 @@ impl SqsAcker {
     /// Send `message` to `url` as a new SQS message, then delete this one:
     /// a crash in between leaves both (a duplicate), never neither.
     async fn replace(&self, url: &Arc<str>, message: &Message) -> Result<()> {
-        let out = self.shared.outgoing(message)?;
+        let out = self.shared.outgoing_copy(message)?;
         self.shared
             .batcher
             .submit(url, Op::Send(Box::new(out)))
@@ -319,7 +343,7 @@ impl SqsAcker {
         reason: &DeadLetterReason,
         attempts: u32,
     ) -> Result<()> {
-        let mut out = self.shared.outgoing(message)?;
+        let mut out = self.shared.outgoing_copy(message)?;
         // A dead letter is never delayed.
         out.delay_seconds = 0;
         let out = out.dead(reason, attempts);

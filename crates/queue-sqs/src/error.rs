@@ -54,11 +54,14 @@ pub(crate) fn kind_of_code(code: &str) -> ErrorKind {
 /// The one place an SDK error becomes a queue [`Error`]: the kind decides
 /// retrying, the service's message is kept (it names queues and
 /// attributes, never credentials), the region and endpoint are named.
-pub(crate) fn classify<E, R>(e: SdkError<E, R>, doing: &str, address: &str) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
+pub(crate) fn classify(
+    e: SdkError<
+        impl ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        impl std::fmt::Debug + Send + Sync + 'static,
+    >,
+    doing: &str,
+    address: &str,
+) -> Error {
     let (kind, detail) = match &e {
         SdkError::TimeoutError(_) => (ErrorKind::Timeout, "timed out".to_owned()),
         SdkError::DispatchFailure(d) if d.is_timeout() => {

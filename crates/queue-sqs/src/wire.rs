@@ -97,18 +97,18 @@ impl Outgoing {
         let (group, dedup) = match queue_type {
             QueueType::Standard => (None, None),
             QueueType::Fifo => (
-                Some(
-                    message
-                        .ordering_key
-                        .as_deref()
-                        .unwrap_or("default")
-                        .to_owned(),
-                ),
-                // A key dedups within SQS's window; without one every copy
-                // (nack, hop, redrive) is a fresh send.
+                // SQS orders and locks per group: a message without an
+                // ordering key is its own group, so keyless messages run in
+                // parallel instead of queueing behind one another.
+                Some(match &message.ordering_key {
+                    Some(key) => key.to_string(),
+                    None => message.id.to_string(),
+                }),
+                // An idempotency key dedups within SQS's window; without
+                // one every send is new. Copies take a fresh id ([`fresh`]).
                 Some(match &message.idempotency_key {
-                    Some(key) if message.attempt == 1 => dedup_id(key),
-                    _ => MessageId::new().to_string(),
+                    Some(key) => dedup_id(key),
+                    None => MessageId::new().to_string(),
                 }),
             ),
         };
@@ -120,6 +120,17 @@ impl Outgoing {
             group,
             dedup,
         }
+    }
+
+    /// A copy of a message SQS already holds (a nack or release copy, a
+    /// hop, a dead letter, a redrive): on FIFO queues a fresh
+    /// deduplication id, or SQS would drop it as a duplicate of the
+    /// original, which is deleted next.
+    pub(crate) fn fresh(mut self) -> Outgoing {
+        if self.dedup.is_some() {
+            self.dedup = Some(MessageId::new().to_string());
+        }
+        self
     }
 
     /// Mark as a dead letter: reason, attempts, now.
@@ -233,6 +244,8 @@ pub(crate) struct Incoming {
     pub(crate) dead: Option<(DeadLetterReason, u32, SystemTime)>,
     /// When SQS took it (`SentTimestamp`).
     pub(crate) sent_at: SystemTime,
+    /// When SQS first handed it out (`ApproximateFirstReceiveTimestamp`).
+    pub(crate) first_received_at: Option<SystemTime>,
 }
 
 /// Decode a received SQS message. Never fails: a message with no
@@ -252,6 +265,9 @@ pub(crate) fn decode(m: &aws_sdk_sqs::types::Message) -> Option<Incoming> {
         .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX).max(1));
     let sent_at = system_number(MessageSystemAttributeName::SentTimestamp)
         .map_or_else(SystemTime::now, |ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let first_received_at =
+        system_number(MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
     let attributes = m.message_attributes();
     let attribute = |name: &str| attributes.and_then(|a| a.get(name));
     let raw = || {
@@ -305,6 +321,7 @@ pub(crate) fn decode(m: &aws_sdk_sqs::types::Message) -> Option<Incoming> {
         receive_count,
         dead,
         sent_at,
+        first_received_at,
     })
 }
 

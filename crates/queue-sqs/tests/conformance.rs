@@ -71,6 +71,11 @@ impl Harness for SqsHarness {
         Some(self.with_param("endpoint", "http://127.0.0.1:1"))
     }
 
+    /// moto's server (werkzeug) closes every connection after its reply.
+    fn connections_persist(&self) -> bool {
+        false
+    }
+
     fn broker_addr(&self) -> Option<SocketAddr> {
         let endpoint = self.endpoint()?;
         let host = endpoint.host_str()?.to_owned();

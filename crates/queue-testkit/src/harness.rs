@@ -35,6 +35,14 @@ pub trait Harness: Send + Sync {
         None
     }
 
+    /// Whether the broker keeps a connection open between requests. An
+    /// HTTP server that closes each connection after its reply (moto's
+    /// does) leaves nothing open for a cut between calls, so the fault
+    /// cases check that calls went through the proxy instead.
+    fn connections_persist(&self) -> bool {
+        true
+    }
+
     /// The broker's TCP address, for the fault proxy (the fault cases
     /// connect through it). `None` for in-process backends.
     fn broker_addr(&self) -> Option<SocketAddr> {

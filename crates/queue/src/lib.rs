@@ -24,6 +24,10 @@ pub use queue_redis as redis;
 #[cfg(feature = "amqp")]
 pub use queue_amqp as amqp;
 
+/// The AWS SQS backend ([`sqs::SqsBackend`]).
+#[cfg(feature = "sqs")]
+pub use queue_sqs as sqs;
+
 /// Every backend this crate can compile in: its URL schemes and the cargo
 /// feature that brings it, so a URL for one left out names the feature.
 pub const BACKEND_FEATURES: [(&str, &[&str]); 5] = [
@@ -44,6 +48,8 @@ pub fn register_backends() {
         registry::register(queue_redis::CONNECTOR);
         #[cfg(feature = "amqp")]
         registry::register(queue_amqp::CONNECTOR);
+        #[cfg(feature = "sqs")]
+        registry::register(queue_sqs::CONNECTOR);
     });
 }
 
@@ -109,6 +115,7 @@ mod tests {
             #[cfg(not(feature = "amqp"))]
             ("amqps://u:hunter2@h", "amqp"),
             ("kafka://127.0.0.1:9092,127.0.0.1:9093", "kafka"),
+            #[cfg(not(feature = "sqs"))]
             ("sqs://us-east-1?secret_access_key=hunter2", "sqs"),
         ] {
             let err = connect(url).await.unwrap_err();
