@@ -5,8 +5,8 @@ takes no lock: a DeleteMessage rebuilds the queue's message list from a
 copy, so a send or another delete running at the same moment is undone
 (a sent message vanishes, a deleted one comes back a visibility timeout
 later). Real SQS does neither, and the suite's concurrent cases tripped on
-it. Here every call that reads or changes messages holds one lock; a long
-poll waits outside it, as moto's own loop does.
+it. Here every call that reads or changes a queue's messages holds that
+queue's lock; a long poll waits outside it, as moto's own loop does.
 
 Two speed-ups keep the 10,000-message cases from running at about 60
 messages/s (moto's cost grows with the queue's depth):
@@ -54,20 +54,28 @@ Backend.is_message_valid_based_on_retention_period = (
     is_message_valid_based_on_retention_period
 )
 
-LOCK = threading.RLock()
+# One lock per queue name: calls on different queues (the suite's
+# parallel cases) never wait for each other.
+_LOCKS = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def queue_lock(queue_name):
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(queue_name, threading.RLock())
 
 
 def locked(method):
     @functools.wraps(method)
-    def call(*args, **kwargs):
-        with LOCK:
-            return method(*args, **kwargs)
+    def call(self, *args, **kwargs):
+        name = kwargs["queue_name"] if "queue_name" in kwargs else args[0]
+        with queue_lock(name):
+            return method(self, *args, **kwargs)
 
     return call
 
 
 for name in (
-    "create_queue",
     "delete_queue",
     "get_queue_attributes",
     "set_queue_attributes",

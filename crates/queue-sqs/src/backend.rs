@@ -284,7 +284,7 @@ fn capabilities(settings: &Settings) -> Capabilities {
     // SQS carries ten message attributes; user headers ride inside ours.
     caps.max_headers = None;
     caps.max_native_delay = if fifo {
-        None
+        Some(Duration::ZERO)
     } else {
         Some(settings.max_native_delay)
     };

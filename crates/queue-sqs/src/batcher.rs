@@ -237,9 +237,11 @@ async fn gather(sqs: Weak<Sqs>, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
+/// The operations gathered for one queue, and where each one's outcome goes.
+type Gathered = (Vec<Op>, Vec<oneshot::Sender<Result<()>>>);
+
 async fn flush(sqs: Arc<Sqs>, jobs: Vec<Job>) {
-    let mut by_queue: HashMap<Arc<str>, (Vec<Op>, Vec<oneshot::Sender<Result<()>>>)> =
-        HashMap::new();
+    let mut by_queue: HashMap<Arc<str>, Gathered> = HashMap::new();
     for (url, op, done) in jobs {
         let entry = by_queue.entry(url).or_default();
         entry.0.push(op);

@@ -148,7 +148,7 @@ impl Chore {
         incoming: Incoming,
         now: SystemTime,
         queue_type: QueueType,
-    ) -> std::result::Result<Message, Chore> {
+    ) -> std::result::Result<Message, Box<Chore>> {
         let Incoming {
             mut message,
             undecodable,
@@ -157,13 +157,13 @@ impl Chore {
             ..
         } = incoming;
         if undecodable.is_some() {
-            return Err(Chore::Undecodable(message, receive_count));
+            return Err(Box::new(Chore::Undecodable(message, receive_count)));
         }
         if let Some(due) = message.not_before.filter(|&at| at > now) {
-            return Err(match queue_type {
+            return Err(Box::new(match queue_type {
                 QueueType::Standard => Chore::Early(message),
                 QueueType::Fifo => Chore::Hold(due.duration_since(now).unwrap_or_default()),
-            });
+            }));
         }
         // Each SQS message starts at receive count 1; copies (nacks with
         // an error, hops) carry their attempt in the metadata. A FIFO
@@ -176,17 +176,17 @@ impl Chore {
         let receives = receive_count.saturating_sub(held).max(1);
         message.attempt = message.attempt.saturating_add(receives - 1);
         if message.is_expired_at(now) {
-            return Err(Chore::Expired(message));
+            return Err(Box::new(Chore::Expired(message)));
         }
         if message.attempt > message.max_attempts {
             message.attempt = message.max_attempts;
-            return Err(Chore::Exhausted(message));
+            return Err(Box::new(Chore::Exhausted(message)));
         }
         Ok(message)
     }
 
-    async fn run(self, acker: SqsAcker) -> Result<()> {
-        match self {
+    async fn run(self: Box<Self>, acker: SqsAcker) -> Result<()> {
+        match *self {
             Chore::Undecodable(message, attempts) => {
                 acker
                     .bury(&message, &DeadLetterReason::Decode, attempts)

@@ -1,6 +1,6 @@
 //! The whole conformance suite against an SQS-compatible server
 //! (`QUEUE_TEST_SQS_URL`; `cargo xtask test` starts `moto_server`), once
-//! per queue type. The fault cases connect through the testkit's fault
+//! per queue type (standard, FIFO). The fault cases connect through the testkit's fault
 //! proxy, placed in the URL's `endpoint`. moto keeps everything in memory,
 //! so the broker-restart case has no persistent server to kill.
 
@@ -20,8 +20,17 @@ struct SqsHarness {
 }
 
 impl SqsHarness {
+    /// `QUEUE_TEST_SQS_URL`; FIFO cases take `QUEUE_TEST_SQS_FIFO_URL`
+    /// when it is set (`cargo xtask test` starts a second moto for them:
+    /// one Python process per mode, so the two use both cores).
     fn from_env(queue_type: &'static str) -> Option<SqsHarness> {
-        let url = broker_url("QUEUE_TEST_SQS_URL")?;
+        let fifo = std::env::var("QUEUE_TEST_SQS_FIFO_URL")
+            .ok()
+            .filter(|u| !u.is_empty() && queue_type == "fifo");
+        let url = match fifo {
+            Some(url) => url,
+            None => broker_url("QUEUE_TEST_SQS_URL")?,
+        };
         let sep = if url.contains('?') { '&' } else { '?' };
         Some(SqsHarness {
             url: format!("{url}{sep}queue_type={queue_type}"),
@@ -140,4 +149,9 @@ impl Harness for SqsHarness {
 mod standard {
     use super::SqsHarness;
     queue_testkit::conformance_suite!(SqsHarness::from_env("standard"));
+}
+
+mod fifo {
+    use super::SqsHarness;
+    queue_testkit::conformance_suite!(SqsHarness::from_env("fifo"));
 }

@@ -622,10 +622,18 @@ pub async fn fifo_within_priority(ctx: &Ctx) {
             .expect("send");
     }
     let consumer = ctx.consumer(&queue, None).await;
-    let got = receive_n(&*consumer, count as usize, Duration::from_secs(30)).await;
-    let order: Vec<(String, u32)> = got
-        .iter()
-        .map(|d| {
+    // Each batch is acked before the next receive: a broker that hands
+    // out one key's messages only while none of that key is in flight
+    // (SQS FIFO message groups) needs it, and the order is the receive order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut order: Vec<(String, u32)> = Vec::new();
+    while order.len() < count as usize && Instant::now() < deadline {
+        let max = (count as usize - order.len()).min(100);
+        let got = consumer
+            .receive(max, Duration::from_secs(5))
+            .await
+            .expect("receive");
+        for d in got {
             let key = d
                 .message()
                 .ordering_key
@@ -633,11 +641,9 @@ pub async fn fifo_within_priority(ctx: &Ctx) {
                 .expect("the ordering key travels")
                 .to_owned();
             let n = u32::from_be_bytes(d.payload().as_ref().try_into().expect("4-byte payload"));
-            (key, n)
-        })
-        .collect();
-    for d in got {
-        d.ack().await.expect("ack");
+            order.push((key, n));
+            d.ack().await.expect("ack");
+        }
     }
     assert_eq!(order.len(), count as usize, "all arrive");
     for (key, n) in &order {
@@ -1352,7 +1358,11 @@ pub async fn cut_during_send(ctx: &Ctx) {
 /// health turns unhealthy, the worker's liveness says why, and everything
 /// resumes by itself once traffic flows.
 pub async fn blackholed_broker(ctx: &Ctx) {
-    let query = "connect_timeout=1s&request_timeout=1s";
+    // The proxy holds what it swallowed and delivers it once traffic
+    // flows, as a network does with a late packet: a receive the worker
+    // gave up on may then take a message, which comes back after its
+    // lease, so the lease is short.
+    let query = "connect_timeout=1s&request_timeout=1s&lease=3s";
     let (backend, proxy) = faulty_or_direct(ctx, query).await;
     let queue = ctx.queue();
     let worker = Worker::builder(backend.clone(), queue.clone())
