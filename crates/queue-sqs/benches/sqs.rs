@@ -41,23 +41,25 @@ fn suffix() -> String {
     id[20..].to_owned()
 }
 
-async fn create(client: &aws_sdk_sqs::Client, name: &str) -> String {
-    client
+/// The backend's SDK client, a fresh queue named `prefix-…` and a body of
+/// `PAYLOAD` bytes, for a raw run.
+async fn raw_queue(backend: &SqsBackend, prefix: &str) -> (aws_sdk_sqs::Client, String, String) {
+    let client = backend.client().clone();
+    let url = client
         .create_queue()
-        .queue_name(name)
+        .queue_name(format!("{prefix}-{}", suffix()))
         .send()
         .await
         .expect("create the raw queue")
         .queue_url()
         .expect("queue URL")
-        .to_owned()
+        .to_owned();
+    (client, url, "x".repeat(PAYLOAD))
 }
 
 async fn raw_batched(backend: &SqsBackend, jobs: u64) -> Raw {
-    let client = backend.client().clone();
+    let (client, url, body) = raw_queue(backend, "bench-raw").await;
     let counter = backend.requests();
-    let url = create(&client, &format!("bench-raw-{}", suffix())).await;
-    let body = "x".repeat(PAYLOAD);
     let before = counter.get();
     let started = Instant::now();
     stream::iter(0..jobs.div_ceil(10))
@@ -142,10 +144,8 @@ async fn raw_batched(backend: &SqsBackend, jobs: u64) -> Raw {
 }
 
 async fn raw_per_call(backend: &SqsBackend, jobs: u64) -> Raw {
-    let client = backend.client().clone();
+    let (client, url, body) = raw_queue(backend, "bench-call").await;
     let counter = backend.requests();
-    let url = create(&client, &format!("bench-call-{}", suffix())).await;
-    let body = "x".repeat(PAYLOAD);
     let before = counter.get();
     let started = Instant::now();
     for _ in 0..jobs {

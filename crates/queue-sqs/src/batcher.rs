@@ -104,67 +104,64 @@ async fn call(sqs: &Sqs, url: &str, ops: Vec<Op>) -> Vec<Result<()>> {
     };
     let failed: std::result::Result<Vec<BatchResultErrorEntry>, Error> = match ops.first() {
         None => return Vec::new(),
-        Some(Op::Delete(_)) => {
-            let entries = ops.iter().enumerate().filter_map(|(i, op)| match op {
-                Op::Delete(receipt) => DeleteMessageBatchRequestEntry::builder()
+        Some(Op::Delete(_)) => match entries(&ops, |i, op| match op {
+            Op::Delete(receipt) => Some(
+                DeleteMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .receipt_handle(receipt)
                     .build()
-                    .ok(),
-                _ => None,
-            });
-            sqs.client
+                    .map_err(built),
+            ),
+            _ => None,
+        }) {
+            Err(e) => Err(e),
+            Ok(entries) => sqs
+                .client
                 .delete_message_batch()
                 .queue_url(url)
-                .set_entries(Some(entries.collect()))
+                .set_entries(Some(entries))
                 .send()
                 .await
                 .map(|out| out.failed().to_vec())
-                .map_err(|e| classify(e, doing, address))
-        }
-        Some(Op::Visibility(..)) => {
-            let entries = ops.iter().enumerate().filter_map(|(i, op)| match op {
-                Op::Visibility(receipt, secs) => {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(receipt)
-                        .visibility_timeout(*secs)
-                        .build()
-                        .ok()
-                }
-                _ => None,
-            });
-            sqs.client
+                .map_err(|e| classify(e, doing, address)),
+        },
+        Some(Op::Visibility(..)) => match entries(&ops, |i, op| match op {
+            Op::Visibility(receipt, secs) => Some(
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(*secs)
+                    .build()
+                    .map_err(built),
+            ),
+            _ => None,
+        }) {
+            Err(e) => Err(e),
+            Ok(entries) => sqs
+                .client
                 .change_message_visibility_batch()
                 .queue_url(url)
-                .set_entries(Some(entries.collect()))
+                .set_entries(Some(entries))
                 .send()
                 .await
                 .map(|out| out.failed().to_vec())
-                .map_err(|e| classify(e, doing, address))
-        }
-        Some(Op::Send(_)) => {
-            let entries: Result<Vec<_>> = ops
-                .iter()
-                .enumerate()
-                .filter_map(|(i, op)| match op {
-                    Op::Send(out) => Some(out.entry(i)),
-                    _ => None,
-                })
-                .collect();
-            match entries {
-                Err(e) => Err(e),
-                Ok(entries) => sqs
-                    .client
-                    .send_message_batch()
-                    .queue_url(url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map(|out| out.failed().to_vec())
-                    .map_err(|e| classify(e, doing, address)),
-            }
-        }
+                .map_err(|e| classify(e, doing, address)),
+        },
+        Some(Op::Send(_)) => match entries(&ops, |i, op| match op {
+            Op::Send(out) => Some(out.entry(i)),
+            _ => None,
+        }) {
+            Err(e) => Err(e),
+            Ok(entries) => sqs
+                .client
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map(|out| out.failed().to_vec())
+                .map_err(|e| classify(e, doing, address)),
+        },
     };
     match failed {
         Err(e) => (0..len).map(|_| Err(e.clone_kind())).collect(),
@@ -183,6 +180,28 @@ async fn call(sqs: &Sqs, url: &str, ops: Vec<Op>) -> Vec<Result<()>> {
             results
         }
     }
+}
+
+/// The request entries of `ops`, numbered by position: every op must make
+/// one (a chunk holds one kind), or the whole call fails rather than
+/// reporting an entry it never sent as done.
+fn entries<T>(ops: &[Op], make: impl Fn(usize, &Op) -> Option<Result<T>>) -> Result<Vec<T>> {
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| {
+            make(i, op).unwrap_or_else(|| {
+                Err(Error::new(
+                    ErrorKind::Other,
+                    "a batch call mixed kinds of entries",
+                ))
+            })
+        })
+        .collect()
+}
+
+/// An SDK builder's refusal (a required field missing) as an error.
+fn built(e: aws_smithy_types::error::operation::BuildError) -> Error {
+    Error::new(ErrorKind::Other, format!("building a batch entry: {e}")).with_source(e)
 }
 
 type Job = (Arc<str>, Op, oneshot::Sender<Result<()>>);
