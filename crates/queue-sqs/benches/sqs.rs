@@ -213,10 +213,21 @@ fn main() {
             .await
             .expect("ensure queue");
         let before = backend.requests().get();
+        let before_ops = backend.requests().by_operation();
         let run = bench::worker_run(shared.clone(), &queue, jobs, PAYLOAD, CONCURRENCY)
             .await
             .expect("worker run");
         let ours_requests = (backend.requests().get() - before) as f64 / jobs as f64;
+        let per_operation: std::collections::BTreeMap<String, f64> = backend
+            .requests()
+            .by_operation()
+            .into_iter()
+            .map(|(op, n)| {
+                let was = before_ops.get(&op).copied().unwrap_or(0);
+                (op, (n - was) as f64 / jobs as f64)
+            })
+            .filter(|(_, per_job)| *per_job > 0.0)
+            .collect();
         let _ = shared.admin().delete_queue(&queue).await;
 
         println!();
@@ -242,6 +253,11 @@ fn main() {
             run.processed_per_second / raw.processed_per_second,
             ours_requests
         );
+        println!();
+        println!("queue-sqs worker, requests per job by operation:");
+        for (op, per_job) in &per_operation {
+            println!("- {op}: {per_job:.3}");
+        }
         bench::write_json(
             "sqs",
             &serde_json::json!({
@@ -259,6 +275,7 @@ fn main() {
                 },
                 "worker": run,
                 "worker_requests_per_job": ours_requests,
+                "worker_requests_per_job_by_operation": per_operation,
             }),
         );
     });

@@ -1,7 +1,7 @@
 //! The SDK client, the queue URL cache, queue creation, and the request
 //! counter.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use aws_sdk_sqs::config::{
     BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use queue_core::{Error, ErrorKind, QueueName, Result};
 
 use crate::config::{QueueType, Settings};
@@ -20,15 +21,28 @@ use crate::error::classify;
 use crate::wire;
 
 /// Counts the HTTP requests the backend's SDK client sends (retries
-/// included): what SQS bills. [`SqsBackend::requests`](crate::SqsBackend::requests)
-/// hands it out; the bench reads it per job.
+/// included), in all and per SQS operation: what SQS bills.
+/// [`SqsBackend::requests`](crate::SqsBackend::requests) hands it out; the
+/// bench reads it per job.
 #[derive(Debug, Clone, Default)]
-pub struct RequestCounter(Arc<AtomicU64>);
+pub struct RequestCounter {
+    total: Arc<AtomicU64>,
+    by_operation: Arc<Mutex<BTreeMap<String, u64>>>,
+}
 
 impl RequestCounter {
     /// Requests sent so far.
     pub fn get(&self) -> u64 {
-        self.0.load(AtomicOrdering::Relaxed)
+        self.total.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Requests sent so far per operation (`SendMessageBatch`,
+    /// `ReceiveMessage`, ...).
+    pub fn by_operation(&self) -> BTreeMap<String, u64> {
+        self.by_operation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -41,9 +55,16 @@ impl Intercept for RequestCounter {
         &self,
         _context: &BeforeTransmitInterceptorContextRef<'_>,
         _components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        self.0.fetch_add(1, AtomicOrdering::Relaxed);
+        self.total.fetch_add(1, AtomicOrdering::Relaxed);
+        let operation = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
+        *self
+            .by_operation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(operation.to_owned())
+            .or_default() += 1;
         Ok(())
     }
 }

@@ -269,11 +269,17 @@ impl Consumer for SqsConsumer {
             }
         }
         for (url, group) in by_queue {
-            let ops = group
+            // Full tens go out at once; the rest joins the batcher, where
+            // other lanes' acks fill the call up to ten.
+            let full = group.len() / SQS_BATCH * SQS_BATCH;
+            let ops = group[..full]
                 .iter()
                 .map(|(a, _)| Op::Delete(a.receipt.to_string()))
                 .collect();
-            let results = batcher::run(&self.shared.sqs, &url, ops).await;
+            let rest = group[full..].iter().map(|(a, _)| a.delete());
+            let (mut results, rest) =
+                tokio::join!(batcher::run(&self.shared.sqs, &url, ops), join_all(rest));
+            results.extend(rest);
             for ((acker, delivery), result) in group.into_iter().zip(results) {
                 match result {
                     Ok(()) => {
