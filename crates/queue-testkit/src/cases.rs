@@ -633,7 +633,7 @@ pub async fn fifo_within_priority(ctx: &Ctx) {
             .receive(max, Duration::from_secs(5))
             .await
             .expect("receive");
-        for d in got {
+        for d in &got {
             let key = d
                 .message()
                 .ordering_key
@@ -642,7 +642,9 @@ pub async fn fifo_within_priority(ctx: &Ctx) {
                 .to_owned();
             let n = u32::from_be_bytes(d.payload().as_ref().try_into().expect("4-byte payload"));
             order.push((key, n));
-            d.ack().await.expect("ack");
+        }
+        if let Err(failed) = consumer.ack_batch(got).await {
+            panic!("ack_batch: {:?}", failed.first().map(|f| &f.error));
         }
     }
     assert_eq!(order.len(), count as usize, "all arrive");
