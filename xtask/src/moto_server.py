@@ -108,14 +108,7 @@ def receive_message(
         left = polling_end - time.time()
         if result or left <= 0:
             return result
-        # Wait for a send (add_message notifies) or 50 ms, whichever comes
-        # first, then look again: a delete that frees a FIFO group, a
-        # visibility timeout or a delay ending notifies nobody. (moto's own
-        # wait_for_messages returns at once while any message is visible,
-        # so a FIFO receive whose groups were all in flight spun.)
-        queue = self.get_queue(queue_name)
-        with queue._messages_lock:
-            queue._messages_lock.wait(min(0.05, left))
+        self.get_queue(queue_name).wait_for_messages(min(1.0, left))
 
 
 Backend.receive_message = receive_message
