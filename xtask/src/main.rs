@@ -5,8 +5,7 @@
 //!   started with the machine's command if silent; SQS: `moto_server`,
 //!   installed with pip if missing and started on a free loopback port),
 //!   export their URLs (`QUEUE_TEST_REDIS_URL`, `QUEUE_TEST_AMQP_URL`,
-//!   `QUEUE_TEST_SQS_URL`, and `QUEUE_TEST_SQS_FIFO_URL` for a second moto
-//!   that the FIFO cases use) with
+//!   `QUEUE_TEST_SQS_URL`) with
 //!   `QUEUE_TEST_REQUIRED=1`, and run the workspace tests.
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
@@ -82,10 +81,7 @@ fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
 fn test(extra: &[String]) -> Result<(), String> {
     let redis = redis_url()?;
     let amqp = amqp_url()?;
-    // One moto per SQS queue type: each is one Python process, so the two
-    // modes' cases use both cores.
     let sqs = sqs_server()?;
-    let sqs_fifo = sqs_server()?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
     cargo(
@@ -95,7 +91,6 @@ fn test(extra: &[String]) -> Result<(), String> {
             ("QUEUE_TEST_REDIS_URL", &redis),
             ("QUEUE_TEST_AMQP_URL", &amqp),
             ("QUEUE_TEST_SQS_URL", &sqs.url),
-            ("QUEUE_TEST_SQS_FIFO_URL", &sqs_fifo.url),
         ],
     )
 }
