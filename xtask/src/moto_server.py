@@ -18,19 +18,33 @@ messages/s (moto's cost grows with the queue's depth):
 - for every message a receive returns it checks the retention period by
   computing all of the queue's attributes (three passes over every queued
   message, three times); the check reads the one attribute it needs here;
-- every message sent to a FIFO queue computed all of the queue's
-  attributes (while validating it, and again while adding it) to read one
-  flag, content-based deduplication, so filling a FIFO queue took time
-  quadratic in its depth; the flag is read directly.
+- every message sent computed all of the queue's attributes (three
+  times for a FIFO queue: on sending, validating and adding it) to read
+  one flag, content-based deduplication, so filling a queue took time
+  quadratic in its depth; the flag is read directly;
+- a delete looked for its receipt handle twice through every queued
+  message, building a list of each message's handles, and a batch of ten
+  did that ten times; receipt handles are now indexed as moto hands them
+  out, and a batch makes one cheap pass to drop its messages, with the
+  same outcome for every entry;
+- every request listed moto's package directory (a stat per service)
+  while holding the server's one dispatch lock, to tell whether the Host
+  header names a service; the list is read once;
+- werkzeug logged a line per request; only warnings and errors are
+  logged.
 
 Nothing else in moto's behaviour changes.
 """
 
 import functools
+import hashlib
+import logging
+import string
 import sys
 import threading
 import time
 
+import moto.backends as moto_backends
 import moto.core.utils as core_utils
 import moto.sqs.exceptions as sqs_exceptions
 import moto.sqs.models as sqs_models
@@ -59,8 +73,7 @@ def add_message(self, message):
     # Queues with Lambda triggers keep moto's own path.
     if not self.fifo_queue or self.lambda_event_source_mappings:
         return _add_message(self, message)
-    content_based = str(self.content_based_deduplication).lower() == "true"
-    if content_based or message.deduplication_id:
+    if content_based(self) or message.deduplication_id:
         for held in self._messages:
             if held.deduplication_id != message.deduplication_id:
                 continue
@@ -83,10 +96,9 @@ def validate_message(
 ):
     # The same checks and errors as moto's, reading the flag directly.
     if queue.fifo_queue:
-        content_based = str(queue.content_based_deduplication).lower() == "true"
-        if not content_based and not group_id:
+        if not content_based(queue) and not group_id:
             raise sqs_exceptions.MissingParameter("MessageGroupId")
-        if not content_based and group_id and not deduplication_id:
+        if not content_based(queue) and group_id and not deduplication_id:
             raise sqs_exceptions.InvalidParameterValue(
                 "The queue should either have ContentBasedDeduplication enabled or "
                 "MessageDeduplicationId provided explicitly"
@@ -105,6 +117,129 @@ def validate_message(
         raise sqs_exceptions.MissingParameter("MessageGroupId")
 
 
+def content_based(queue):
+    # What moto's `queue.attributes.get("ContentBasedDeduplication") ==
+    # "true"` answers: the attribute exists on FIFO queues only.
+    return (
+        queue.fifo_queue and str(queue.content_based_deduplication).lower() == "true"
+    )
+
+
+def send_message(
+    self,
+    queue_name,
+    message_body,
+    message_attributes=None,
+    delay_seconds=None,
+    deduplication_id=None,
+    group_id=None,
+    system_attributes=None,
+    validate_group_id=True,
+):
+    # moto's send, step for step, with the flag read by content_based().
+    queue = self.get_queue(queue_name)
+    self._validate_message(
+        queue,
+        message_body=message_body,
+        delay_seconds=int(delay_seconds or 0),
+        deduplication_id=deduplication_id,
+        group_id=group_id,
+        validate_group_id=validate_group_id,
+    )
+    delay = queue.delay_seconds if delay_seconds is None else int(delay_seconds)
+    message = sqs_models.Message(
+        str(sqs_models.random.uuid4()), message_body, system_attributes
+    )
+    if content_based(queue):
+        message.deduplication_id = hashlib.sha256(
+            message_body.encode("utf-8")
+        ).hexdigest()
+    if deduplication_id is not None:
+        message.deduplication_id = deduplication_id
+        message.sequence_number = "".join(
+            sqs_models.random.choice(string.digits) for _ in range(20)
+        )
+    if group_id is not None:
+        message.group_id = group_id
+    if message_attributes:
+        message.message_attributes = message_attributes
+    if delay > sqs_models.MAXIMUM_MESSAGE_DELAY:
+        raise sqs_exceptions.InvalidParameterValue(
+            f"Value {delay} for parameter DelaySeconds is invalid. "
+            "Reason: DelaySeconds must be >= 0 and <= 900."
+        )
+    message.mark_sent(delay_seconds=delay)
+    queue.add_message(message)
+    return message
+
+
+# Every receipt handle moto hands out, to the message it names (the
+# queue's own message, not the copy a receive returns).
+_HOLDERS = {}
+_mark_received = sqs_models.Message.mark_received
+
+
+def mark_received(self, visibility_timeout=None):
+    _mark_received(self, visibility_timeout)
+    _HOLDERS[self.receipt_handle] = self
+
+
+def delete_message_batch(self, queue_name, receipts):
+    # moto's outcome per entry (an already deleted handle succeeds; one
+    # no message of this queue ever held fails with
+    # ReceiptHandleIsInvalid), found through the handle index.
+    queue = self.get_queue(queue_name)
+    wanted = {r["ReceiptHandle"] for r in receipts} - queue.deleted_messages
+    doomed = {}
+    for handle in wanted:
+        message = _HOLDERS.get(handle)
+        if message is not None:
+            doomed[id(message)] = message
+    found = set()
+    if doomed:
+        kept = []
+        for message in queue._messages:
+            if id(message) not in doomed:
+                kept.append(message)
+                continue
+            handles = message.all_receipt_handles
+            found.update(handles)
+            queue.pending_messages.discard(message)
+            queue.deleted_messages.update(handles)
+            for handle in handles:
+                _HOLDERS.pop(handle, None)
+        queue._messages = kept
+    success, errors = [], []
+    for entry in receipts:
+        handle = entry["ReceiptHandle"]
+        if handle in wanted and handle not in found:
+            errors.append(
+                {
+                    "Id": entry["Id"],
+                    "SenderFault": True,
+                    "Code": "ReceiptHandleIsInvalid",
+                    "Message": f'The input receipt handle "{handle}" is not a valid receipt handle.',
+                }
+            )
+        else:
+            success.append(entry["Id"])
+    return success, errors
+
+
+def delete_message(self, queue_name, receipt_handle):
+    _, errors = delete_message_batch(
+        self, queue_name, [{"Id": "0", "ReceiptHandle": receipt_handle}]
+    )
+    if errors:
+        raise sqs_exceptions.ReceiptHandleIsInvalid()
+
+
+_MOTO_MODULES = tuple(moto_backends.list_of_moto_modules())
+moto_backends.list_of_moto_modules = lambda: _MOTO_MODULES
+sqs_models.SQSBackend.send_message = send_message
+sqs_models.Message.mark_received = mark_received
+sqs_models.SQSBackend.delete_message = delete_message
+sqs_models.SQSBackend.delete_message_batch = delete_message_batch
 sqs_models.Queue.add_message = add_message
 sqs_models.SQSBackend._validate_message = validate_message
 sqs_models.unix_time = unix_time
@@ -172,6 +307,8 @@ def receive_message(
 
 
 Backend.receive_message = receive_message
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 from moto.server import main  # noqa: E402
 
