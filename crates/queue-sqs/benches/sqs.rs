@@ -10,8 +10,9 @@
 //! - raw, one request per call: `SendMessage`, `ReceiveMessage` of one,
 //!   `DeleteMessage`, for 500 jobs: what a library without batching costs.
 //! - backend: `QUEUE_BENCH_SQS_JOBS` jobs (default 5,000) of 100 bytes
-//!   sent with `send_batch`, then run by the worker pool (concurrency 32,
-//!   no-op handler).
+//!   sent with `send_batch`, then run by the worker pool (concurrency 40,
+//!   `QUEUE_BENCH_SQS_CONCURRENCY` to change it: the raw pollers hold 40
+//!   messages at a time; no-op handler).
 //!
 //! Both raw runs use the backend's own SDK client, so the HTTP stack is
 //! the same and only the way of calling SQS differs.
@@ -26,7 +27,7 @@ use queue_sqs::SqsBackend;
 use queue_testkit::bench;
 
 const PAYLOAD: usize = 100;
-const CONCURRENCY: usize = 32;
+const CONCURRENCY: usize = 40;
 const PER_CALL_JOBS: u64 = 500;
 
 /// One raw run: rates and requests per job.
@@ -204,7 +205,11 @@ fn main() {
         eprintln!("raw aws-sdk-sqs, one request per call: {PER_CALL_JOBS} jobs");
         let per_call = raw_per_call(&backend, PER_CALL_JOBS).await;
 
-        eprintln!("queue-sqs worker: {jobs} jobs, concurrency {CONCURRENCY}");
+        let concurrency: usize = std::env::var("QUEUE_BENCH_SQS_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(CONCURRENCY);
+        eprintln!("queue-sqs worker: {jobs} jobs, concurrency {concurrency}");
         let queue = QueueName::new(format!("bench-worker-{}", suffix())).expect("queue name");
         let shared: Arc<dyn Backend> = Arc::new(backend.clone());
         shared
@@ -214,7 +219,7 @@ fn main() {
             .expect("ensure queue");
         let before = backend.requests().get();
         let before_ops = backend.requests().by_operation();
-        let run = bench::worker_run(shared.clone(), &queue, jobs, PAYLOAD, CONCURRENCY)
+        let run = bench::worker_run(shared.clone(), &queue, jobs, PAYLOAD, concurrency)
             .await
             .expect("worker run");
         let ours_requests = (backend.requests().get() - before) as f64 / jobs as f64;
@@ -247,7 +252,7 @@ fn main() {
             per_call.requests_per_job
         );
         println!(
-            "| queue-sqs worker (concurrency {CONCURRENCY}) | {:.0} | {:.0} | {:.2} | {:.2} |",
+            "| queue-sqs worker (concurrency {concurrency}) | {:.0} | {:.0} | {:.2} | {:.2} |",
             run.enqueue_per_second,
             run.processed_per_second,
             run.processed_per_second / raw.processed_per_second,
