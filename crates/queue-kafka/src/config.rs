@@ -21,18 +21,12 @@ const PARAMS: [&str; 7] = [
     "retention",
     "sasl_mechanism",
     "tls_ca",
-    "retry_tiers",
+    "delay_hold",
 ];
 
-/// The retry tiers by default: a nack's delay goes to the longest tier
-/// not longer than it, then hops on.
-pub const DEFAULT_RETRY_TIERS: [Duration; 5] = [
-    Duration::from_secs(1),
-    Duration::from_secs(10),
-    Duration::from_secs(60),
-    Duration::from_secs(600),
-    Duration::from_secs(3600),
-];
+/// How long the delay mover holds a delayed message by default before
+/// it sends it on: due by then, to the queue; else around again.
+pub const DEFAULT_DELAY_HOLD: Duration = Duration::from_secs(15 * 60);
 
 /// The SASL mechanisms librdkafka speaks without Kerberos.
 const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
@@ -71,7 +65,7 @@ pub struct Settings {
     pub(crate) tls: bool,
     pub(crate) tls_ca: Option<String>,
     pub(crate) sasl: Option<Sasl>,
-    pub(crate) retry_tiers: Vec<Duration>,
+    pub(crate) delay_hold: Duration,
     /// The hosts, for errors (never the credentials).
     pub(crate) address: String,
     pub(crate) connect_timeout: Duration,
@@ -91,7 +85,7 @@ impl Settings {
         let retention = rest.take_param("retention");
         let sasl_mechanism = rest.take_param("sasl_mechanism");
         let tls_ca = rest.take_param("tls_ca");
-        let retry_tiers = rest.take_param("retry_tiers");
+        let delay_hold = rest.take_param("delay_hold");
         rest.reject_unknown_params("kafka", &PARAMS)?;
         let url = config.url.expose();
         let hosts = config.url.hosts();
@@ -190,21 +184,16 @@ impl Settings {
         if tls_ca.is_some() && !tls {
             return Err(Error::config("tls_ca: needs a kafkas:// URL (TLS)"));
         }
-        let retry_tiers = match retry_tiers {
-            None => DEFAULT_RETRY_TIERS.to_vec(),
-            Some(list) => {
-                let mut tiers = list
-                    .split(',')
-                    .map(|t| parse_duration("retry_tiers", t.trim()))
-                    .collect::<Result<Vec<_>>>()?;
-                tiers.sort();
-                tiers.dedup();
-                if tiers.is_empty() || tiers.len() > 16 || tiers[0] < Duration::from_millis(100) {
+        let delay_hold = match delay_hold {
+            None => DEFAULT_DELAY_HOLD,
+            Some(h) => {
+                let d = parse_duration("delay_hold", &h)?;
+                if d < Duration::from_secs(1) || d > Duration::from_secs(12 * 3600) {
                     return Err(Error::config(format!(
-                        "retry_tiers: 1 to 16 delays of at least 100ms, like 1s,1m,1h, got {list:?}"
+                        "delay_hold: must be 1s to 12h, got {h:?}"
                     )));
                 }
-                tiers
+                d
             }
         };
         Ok(Settings {
@@ -216,7 +205,7 @@ impl Settings {
             tls,
             tls_ca,
             sasl,
-            retry_tiers,
+            delay_hold,
             address: hosts.join(","),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
@@ -235,6 +224,14 @@ impl Settings {
                 self.connect_timeout.as_millis().max(1000).to_string(),
             )
             .set("log_level", "3");
+        if std::env::var("QUEUE_KAFKA_FALLBACK").is_ok() {
+            config
+                .set("api.version.request", "false")
+                .set("broker.version.fallback", "2.8.0");
+        }
+        if let Ok(debug) = std::env::var("QUEUE_KAFKA_DEBUG") {
+            config.set("debug", debug).set("log_level", "7");
+        }
         let protocol = match (self.tls, self.sasl.is_some()) {
             (false, false) => "plaintext",
             (true, false) => "ssl",
@@ -271,9 +268,10 @@ impl Settings {
         self.retention_ms
     }
 
-    /// The retry tier delays, shortest first.
-    pub fn retry_tiers(&self) -> &[Duration] {
-        &self.retry_tiers
+    /// How long the delay mover holds a delayed message before sending
+    /// it on (to the queue if due, else around the delay topic again).
+    pub fn delay_hold(&self) -> Duration {
+        self.delay_hold
     }
 
     /// The lease a delivery starts with, and the bound on one broker call.
@@ -319,17 +317,14 @@ mod tests {
         assert_eq!(s.servers(), "127.0.0.1:9092,127.0.0.1:9093");
         assert_eq!((s.partitions, s.replication, s.retention_ms), (4, None, -1));
         assert_eq!(s.group, "queue");
-        assert_eq!(s.retry_tiers, DEFAULT_RETRY_TIERS.to_vec());
+        assert_eq!(s.delay_hold, DEFAULT_DELAY_HOLD);
         let s = settings(
-            "kafka://h:9092?group=billing&partitions=12&replication=3&retention=7d&retry_tiers=1m,5s",
+            "kafka://h:9092?group=billing&partitions=12&replication=3&retention=7d&delay_hold=1m",
         )
         .expect("valid");
         assert_eq!((s.partitions, s.replication), (12, Some(3)));
         assert_eq!(s.retention_ms, 7 * 24 * 3600 * 1000);
-        assert_eq!(
-            s.retry_tiers,
-            vec![Duration::from_secs(5), Duration::from_secs(60)]
-        );
+        assert_eq!(s.delay_hold, Duration::from_secs(60));
     }
 
     #[test]
@@ -358,7 +353,7 @@ mod tests {
             ("kafka://h:9092?replication=x", "replication"),
             ("kafka://h:9092?retention=soon", "retention"),
             ("kafka://h:9092?group=a%20b", "group"),
-            ("kafka://h:9092?retry_tiers=10ms", "retry_tiers"),
+            ("kafka://h:9092?delay_hold=10ms", "delay_hold"),
             ("kafka://h:9092?sasl_mechanism=PLAIN", "sasl_mechanism"),
             ("kafka://u:p@h:9092?sasl_mechanism=GSSAPI", "sasl_mechanism"),
             ("kafka://h:9092?tls_ca=/ca.pem", "tls_ca"),

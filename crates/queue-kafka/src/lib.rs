@@ -8,9 +8,21 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
+mod backend;
 mod config;
+mod consumer;
+mod error;
+mod member;
+mod mover;
+mod producer;
+mod tracker;
+mod wire;
 
-pub use crate::config::{Settings, DEFAULT_RETRY_TIERS};
+pub use crate::backend::{KafkaBackend, DEFAULT_MAX_RECORD, MAX_BATCH};
+pub use crate::config::{Settings, DEFAULT_DELAY_HOLD};
+pub use crate::consumer::KafkaConsumer;
+pub use crate::producer::KafkaProducer;
 
 /// The consumer session timeout the tests and the backend use: with it,
 /// a group join on tansu takes about three seconds.

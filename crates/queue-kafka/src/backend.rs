@@ -1,0 +1,377 @@
+//! [`KafkaBackend`]: the clients, the shared group members, topics,
+//! capabilities and per-process totals.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use queue_core::{
+    Capabilities, CloseFlag, Error, LeaseLossDetection, Message, Ordering, QueueConfig, QueueName,
+    RedeliveryCount, Result, StatsAccuracy, Support, Totals,
+};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::Settings;
+use crate::error::classify;
+use crate::member::Member;
+use crate::wire;
+
+/// Most messages one `send_batch` takes.
+pub const MAX_BATCH: usize = 1_000;
+/// The largest record value by default: Kafka's default
+/// `message.max.bytes` (1 MiB) less room for the record's framing.
+pub const DEFAULT_MAX_RECORD: usize = 1_000_000;
+
+/// The Kafka backend. Clones share its clients and group members.
+#[derive(Clone, Debug)]
+pub struct KafkaBackend {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) closed: CloseFlag,
+    pub(crate) producer: FutureProducer,
+    pub(crate) admin: AdminClient<DefaultClientContext>,
+    /// One group member per queue, shared by its consumers.
+    members: Mutex<HashMap<QueueName, Polled>>,
+    /// The delay mover of each queue: member, its poller, the mover.
+    movers: Mutex<HashMap<QueueName, Vec<Mover>>>,
+    /// Topics known to exist (created or found by this process).
+    topics: Mutex<HashSet<String>>,
+    counters: Mutex<HashMap<QueueName, Arc<Counters>>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("servers", &self.settings.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for (_, (_, poller)) in self
+            .members
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            poller.abort();
+        }
+        for (_, movers) in self
+            .movers
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            for (_, poller, task) in movers {
+                poller.abort();
+                task.abort();
+            }
+        }
+    }
+}
+
+/// A group member and the task polling it.
+type Polled = (Arc<Member>, tokio::task::JoinHandle<()>);
+
+/// A delay mover: its member, the member's poller, the mover task.
+pub(crate) type Mover = (
+    Arc<Member>,
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Totals of one queue counted by this process (`Totals::Process`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) enqueued: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) expired: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn check_open(&self) -> Result<()> {
+        self.closed.check("the kafka backend")
+    }
+
+    pub(crate) fn counters(&self, queue: &QueueName) -> Arc<Counters> {
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(queue.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn admin_options(&self) -> AdminOptions {
+        AdminOptions::new()
+            .request_timeout(Some(self.settings.request_timeout))
+            .operation_timeout(Some(self.settings.request_timeout))
+    }
+
+    /// Create `topics` that this process has not seen yet (an existing
+    /// topic is fine).
+    pub(crate) async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
+        let missing: Vec<&String> = {
+            let known = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            topics.iter().filter(|t| !known.contains(*t)).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (partitions, replication) = self.settings.partitions();
+        // -1: the broker's default replication factor.
+        let replication = replication.unwrap_or(-1);
+        let retention = self.settings.retention_ms().to_string();
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(t, partitions, TopicReplication::Fixed(replication))
+                    .set("retention.ms", &retention)
+            })
+            .collect();
+        let mut results = Vec::new();
+        for one in &new {
+            results.extend(
+                self.admin
+                    .create_topics([one], &self.admin_options())
+                    .await
+                    .map_err(|e| {
+                        classify(
+                            e,
+                            &format!("creating topics on {}", self.settings.address()),
+                        )
+                    })?,
+            );
+        }
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::new(
+                        crate::error::kind_of_code(code),
+                        format!("creating topic {topic}: {code}"),
+                    ))
+                }
+            }
+        }
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(missing.into_iter().cloned());
+        Ok(())
+    }
+
+    /// Forget `topics` (deleted).
+    pub(crate) fn forget_topics(&self, topics: &[String]) {
+        let mut known = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        for t in topics {
+            known.remove(t);
+        }
+    }
+
+    /// Every topic of `queue`: the queue, its dead letters, its delays.
+    pub(crate) fn topics_of(&self, queue: &QueueName) -> Vec<String> {
+        vec![wire::topic(queue), wire::dlq(queue), wire::delay(queue)]
+    }
+
+    /// The group of `queue`'s consumers.
+    pub(crate) fn group(&self, queue: &QueueName) -> String {
+        format!("{}.{queue}", self.settings.group())
+    }
+
+    /// The shared member of `queue`, joining the group on first use.
+    pub(crate) fn member(&self, queue: &QueueName) -> Result<Arc<Member>> {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((member, _)) = members.get(queue) {
+            return Ok(member.clone());
+        }
+        let (member, poller) = Member::start(
+            self.settings.client_config(),
+            &self.group(queue),
+            vec![wire::topic(queue)],
+        )?;
+        members.insert(queue.clone(), (member.clone(), poller));
+        Ok(member)
+    }
+
+    /// Start `queue`'s delay mover with `start` unless it runs.
+    pub(crate) fn start_movers(
+        &self,
+        queue: &QueueName,
+        start: impl FnOnce() -> Result<Vec<Mover>>,
+    ) -> Result<()> {
+        let mut movers = self.movers.lock().unwrap_or_else(|p| p.into_inner());
+        if !movers.contains_key(queue) {
+            movers.insert(queue.clone(), start()?);
+        }
+        Ok(())
+    }
+
+    /// The member of `queue` if one runs.
+    pub(crate) fn running_member(&self, queue: &QueueName) -> Option<Arc<Member>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(queue)
+            .map(|(m, _)| m.clone())
+    }
+
+    /// Stop and forget `queue`'s member (the queue is being deleted).
+    pub(crate) fn drop_member(&self, queue: &QueueName) {
+        if let Some((_, poller)) = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(queue)
+        {
+            poller.abort();
+        }
+        if let Some(movers) = self
+            .movers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(queue)
+        {
+            for (_, poller, task) in movers {
+                poller.abort();
+                task.abort();
+            }
+        }
+    }
+
+    /// Produce `message` to `topic` and wait for the broker's
+    /// acknowledgement (acks=all, idempotent).
+    pub(crate) async fn produce(
+        &self,
+        topic: &str,
+        message: &Message,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<()> {
+        let value = wire::value(message);
+        let key = message.ordering_key.as_deref();
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(&value[..]);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        self.producer
+            .send(record, self.settings.timeouts().1)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| classify(e, &format!("sending message {} to {topic}", message.id)))
+    }
+
+    /// Where a message due at `not_before` goes now: the queue's topic
+    /// when due, else its delay topic.
+    pub(crate) fn destination(&self, queue: &QueueName, message: &Message) -> String {
+        let remaining = message.delay_from(SystemTime::now());
+        if remaining.is_zero() {
+            wire::topic(queue)
+        } else {
+            wire::delay(queue)
+        }
+    }
+}
+
+impl KafkaBackend {
+    /// Connect from a URL (`kafka://host:port[,host:port]`).
+    pub async fn connect(url: &str) -> Result<KafkaBackend> {
+        KafkaBackend::from_config(&QueueConfig::from_url(url)?).await
+    }
+
+    /// Connect from a validated configuration. The clients connect in the
+    /// background; the first call (or `Admin::health`) reaches a broker.
+    pub async fn from_config(config: &QueueConfig) -> Result<KafkaBackend> {
+        let settings = Settings::from_config(config)?;
+        let capabilities = capabilities(&settings, config.max_payload);
+        let mut producer_config = settings.client_config();
+        producer_config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                settings.timeouts().1.as_millis().max(1000).to_string(),
+            )
+            .set(
+                "message.max.bytes",
+                (capabilities.max_payload + 64 * 1024).to_string(),
+            );
+        let producer: FutureProducer = producer_config
+            .create()
+            .map_err(|e| classify(e, "creating the producer"))?;
+        let admin: AdminClient<DefaultClientContext> = settings
+            .client_config()
+            .create()
+            .map_err(|e| classify(e, "creating the admin client"))?;
+        Ok(KafkaBackend {
+            shared: Arc::new(Shared {
+                settings,
+                capabilities,
+                closed: CloseFlag::default(),
+                producer,
+                admin,
+                members: Mutex::new(HashMap::new()),
+                movers: Mutex::new(HashMap::new()),
+                topics: Mutex::new(HashSet::new()),
+                counters: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The validated settings.
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    /// Wait until this backend's member of `queue` holds partitions (a
+    /// group join takes a few seconds); whether it does within `wait`.
+    pub async fn joined(&self, queue: &QueueName, wait: Duration) -> Result<bool> {
+        Ok(self.shared.member(queue)?.assigned(wait).await)
+    }
+}
+
+/// The capability table.
+pub(crate) fn capabilities(_settings: &Settings, max_payload: Option<usize>) -> Capabilities {
+    let mut caps = Capabilities::new("kafka");
+    caps.priority = Support::Unsupported;
+    caps.delay = Support::Emulated;
+    caps.ttl = Support::Emulated;
+    caps.dead_letter = Support::Emulated;
+    caps.redrive = Support::Emulated;
+    caps.idempotency = Support::Unsupported;
+    caps.lease_extension = Support::Emulated;
+    caps.max_length = Support::Unsupported;
+    caps.purge = Support::Unsupported;
+    caps.purge_in_flight = false;
+    caps.stats = StatsAccuracy::Approximate;
+    caps.totals = Totals::Process;
+    caps.redeliveries = RedeliveryCount::OnNack;
+    caps.lease_loss = LeaseLossDetection::Local;
+    caps.rebalances_on_join = true;
+    caps.partial_batches = true;
+    caps.ordering = Ordering::FifoPerPartition;
+    caps.max_payload = max_payload.unwrap_or(DEFAULT_MAX_RECORD);
+    caps.max_headers = None;
+    caps.max_native_delay = None;
+    caps.max_batch = MAX_BATCH;
+    caps.max_receive = 1_000;
+    caps.min_lease = Duration::from_millis(100);
+    caps.max_lease = Duration::from_secs(12 * 60 * 60);
+    caps.lease_granularity = Duration::from_millis(1);
+    caps
+}

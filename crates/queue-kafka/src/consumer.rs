@@ -1,0 +1,251 @@
+//! [`KafkaConsumer`] and the settling of its deliveries.
+//!
+//! Every consumer of one queue in a backend shares the queue's group
+//! member (`member.rs`). An ack settles the record's offset; the rest
+//! produce first and settle after the broker took the copy, so a crash in
+//! between delivers twice, never zero times:
+//!
+//! - `nack`: a copy with `attempt + 1` and the error goes to the queue's
+//!   topic (no delay) or to the retry tier for the delay;
+//! - `dead_letter` and a nack of the last attempt: a copy to `<topic>.dlq`
+//!   with why, how many attempts and when in its headers;
+//! - `release`: the record is buffered again locally with the same attempt;
+//! - `extend`: the local lease deadline moves (Kafka has no lease).
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use queue_core::{Acker, Consumer, DeadLetterReason, Delivery, Message, QueueName, Result};
+
+use crate::backend::Shared;
+use crate::member::{Lease, Member, Pending};
+use crate::wire;
+
+/// Receives from one queue through the backend's shared group member.
+#[derive(Debug)]
+pub struct KafkaConsumer {
+    shared: Arc<Shared>,
+    queue: QueueName,
+    member: Arc<Member>,
+    lease: Duration,
+}
+
+impl KafkaConsumer {
+    pub(crate) async fn open(
+        shared: Arc<Shared>,
+        queue: &QueueName,
+        lease: Option<Duration>,
+    ) -> Result<Self> {
+        shared.check_open()?;
+        shared.ensure_topics(&shared.topics_of(queue)).await?;
+        let member = shared.member(queue)?;
+        if std::env::var("QUEUE_KAFKA_NO_MOVERS").is_err() {
+            crate::mover::ensure(&shared, queue)?;
+        }
+        let lease = lease.unwrap_or(shared.settings.timeouts().0);
+        Ok(KafkaConsumer {
+            shared,
+            queue: queue.clone(),
+            member,
+            lease,
+        })
+    }
+
+    fn acker(&self, lease: Lease) -> KafkaAcker {
+        KafkaAcker {
+            shared: self.shared.clone(),
+            queue: self.queue.clone(),
+            member: self.member.clone(),
+            lease,
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    fn queue(&self) -> &QueueName {
+        &self.queue
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.shared.check_open()?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let taken = self.member.take(max, left, self.lease).await;
+            if taken.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = SystemTime::now();
+            let mut deliveries = Vec::with_capacity(taken.len());
+            for (lease, pending) in taken {
+                let acker = self.acker(lease);
+                match divert(&pending, now) {
+                    None => {
+                        let deadline = now + self.lease;
+                        deliveries.push(Delivery::new(
+                            self.queue.clone(),
+                            pending.message,
+                            deadline,
+                            Box::new(acker),
+                        ));
+                    }
+                    Some(Divert::Later) => {
+                        if let Err(e) = acker.forward(&pending.message).await {
+                            tracing::warn!(queue = %self.queue, error = %e, "could not move a message that is not due yet to its retry tier");
+                        }
+                    }
+                    Some(Divert::Dead(reason)) => {
+                        if let Some(error) = &pending.undecodable {
+                            tracing::warn!(queue = %self.queue, %error, "undecodable bytes on the queue: dead-lettered");
+                        }
+                        let attempts = match reason {
+                            DeadLetterReason::Expired => pending.message.attempt.saturating_sub(1),
+                            _ => pending.message.attempt,
+                        };
+                        if reason == DeadLetterReason::Expired {
+                            self.shared
+                                .counters(&self.queue)
+                                .expired
+                                .fetch_add(1, AtomicOrdering::Relaxed);
+                        }
+                        if let Err(e) = acker.bury(&pending.message, &reason, attempts).await {
+                            tracing::warn!(queue = %self.queue, error = %e, "could not dead-letter a message");
+                        }
+                    }
+                }
+            }
+            if !deliveries.is_empty() || tokio::time::Instant::now() >= until {
+                return Ok(deliveries);
+            }
+        }
+    }
+}
+
+/// Why a fetched record is not handed to the consumer.
+enum Divert {
+    /// Not due yet (another producer's delayed send): to its retry tier.
+    Later,
+    /// To the dead letters.
+    Dead(DeadLetterReason),
+}
+
+fn divert(pending: &Pending, now: SystemTime) -> Option<Divert> {
+    if pending.undecodable.is_some() {
+        return Some(Divert::Dead(DeadLetterReason::Decode));
+    }
+    if pending.message.is_expired_at(now) {
+        return Some(Divert::Dead(DeadLetterReason::Expired));
+    }
+    if !pending.message.delay_from(now).is_zero() {
+        return Some(Divert::Later);
+    }
+    None
+}
+
+/// The Kafka side of one delivery.
+#[derive(Debug)]
+pub(crate) struct KafkaAcker {
+    shared: Arc<Shared>,
+    queue: QueueName,
+    member: Arc<Member>,
+    lease: Lease,
+}
+
+impl KafkaAcker {
+    /// Fail with `LeaseLost` before producing anything if the lease is gone.
+    fn check(&self) -> Result<()> {
+        self.member.check(&self.lease)
+    }
+
+    /// Send `message` where it is due (its topic, or the retry tier for
+    /// what remains), then settle the original.
+    async fn forward(&self, message: &Message) -> Result<()> {
+        self.check()?;
+        let topic = self.shared.destination(&self.queue, message);
+        self.shared.produce(&topic, message, None).await?;
+        self.member.settle(&self.lease)
+    }
+
+    /// Send `message` to the dead letters, then settle the original.
+    async fn bury(
+        &self,
+        message: &Message,
+        reason: &DeadLetterReason,
+        attempts: u32,
+    ) -> Result<()> {
+        self.check()?;
+        let headers = wire::dead_letter_headers(reason, attempts);
+        self.shared
+            .produce(&wire::dlq(&self.queue), message, Some(headers))
+            .await?;
+        self.member.settle(&self.lease)?;
+        self.shared
+            .counters(&self.queue)
+            .dead_lettered
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Acker for KafkaAcker {
+    async fn ack(&self, _message: &Message) -> Result<()> {
+        self.member.settle(&self.lease)?;
+        self.shared
+            .counters(&self.queue)
+            .acked
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+
+    async fn nack(
+        &self,
+        message: &Message,
+        delay: Duration,
+        last_error: Option<&str>,
+    ) -> Result<()> {
+        if message.attempt >= message.max_attempts {
+            let mut last = message.clone();
+            if let Some(error) = last_error {
+                last.last_error = Some(error.to_owned());
+            }
+            return self
+                .bury(&last, &DeadLetterReason::MaxAttempts, message.attempt)
+                .await;
+        }
+        let mut copy = message.clone();
+        copy.attempt = message.attempt.saturating_add(1);
+        if let Some(error) = last_error {
+            copy.last_error = Some(error.to_owned());
+        }
+        copy.not_before = (!delay.is_zero()).then(|| SystemTime::now() + delay);
+        self.forward(&copy).await?;
+        self.shared
+            .counters(&self.queue)
+            .retried
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+
+    async fn extend(&mut self, _message: &Message, lease: Duration) -> Result<SystemTime> {
+        self.member.extend(&self.lease, lease)
+    }
+
+    async fn dead_letter(&self, message: &Message, reason: &DeadLetterReason) -> Result<()> {
+        self.bury(message, reason, message.attempt).await
+    }
+
+    async fn release(&self, message: &Message) -> Result<()> {
+        self.member.put_back(&self.lease, message.clone())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

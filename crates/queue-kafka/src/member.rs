@@ -1,0 +1,527 @@
+//! One consumer-group member per backend and topic, shared by every
+//! consumer the backend opens on that topic (a worker's lanes): one join,
+//! not one rebalance per lane.
+//!
+//! A background task polls the member (rebalance callbacks run inside the
+//! poll, so `max.poll.interval.ms` never runs out while handlers run) into
+//! a bounded local buffer; when the buffer is full it pauses the assigned
+//! partitions and resumes them once consumers took records out. Each
+//! assigned partition has a [`Track`] of its fetched, unsettled records;
+//! the offset stored for the next commit (`enable.auto.offset.store` off,
+//! auto-commit on) is its contiguous done watermark. A revoked partition's
+//! track is dropped, so its deliveries settle `LeaseLost` and the new
+//! owner starts from the last commit. Leases are local: a delivery not
+//! settled by its deadline is buffered again with `attempt + 1`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use queue_core::{Error, ErrorKind, Message, Result};
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{ClientContext, Message as _};
+use tokio::sync::Notify;
+
+use crate::tracker::Track;
+use crate::wire::{self, Incoming};
+
+/// Records buffered before the member pauses its partitions.
+const BUFFER_HIGH: usize = 2_000;
+/// Records buffered at most when the member resumes them.
+const BUFFER_LOW: usize = 500;
+
+/// One partition of one of the member's topics: (topic index, partition).
+pub(crate) type Part = (usize, i32);
+
+/// A fetched record waiting in the buffer.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) part: Part,
+    pub(crate) epoch: u64,
+    pub(crate) offset: i64,
+    pub(crate) message: Message,
+    /// Why the bytes did not decode, if they did not.
+    pub(crate) undecodable: Option<Error>,
+}
+
+/// A record handed out: what its delivery settles with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub(crate) part: Part,
+    pub(crate) epoch: u64,
+    pub(crate) offset: i64,
+    pub(crate) token: u64,
+}
+
+struct Assigned {
+    epoch: u64,
+    track: Track,
+}
+
+#[derive(Default)]
+struct State {
+    assigned: HashMap<Part, Assigned>,
+    buffer: VecDeque<Pending>,
+    /// Messages handed out, by (part, offset): buffered again with
+    /// `attempt + 1` when their lease runs out.
+    held: HashMap<(Part, i64), Message>,
+    next_epoch: u64,
+    next_token: u64,
+    paused: bool,
+}
+
+/// The member's context: keeps the tracks in step with the assignment.
+pub(crate) struct Context {
+    topics: Vec<String>,
+    state: Arc<Mutex<State>>,
+    /// Woken when the assignment changes.
+    rebalanced: Arc<Notify>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            let mut state = lock(&self.state);
+            for element in revoked.elements() {
+                let Some(topic) = self.topics.iter().position(|t| t == element.topic()) else {
+                    continue;
+                };
+                let part = (topic, element.partition());
+                state.assigned.remove(&part);
+                state.buffer.retain(|p| p.part != part);
+                state.held.retain(|(p, _), _| *p != part);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let mut state = lock(&self.state);
+            for element in assigned.elements() {
+                let Some(topic) = self.topics.iter().position(|t| t == element.topic()) else {
+                    continue;
+                };
+                state.next_epoch += 1;
+                let epoch = state.next_epoch;
+                state
+                    .assigned
+                    .entry((topic, element.partition()))
+                    .or_insert_with(|| Assigned {
+                        epoch,
+                        track: Track::default(),
+                    });
+            }
+            // A new assignment starts unpaused.
+            state.paused = false;
+        }
+        self.rebalanced.notify_waiters();
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock leaves plain data behind; go on.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A client whose drop runs on a thread of its own: librdkafka's destroy
+/// blocks until the client left its group and its threads ended, which
+/// can take a session timeout (or longer, mid-join on some brokers), and
+/// must never hold up an async task or a runtime's shutdown.
+pub(crate) struct Detached<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Detached<T> {
+    pub(crate) fn new(client: T) -> Self {
+        Detached(Some(client))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for Detached<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for Detached<T> {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            let spawned = std::thread::Builder::new()
+                .name("queue-kafka-close".into())
+                .spawn(move || drop(client));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no thread to close a kafka client on; it is leaked");
+            }
+        }
+    }
+}
+
+/// The shared member of one topic.
+pub(crate) struct Member {
+    topics: Vec<String>,
+    consumer: Detached<StreamConsumer<Context>>,
+    state: Arc<Mutex<State>>,
+    /// Woken when records are buffered.
+    ready: Notify,
+    /// Woken when consumers took records out of a full buffer.
+    room: Notify,
+    rebalanced: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Member {
+    /// Join `group` on `topics` with the backend's client settings and
+    /// start polling. The member leaves the group when the returned
+    /// poller is aborted and the last reference is dropped.
+    pub(crate) fn start(
+        mut config: rdkafka::ClientConfig,
+        group: &str,
+        topics: Vec<String>,
+    ) -> Result<(Arc<Member>, tokio::task::JoinHandle<()>)> {
+        let state = Arc::new(Mutex::new(State::default()));
+        let rebalanced = Arc::new(Notify::new());
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "200")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", crate::SESSION_TIMEOUT_MS.to_string())
+            .set("enable.partition.eof", "false");
+        let consumer: StreamConsumer<Context> = config
+            .create_with_context(Context {
+                topics: topics.clone(),
+                state: state.clone(),
+                rebalanced: rebalanced.clone(),
+            })
+            .map_err(|e| crate::error::classify(e, &format!("joining group {group}")))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(|e| {
+            crate::error::classify(e, &format!("subscribing to {}", topics.join(", ")))
+        })?;
+        let member = Arc::new(Member {
+            topics,
+            consumer: Detached::new(consumer),
+            state,
+            ready: Notify::new(),
+            room: Notify::new(),
+            rebalanced,
+        });
+        let poller = tokio::spawn(poll(member.clone()));
+        Ok((member, poller))
+    }
+
+    /// Wait until the member holds at least one partition (or `wait`
+    /// passed); whether it does.
+    pub(crate) async fn assigned(&self, wait: Duration) -> bool {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.rebalanced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !lock(&self.state).assigned.is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Take up to `max` buffered records, handing each out under a fresh
+    /// lease; waits up to `wait` for the first.
+    pub(crate) async fn take(
+        &self,
+        max: usize,
+        wait: Duration,
+        lease: Duration,
+    ) -> Vec<(Lease, Pending)> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let taken = self.take_now(max, lease);
+            if !taken.is_empty() {
+                self.room.notify_one();
+                return taken;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    fn take_now(&self, max: usize, lease: Duration) -> Vec<(Lease, Pending)> {
+        let mut state = lock(&self.state);
+        let deadline = SystemTime::now() + lease;
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let Some(pending) = state.buffer.pop_front() else {
+                break;
+            };
+            state.next_token += 1;
+            let token = state.next_token;
+            let Some(assigned) = state.assigned.get_mut(&pending.part) else {
+                continue;
+            };
+            if assigned.epoch != pending.epoch {
+                continue;
+            }
+            assigned.track.hand(pending.offset, token, deadline);
+            state
+                .held
+                .insert((pending.part, pending.offset), pending.message.clone());
+            taken.push((
+                Lease {
+                    part: pending.part,
+                    epoch: pending.epoch,
+                    offset: pending.offset,
+                    token,
+                },
+                pending,
+            ));
+        }
+        taken
+    }
+
+    /// `Ok` while `lease` still holds its record, else `LeaseLost`.
+    pub(crate) fn check(&self, lease: &Lease) -> Result<()> {
+        let state = lock(&self.state);
+        let holds = state
+            .assigned
+            .get(&lease.part)
+            .is_some_and(|a| a.epoch == lease.epoch && a.track.holds(lease.offset, lease.token));
+        if holds {
+            Ok(())
+        } else {
+            Err(self.lost(lease))
+        }
+    }
+
+    /// The record of `lease` is done: store the commit offset if it moved.
+    pub(crate) fn settle(&self, lease: &Lease) -> Result<()> {
+        let moved = {
+            let mut state = lock(&self.state);
+            let assigned = state
+                .assigned
+                .get_mut(&lease.part)
+                .filter(|a| a.epoch == lease.epoch)
+                .ok_or_else(|| self.lost(lease))?;
+            let moved = assigned
+                .track
+                .settle(lease.offset, lease.token)
+                .map_err(|_| self.lost(lease))?;
+            state.held.remove(&(lease.part, lease.offset));
+            moved
+        };
+        if let Some(offset) = moved {
+            self.consumer
+                .store_offset(self.topic(lease.part), lease.part.1, offset)
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::LeaseLost,
+                        format!(
+                            "partition {} of {} was revoked before its offset was stored: {e}",
+                            lease.part.1,
+                            self.topic(lease.part)
+                        ),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Move the lease deadline of `lease` to `lease_for` from now.
+    pub(crate) fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<SystemTime> {
+        let deadline = SystemTime::now() + lease_for;
+        let mut state = lock(&self.state);
+        state
+            .assigned
+            .get_mut(&lease.part)
+            .filter(|a| a.epoch == lease.epoch)
+            .and_then(|a| a.track.extend(lease.offset, lease.token, deadline).ok())
+            .ok_or_else(|| self.lost(lease))?;
+        Ok(deadline)
+    }
+
+    /// Hand the record of `lease` back: buffered again at the front with
+    /// `message` (the same attempt for a release, the next for an
+    /// expired lease).
+    pub(crate) fn put_back(&self, lease: &Lease, message: Message) -> Result<()> {
+        {
+            let mut state = lock(&self.state);
+            let assigned = state
+                .assigned
+                .get_mut(&lease.part)
+                .filter(|a| a.epoch == lease.epoch)
+                .ok_or_else(|| self.lost(lease))?;
+            assigned
+                .track
+                .take_back(lease.offset, lease.token)
+                .map_err(|_| self.lost(lease))?;
+            state.held.remove(&(lease.part, lease.offset));
+            state.buffer.push_front(Pending {
+                part: lease.part,
+                epoch: lease.epoch,
+                offset: lease.offset,
+                message,
+                undecodable: None,
+            });
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Records handed out and not settled.
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.state).held.len()
+    }
+
+    fn lost(&self, lease: &Lease) -> Error {
+        Error::new(
+            ErrorKind::LeaseLost,
+            format!(
+                "the lease on offset {} of partition {} of {} was lost (it expired, was settled, or the partition was reassigned)",
+                lease.offset,
+                lease.part.1,
+                self.topic(lease.part)
+            ),
+        )
+    }
+
+    /// The name of `part`'s topic.
+    pub(crate) fn topic(&self, part: Part) -> &str {
+        self.topics.get(part.0).map_or("", String::as_str)
+    }
+
+    /// Buffer a fetched record; pause the assignment when the buffer is full.
+    fn fetched(&self, part: Part, offset: i64, incoming: Incoming) {
+        let mut state = lock(&self.state);
+        let Some(assigned) = state.assigned.get_mut(&part) else {
+            return;
+        };
+        assigned.track.fetched(offset);
+        let epoch = assigned.epoch;
+        let (message, undecodable) = match incoming {
+            Incoming::Message(message) => (message, None),
+            Incoming::Undecodable(message, error) => (message, Some(error)),
+        };
+        state.buffer.push_back(Pending {
+            part,
+            epoch,
+            offset,
+            message,
+            undecodable,
+        });
+        if state.buffer.len() >= BUFFER_HIGH && !state.paused {
+            if let Ok(assignment) = self.consumer.assignment() {
+                if self.consumer.pause(&assignment).is_ok() {
+                    state.paused = true;
+                }
+            }
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Resume a paused assignment once the buffer drained. A resumed
+    /// partition fetches on from where it stopped.
+    fn maybe_resume(&self) {
+        let mut state = lock(&self.state);
+        if state.paused && state.buffer.len() <= BUFFER_LOW {
+            if let Ok(assignment) = self.consumer.assignment() {
+                if self.consumer.resume(&assignment).is_ok() {
+                    state.paused = false;
+                }
+            }
+        }
+    }
+
+    /// Buffer again, with `attempt + 1`, every record whose lease ran out;
+    /// the next deadline to wake for.
+    fn expire(&self) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        let mut requeued = false;
+        let mut state = lock(&self.state);
+        let mut expired = Vec::new();
+        for (part, assigned) in &state.assigned {
+            for (offset, token) in assigned.track.expired(now) {
+                expired.push(Lease {
+                    part: *part,
+                    epoch: assigned.epoch,
+                    offset,
+                    token,
+                });
+            }
+        }
+        for lease in expired {
+            let Some(mut message) = state.held.remove(&(lease.part, lease.offset)) else {
+                continue;
+            };
+            if let Some(assigned) = state.assigned.get_mut(&lease.part) {
+                if assigned.track.take_back(lease.offset, lease.token).is_ok() {
+                    message.attempt = message.attempt.saturating_add(1);
+                    state.buffer.push_front(Pending {
+                        part: lease.part,
+                        epoch: lease.epoch,
+                        offset: lease.offset,
+                        message,
+                        undecodable: None,
+                    });
+                    requeued = true;
+                }
+            }
+        }
+        let next = state
+            .assigned
+            .values()
+            .filter_map(|a| a.track.next_deadline())
+            .min();
+        drop(state);
+        if requeued {
+            self.ready.notify_one();
+        }
+        next
+    }
+}
+
+/// Poll the member until the task is aborted (the backend does on close
+/// and drop): records into the buffer, leases checked at their
+/// deadlines, paused partitions resumed when there is room.
+async fn poll(m: Arc<Member>) {
+    // A lease check at least this often, in case a deadline moved earlier
+    // (an extend shortened it) after the timer was set.
+    const LEASE_CHECK: Duration = Duration::from_secs(1);
+    loop {
+        let next = m.expire();
+        let wake = next
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap_or(LEASE_CHECK)
+            .min(LEASE_CHECK);
+        tokio::select! {
+            record = m.consumer.recv() => match record {
+                Ok(record) => {
+                    let topic = m.topics.iter().position(|t| t == record.topic()).unwrap_or(0);
+                    let (part, offset) = ((topic, record.partition()), record.offset());
+                    let incoming = wire::incoming(&record);
+                    drop(record);
+                    m.fetched(part, offset, incoming);
+                }
+                Err(e) => {
+                    tracing::warn!(topics = ?m.topics, error = %e, "kafka consumer error");
+                }
+            },
+            () = m.room.notified() => m.maybe_resume(),
+            () = tokio::time::sleep(wake) => {}
+        }
+    }
+}

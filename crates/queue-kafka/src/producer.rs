@@ -1,0 +1,73 @@
+//! [`KafkaProducer`]: idempotent, every record acknowledged by all
+//! in-sync replicas before a send returns.
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use queue_core::{BatchError, Message, MessageId, Producer, QueueName, Result};
+
+use crate::backend::Shared;
+
+/// Sends to one queue's topic (a due message) or to its retry tier (a
+/// delayed one). The ordering key is the record key.
+#[derive(Debug)]
+pub struct KafkaProducer {
+    shared: Arc<Shared>,
+    queue: QueueName,
+}
+
+impl KafkaProducer {
+    pub(crate) async fn open(shared: Arc<Shared>, queue: &QueueName) -> Result<Self> {
+        shared.check_open()?;
+        shared.ensure_topics(&shared.topics_of(queue)).await?;
+        Ok(KafkaProducer {
+            shared,
+            queue: queue.clone(),
+        })
+    }
+
+    async fn send_one(&self, message: &Message) -> Result<MessageId> {
+        let topic = self.shared.destination(&self.queue, message);
+        self.shared.produce(&topic, message, None).await?;
+        self.shared
+            .counters(&self.queue)
+            .enqueued
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(message.id)
+    }
+}
+
+#[async_trait]
+impl Producer for KafkaProducer {
+    fn queue(&self) -> &QueueName {
+        &self.queue
+    }
+
+    async fn send(&self, message: Message) -> Result<MessageId> {
+        self.shared.check_open()?;
+        self.shared.capabilities.check_message(&message)?;
+        self.send_one(&message).await
+    }
+
+    /// Every record is produced at once (librdkafka batches them on the
+    /// wire); each has its own outcome, so a failed batch says which
+    /// messages the broker took.
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<Vec<MessageId>, BatchError> {
+        let whole = |e| BatchError::whole(e, messages.len());
+        self.shared.check_open().map_err(whole)?;
+        self.shared
+            .capabilities
+            .check_batch(&messages)
+            .map_err(whole)?;
+        let outcomes = join_all(messages.iter().map(|m| self.send_one(m))).await;
+        match outcomes.iter().find_map(|o| o.as_ref().err()) {
+            None => Ok(outcomes.into_iter().flatten().collect()),
+            Some(first) => {
+                let first = queue_core::Error::new(first.kind(), first.message().to_owned());
+                Err(BatchError::partial(first, outcomes))
+            }
+        }
+    }
+}
