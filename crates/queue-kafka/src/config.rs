@@ -224,14 +224,6 @@ impl Settings {
                 self.connect_timeout.as_millis().max(1000).to_string(),
             )
             .set("log_level", "3");
-        if std::env::var("QUEUE_KAFKA_FALLBACK").is_ok() {
-            config
-                .set("api.version.request", "false")
-                .set("broker.version.fallback", "2.8.0");
-        }
-        if let Ok(debug) = std::env::var("QUEUE_KAFKA_DEBUG") {
-            config.set("debug", debug).set("log_level", "7");
-        }
         let protocol = match (self.tls, self.sasl.is_some()) {
             (false, false) => "plaintext",
             (true, false) => "ssl",

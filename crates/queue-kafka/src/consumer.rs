@@ -41,9 +41,12 @@ impl KafkaConsumer {
         shared.check_open()?;
         shared.ensure_topics(&shared.topics_of(queue)).await?;
         let member = shared.member(queue)?;
-        if std::env::var("QUEUE_KAFKA_NO_MOVERS").is_err() {
-            crate::mover::ensure(&shared, queue)?;
-        }
+        crate::mover::ensure(&shared, queue)?;
+        // The first consumer of the queue in this backend waits for the
+        // group join (a few seconds), so its first receive finds records;
+        // a member that holds no partition (others hold them all) still
+        // opens, after at most the request timeout.
+        member.joined(shared.settings.timeouts().1).await;
         let lease = lease.unwrap_or(shared.settings.timeouts().0);
         Ok(KafkaConsumer {
             shared,

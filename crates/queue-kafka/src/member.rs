@@ -68,6 +68,8 @@ struct State {
     next_epoch: u64,
     next_token: u64,
     paused: bool,
+    /// Whether the member got its first assignment (maybe empty).
+    joined: bool,
 }
 
 /// The member's context: keeps the tracks in step with the assignment.
@@ -115,6 +117,7 @@ impl ConsumerContext for Context {
             }
             // A new assignment starts unpaused.
             state.paused = false;
+            state.joined = true;
         }
         self.rebalanced.notify_waiters();
     }
@@ -219,15 +222,26 @@ impl Member {
         Ok((member, poller))
     }
 
+    /// Wait until the member got its first assignment, possibly empty
+    /// (or `wait` passed); whether it holds partitions.
+    pub(crate) async fn joined(&self, wait: Duration) -> bool {
+        self.until(wait, |state| state.joined).await;
+        !lock(&self.state).assigned.is_empty()
+    }
+
     /// Wait until the member holds at least one partition (or `wait`
     /// passed); whether it does.
     pub(crate) async fn assigned(&self, wait: Duration) -> bool {
+        self.until(wait, |state| !state.assigned.is_empty()).await
+    }
+
+    async fn until(&self, wait: Duration, done: impl Fn(&State) -> bool) -> bool {
         let until = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.rebalanced.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !lock(&self.state).assigned.is_empty() {
+            if done(&lock(&self.state)) {
                 return true;
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {

@@ -42,6 +42,9 @@ pub(crate) struct Track {
 impl Track {
     /// A record was fetched into the buffer.
     pub(crate) fn fetched(&mut self, offset: i64) {
+        // The first record fetched is where the group's position stands:
+        // nothing moved yet.
+        self.committed.get_or_insert(offset);
         self.unsettled.insert(offset, Slot::Buffered);
         self.fetched_end = Some(self.fetched_end.map_or(offset + 1, |e| e.max(offset + 1)));
     }
