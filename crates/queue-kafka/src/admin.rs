@@ -256,10 +256,10 @@ impl Admin for KafkaBackend {
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
         self.shared.check_open()?;
         let group = self.shared.group(queue);
-        let in_flight = self
-            .shared
-            .running_member(queue)
-            .map_or(0, |m| m.in_flight() as u64);
+        let member = self.shared.running_member(queue);
+        let in_flight = member.as_ref().map_or(0, |m| m.in_flight() as u64);
+        // Settled here but not committed yet: no longer ready.
+        let settled = member.as_ref().map_or(0, |m| m.settled_uncommitted());
         let lag = self.shared.lag(&wire::topic(queue), &group).await?;
         let delayed = self
             .shared
@@ -271,7 +271,7 @@ impl Admin for KafkaBackend {
             .await?;
         let counters = self.shared.counters(queue);
         let mut stats = QueueStats::default();
-        stats.ready = lag.saturating_sub(in_flight);
+        stats.ready = lag.saturating_sub(in_flight + settled);
         stats.delayed = delayed;
         stats.in_flight = in_flight;
         stats.dead = dead;

@@ -333,6 +333,15 @@ impl KafkaBackend {
         })
     }
 
+    /// The capability table a URL's configuration gives, without
+    /// connecting (for documentation and checks).
+    pub fn table(config: &QueueConfig) -> Result<Capabilities> {
+        Ok(capabilities(
+            &Settings::from_config(config)?,
+            config.max_payload,
+        ))
+    }
+
     /// The validated settings.
     pub fn settings(&self) -> &Settings {
         &self.shared.settings

@@ -338,18 +338,26 @@ impl Member {
             moved
         };
         if let Some(offset) = moved {
-            self.consumer
-                .store_offset(self.topic(lease.part), lease.part.1, offset)
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::LeaseLost,
-                        format!(
-                            "partition {} of {} was revoked before its offset was stored: {e}",
-                            lease.part.1,
-                            self.topic(lease.part)
-                        ),
-                    )
-                })?;
+            // `rd_kafka_offsets_store` stores the offset as given (the
+            // single-offset `store_offset` of this rdkafka stores one past
+            // it), and the given offset is the next record to read.
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset(
+                self.topic(lease.part),
+                lease.part.1,
+                rdkafka::Offset::Offset(offset),
+            )
+            .map_err(|e| crate::error::classify(e, "storing an offset"))?;
+            self.consumer.store_offsets(&tpl).map_err(|e| {
+                Error::new(
+                    ErrorKind::LeaseLost,
+                    format!(
+                        "partition {} of {} was revoked before its offset was stored: {e}",
+                        lease.part.1,
+                        self.topic(lease.part)
+                    ),
+                )
+            })?;
         }
         Ok(())
     }
@@ -398,6 +406,16 @@ impl Member {
     /// Records handed out and not settled.
     pub(crate) fn in_flight(&self) -> usize {
         lock(&self.state).held.len()
+    }
+
+    /// Records settled here whose offsets are not committed yet (they
+    /// still count in the group's lag).
+    pub(crate) fn settled_uncommitted(&self) -> u64 {
+        lock(&self.state)
+            .assigned
+            .values()
+            .map(|a| a.track.settled_uncommitted())
+            .sum()
     }
 
     fn lost(&self, lease: &Lease) -> Error {

@@ -123,6 +123,19 @@ impl Track {
             .min()
     }
 
+    /// Records between the commit offset and the fetch position that are
+    /// settled already (they still count in the group's lag until the
+    /// commit moves past them). Approximate where offsets have gaps.
+    pub(crate) fn settled_uncommitted(&self) -> u64 {
+        match (self.commit_offset(), self.fetched_end) {
+            (Some(commit), Some(end)) => {
+                let span = u64::try_from(end - commit).unwrap_or(0);
+                span.saturating_sub(self.unsettled.len() as u64)
+            }
+            _ => 0,
+        }
+    }
+
     /// The offset that may be committed now: the lowest unsettled record,
     /// else one past the highest fetched.
     pub(crate) fn commit_offset(&self) -> Option<i64> {
@@ -163,6 +176,11 @@ mod tests {
         assert_eq!(t.settle(12, 12), Ok(None));
         assert_eq!(t.settle(14, 14), Ok(None));
         assert_eq!(t.commit_offset(), Some(10));
+        assert_eq!(
+            t.settled_uncommitted(),
+            2,
+            "12 and 14 are done, not committed"
+        );
         // 10 finishes: the commit moves to the next unfinished, 11.
         assert_eq!(t.settle(10, 10), Ok(Some(11)));
         // 11 finishes: 12 is done already, so 13.

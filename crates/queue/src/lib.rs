@@ -28,13 +28,17 @@ pub use queue_amqp as amqp;
 #[cfg(feature = "sqs")]
 pub use queue_sqs as sqs;
 
+/// The Kafka backend ([`kafka::KafkaBackend`]; in progress).
+#[cfg(feature = "kafka")]
+pub use queue_kafka as kafka;
+
 /// Every backend this crate can compile in: its URL schemes and the cargo
 /// feature that brings it, so a URL for one left out names the feature.
 pub const BACKEND_FEATURES: [(&str, &[&str]); 5] = [
     ("memory", &["memory"]),
     ("redis", &["redis", "rediss"]),
     ("amqp", &["amqp", "amqps"]),
-    ("kafka", &["kafka"]),
+    ("kafka", &["kafka", "kafkas"]),
     ("sqs", &["sqs"]),
 ];
 
@@ -50,6 +54,8 @@ pub fn register_backends() {
         registry::register(queue_amqp::CONNECTOR);
         #[cfg(feature = "sqs")]
         registry::register(queue_sqs::CONNECTOR);
+        #[cfg(feature = "kafka")]
+        registry::register(queue_kafka::CONNECTOR);
     });
 }
 
@@ -64,8 +70,8 @@ pub fn register_backends() {
 /// # async fn main() -> queue::Result<()> {
 /// let backend = queue::connect("memory://").await?;
 /// assert_eq!(backend.capabilities().backend, "memory");
-/// let err = queue::connect("kafka://127.0.0.1:9092").await.unwrap_err();
-/// assert!(err.to_string().contains("enable feature `kafka`"));
+/// let err = queue::connect("nats://127.0.0.1:4222").await.unwrap_err();
+/// assert!(err.to_string().contains("unknown scheme \"nats\""));
 /// # Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
@@ -107,17 +113,26 @@ fn not_compiled_in(scheme: &str) -> Error {
 mod tests {
     use super::*;
 
+    // With every backend compiled in there is none to name.
+    #[cfg(not(all(
+        feature = "redis",
+        feature = "amqp",
+        feature = "kafka",
+        feature = "sqs"
+    )))]
     #[tokio::test]
     async fn backends_not_compiled_in_name_their_feature_without_credentials() {
-        for (url, feature) in [
+        let cases: &[(&str, &str)] = &[
             #[cfg(not(feature = "redis"))]
             ("redis://u:hunter2@127.0.0.1:6379", "redis"),
             #[cfg(not(feature = "amqp"))]
             ("amqps://u:hunter2@h", "amqp"),
-            ("kafka://127.0.0.1:9092,127.0.0.1:9093", "kafka"),
+            #[cfg(not(feature = "kafka"))]
+            ("kafka://u:hunter2@127.0.0.1:9092,127.0.0.1:9093", "kafka"),
             #[cfg(not(feature = "sqs"))]
             ("sqs://us-east-1?secret_access_key=hunter2", "sqs"),
-        ] {
+        ];
+        for &(url, feature) in cases {
             let err = connect(url).await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Config);
             let text = format!("{err} {err:?}");
