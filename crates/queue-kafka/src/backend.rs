@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     /// One group member per queue, shared by its consumers.
     members: Mutex<HashMap<QueueName, Polled>>,
     /// The delay mover of each queue: member, its poller, the mover.
-    movers: Mutex<HashMap<QueueName, Vec<Mover>>>,
+    movers: Mutex<HashMap<QueueName, Mover>>,
     /// Topics known to exist (created or found by this process).
     topics: Mutex<HashSet<String>>,
     counters: Mutex<HashMap<QueueName, Arc<Counters>>>,
@@ -66,16 +66,14 @@ impl Drop for Shared {
         {
             poller.abort();
         }
-        for (_, movers) in self
+        for (_, (poller, task)) in self
             .movers
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
         {
-            for (_, poller, task) in movers {
-                poller.abort();
-                task.abort();
-            }
+            poller.abort();
+            task.abort();
         }
     }
 }
@@ -83,12 +81,9 @@ impl Drop for Shared {
 /// A group member and the task polling it.
 type Polled = (Arc<Member>, tokio::task::JoinHandle<()>);
 
-/// A delay mover: its member, the member's poller, the mover task.
-pub(crate) type Mover = (
-    Arc<Member>,
-    tokio::task::JoinHandle<()>,
-    tokio::task::JoinHandle<()>,
-);
+/// A delay mover: its member's poller and the mover task (the task holds
+/// the member).
+pub(crate) type Mover = (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>);
 
 /// Totals of one queue counted by this process (`Totals::Process`).
 #[derive(Debug, Default)]
@@ -210,7 +205,7 @@ impl Shared {
     pub(crate) fn start_movers(
         &self,
         queue: &QueueName,
-        start: impl FnOnce() -> Result<Vec<Mover>>,
+        start: impl FnOnce() -> Result<Mover>,
     ) -> Result<()> {
         let mut movers = self.movers.lock().unwrap_or_else(|p| p.into_inner());
         if !movers.contains_key(queue) {
@@ -238,16 +233,14 @@ impl Shared {
         {
             poller.abort();
         }
-        if let Some(movers) = self
+        if let Some((poller, task)) = self
             .movers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(queue)
         {
-            for (_, poller, task) in movers {
-                poller.abort();
-                task.abort();
-            }
+            poller.abort();
+            task.abort();
         }
     }
 

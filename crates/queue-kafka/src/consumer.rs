@@ -213,7 +213,7 @@ impl Acker for KafkaAcker {
         delay: Duration,
         last_error: Option<&str>,
     ) -> Result<()> {
-        if message.attempt >= message.max_attempts {
+        if message.is_last_attempt() {
             let mut last = message.clone();
             if let Some(error) = last_error {
                 last.last_error = Some(error.to_owned());

@@ -87,10 +87,9 @@ impl ConsumerContext for Context {
         if let Rebalance::Revoke(revoked) = rebalance {
             let mut state = lock(&self.state);
             for element in revoked.elements() {
-                let Some(topic) = self.topics.iter().position(|t| t == element.topic()) else {
+                let Some(part) = part_of(&self.topics, element.topic(), element.partition()) else {
                     continue;
                 };
-                let part = (topic, element.partition());
                 state.assigned.remove(&part);
                 state.buffer.retain(|p| p.part != part);
                 state.held.retain(|(p, _), _| *p != part);
@@ -102,18 +101,15 @@ impl ConsumerContext for Context {
         if let Rebalance::Assign(assigned) = rebalance {
             let mut state = lock(&self.state);
             for element in assigned.elements() {
-                let Some(topic) = self.topics.iter().position(|t| t == element.topic()) else {
+                let Some(part) = part_of(&self.topics, element.topic(), element.partition()) else {
                     continue;
                 };
                 state.next_epoch += 1;
                 let epoch = state.next_epoch;
-                state
-                    .assigned
-                    .entry((topic, element.partition()))
-                    .or_insert_with(|| Assigned {
-                        epoch,
-                        track: Track::default(),
-                    });
+                state.assigned.entry(part).or_insert_with(|| Assigned {
+                    epoch,
+                    track: Track::default(),
+                });
             }
             // A new assignment starts unpaused.
             state.paused = false;
@@ -121,6 +117,15 @@ impl ConsumerContext for Context {
         }
         self.rebalanced.notify_waiters();
     }
+}
+
+/// The part `partition` of `topic` names among `topics`, if the member
+/// reads that topic.
+fn part_of(topics: &[String], topic: &str, partition: i32) -> Option<Part> {
+    topics
+        .iter()
+        .position(|t| t == topic)
+        .map(|index| (index, partition))
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -542,11 +547,12 @@ async fn poll(m: Arc<Member>) {
         tokio::select! {
             record = m.consumer.recv() => match record {
                 Ok(record) => {
-                    let topic = m.topics.iter().position(|t| t == record.topic()).unwrap_or(0);
-                    let (part, offset) = ((topic, record.partition()), record.offset());
-                    let incoming = wire::incoming(&record);
-                    drop(record);
-                    m.fetched(part, offset, incoming);
+                    if let Some(part) = part_of(&m.topics, record.topic(), record.partition()) {
+                        let offset = record.offset();
+                        let incoming = wire::incoming(&record);
+                        drop(record);
+                        m.fetched(part, offset, incoming);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(topics = ?m.topics, error = %e, "kafka consumer error");

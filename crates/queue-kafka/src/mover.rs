@@ -40,10 +40,10 @@ pub(crate) fn ensure(shared: &Arc<Shared>, queue: &QueueName) -> Result<()> {
         let task = tokio::spawn(run(
             Arc::downgrade(shared),
             queue.clone(),
-            member.clone(),
+            member,
             shared.settings.delay_hold(),
         ));
-        Ok(vec![(member, poller, task)])
+        Ok((poller, task))
     })
 }
 
