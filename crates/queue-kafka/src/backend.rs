@@ -196,6 +196,7 @@ impl Shared {
             self.settings.client_config(),
             &self.group(queue),
             vec![wire::topic(queue)],
+            self.settings.timeouts().1,
         )?;
         members.insert(queue.clone(), (member.clone(), poller));
         Ok(member)

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use queue_core::{Acker, Consumer, DeadLetterReason, Delivery, Message, QueueName, Result};
+use queue_core::{
+    Acker, Consumer, DeadLetterReason, Delivery, Error, ErrorKind, Message, QueueName, Result,
+};
 
 use crate::backend::Shared;
 use crate::member::{Lease, Member, Pending};
@@ -82,6 +84,16 @@ impl Consumer for KafkaConsumer {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             let taken = self.member.take(max, left, self.lease).await;
             if taken.is_empty() {
+                if let Some(quiet) = self.member.silent() {
+                    return Err(Error::new(
+                        ErrorKind::Connection,
+                        format!(
+                            "the Kafka broker has sent nothing for {:.1} s on any connection of queue {}'s consumer (the client keeps reconnecting)",
+                            quiet.as_secs_f64(),
+                            self.queue
+                        ),
+                    ));
+                }
                 return Ok(Vec::new());
             }
             let now = SystemTime::now();

@@ -12,14 +12,22 @@
 //! track is dropped, so its deliveries settle `LeaseLost` and the new
 //! owner starts from the last commit. Leases are local: a delivery not
 //! settled by its deadline is buffered again with `attempt + 1`.
+//!
+//! librdkafka reconnects by itself and never fails a poll because the
+//! broker went quiet, so the member watches its connections: client
+//! statistics every second say how long each connection has gone without
+//! a byte from the broker, and once every one has been silent past the
+//! member's silence limit, [`Member::silent`] says so and an empty
+//! receive becomes a retryable error (a worker's liveness then reports
+//! it) instead of an endless run of empty batches.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use queue_core::{Error, ErrorKind, Message, Result};
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::{ClientContext, Message as _};
+use rdkafka::{ClientContext, Message as _, Statistics};
 use tokio::sync::Notify;
 
 use crate::tracker::Track;
@@ -29,6 +37,11 @@ use crate::wire::{self, Incoming};
 const BUFFER_HIGH: usize = 2_000;
 /// Records buffered at most when the member resumes them.
 const BUFFER_LOW: usize = 500;
+/// How often librdkafka reports its connections' statistics.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest silence limit: a member with nothing to fetch hears from
+/// its group coordinator only at heartbeats (every 3 s by default).
+const MIN_SILENCE: Duration = Duration::from_secs(4);
 
 /// One partition of one of the member's topics: (topic index, partition).
 pub(crate) type Part = (usize, i32);
@@ -78,9 +91,33 @@ pub(crate) struct Context {
     state: Arc<Mutex<State>>,
     /// Woken when the assignment changes.
     rebalanced: Arc<Notify>,
+    /// When a connection last had a byte from the broker, as of the last
+    /// statistics.
+    heard: Arc<Mutex<Instant>>,
+    /// A connection silent this long does not count as contact.
+    silence: Duration,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        // `rxidle`: microseconds since the connection last received
+        // anything (-1 before its first byte).
+        let limit = i64::try_from(self.silence.as_micros()).unwrap_or(i64::MAX);
+        let quiet = statistics
+            .brokers
+            .values()
+            .filter(|b| b.state == "UP" && b.rxidle >= 0)
+            .map(|b| b.rxidle)
+            .min();
+        if let Some(quiet) = quiet.filter(|&us| us < limit) {
+            let at = Instant::now()
+                .checked_sub(Duration::from_micros(quiet.unsigned_abs()))
+                .unwrap_or_else(Instant::now);
+            let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            *heard = (*heard).max(at);
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, rebalance: &Rebalance<'_>) {
@@ -175,6 +212,8 @@ pub(crate) struct Member {
     /// Woken when consumers took records out of a full buffer.
     room: Notify,
     rebalanced: Arc<Notify>,
+    heard: Arc<Mutex<Instant>>,
+    silence: Duration,
 }
 
 impl std::fmt::Debug for Member {
@@ -188,14 +227,19 @@ impl std::fmt::Debug for Member {
 impl Member {
     /// Join `group` on `topics` with the backend's client settings and
     /// start polling. The member leaves the group when the returned
-    /// poller is aborted and the last reference is dropped.
+    /// poller is aborted and the last reference is dropped. `silence`
+    /// (raised to 4 s at least) is how long every connection may go
+    /// without a byte from the broker before [`Member::silent`] says so.
     pub(crate) fn start(
         mut config: rdkafka::ClientConfig,
         group: &str,
         topics: Vec<String>,
+        silence: Duration,
     ) -> Result<(Arc<Member>, tokio::task::JoinHandle<()>)> {
         let state = Arc::new(Mutex::new(State::default()));
         let rebalanced = Arc::new(Notify::new());
+        let heard = Arc::new(Mutex::new(Instant::now()));
+        let silence = silence.max(MIN_SILENCE);
         config
             .set("group.id", group)
             .set("enable.auto.commit", "true")
@@ -203,12 +247,18 @@ impl Member {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", crate::SESSION_TIMEOUT_MS.to_string())
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set(
+                "statistics.interval.ms",
+                STATS_INTERVAL.as_millis().to_string(),
+            );
         let consumer: StreamConsumer<Context> = config
             .create_with_context(Context {
                 topics: topics.clone(),
                 state: state.clone(),
                 rebalanced: rebalanced.clone(),
+                heard: heard.clone(),
+                silence,
             })
             .map_err(|e| crate::error::classify(e, &format!("joining group {group}")))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -222,9 +272,20 @@ impl Member {
             ready: Notify::new(),
             room: Notify::new(),
             rebalanced,
+            heard,
+            silence,
         });
         let poller = tokio::spawn(poll(member.clone()));
         Ok((member, poller))
+    }
+
+    /// How long the broker has been silent on every connection, once that
+    /// passed the silence limit (and the statistics that would have said
+    /// otherwise are due); `None` while it answers.
+    pub(crate) fn silent(&self) -> Option<Duration> {
+        let heard = *self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let quiet = heard.elapsed();
+        (quiet > self.silence + STATS_INTERVAL).then_some(quiet)
     }
 
     /// Wait until the member got its first assignment, possibly empty

@@ -36,6 +36,7 @@ pub(crate) fn ensure(shared: &Arc<Shared>, queue: &QueueName) -> Result<()> {
             shared.settings.client_config(),
             &format!("{}.delay", shared.group(queue)),
             vec![wire::delay(queue)],
+            shared.settings.timeouts().1,
         )?;
         let task = tokio::spawn(run(
             Arc::downgrade(shared),

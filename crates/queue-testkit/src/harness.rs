@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::proxy::FaultProxy;
+use crate::proxy::{FaultProxy, ReplyRewrite};
 use async_trait::async_trait;
 use queue_core::{
     Backend, Capabilities, Consumer, ConsumerOptions, Delivery, JobStore, MemoryBackend, Producer,
@@ -46,6 +46,15 @@ pub trait Harness: Send + Sync {
     /// The broker's TCP address, for the fault proxy (the fault cases
     /// connect through it). `None` for in-process backends.
     fn broker_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// For a broker whose replies tell clients where to connect (Kafka's
+    /// metadata names each broker's advertised address): the bytes the
+    /// fault proxy at `proxy` replaces in replies so they name the proxy,
+    /// keeping every connection on it. `None` (the default) passes replies
+    /// as they come.
+    fn reply_rewrite(&self, _proxy: SocketAddr) -> Option<ReplyRewrite> {
         None
     }
 
@@ -284,7 +293,7 @@ impl Ctx {
     /// the same way through it and cleaned up through the direct backend.
     pub async fn faulty(&self, query: &str) -> Option<Faulty> {
         let upstream = self.harness.broker_addr()?;
-        let proxy = FaultProxy::start(upstream)
+        let proxy = FaultProxy::start_rewriting(upstream, |addr| self.harness.reply_rewrite(addr))
             .await
             .unwrap_or_else(|e| panic!("{}: start the fault proxy: {e}", self.case));
         let mut url = self.harness.url_via(proxy.addr());

@@ -53,6 +53,41 @@ pub enum Mode {
     Latency(Duration),
 }
 
+/// Bytes to replace in the broker's replies, for a broker that tells its
+/// clients where to connect next: Kafka's metadata names each broker by
+/// its advertised address, which would steer clients past the proxy.
+///
+/// Replies are read as frames with a 4-byte big-endian length in front
+/// (Kafka's framing), and every `from` in a whole frame becomes `to`, so a
+/// pattern split across TCP reads is still found. `from` and `to` have the
+/// same length, so no frame changes size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRewrite {
+    /// The bytes to find.
+    pub from: Vec<u8>,
+    /// What they become.
+    pub to: Vec<u8>,
+}
+
+impl ReplyRewrite {
+    /// Replace every `from` in `frame` by `to`.
+    fn apply(&self, frame: &mut [u8]) {
+        let n = self.from.len();
+        if n == 0 || n != self.to.len() {
+            return;
+        }
+        let mut at = 0;
+        while at + n <= frame.len() {
+            if frame[at..at + n] == self.from[..] {
+                frame[at..at + n].copy_from_slice(&self.to);
+                at += n;
+            } else {
+                at += 1;
+            }
+        }
+    }
+}
+
 /// A running proxy from a loopback port to one upstream address. Dropping
 /// it stops accepting and resets every connection.
 #[derive(Debug)]
@@ -65,6 +100,7 @@ pub struct FaultProxy {
 #[derive(Debug)]
 struct Shared {
     upstream: SocketAddr,
+    rewrite: Option<ReplyRewrite>,
     mode: watch::Sender<Mode>,
     /// Bumped by every cut; connections reset when it changes.
     cuts: watch::Sender<u64>,
@@ -77,10 +113,38 @@ struct Shared {
 impl FaultProxy {
     /// Listen on a free loopback port and forward to `upstream`.
     pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
+        FaultProxy::start_rewriting(upstream, |_| None).await
+    }
+
+    /// [`start`](FaultProxy::start), with the broker's replies rewritten
+    /// by what `rewrite` returns for the proxy's own address (`None`: as
+    /// they come).
+    ///
+    /// # Errors
+    /// When the rewrite's `from` and `to` differ in length, or a port
+    /// cannot be bound.
+    pub async fn start_rewriting(
+        upstream: SocketAddr,
+        rewrite: impl FnOnce(SocketAddr) -> Option<ReplyRewrite>,
+    ) -> io::Result<FaultProxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let rewrite = rewrite(addr);
+        if let Some(r) = &rewrite {
+            if r.from.len() != r.to.len() || r.from.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a reply rewrite replaces bytes with as many bytes ({} became {})",
+                        r.from.len(),
+                        r.to.len()
+                    ),
+                ));
+            }
+        }
         let shared = Arc::new(Shared {
             upstream,
+            rewrite,
             mode: watch::Sender::new(Mode::Pass),
             cuts: watch::Sender::new(0),
             open: AtomicUsize::new(0),
@@ -205,12 +269,28 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
             shared.mode.subscribe(),
             Some(&shared.requests),
         );
-        let to_client = pump(
-            &mut upstream_read,
-            &mut client_write,
-            shared.mode.subscribe(),
-            None,
-        );
+        let to_client = async {
+            match &shared.rewrite {
+                Some(rewrite) => {
+                    pump_frames(
+                        &mut upstream_read,
+                        &mut client_write,
+                        shared.mode.subscribe(),
+                        rewrite,
+                    )
+                    .await
+                }
+                None => {
+                    pump(
+                        &mut upstream_read,
+                        &mut client_write,
+                        shared.mode.subscribe(),
+                        None,
+                    )
+                    .await
+                }
+            }
+        };
         tokio::select! {
             _ = async { tokio::try_join!(to_upstream, to_client) } => {}
             _ = cuts.changed() => {}
@@ -251,6 +331,49 @@ async fn pump(
         // Bytes read just before a blackhole began are held until it ends.
         until_flowing(&mut mode).await;
         to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// [`pump`] for replies read as length-prefixed frames, each rewritten
+/// whole before it is passed on.
+async fn pump_frames(
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    to: &mut tokio::net::tcp::WriteHalf<'_>,
+    mut mode: watch::Receiver<Mode>,
+    rewrite: &ReplyRewrite,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        until_flowing(&mut mode).await;
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            // A partial frame at EOF goes on as it is.
+            to.write_all(&pending).await?;
+            to.shutdown().await?;
+            return Ok(());
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let mut whole = 0;
+        while let Some(head) = pending.get(whole..whole + 4) {
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let end = whole + 4 + len;
+            if end > pending.len() {
+                break;
+            }
+            rewrite.apply(&mut pending[whole + 4..end]);
+            whole = end;
+        }
+        if whole == 0 {
+            continue;
+        }
+        let current = *mode.borrow();
+        if let Mode::Latency(delay) = current {
+            tokio::time::sleep(delay).await;
+        }
+        until_flowing(&mut mode).await;
+        to.write_all(&pending[..whole]).await?;
+        pending.drain(..whole);
     }
 }
 
@@ -324,5 +447,45 @@ mod tests {
             "both ways delayed"
         );
         assert_eq!(proxy.accepted(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rewrites_whole_reply_frames() {
+        let rewrite = |_| {
+            Some(ReplyRewrite {
+                from: b"host:1".to_vec(),
+                to: b"host:2".to_vec(),
+            })
+        };
+        let proxy = FaultProxy::start_rewriting(echo_server().await, rewrite)
+            .await
+            .unwrap();
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        // One frame sent in two pieces that split the pattern: the echo may
+        // return it in two reads, and the rewrite still finds it.
+        let body = b"at host:1 and host:1!";
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        client.write_all(&frame[..10]).await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(&frame[10..]).await.unwrap();
+        let mut reply = vec![0u8; frame.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut reply))
+            .await
+            .expect("the frame comes back")
+            .unwrap();
+        assert_eq!(&reply[4..], b"at host:2 and host:2!");
+
+        let uneven = |_| {
+            Some(ReplyRewrite {
+                from: b"a".to_vec(),
+                to: b"bc".to_vec(),
+            })
+        };
+        let err = FaultProxy::start_rewriting(echo_server().await, uneven)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }
