@@ -13,7 +13,7 @@
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
 //! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`,
-//!   `amqp`, `sqs`; the last starts `moto_server`).
+//!   `amqp`, `sqs`, `kafka`; `sqs` starts `moto_server`, `kafka` tansu).
 //! - `cargo xtask soak [--minutes N] [--url URL]`: random cuts, blackholes
 //!   and worker kills under load for N minutes (default 5), invariants
 //!   checked, a summary printed (not part of CI).
@@ -37,6 +37,7 @@ commands:
                    redis (backend and worker pool on Redis, beside a raw redis-crate baseline)
                    amqp (backend and worker pool on RabbitMQ, beside a raw lapin baseline)
                    sqs (worker on moto_server beside a raw aws-sdk-sqs baseline, API requests counted)
+                   kafka (worker pool on tansu beside a raw rdkafka baseline)
   soak [--minutes N] [--url URL] [--rate R]
                    random connection cuts, blackholes and worker kills under load
                    (default 5 minutes on the machine's Redis), then checks every
@@ -483,8 +484,15 @@ fn bench(backend: Option<&str>) -> Result<(), String> {
                 &[("QUEUE_BENCH_SQS_URL", &sqs.url)],
             )
         }
+        Some("kafka") => {
+            let kafka = kafka_server("QUEUE_BENCH_KAFKA_URL")?;
+            cargo(
+                &["bench", "-p", "queue-kafka", "--bench", "kafka"],
+                &[("QUEUE_BENCH_KAFKA_URL", &kafka.url)],
+            )
+        }
         Some(other) => Err(format!(
-            "no benchmark named {other:?}; available: memory, worker, redis, amqp, sqs"
+            "no benchmark named {other:?}; available: memory, worker, redis, amqp, sqs, kafka"
         )),
         None => Err(format!("bench needs a backend\n\n{USAGE}")),
     }

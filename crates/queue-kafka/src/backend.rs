@@ -12,9 +12,9 @@ use queue_core::{
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::Settings;
 use crate::error::classify;
@@ -161,6 +161,21 @@ impl Shared {
                 }
             }
         }
+        // The producer learns the new topics' leaders now: left to its
+        // first send, librdkafka's metadata refresh for an unknown topic
+        // held that send about a second.
+        for topic in &missing {
+            let producer = self.producer.clone();
+            let topic = (*topic).clone();
+            let wait = self.settings.request_timeout;
+            let learned = tokio::task::spawn_blocking(move || {
+                producer.client().fetch_metadata(Some(&topic), wait)
+            })
+            .await;
+            if let Ok(Err(e)) = learned {
+                tracing::debug!(error = %e, "metadata of a new topic: the first send will ask again");
+            }
+        }
         self.topics
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -253,20 +268,69 @@ impl Shared {
         message: &Message,
         headers: Option<OwnedHeaders>,
     ) -> Result<()> {
+        self.start_produce(topic, message, headers).await
+    }
+
+    /// Hand `message` to librdkafka now, in the caller's order (a batch's
+    /// records are queued before any is awaited); the returned future
+    /// resolves with the broker's acknowledgement. A full local queue
+    /// falls back to waiting for room, up to the request timeout.
+    pub(crate) fn start_produce(
+        &self,
+        topic: &str,
+        message: &Message,
+        headers: Option<OwnedHeaders>,
+    ) -> futures_util::future::BoxFuture<'static, Result<()>> {
         let value = wire::value(message);
-        let key = message.ordering_key.as_deref();
+        let id = message.id;
+        let failed = move |e: KafkaError, topic: &str| {
+            classify(e, &format!("sending message {id} to {topic}"))
+        };
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(&value[..]);
-        if let Some(key) = key {
+        if let Some(key) = message.ordering_key.as_deref() {
             record = record.key(key);
         }
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
-        self.producer
-            .send(record, self.settings.timeouts().1)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| classify(e, &format!("sending message {} to {topic}", message.id)))
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let topic = topic.to_owned();
+                Box::pin(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(failed(e, &topic)),
+                        Err(_) => Err(failed(KafkaError::Canceled, &topic)),
+                    }
+                })
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+                let producer = self.producer.clone();
+                let timeout = self.settings.timeouts().1;
+                let topic = topic.to_owned();
+                let key = record.key.map(str::to_owned);
+                let headers = record.headers;
+                Box::pin(async move {
+                    let mut record: FutureRecord<'_, str, [u8]> =
+                        FutureRecord::to(&topic).payload(&value[..]);
+                    if let Some(key) = key.as_deref() {
+                        record = record.key(key);
+                    }
+                    if let Some(headers) = headers {
+                        record = record.headers(headers);
+                    }
+                    producer
+                        .send(record, timeout)
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| failed(e, &topic))
+                })
+            }
+            Err((e, _)) => {
+                let error = failed(e, topic);
+                Box::pin(async move { Err(error) })
+            }
+        }
     }
 
     /// Where a message due at `not_before` goes now: the queue's topic

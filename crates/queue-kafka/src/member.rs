@@ -33,10 +33,14 @@ use tokio::sync::Notify;
 use crate::tracker::Track;
 use crate::wire::{self, Incoming};
 
-/// Records buffered before the member pauses its partitions.
-const BUFFER_HIGH: usize = 2_000;
-/// Records buffered at most when the member resumes them.
-const BUFFER_LOW: usize = 500;
+/// Records buffered before the member pauses its partitions: as many as
+/// librdkafka itself prefetches by default (`queued.min.messages`).
+const BUFFER_HIGH: usize = 100_000;
+/// Bytes buffered before the member pauses its partitions: librdkafka's
+/// default prefetch bound (`queued.max.messages.kbytes`, 64 MiB).
+const BUFFER_HIGH_BYTES: usize = 64 << 20;
+/// Bytes counted for a buffered record besides its payload.
+const RECORD_OVERHEAD: usize = 256;
 /// How often librdkafka reports its connections' statistics.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// The shortest silence limit: a member with nothing to fetch hears from
@@ -71,10 +75,56 @@ struct Assigned {
     track: Track,
 }
 
+/// Fetched records not handed out yet, with their size in bytes.
+#[derive(Default)]
+struct Buffer {
+    records: VecDeque<Pending>,
+    bytes: usize,
+}
+
+impl Buffer {
+    fn size(pending: &Pending) -> usize {
+        pending.message.payload.len() + RECORD_OVERHEAD
+    }
+
+    fn push_back(&mut self, pending: Pending) {
+        self.bytes += Buffer::size(&pending);
+        self.records.push_back(pending);
+    }
+
+    fn push_front(&mut self, pending: Pending) {
+        self.bytes += Buffer::size(&pending);
+        self.records.push_front(pending);
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let pending = self.records.pop_front()?;
+        self.bytes -= Buffer::size(&pending);
+        Some(pending)
+    }
+
+    /// Drop the records of `part`.
+    fn drop_part(&mut self, part: Part) {
+        self.records.retain(|p| p.part != part);
+        self.bytes = self.records.iter().map(Buffer::size).sum();
+    }
+
+    /// Past the high-water mark: pause fetching.
+    fn full(&self) -> bool {
+        self.records.len() >= BUFFER_HIGH || self.bytes >= BUFFER_HIGH_BYTES
+    }
+
+    /// Below half the high-water mark: fetch again. Resuming with half a
+    /// buffer left gives the fetch time to land before consumers run dry.
+    fn low(&self) -> bool {
+        self.records.len() <= BUFFER_HIGH / 2 && self.bytes <= BUFFER_HIGH_BYTES / 2
+    }
+}
+
 #[derive(Default)]
 struct State {
     assigned: HashMap<Part, Assigned>,
-    buffer: VecDeque<Pending>,
+    buffer: Buffer,
     /// Messages handed out, by (part, offset): buffered again with
     /// `attempt + 1` when their lease runs out.
     held: HashMap<(Part, i64), Message>,
@@ -83,6 +133,20 @@ struct State {
     paused: bool,
     /// Whether the member got its first assignment (maybe empty).
     joined: bool,
+    /// When the poller looks for expired leases next (`None`: at once).
+    check_at: Option<SystemTime>,
+}
+
+impl State {
+    /// Make sure the poller looks for expired leases by `deadline`;
+    /// whether it must be woken to learn of the earlier time.
+    fn check_by(&mut self, deadline: SystemTime) -> bool {
+        let earlier = self.check_at.is_some_and(|at| deadline < at);
+        if earlier {
+            self.check_at = Some(deadline);
+        }
+        earlier
+    }
 }
 
 /// The member's context: keeps the tracks in step with the assignment.
@@ -128,7 +192,7 @@ impl ConsumerContext for Context {
                     continue;
                 };
                 state.assigned.remove(&part);
-                state.buffer.retain(|p| p.part != part);
+                state.buffer.drop_part(part);
                 state.held.retain(|(p, _), _| *p != part);
             }
         }
@@ -211,6 +275,8 @@ pub(crate) struct Member {
     ready: Notify,
     /// Woken when consumers took records out of a full buffer.
     room: Notify,
+    /// Woken when a lease ends before the poller's next expiry check.
+    rearm: Notify,
     rebalanced: Arc<Notify>,
     heard: Arc<Mutex<Instant>>,
     silence: Duration,
@@ -271,6 +337,7 @@ impl Member {
             state,
             ready: Notify::new(),
             room: Notify::new(),
+            rearm: Notify::new(),
             rebalanced,
             heard,
             silence,
@@ -370,6 +437,10 @@ impl Member {
                 pending,
             ));
         }
+        if !taken.is_empty() && state.check_by(deadline) {
+            drop(state);
+            self.rearm.notify_one();
+        }
         taken
     }
 
@@ -438,6 +509,10 @@ impl Member {
             .filter(|a| a.epoch == lease.epoch)
             .and_then(|a| a.track.extend(lease.offset, lease.token, deadline).ok())
             .ok_or_else(|| self.lost(lease))?;
+        if state.check_by(deadline) {
+            drop(state);
+            self.rearm.notify_one();
+        }
         Ok(deadline)
     }
 
@@ -520,7 +595,7 @@ impl Member {
             message,
             undecodable,
         });
-        if state.buffer.len() >= BUFFER_HIGH && !state.paused {
+        if state.buffer.full() && !state.paused {
             if let Ok(assignment) = self.consumer.assignment() {
                 if self.consumer.pause(&assignment).is_ok() {
                     state.paused = true;
@@ -535,7 +610,7 @@ impl Member {
     /// partition fetches on from where it stopped.
     fn maybe_resume(&self) {
         let mut state = lock(&self.state);
-        if state.paused && state.buffer.len() <= BUFFER_LOW {
+        if state.paused && state.buffer.low() {
             if let Ok(assignment) = self.consumer.assignment() {
                 if self.consumer.resume(&assignment).is_ok() {
                     state.paused = false;
@@ -545,8 +620,10 @@ impl Member {
     }
 
     /// Buffer again, with `attempt + 1`, every record whose lease ran out;
-    /// the next deadline to wake for.
-    fn expire(&self) -> Option<SystemTime> {
+    /// schedules and returns the next check: the earliest lease deadline,
+    /// or `backstop` from now if that is sooner. Scans every unsettled
+    /// record, so the poller runs it only when a check is due.
+    fn expire(&self, backstop: Duration) -> SystemTime {
         let now = SystemTime::now();
         let mut requeued = false;
         let mut state = lock(&self.state);
@@ -583,12 +660,19 @@ impl Member {
             .assigned
             .values()
             .filter_map(|a| a.track.next_deadline())
-            .min();
+            .min()
+            .map_or(now + backstop, |at| at.min(now + backstop));
+        state.check_at = Some(next);
         drop(state);
         if requeued {
             self.ready.notify_one();
         }
         next
+    }
+
+    /// When the poller's next expiry check is due (`None`: now).
+    fn check_at(&self) -> Option<SystemTime> {
+        lock(&self.state).check_at
     }
 }
 
@@ -596,14 +680,20 @@ impl Member {
 /// and drop): records into the buffer, leases checked at their
 /// deadlines, paused partitions resumed when there is room.
 async fn poll(m: Arc<Member>) {
-    // A lease check at least this often, in case a deadline moved earlier
-    // (an extend shortened it) after the timer was set.
+    // A lease check at least this often. Leases handed out or extended to
+    // end before the scheduled check move it earlier and wake the poller
+    // (`State::check_by`); the scan itself runs only when a check is due,
+    // not per record.
     const LEASE_CHECK: Duration = Duration::from_secs(1);
     loop {
-        let next = m.expire();
+        let now = SystemTime::now();
+        let next = match m.check_at() {
+            Some(at) if at > now => at,
+            _ => m.expire(LEASE_CHECK),
+        };
         let wake = next
-            .and_then(|at| at.duration_since(SystemTime::now()).ok())
-            .unwrap_or(LEASE_CHECK)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
             .min(LEASE_CHECK);
         tokio::select! {
             record = m.consumer.recv() => match record {
@@ -620,6 +710,7 @@ async fn poll(m: Arc<Member>) {
                 }
             },
             () = m.room.notified() => m.maybe_resume(),
+            () = m.rearm.notified() => {}
             () = tokio::time::sleep(wake) => {}
         }
     }
