@@ -137,7 +137,7 @@ async fn raw_baseline(servers: &str, jobs: u64) -> (f64, f64) {
             .expect("record");
         drop(record);
         done += 1;
-        if done % 1000 == 0 {
+        if done.is_multiple_of(1000) {
             consumer
                 .commit_consumer_state(CommitMode::Async)
                 .expect("commit");

@@ -1,11 +1,12 @@
 //! A worker process for the crash-recovery test (`tests/crash_recovery.rs`).
 //!
-//! `crash-worker <url> <queue>`: connects the backend the URL names (any
+//! `crash-worker <url> <queue> [work-ms]`: connects the backend the URL names (any
 //! backend this build has), runs a worker on `<queue>` whose handler prints
 //! `done <n>` on stdout for job number `n`, one line per job, so the test
 //! follows progress and collects what ran without any broker-specific
 //! store. It runs until killed, or until stdin closes, when it shuts down
-//! gracefully and prints `stopped`.
+//! gracefully and prints `stopped`. Each job takes `work-ms`
+//! milliseconds (default 5), so a kill or a rebalance lands mid-batch.
 
 #![forbid(unsafe_code)]
 
@@ -18,8 +19,10 @@ use tokio::io::AsyncReadExt;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, queue] = &args[..] else {
-        return Err("usage: crash-worker <url> <queue>".into());
+    let (url, queue, work) = match &args[..] {
+        [url, queue] => (url, queue, 5),
+        [url, queue, work] => (url, queue, work.parse::<u64>()?),
+        _ => return Err("usage: crash-worker <url> <queue> [work-ms]".into()),
     };
     let backend = queue::connect(url).await?;
     let queue = QueueName::new(queue)?;
@@ -27,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .concurrency(32)
         .handler(move |job: Job<u32>| async move {
             // Some work, so the kill lands in the middle of the batch.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(work)).await;
             let mut out = std::io::stdout().lock();
             writeln!(out, "done {}", job.payload)?;
             out.flush()?;
