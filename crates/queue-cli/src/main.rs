@@ -1,8 +1,9 @@
 //! The `queue` command line tool.
 //!
-//! `queue demo` submits many typed jobs, runs them with a worker pool on any
-//! backend compiled in, and prints throughput, latency, retries and dead
-//! letters.
+//! Operations on any backend compiled in (`stats`, `send`, `dead-letters`,
+//! `purge`, `delete`), and `queue demo`, which submits many typed jobs,
+//! runs them with a worker pool and prints throughput, latency, retries
+//! and dead letters.
 
 #![forbid(unsafe_code)]
 
@@ -11,11 +12,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod ops;
 
 /// Background jobs over Redis, RabbitMQ, Kafka, SQS or an embedded memory
 /// backend, from the command line.
 #[derive(Debug, Parser)]
-#[command(name = "queue", version, propagate_version = true)]
+#[command(
+    name = "queue",
+    version,
+    propagate_version = true,
+    after_help = "Every command takes --url (else QUEUE_URL, else memory://).\n\nExit codes: 0 done; 1 the backend failed (unreachable, refused, timed out); 2 bad input (usage, queue name, URL, payload); 3 the backend does not support the operation; 4 a destructive command was not confirmed; 5 not found."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +43,21 @@ enum Command {
     /// letters and the queue's final counts. Exits non-zero on timeout,
     /// Ctrl-C, a backend error or counts that disagree.
     Demo(demo::DemoArgs),
+    /// Counts per queue: ready, delayed, in flight, dead, and with --watch
+    /// acks and dead letters per second since the last sample.
+    Stats(ops::StatsArgs),
+    /// Send jobs: one with --json VALUE, or JSON lines (one payload each)
+    /// from --file or standard input, in batches, with a progress bar on a
+    /// terminal. Prints the ids.
+    Send(ops::SendArgs),
+    /// List or redrive a queue's dead letters.
+    DeadLetters(ops::DeadLettersArgs),
+    /// Delete every ready and delayed job of a queue (asks first; --yes
+    /// when not on a terminal).
+    Purge(ops::DestroyArgs),
+    /// Delete a queue with its jobs and dead letters (asks first; --yes
+    /// when not on a terminal).
+    Delete(ops::DestroyArgs),
 }
 
 #[tokio::main]
@@ -43,12 +65,17 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Stats(args) => ops::stats(args).await,
+        Command::Send(args) => ops::send(args).await,
+        Command::DeadLetters(args) => ops::dead_letters(args).await,
+        Command::Purge(args) => ops::purge(args).await,
+        Command::Delete(args) => ops::delete(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(ops::exit_code(&error))
         }
     }
 }

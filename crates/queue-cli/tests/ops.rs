@@ -1,0 +1,180 @@
+//! The `queue` binary's operations against a real Redis
+//! (`QUEUE_TEST_REDIS_URL`): send, stats, dead letters, redrive, purge and
+//! delete, their JSON output and exit codes; and the exit code of an
+//! operation a backend does not support (Kafka's purge, when
+//! `QUEUE_TEST_KAFKA_URL` is set).
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use queue::{DeadLetterReason, QueueName};
+use queue_testkit::broker_url;
+
+/// Run `queue` with `args` and `stdin`, `QUEUE_URL` set to `url`.
+fn queue_cli(url: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_queue"))
+        .args(args)
+        .env("QUEUE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run queue");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("queue's output")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn stats_json(url: &str, queue: &str) -> serde_json::Value {
+    let out = queue_cli(url, &["stats", queue, "--json"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    rows[0].clone()
+}
+
+fn unique(prefix: &str) -> String {
+    let id = queue::MessageId::new().as_uuid().simple().to_string();
+    format!("{prefix}-{}", &id[20..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_redis() {
+    let Some(url) = broker_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    let name = unique("cli");
+
+    // Three jobs from JSON lines on stdin, one with --json.
+    let out = queue_cli(
+        &url,
+        &["send", &name],
+        "{\"n\":1}\n\n{\"n\":2}\n\"three\"\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 3, "one id per job");
+    let out = queue_cli(
+        &url,
+        &["send", &name, "--json", "{\"n\":4}", "--delay", "1h"],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stats = stats_json(&url, &name);
+    assert_eq!(
+        (stats["ready"].as_u64(), stats["delayed"].as_u64()),
+        (Some(3), Some(1))
+    );
+
+    // Bad input sends nothing and exits 2.
+    let out = queue_cli(&url, &["send", &name], "{\"n\":5}\nnot json\n");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 2 is not JSON"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(stats_json(&url, &name)["ready"].as_u64(), Some(3));
+
+    // A dead letter with an error holding terminal escapes.
+    let backend = queue::connect(&url).await.expect("connect");
+    let queue = QueueName::new(&name).unwrap();
+    let consumer = backend
+        .consumer(&queue, Default::default())
+        .await
+        .expect("consumer");
+    let delivery = consumer
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("a job");
+    let dead_id = delivery.message().id;
+    delivery
+        .dead_letter(DeadLetterReason::Rejected("bad\x1b[2J input".into()))
+        .await
+        .expect("dead letter");
+    let out = queue_cli(&url, &["dead-letters", "list", &name], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains(&dead_id.to_string()), "{table}");
+    assert!(
+        !table.contains('\x1b'),
+        "control characters are escaped: {table:?}"
+    );
+    let out = queue_cli(&url, &["dead-letters", "list", &name, "--json"], "");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dead letters JSON");
+    assert_eq!(rows[0]["id"], dead_id.to_string());
+
+    // Redrive by id puts it back.
+    let out = queue_cli(
+        &url,
+        &[
+            "dead-letters",
+            "redrive",
+            &name,
+            "--id",
+            &dead_id.to_string(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "1");
+    let stats = stats_json(&url, &name);
+    assert_eq!(
+        (stats["ready"].as_u64(), stats["dead"].as_u64()),
+        (Some(3), Some(0))
+    );
+
+    // Purge asks first: without a terminal and --yes it refuses (4).
+    let out = queue_cli(&url, &["purge", &name], "y\n");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(stats_json(&url, &name)["ready"].as_u64(), Some(3));
+    let out = queue_cli(&url, &["purge", &name, "--yes"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "4", "three ready and one delayed");
+    let out = queue_cli(&url, &["delete", &name, "--yes"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bad_input_and_unreachable_brokers() {
+    let out = queue_cli("memory://", &["stats", "no spaces allowed"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = queue_cli("memory://", &["send", "q", "--priority", "huge"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = queue_cli("nope://x", &["stats", "q"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // A closed port: exit 1, and the password never shows.
+    let out = queue_cli(
+        "redis://user:hunter2secret@127.0.0.1:1",
+        &["stats", "q"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("hunter2secret"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "full"),
+    ignore = "Kafka is compiled into the binary with --features full"
+)]
+fn unsupported_operations_exit_3() {
+    let Some(url) = broker_url("QUEUE_TEST_KAFKA_URL") else {
+        return;
+    };
+    let out = queue_cli(&url, &["purge", &unique("cli"), "--yes"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+}
