@@ -114,8 +114,9 @@ fn queue_name(name: &str) -> anyhow::Result<QueueName> {
 pub(crate) struct StatsArgs {
     #[command(flatten)]
     target: Target,
-    /// Queues to show (one or more).
-    #[arg(value_name = "QUEUE", required = true)]
+    /// Queues to show (every queue of the backend when none is named;
+    /// backends that cannot list their queues need names).
+    #[arg(value_name = "QUEUE")]
     queues: Vec<String>,
     /// Redraw every SECS seconds until interrupted, with rates since the
     /// last sample.
@@ -141,12 +142,21 @@ struct StatsRow {
 }
 
 pub(crate) async fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    let backend = args.target.connect().await?;
-    let queues = args
+    let named = args
         .queues
         .iter()
         .map(|q| queue_name(q))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let backend = args.target.connect().await?;
+    let queues = if named.is_empty() {
+        backend
+            .admin()
+            .queues()
+            .await
+            .context("could not list the queues (name them: queue stats QUEUE...)")?
+    } else {
+        named
+    };
     let approximate = !backend.capabilities().exact_stats();
     let mut previous: Option<(Instant, Vec<QueueStats>)> = None;
     let mut out = std::io::stdout().lock();

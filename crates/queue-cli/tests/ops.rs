@@ -72,6 +72,17 @@ async fn operations_on_redis() {
         (stats["ready"].as_u64(), stats["delayed"].as_u64()),
         (Some(3), Some(1))
     );
+    // Without names, every queue of the backend (from its registry).
+    let out = queue_cli(&url, &["stats", "--json"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+    assert!(
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .any(|r| r["queue"] == name.as_str()),
+        "{rows}"
+    );
 
     // Bad input sends nothing and exits 2.
     let out = queue_cli(&url, &["send", &name], "{\"n\":5}\nnot json\n");
@@ -177,4 +188,12 @@ fn unsupported_operations_exit_3() {
     };
     let out = queue_cli(&url, &["purge", &unique("cli"), "--yes"], "");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // Kafka cannot list its queues (yet): stats needs names.
+    let out = queue_cli(&url, &["stats"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("name them"),
+        "{}",
+        text(&out.stderr)
+    );
 }

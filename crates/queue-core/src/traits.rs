@@ -264,6 +264,21 @@ pub trait Admin: Send + Sync + fmt::Debug {
 
     /// Check the broker answers; bounded in time, never an error.
     async fn health(&self) -> HealthStatus;
+
+    /// The queues this backend holds, sorted by name: every queue a
+    /// producer, consumer or `ensure_queue` made and `delete_queue` did
+    /// not remove (companion queues, such as dead letters, are not
+    /// listed). Tools discover queues with it.
+    ///
+    /// The default refuses with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), for a
+    /// backend that cannot list.
+    async fn queues(&self) -> Result<Vec<QueueName>> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            "this backend cannot list its queues",
+        ))
+    }
 }
 
 /// A received message with its lease.

@@ -13,7 +13,7 @@ use redis::Value;
 
 use crate::ctx::QueueCtx;
 use crate::error::unexpected;
-use crate::scripts::{bytes_of, int_of, invocation, META, SCRIPTS, SCRIPT_BATCH};
+use crate::scripts::{bytes_of, int_of, invocation, registry_key, META, SCRIPTS, SCRIPT_BATCH};
 use crate::RedisBackend;
 
 /// A dead letter from its stored envelope and the JSON the scripts write.
@@ -74,11 +74,35 @@ impl Admin for RedisBackend {
         self.shared.check_open()?;
         let ctx = self.ctx(queue);
         let mut conn = self.shared.conn.clone();
-        redis::cmd("UNLINK")
+        redis::pipe()
+            .cmd("UNLINK")
             .arg(&ctx.keys)
+            .ignore()
+            .cmd("SREM")
+            .arg(registry_key(&self.shared.prefix))
+            .arg(queue.as_str())
+            .ignore()
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| self.shared.error(e, "deleting the queue"))
+    }
+
+    /// From the registry set every producer, consumer and `ensure_queue`
+    /// adds to (one `SMEMBERS`; no key scan).
+    async fn queues(&self) -> Result<Vec<QueueName>> {
+        self.shared.check_open()?;
+        let mut conn = self.shared.conn.clone();
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(registry_key(&self.shared.prefix))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "listing queues"))?;
+        let mut queues: Vec<QueueName> = names
+            .iter()
+            .filter_map(|n| QueueName::new(n).ok())
+            .collect();
+        queues.sort();
+        Ok(queues)
     }
 
     async fn purge(&self, queue: &QueueName) -> Result<u64> {

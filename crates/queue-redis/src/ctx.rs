@@ -39,10 +39,16 @@ impl QueueCtx {
     pub(crate) async fn touch(&self) -> Result<()> {
         self.shared.check_open()?;
         let mut conn = self.shared.conn.clone();
-        redis::cmd("HSETNX")
+        redis::pipe()
+            .cmd("HSETNX")
             .arg(&self.keys[META])
             .arg("created")
             .arg(now_ms())
+            .ignore()
+            .cmd("SADD")
+            .arg(crate::scripts::registry_key(&self.shared.prefix))
+            .arg(self.name.as_str())
+            .ignore()
             .query_async::<()>(&mut conn)
             .await
             .map_err(|e| self.shared.error(e, "creating the queue"))

@@ -70,6 +70,12 @@ pub(crate) fn queue_keys(prefix: &str, queue: &QueueName) -> Vec<String> {
         .collect()
 }
 
+/// The set of queue names under `prefix` (`<prefix>:{queues}`), so
+/// listing queues never scans the key space.
+pub(crate) fn registry_key(prefix: &str) -> String {
+    format!("{prefix}:{{queues}}")
+}
+
 /// An invocation of `script` with all of `keys`.
 pub(crate) fn invocation<'a>(script: &'a Script, keys: &[String]) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();

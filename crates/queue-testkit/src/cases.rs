@@ -2494,3 +2494,29 @@ pub async fn ack_and_receive(ctx: &Ctx) {
         assert_eq!((stats.acked_total, stats.depth()), (3, 0), "{stats:?}");
     }
 }
+
+/// Case 49: `Admin::queues` lists a queue once a producer opened it,
+/// sorted and without duplicates, and no longer once it is deleted; a
+/// backend that cannot list refuses with `Unsupported`.
+pub async fn list_queues(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let admin = ctx.backend().admin();
+    let listed = match admin.queues().await {
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            eprintln!("{}: cannot list queues ({e})", ctx.harness().name());
+            return;
+        }
+        Err(e) => panic!("queues: {e}"),
+        Ok(listed) => listed,
+    };
+    assert!(listed.contains(&queue), "{queue} is listed: {listed:?}");
+    assert!(
+        listed.windows(2).all(|w| w[0] < w[1]),
+        "sorted, each once: {listed:?}"
+    );
+    drop(producer);
+    admin.delete_queue(&queue).await.expect("delete");
+    let listed = admin.queues().await.expect("queues");
+    assert!(!listed.contains(&queue), "{queue} is gone: {listed:?}");
+}

@@ -136,7 +136,8 @@ macro_rules! conformance_suite {
             blackholed_broker,
             repeated_cuts,
             broker_restart,
-            ack_and_receive
+            ack_and_receive,
+            list_queues
         );
     };
 }

@@ -30,6 +30,13 @@ impl Admin for MemoryBackend {
         Ok(())
     }
 
+    async fn queues(&self) -> Result<Vec<QueueName>> {
+        self.shared.check_open()?;
+        let mut names: Vec<QueueName> = lock(&self.shared.queues).keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+
     async fn purge(&self, queue: &QueueName) -> Result<u64> {
         let queue = self.shared.existing(queue)?;
         let mut state = queue.state()?;
