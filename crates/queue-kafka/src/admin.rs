@@ -359,6 +359,48 @@ impl Admin for KafkaBackend {
         })
         .await
     }
+
+    /// The broker's topics `<q>` that have the companions the backend
+    /// creates with every queue (`<q>.dlq`, `<q>.delay`): other
+    /// applications' topics are not queues of ours.
+    async fn queues(&self) -> Result<Vec<QueueName>> {
+        self.shared.check_open()?;
+        let shared = self.shared.clone();
+        let timeout = shared.settings.timeouts().1;
+        let names = tokio::task::spawn_blocking(move || {
+            shared
+                .producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .filter(|t| t.error().is_none())
+                        .map(|t| t.name().to_owned())
+                        .collect::<Vec<String>>()
+                })
+                .map_err(|e| {
+                    classify(
+                        e,
+                        &format!("listing topics on {}", shared.settings.address()),
+                    )
+                })
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Other, format!("listing task failed: {e}")))??;
+        let all: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut queues: Vec<QueueName> = names
+            .iter()
+            .filter_map(|name| QueueName::new(name).ok())
+            .filter(|q| {
+                all.contains(wire::dlq(q).as_str()) && all.contains(wire::delay(q).as_str())
+            })
+            .collect();
+        queues.sort();
+        queues.dedup();
+        Ok(queues)
+    }
 }
 
 #[async_trait]

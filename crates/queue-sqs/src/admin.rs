@@ -13,6 +13,7 @@ use queue_core::{
 
 use crate::backend::SqsBackend;
 use crate::batcher::{self, Op};
+use crate::config::QueueType;
 use crate::error::classify;
 use crate::wire::{self, Incoming};
 use crate::SQS_BATCH;
@@ -299,5 +300,40 @@ impl Admin for SqsBackend {
 
     async fn health(&self) -> HealthStatus {
         self.health_check().await
+    }
+
+    /// From `ListQueues`: the queues of this backend's queue type (names
+    /// ending `.fifo` on FIFO, the others on standard), without dead-letter
+    /// queues (`<q>-dlq` of a listed `<q>`) or names that are not queue
+    /// names of ours.
+    async fn queues(&self) -> Result<Vec<QueueName>> {
+        self.shared.check_open()?;
+        let names = self.shared.sqs.list_names().await?;
+        let queue_type = self.shared.sqs.queue_type();
+        let all: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let mut queues = Vec::new();
+        for name in &names {
+            let base = match queue_type {
+                QueueType::Standard if name.ends_with(".fifo") => continue,
+                QueueType::Standard => name.as_str(),
+                QueueType::Fifo => match name.strip_suffix(".fifo") {
+                    Some(base) => base,
+                    None => continue,
+                },
+            };
+            let Ok(queue) = QueueName::new(base) else {
+                continue;
+            };
+            let companion = base
+                .strip_suffix("-dlq")
+                .and_then(|owner| QueueName::new(owner).ok())
+                .is_some_and(|owner| all.contains(wire::queue_name(&owner, queue_type).as_str()));
+            if !companion {
+                queues.push(queue);
+            }
+        }
+        queues.sort();
+        queues.dedup();
+        Ok(queues)
     }
 }

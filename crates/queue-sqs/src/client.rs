@@ -194,6 +194,33 @@ impl Sqs {
         }
     }
 
+    /// The name of every SQS queue the account holds in this region
+    /// (`ListQueues`, a page of 1,000 at a time).
+    pub(crate) async fn list_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_queues()
+                .max_results(1000)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| classify(e, "listing queues", self.address()))?;
+            names.extend(
+                out.queue_urls()
+                    .iter()
+                    .filter_map(|url| url.rsplit('/').next())
+                    .map(str::to_owned),
+            );
+            match out.next_token() {
+                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                _ => return Ok(names),
+            }
+        }
+    }
+
     /// The URLs of `queue` and its dead-letter queue, creating both if
     /// missing.
     pub(crate) async fn urls(&self, queue: &QueueName) -> Result<QueueUrls> {
