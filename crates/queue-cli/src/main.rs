@@ -58,6 +58,11 @@ enum Command {
     /// Delete a queue with its jobs and dead letters (asks first; --yes
     /// when not on a terminal).
     Delete(ops::DestroyArgs),
+    /// Pause a queue: its consumers, in every process, receive nothing
+    /// until it is resumed; sends still succeed.
+    Pause(ops::QueueArgs),
+    /// Resume a paused queue.
+    Resume(ops::QueueArgs),
 }
 
 #[tokio::main]
@@ -70,6 +75,8 @@ async fn main() -> ExitCode {
         Command::DeadLetters(args) => ops::dead_letters(args).await,
         Command::Purge(args) => ops::purge(args).await,
         Command::Delete(args) => ops::delete(args).await,
+        Command::Pause(args) => ops::pause(args).await,
+        Command::Resume(args) => ops::resume(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -229,6 +229,7 @@ fn stats_table(rows: &[StatsRow]) -> String {
         "DEAD",
         "ACKED/S",
         "DEAD/S",
+        "STATE",
     ]);
     let rate = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
     for row in rows {
@@ -240,6 +241,12 @@ fn stats_table(rows: &[StatsRow]) -> String {
             row.stats.dead.to_string(),
             rate(row.acked_per_second),
             rate(row.dead_lettered_per_second),
+            if row.stats.paused {
+                "paused"
+            } else {
+                "running"
+            }
+            .to_owned(),
         ]);
     }
     table.render()
@@ -588,6 +595,42 @@ fn dead_letter_table(dead: &[DeadLetter]) -> String {
         ]);
     }
     table.render()
+}
+
+// -------------------------------------------------------- pause, resume
+
+/// Options of `queue pause` and `queue resume`.
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The queue.
+    #[arg(value_name = "QUEUE")]
+    queue: String,
+}
+
+pub(crate) async fn pause(args: QueueArgs) -> anyhow::Result<()> {
+    let queue = queue_name(&args.queue)?;
+    let backend = args.target.connect().await?;
+    backend
+        .admin()
+        .pause(&queue)
+        .await
+        .with_context(|| format!("could not pause {queue}"))?;
+    eprintln!("paused {queue}: its consumers receive nothing until `queue resume {queue}`");
+    Ok(())
+}
+
+pub(crate) async fn resume(args: QueueArgs) -> anyhow::Result<()> {
+    let queue = queue_name(&args.queue)?;
+    let backend = args.target.connect().await?;
+    backend
+        .admin()
+        .resume(&queue)
+        .await
+        .with_context(|| format!("could not resume {queue}"))?;
+    eprintln!("resumed {queue}");
+    Ok(())
 }
 
 // ------------------------------------------------------ purge and delete

@@ -144,6 +144,20 @@ async fn operations_on_redis() {
         (Some(3), Some(0))
     );
 
+    // Pause and resume: stats say so.
+    let out = queue_cli(&url, &["pause", &name], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stats_json(&url, &name)["paused"].as_bool(), Some(true));
+    let out = queue_cli(&url, &["stats", &name], "");
+    assert!(
+        text(&out.stdout).contains("paused"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = queue_cli(&url, &["resume", &name], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stats_json(&url, &name)["paused"].as_bool(), Some(false));
+
     // Purge asks first: without a terminal and --yes it refuses (4).
     let out = queue_cli(&url, &["purge", &name], "y\n");
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
@@ -187,6 +201,8 @@ fn unsupported_operations_exit_3() {
         return;
     };
     let out = queue_cli(&url, &["purge", &unique("cli"), "--yes"], "");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let out = queue_cli(&url, &["pause", &unique("cli")], "");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
 

@@ -143,6 +143,9 @@ pub struct Capabilities {
     /// Whether a purge also removes delivered, unsettled messages (else
     /// they stay until settled).
     pub purge_in_flight: bool,
+    /// Pausing and resuming a queue for every consumer in every process
+    /// (`Admin::pause`, `Admin::resume`).
+    pub pause: Support,
     /// How exact `stats` counts are.
     pub stats: StatsAccuracy,
     /// Where `stats` totals are kept.
@@ -205,6 +208,7 @@ impl Capabilities {
             max_length: Support::Unsupported,
             purge: Support::Unsupported,
             purge_in_flight: false,
+            pause: Support::Unsupported,
             stats: StatsAccuracy::Approximate,
             totals: Totals::Process,
             redeliveries: RedeliveryCount::None,
@@ -243,6 +247,7 @@ impl Capabilities {
         caps.max_length = Support::Native;
         caps.purge = Support::Native;
         caps.purge_in_flight = true;
+        caps.pause = Support::Native;
         caps.stats = StatsAccuracy::Exact;
         caps.totals = Totals::Queue;
         caps.redeliveries = RedeliveryCount::Exact;
@@ -486,6 +491,7 @@ impl Capabilities {
                 "purge removes in-flight".into(),
                 self.purge_in_flight.to_string(),
             ),
+            ("pause".into(), self.pause.to_string()),
             ("stats".into(), snake(&self.stats)),
             ("totals".into(), snake(&self.totals)),
             ("redeliveries counted".into(), snake(&self.redeliveries)),

@@ -37,6 +37,9 @@ pub struct QueueStats {
     pub expired_total: u64,
     /// Sends dropped as duplicates of an idempotency key.
     pub deduplicated_total: u64,
+    /// Whether the queue is paused (`Admin::pause`): its consumers receive
+    /// nothing until it is resumed.
+    pub paused: bool,
 }
 
 impl QueueStats {

@@ -279,6 +279,29 @@ pub trait Admin: Send + Sync + fmt::Debug {
             "this backend cannot list its queues",
         ))
     }
+
+    /// Pause `queue`: its consumers, in every process, receive nothing
+    /// until [`resume`](Admin::resume); sends still succeed and deliveries
+    /// already out settle as usual. Pausing a paused queue does nothing.
+    ///
+    /// The default refuses with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), as a
+    /// backend whose capability table says `pause: unsupported` does.
+    async fn pause(&self, queue: &QueueName) -> Result<()> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("this backend cannot pause queues ({queue})"),
+        ))
+    }
+
+    /// Resume a paused `queue`: waiting consumers get its messages at once.
+    /// Resuming a queue that is not paused does nothing.
+    async fn resume(&self, queue: &QueueName) -> Result<()> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("this backend cannot pause queues ({queue})"),
+        ))
+    }
 }
 
 /// A received message with its lease.

@@ -13,7 +13,9 @@ use redis::Value;
 
 use crate::ctx::QueueCtx;
 use crate::error::unexpected;
-use crate::scripts::{bytes_of, int_of, invocation, registry_key, META, SCRIPTS, SCRIPT_BATCH};
+use crate::scripts::{
+    bytes_of, int_of, invocation, registry_key, META, NOTIFY, SCRIPTS, SCRIPT_BATCH,
+};
 use crate::RedisBackend;
 
 /// A dead letter from its stored envelope and the JSON the scripts write.
@@ -39,6 +41,16 @@ fn dead_letter_of(id: &[u8], env: Vec<u8>, info: &[u8]) -> DeadLetter {
     }
     dead
 }
+
+/// Resume: clear the flag, and leave one wake-up token (as the scripts'
+/// `notify` does) for the consumers blocked on the queue.
+static RESUME: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "redis.call('HDEL', KEYS[1], 'paused') \
+         if redis.call('LLEN', KEYS[2]) == 0 then redis.call('RPUSH', KEYS[2], '1') end \
+         return 1",
+    )
+});
 
 impl RedisBackend {
     fn ctx(&self, queue: &QueueName) -> QueueCtx {
@@ -105,6 +117,34 @@ impl Admin for RedisBackend {
         Ok(queues)
     }
 
+    /// `paused` in the queue's `meta` hash, which the claim script reads.
+    async fn pause(&self, queue: &QueueName) -> Result<()> {
+        let ctx = self.ctx(queue);
+        ctx.touch().await?;
+        let mut conn = self.shared.conn.clone();
+        redis::cmd("HSET")
+            .arg(&ctx.keys[META])
+            .arg("paused")
+            .arg(1)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "pausing the queue"))
+    }
+
+    /// Clears `paused` and leaves a wake-up token, so blocked consumers
+    /// claim at once.
+    async fn resume(&self, queue: &QueueName) -> Result<()> {
+        let ctx = self.ctx(queue);
+        ctx.touch().await?;
+        let mut conn = self.shared.conn.clone();
+        RESUME
+            .key(&ctx.keys[META])
+            .key(&ctx.keys[NOTIFY])
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "resuming the queue"))
+    }
+
     async fn purge(&self, queue: &QueueName) -> Result<u64> {
         let ctx = self.ctx(queue);
         let items = ctx.ok_reply(
@@ -128,8 +168,8 @@ impl Admin for RedisBackend {
             .iter()
             .map(|v| int_of(v).map(|n| n.max(0) as u64))
             .collect::<Option<_>>()
-            .filter(|n: &Vec<u64>| n.len() == 10)
-            .ok_or_else(|| unexpected("ten counts"))?;
+            .filter(|n: &Vec<u64>| n.len() == 11)
+            .ok_or_else(|| unexpected("ten counts and the paused flag"))?;
         let mut stats = QueueStats::default();
         stats.ready = n[0];
         stats.delayed = n[1];
@@ -141,6 +181,7 @@ impl Admin for RedisBackend {
         stats.dead_lettered_total = n[7];
         stats.expired_total = n[8];
         stats.deduplicated_total = n[9];
+        stats.paused = n[10] == 1;
         Ok(stats)
     }
 

@@ -2520,3 +2520,69 @@ pub async fn list_queues(ctx: &Ctx) {
     let listed = admin.queues().await.expect("queues");
     assert!(!listed.contains(&queue), "{queue} is gone: {listed:?}");
 }
+
+/// Case 50: `Admin::pause` stops deliveries to every consumer (one of a
+/// second connection too) while sends still succeed and stats say
+/// `paused`; after `resume` a consumer that was waiting gets every
+/// message. A backend without `pause` refuses both with `Unsupported`.
+pub async fn pause_resume(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let admin = ctx.backend().admin();
+    if !ctx.caps().pause.is_available() {
+        assert_kind(admin.pause(&queue).await, ErrorKind::Unsupported, "pause");
+        assert_kind(admin.resume(&queue).await, ErrorKind::Unsupported, "resume");
+        return;
+    }
+    let before = producer.send(Message::new("before")).await.expect("send");
+    admin.pause(&queue).await.expect("pause");
+    admin.pause(&queue).await.expect("pausing a paused queue");
+    let during = producer
+        .send(Message::new("while paused"))
+        .await
+        .expect("a paused queue takes sends");
+    let consumer: Arc<dyn Consumer> = Arc::from(ctx.consumer(&queue, None).await);
+    let none = consumer.receive(10, QUIET).await.expect("receive");
+    assert!(
+        none.is_empty(),
+        "a paused queue hands out nothing: {none:?}"
+    );
+    // A second connection, as another process has, sees the pause too.
+    if ctx.harness().broker_addr().is_some() {
+        let other = ctx
+            .harness()
+            .connect(&ctx.harness().url())
+            .await
+            .expect("connect again");
+        let elsewhere = other
+            .consumer(&queue, queue_core::ConsumerOptions::default())
+            .await
+            .expect("consumer");
+        let none = elsewhere.receive(10, QUIET).await.expect("receive");
+        assert!(none.is_empty(), "paused for every connection: {none:?}");
+    }
+    let stats = admin.stats(&queue).await.expect("stats");
+    assert!(stats.paused, "{stats:?}");
+    let waiting = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move { receive_n(&*consumer, 2, SOON).await })
+    };
+    tokio::task::yield_now().await;
+    admin.resume(&queue).await.expect("resume");
+    admin
+        .resume(&queue)
+        .await
+        .expect("resuming a running queue");
+    let got = waiting.await.expect("receive task");
+    let ids: HashSet<MessageId> = got.iter().map(|d| d.message().id).collect();
+    assert_eq!(
+        ids,
+        HashSet::from([before, during]),
+        "every message after resume"
+    );
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    let stats = admin.stats(&queue).await.expect("stats");
+    assert!(!stats.paused, "{stats:?}");
+}

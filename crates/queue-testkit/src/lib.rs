@@ -137,7 +137,8 @@ macro_rules! conformance_suite {
             repeated_cuts,
             broker_restart,
             ack_and_receive,
-            list_queues
+            list_queues,
+            pause_resume
         );
     };
 }

@@ -37,6 +37,22 @@ impl Admin for MemoryBackend {
         Ok(names)
     }
 
+    async fn pause(&self, queue: &QueueName) -> Result<()> {
+        let queue = self.shared.existing(queue)?;
+        queue.state()?.paused = true;
+        Ok(())
+    }
+
+    async fn resume(&self, queue: &QueueName) -> Result<()> {
+        let queue = self.shared.existing(queue)?;
+        let mut state = queue.state()?;
+        state.paused = false;
+        drop(state);
+        // Consumers waiting on a paused queue look again.
+        queue.wake_all();
+        Ok(())
+    }
+
     async fn purge(&self, queue: &QueueName) -> Result<u64> {
         let queue = self.shared.existing(queue)?;
         let mut state = queue.state()?;
@@ -59,6 +75,7 @@ impl Admin for MemoryBackend {
         stats.delayed = state.delayed.len() as u64;
         stats.in_flight = state.in_flight.len() as u64;
         stats.dead = state.dead.len() as u64;
+        stats.paused = state.paused;
         // Maintenance may have made messages ready.
         queue.unlock(state);
         Ok(stats)

@@ -43,6 +43,9 @@ impl MemoryConsumer {
         sys_now: SystemTime,
         now: Instant,
     ) -> Vec<Delivery> {
+        if state.paused {
+            return Vec::new();
+        }
         let ready: usize = state.ready.iter().map(VecDeque::len).sum();
         let mut out = Vec::with_capacity(max.min(ready));
         let deadline = now + self.lease;

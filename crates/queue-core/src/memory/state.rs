@@ -42,6 +42,8 @@ pub(super) struct State {
     pub(super) next_seq: u64,
     pub(super) any_ttl: bool,
     pub(super) deleted: bool,
+    /// Paused by `Admin::pause`: nothing is taken until resumed.
+    pub(super) paused: bool,
     pub(super) stats: QueueStats,
     /// When each waiting consumer's timer fires (a multiset), so a new
     /// event earlier than all of them wakes one consumer to re-arm.

@@ -15,7 +15,12 @@ if missing() then redis.call('HSETNX', K_META, 'created', now) end
 maintain(now, 1000)
 local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = { 'ok', -1, 0, lost }
-local ids = redis.call('ZRANGE', K_READY, 0, max - 1)
+-- A paused queue hands out nothing (acks above still settle); resume
+-- wakes the waiting consumers.
+local ids = {}
+if not redis.call('HGET', K_META, 'paused') then
+  ids = redis.call('ZRANGE', K_READY, 0, max - 1)
+end
 if #ids > 0 then
   redis.call('ZREMRANGEBYRANK', K_READY, 0, #ids - 1)
   local envs = redis.call('HMGET', K_MSG, unpack(ids))
