@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use queue::{Job, JobOptions, Message, QueueName};
 use queue_testkit::broker_url;
+use queue_tests::{unique_queue, Cleanup};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -41,34 +42,9 @@ fn job_of(line: &str) -> Option<u32> {
     line.strip_prefix("done ")?.parse().ok()
 }
 
-/// Deletes the test's queue however the test ends.
-struct Cleanup {
-    url: String,
-    queue: QueueName,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (url, queue) = (self.url.clone(), self.queue.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok(backend) = queue::connect(&url).await {
-                    let _ = backend.admin().delete_queue(&queue).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 async fn crash_recovery(url: &str) {
     let backend = queue::connect(url).await.expect("connect");
-    let tail = queue::MessageId::new().as_uuid().simple().to_string();
-    let queue = QueueName::new(format!("qt-crash-{}", &tail[16..])).unwrap();
+    let queue = unique_queue("qt-crash");
     let _cleanup = Cleanup {
         url: url.to_owned(),
         queue: queue.clone(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use queue::{Job, JobOptions, Message, QueueName};
 use queue_testkit::broker_url;
+use queue_tests::{unique_queue, Cleanup};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -66,38 +67,13 @@ impl Tally {
     }
 }
 
-/// Deletes the test's queue however the test ends.
-struct Cleanup {
-    url: String,
-    queue: QueueName,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (url, queue) = (self.url.clone(), self.queue.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok(backend) = queue::connect(&url).await {
-                    let _ = backend.admin().delete_queue(&queue).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_worker_joins_and_leaves_under_load() {
     let Some(url) = broker_url("QUEUE_TEST_KAFKA_URL") else {
         return;
     };
     let backend = queue::connect(&url).await.expect("connect");
-    let tail = queue::MessageId::new().as_uuid().simple().to_string();
-    let queue = QueueName::new(format!("qt-rebalance-{}", &tail[16..])).unwrap();
+    let queue = unique_queue("qt-rebalance");
     let _cleanup = Cleanup {
         url: url.clone(),
         queue: queue.clone(),
