@@ -42,11 +42,22 @@ fn dead_letter_of(id: &[u8], env: Vec<u8>, info: &[u8]) -> DeadLetter {
     dead
 }
 
+/// Pause: set the flag on an existing queue (0 when it does not exist).
+static PAUSE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+         redis.call('HSET', KEYS[1], 'paused', 1) \
+         return 1",
+    )
+});
+
 /// Resume: clear the flag, and leave one wake-up token (as the scripts'
-/// `notify` does) for the consumers blocked on the queue.
+/// `notify` does) for the consumers blocked on the queue (0 when the
+/// queue does not exist).
 static RESUME: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
-        "redis.call('HDEL', KEYS[1], 'paused') \
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+         redis.call('HDEL', KEYS[1], 'paused') \
          if redis.call('LLEN', KEYS[2]) == 0 then redis.call('RPUSH', KEYS[2], '1') end \
          return 1",
     )
@@ -118,31 +129,41 @@ impl Admin for RedisBackend {
     }
 
     /// `paused` in the queue's `meta` hash, which the claim script reads.
+    /// A queue that does not exist is `NotFound` (a mistyped name must
+    /// not create a queue).
     async fn pause(&self, queue: &QueueName) -> Result<()> {
+        self.shared.check_open()?;
         let ctx = self.ctx(queue);
-        ctx.touch().await?;
         let mut conn = self.shared.conn.clone();
-        redis::cmd("HSET")
-            .arg(&ctx.keys[META])
-            .arg("paused")
-            .arg(1)
-            .query_async::<()>(&mut conn)
+        let found: i64 = PAUSE
+            .key(&ctx.keys[META])
+            .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.shared.error(e, "pausing the queue"))
+            .map_err(|e| self.shared.error(e, "pausing the queue"))?;
+        if found == 1 {
+            Ok(())
+        } else {
+            Err(ctx.missing())
+        }
     }
 
     /// Clears `paused` and leaves a wake-up token, so blocked consumers
     /// claim at once.
     async fn resume(&self, queue: &QueueName) -> Result<()> {
+        self.shared.check_open()?;
         let ctx = self.ctx(queue);
-        ctx.touch().await?;
         let mut conn = self.shared.conn.clone();
-        RESUME
+        let found: i64 = RESUME
             .key(&ctx.keys[META])
             .key(&ctx.keys[NOTIFY])
-            .invoke_async::<()>(&mut conn)
+            .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.shared.error(e, "resuming the queue"))
+            .map_err(|e| self.shared.error(e, "resuming the queue"))?;
+        if found == 1 {
+            Ok(())
+        } else {
+            Err(ctx.missing())
+        }
     }
 
     async fn purge(&self, queue: &QueueName) -> Result<u64> {

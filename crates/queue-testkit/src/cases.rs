@@ -2524,7 +2524,9 @@ pub async fn list_queues(ctx: &Ctx) {
 /// Case 50: `Admin::pause` stops deliveries to every consumer (one of a
 /// second connection too) while sends still succeed and stats say
 /// `paused`; after `resume` a consumer that was waiting gets every
-/// message. A backend without `pause` refuses both with `Unsupported`.
+/// message; a queue that does not exist is `NotFound` (a mistyped name
+/// creates nothing). A backend without `pause` refuses both with
+/// `Unsupported`.
 pub async fn pause_resume(ctx: &Ctx) {
     let queue = ctx.queue();
     let producer = ctx.producer(&queue).await;
@@ -2534,6 +2536,17 @@ pub async fn pause_resume(ctx: &Ctx) {
         assert_kind(admin.resume(&queue).await, ErrorKind::Unsupported, "resume");
         return;
     }
+    let missing = ctx.queue_name();
+    assert_kind(
+        admin.pause(&missing).await,
+        ErrorKind::NotFound,
+        "pause a missing queue",
+    );
+    assert_kind(
+        admin.resume(&missing).await,
+        ErrorKind::NotFound,
+        "resume a missing queue",
+    );
     let before = producer.send(Message::new("before")).await.expect("send");
     admin.pause(&queue).await.expect("pause");
     admin.pause(&queue).await.expect("pausing a paused queue");
