@@ -227,6 +227,7 @@ fn stats_table(rows: &[StatsRow]) -> String {
         "DELAYED",
         "IN FLIGHT",
         "DEAD",
+        "OLDEST",
         "ACKED/S",
         "DEAD/S",
         "STATE",
@@ -239,6 +240,9 @@ fn stats_table(rows: &[StatsRow]) -> String {
             row.stats.delayed.to_string(),
             row.stats.in_flight.to_string(),
             row.stats.dead.to_string(),
+            row.stats
+                .oldest_ready_age
+                .map_or_else(|| "-".to_owned(), |d| duration(d.as_secs())),
             rate(row.acked_per_second),
             rate(row.dead_lettered_per_second),
             if row.stats.paused {
@@ -560,9 +564,15 @@ fn preview(text: &str, max: usize) -> String {
 }
 
 fn age(since: SystemTime) -> String {
-    let secs = SystemTime::now()
-        .duration_since(since)
-        .map_or(0, |d| d.as_secs());
+    duration(
+        SystemTime::now()
+            .duration_since(since)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// Whole seconds in the largest unit that fits: `42s`, `7m`, `3h`, `2d`.
+fn duration(secs: u64) -> String {
     match secs {
         0..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m", secs / 60),

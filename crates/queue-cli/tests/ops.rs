@@ -147,6 +147,7 @@ async fn operations_on_redis() {
     // Pause and resume: stats say so; a mistyped name is not found (5).
     let out = queue_cli(&url, &["pause", &unique("no-such")], "");
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(stats_json(&url, &name)["oldest_ready_age"].is_u64());
     let out = queue_cli(&url, &["pause", &name], "");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(stats_json(&url, &name)["paused"].as_bool(), Some(true));

@@ -40,6 +40,35 @@ pub struct QueueStats {
     /// Whether the queue is paused (`Admin::pause`): its consumers receive
     /// nothing until it is resumed.
     pub paused: bool,
+    /// How long the oldest ready message has waited since it became
+    /// ready (sent, or due after its delay): the queue's latency. `None`
+    /// when nothing is ready or the backend cannot tell. In JSON, whole
+    /// milliseconds.
+    #[serde(with = "optional_millis")]
+    pub oldest_ready_age: Option<Duration>,
+}
+
+/// `Option<Duration>` as whole milliseconds (or null) in serde formats.
+mod optional_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
 }
 
 impl QueueStats {

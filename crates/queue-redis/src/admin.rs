@@ -185,12 +185,14 @@ impl Admin for RedisBackend {
             ctx.run(invocation(&SCRIPTS.stats, &ctx.keys), "reading stats")
                 .await?,
         )?;
-        let n: Vec<u64> = items[1..]
+        let n: Vec<i64> = items[1..]
             .iter()
-            .map(|v| int_of(v).map(|n| n.max(0) as u64))
+            .map(int_of)
             .collect::<Option<_>>()
-            .filter(|n: &Vec<u64>| n.len() == 11)
-            .ok_or_else(|| unexpected("ten counts and the paused flag"))?;
+            .filter(|n: &Vec<i64>| n.len() == 12)
+            .ok_or_else(|| unexpected("ten counts, the paused flag and the oldest age"))?;
+        let oldest = n[11];
+        let n: Vec<u64> = n.iter().map(|&v| v.max(0) as u64).collect();
         let mut stats = QueueStats::default();
         stats.ready = n[0];
         stats.delayed = n[1];
@@ -203,6 +205,8 @@ impl Admin for RedisBackend {
         stats.expired_total = n[8];
         stats.deduplicated_total = n[9];
         stats.paused = n[10] == 1;
+        stats.oldest_ready_age =
+            (oldest >= 0).then(|| Duration::from_millis(oldest.unsigned_abs()));
         Ok(stats)
     }
 

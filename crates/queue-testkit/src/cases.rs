@@ -2599,3 +2599,33 @@ pub async fn pause_resume(ctx: &Ctx) {
     let stats = admin.stats(&queue).await.expect("stats");
     assert!(!stats.paused, "{stats:?}");
 }
+
+/// Case 51: `QueueStats::oldest_ready_age`, where a backend reports it:
+/// `None` while nothing is ready; the wait of the oldest ready message
+/// (one created 30 s ago, so no clock has to run in the case); `None`
+/// again once it is taken.
+pub async fn oldest_ready_age(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let admin = ctx.backend().admin();
+    let stats = admin.stats(&queue).await.expect("stats");
+    assert_eq!(stats.oldest_ready_age, None, "nothing is ready: {stats:?}");
+    let mut old = Message::new("waiting since 30 s ago");
+    old.created_at = SystemTime::now() - Duration::from_secs(30);
+    producer.send(old).await.expect("send");
+    producer.send(Message::new("new")).await.expect("send");
+    let stats = admin.stats(&queue).await.expect("stats");
+    match stats.oldest_ready_age {
+        None => eprintln!("{}: no oldest ready age", ctx.harness().name()),
+        Some(age) => assert!(
+            (Duration::from_secs(29)..Duration::from_secs(120)).contains(&age),
+            "the oldest waited about 30 s: {stats:?}"
+        ),
+    }
+    let consumer = ctx.consumer(&queue, None).await;
+    for d in receive_n(&*consumer, 2, SOON).await {
+        d.ack().await.expect("ack");
+    }
+    let stats = admin.stats(&queue).await.expect("stats");
+    assert_eq!(stats.oldest_ready_age, None, "nothing is ready: {stats:?}");
+}

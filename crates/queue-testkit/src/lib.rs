@@ -138,7 +138,8 @@ macro_rules! conformance_suite {
             broker_restart,
             ack_and_receive,
             list_queues,
-            pause_resume
+            pause_resume,
+            oldest_ready_age
         );
     };
 }

@@ -76,6 +76,15 @@ impl Admin for MemoryBackend {
         stats.in_flight = state.in_flight.len() as u64;
         stats.dead = state.dead.len() as u64;
         stats.paused = state.paused;
+        // Each priority's list is in the order messages became ready, so
+        // the oldest is at one of the heads.
+        stats.oldest_ready_age = state
+            .ready
+            .iter()
+            .filter_map(VecDeque::front)
+            .map(|m| m.not_before.map_or(m.created_at, |at| at.max(m.created_at)))
+            .min()
+            .map(|since| sys_now.duration_since(since).unwrap_or_default());
         // Maintenance may have made messages ready.
         queue.unlock(state);
         Ok(stats)
