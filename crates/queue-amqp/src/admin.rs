@@ -3,7 +3,6 @@
 //! channel) run on throwaway channels.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -203,11 +202,7 @@ impl Admin for AmqpBackend {
             stats.in_flight += in_flight;
         }
         let counters = self.shared.counters(queue);
-        stats.enqueued_total = counters.enqueued.load(AtomicOrdering::Relaxed);
-        stats.acked_total = counters.acked.load(AtomicOrdering::Relaxed);
-        stats.retried_total = counters.retried.load(AtomicOrdering::Relaxed);
-        stats.dead_lettered_total = counters.dead_lettered.load(AtomicOrdering::Relaxed);
-        stats.expired_total = counters.expired.load(AtomicOrdering::Relaxed);
+        counters.fill(&mut stats);
         Ok(stats)
     }
 

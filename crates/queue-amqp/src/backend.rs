@@ -1,7 +1,6 @@
 //! [`AmqpBackend`]: the connection, capabilities, queue declarations, health.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -9,8 +8,8 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use queue_core::{
     Admin, Backend, Capabilities, CloseFlag, Consumer, ConsumerOptions, Error, ErrorKind,
-    HealthStatus, LeaseLossDetection, Ordering, Producer, QueueConfig, QueueName, QueueOptions,
-    RedeliveryCount, Result, StatsAccuracy, Support, Totals,
+    HealthStatus, LeaseLossDetection, Ordering, ProcessTotals, ProcessTotalsMap, Producer,
+    QueueConfig, QueueName, QueueOptions, RedeliveryCount, Result, StatsAccuracy, Support, Totals,
 };
 
 use crate::config::{QueueType, Settings};
@@ -37,17 +36,7 @@ pub(crate) struct Shared {
     /// give per consumer.
     consumers: std::sync::Mutex<HashMap<QueueName, Vec<Weak<ConsumerState>>>>,
     /// Totals counted by this process, per queue.
-    counters: std::sync::Mutex<HashMap<QueueName, Arc<Counters>>>,
-}
-
-/// Totals of one queue counted by this process (`Totals::Process`).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) enqueued: AtomicU64,
-    pub(crate) acked: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) expired: AtomicU64,
+    counters: ProcessTotalsMap,
 }
 
 impl Shared {
@@ -185,9 +174,8 @@ impl Shared {
     }
 
     /// This process's totals of `queue`.
-    pub(crate) fn counters(&self, queue: &QueueName) -> Arc<Counters> {
-        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        counters.entry(queue.clone()).or_default().clone()
+    pub(crate) fn counters(&self, queue: &QueueName) -> Arc<ProcessTotals> {
+        self.counters.of(queue)
     }
 
     pub(crate) fn register(&self, queue: &QueueName, consumer: &Arc<ConsumerState>) {
@@ -234,7 +222,7 @@ impl AmqpBackend {
                 closed: CloseFlag::default(),
                 declared: std::sync::Mutex::default(),
                 consumers: std::sync::Mutex::default(),
-                counters: std::sync::Mutex::default(),
+                counters: ProcessTotalsMap::default(),
             }),
         })
     }

@@ -1041,7 +1041,7 @@ impl Consumer for AmqpConsumer {
 }
 
 impl AmqpAcker {
-    fn counters(&self) -> Arc<crate::backend::Counters> {
+    fn counters(&self) -> Arc<queue_core::ProcessTotals> {
         self.state.shared.counters(&self.state.queue)
     }
 }

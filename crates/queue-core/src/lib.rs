@@ -44,7 +44,8 @@ pub use job::{BackoffPolicy, Job, JobOptions, JobStatus};
 pub use memory::MemoryBackend;
 pub use message::{Headers, Message, MessageId, Priority, QueueName};
 pub use stats::{
-    ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
+    ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, ProcessTotals, ProcessTotalsMap,
+    QueueOptions, QueueStats, Redrive,
 };
 pub use store::{JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore, RetentionPolicy};
 pub use traits::{

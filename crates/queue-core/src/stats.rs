@@ -78,6 +78,56 @@ impl QueueStats {
     }
 }
 
+/// Totals of one queue counted by this process, for brokers that keep no
+/// totals of their own (`Totals::Process`): producers and ackers add to
+/// them, `Admin::stats` copies them into [`QueueStats`] with
+/// [`fill`](ProcessTotals::fill).
+#[derive(Debug, Default)]
+pub struct ProcessTotals {
+    /// Messages accepted by `send`.
+    pub enqueued: std::sync::atomic::AtomicU64,
+    /// Deliveries acked.
+    pub acked: std::sync::atomic::AtomicU64,
+    /// Deliveries nacked or whose lease expired.
+    pub retried: std::sync::atomic::AtomicU64,
+    /// Messages moved to the dead-letter queue.
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+    /// Messages that expired before pickup.
+    pub expired: std::sync::atomic::AtomicU64,
+}
+
+impl ProcessTotals {
+    /// Copy the totals into `stats`.
+    pub fn fill(&self, stats: &mut QueueStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.enqueued_total = self.enqueued.load(Relaxed);
+        stats.acked_total = self.acked.load(Relaxed);
+        stats.retried_total = self.retried.load(Relaxed);
+        stats.dead_lettered_total = self.dead_lettered.load(Relaxed);
+        stats.expired_total = self.expired.load(Relaxed);
+    }
+}
+
+/// [`ProcessTotals`] per queue, created on first use.
+#[derive(Debug, Default)]
+pub struct ProcessTotalsMap(
+    std::sync::Mutex<
+        std::collections::HashMap<crate::message::QueueName, std::sync::Arc<ProcessTotals>>,
+    >,
+);
+
+impl ProcessTotalsMap {
+    /// The totals of `queue`.
+    pub fn of(&self, queue: &crate::message::QueueName) -> std::sync::Arc<ProcessTotals> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(queue.clone())
+            .or_default()
+            .clone()
+    }
+}
+
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "reason", content = "detail")]

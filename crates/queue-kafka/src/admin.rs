@@ -8,7 +8,6 @@
 //! on and appends a marker record naming each, so listings skip them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -275,11 +274,7 @@ impl Admin for KafkaBackend {
         stats.delayed = delayed;
         stats.in_flight = in_flight;
         stats.dead = dead;
-        stats.enqueued_total = counters.enqueued.load(AtomicOrdering::Relaxed);
-        stats.acked_total = counters.acked.load(AtomicOrdering::Relaxed);
-        stats.retried_total = counters.retried.load(AtomicOrdering::Relaxed);
-        stats.dead_lettered_total = counters.dead_lettered.load(AtomicOrdering::Relaxed);
-        stats.expired_total = counters.expired.load(AtomicOrdering::Relaxed);
+        counters.fill(&mut stats);
         Ok(stats)
     }
 

@@ -2,13 +2,13 @@
 //! capabilities and per-process totals.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use queue_core::{
-    Capabilities, CloseFlag, Error, LeaseLossDetection, Message, Ordering, QueueConfig, QueueName,
-    RedeliveryCount, Result, StatsAccuracy, Support, Totals,
+    Capabilities, CloseFlag, Error, LeaseLossDetection, Message, Ordering, ProcessTotals,
+    ProcessTotalsMap, QueueConfig, QueueName, RedeliveryCount, Result, StatsAccuracy, Support,
+    Totals,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -45,7 +45,7 @@ pub(crate) struct Shared {
     movers: Mutex<HashMap<QueueName, Mover>>,
     /// Topics known to exist (created or found by this process).
     topics: Mutex<HashSet<String>>,
-    counters: Mutex<HashMap<QueueName, Arc<Counters>>>,
+    counters: ProcessTotalsMap,
 }
 
 impl std::fmt::Debug for Shared {
@@ -85,28 +85,13 @@ type Polled = (Arc<Member>, tokio::task::JoinHandle<()>);
 /// the member).
 pub(crate) type Mover = (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>);
 
-/// Totals of one queue counted by this process (`Totals::Process`).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) enqueued: AtomicU64,
-    pub(crate) acked: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) expired: AtomicU64,
-}
-
 impl Shared {
     pub(crate) fn check_open(&self) -> Result<()> {
         self.closed.check("the kafka backend")
     }
 
-    pub(crate) fn counters(&self, queue: &QueueName) -> Arc<Counters> {
-        self.counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(queue.clone())
-            .or_default()
-            .clone()
+    pub(crate) fn counters(&self, queue: &QueueName) -> Arc<ProcessTotals> {
+        self.counters.of(queue)
     }
 
     fn admin_options(&self) -> AdminOptions {
@@ -386,7 +371,7 @@ impl KafkaBackend {
                 members: Mutex::new(HashMap::new()),
                 movers: Mutex::new(HashMap::new()),
                 topics: Mutex::new(HashSet::new()),
-                counters: Mutex::new(HashMap::new()),
+                counters: ProcessTotalsMap::default(),
             }),
         })
     }

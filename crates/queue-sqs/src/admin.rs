@@ -2,7 +2,6 @@
 //! listed and redriven by receiving from the dead-letter queue.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering as AtomicOrdering;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -199,11 +198,7 @@ impl Admin for SqsBackend {
                 &dead,
                 QueueAttributeName::ApproximateNumberOfMessagesDelayed,
             );
-        stats.enqueued_total = counters.enqueued.load(AtomicOrdering::Relaxed);
-        stats.acked_total = counters.acked.load(AtomicOrdering::Relaxed);
-        stats.retried_total = counters.retried.load(AtomicOrdering::Relaxed);
-        stats.dead_lettered_total = counters.dead_lettered.load(AtomicOrdering::Relaxed);
-        stats.expired_total = counters.expired.load(AtomicOrdering::Relaxed);
+        counters.fill(&mut stats);
         Ok(stats)
     }
 

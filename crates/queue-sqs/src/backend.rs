@@ -1,15 +1,14 @@
 //! [`SqsBackend`]: the client, capabilities, per-process totals, health.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use queue_core::{
     Admin, Backend, Capabilities, CloseFlag, Consumer, ConsumerOptions, Error, ErrorKind,
-    HealthStatus, LeaseLossDetection, Message, Ordering, Producer, QueueConfig, QueueName,
-    RedeliveryCount, Result, StatsAccuracy, Support, Totals,
+    HealthStatus, LeaseLossDetection, Message, Ordering, ProcessTotals, ProcessTotalsMap, Producer,
+    QueueConfig, QueueName, RedeliveryCount, Result, StatsAccuracy, Support, Totals,
 };
 
 use crate::batcher::Batcher;
@@ -31,20 +30,10 @@ pub(crate) struct Shared {
     pub(crate) batcher: Batcher,
     pub(crate) closed: CloseFlag,
     /// Totals counted by this process, per queue.
-    counters: Mutex<HashMap<QueueName, Arc<Counters>>>,
+    counters: ProcessTotalsMap,
     /// Purges made by this process, per queue: a delivery received before
     /// one lost its message to it.
     purges: Mutex<HashMap<QueueName, u64>>,
-}
-
-/// Totals of one queue counted by this process (`Totals::Process`).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) enqueued: AtomicU64,
-    pub(crate) acked: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) expired: AtomicU64,
 }
 
 impl Shared {
@@ -60,13 +49,8 @@ impl Shared {
         self.sqs.address()
     }
 
-    pub(crate) fn counters(&self, queue: &QueueName) -> Arc<Counters> {
-        self.counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(queue.clone())
-            .or_default()
-            .clone()
+    pub(crate) fn counters(&self, queue: &QueueName) -> Arc<ProcessTotals> {
+        self.counters.of(queue)
     }
 
     pub(crate) fn purge_epoch(&self, queue: &QueueName) -> u64 {
@@ -144,7 +128,7 @@ impl SqsBackend {
                 sqs,
                 batcher,
                 closed: CloseFlag::default(),
-                counters: Mutex::new(HashMap::new()),
+                counters: ProcessTotalsMap::default(),
                 purges: Mutex::new(HashMap::new()),
             }),
         })
