@@ -63,6 +63,61 @@ impl JobStatus {
     }
 }
 
+impl JobStatus {
+    /// Every status, in the order of a job's life.
+    pub const ALL: [JobStatus; 8] = [
+        JobStatus::Pending,
+        JobStatus::Scheduled,
+        JobStatus::Running,
+        JobStatus::Retry,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+        JobStatus::Dead,
+    ];
+}
+
+/// The name of type `T` without its module paths
+/// (`Vec<app::jobs::SendEmail>` is `Vec<SendEmail>`): what a job record
+/// calls a job of payload `T`.
+pub fn short_type_name<T: ?Sized>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut out = String::with_capacity(full.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        out.push_str(token.rsplit("::").next().unwrap_or(token));
+        token.clear();
+    };
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = crate::error::Error;
+
+    /// A status from its lowercase name (`dead`, `retry`, ...).
+    fn from_str(s: &str) -> crate::error::Result<Self> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+                crate::error::Error::new(
+                    crate::error::ErrorKind::InvalidInput,
+                    format!("status: {s:?} is not one of {}", names.join(", ")),
+                )
+            })
+    }
+}
+
 impl fmt::Display for JobStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -455,6 +510,21 @@ mod tests {
         let err = Job::<Email>::decode(&Message::new(&b"\xff\x00junk"[..])).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decode);
         assert!(err.message().contains("Email"));
+    }
+
+    #[test]
+    fn short_type_names_drop_module_paths() {
+        assert_eq!(short_type_name::<String>(), "String");
+        assert_eq!(
+            short_type_name::<Vec<std::collections::HashMap<u8, String>>>(),
+            "Vec<HashMap<u8, String>>"
+        );
+        assert_eq!("dead".parse::<JobStatus>().unwrap(), JobStatus::Dead);
+        let err = "deadd".parse::<JobStatus>().unwrap_err();
+        assert!(
+            err.to_string().contains("\"deadd\" is not one of pending"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,14 +40,17 @@ pub use capabilities::{
 };
 pub use config::{QueueConfig, SecretUrl};
 pub use error::{BatchError, BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
-pub use job::{BackoffPolicy, Job, JobOptions, JobStatus};
+pub use job::{short_type_name, BackoffPolicy, Job, JobOptions, JobStatus};
 pub use memory::MemoryBackend;
 pub use message::{Headers, Message, MessageId, Priority, QueueName};
 pub use stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, ProcessTotals, ProcessTotalsMap,
     QueueOptions, QueueStats, Redrive,
 };
-pub use store::{JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore, RetentionPolicy};
+pub use store::{
+    JobCursor, JobPage, JobQuery, JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore,
+    RetentionPolicy,
+};
 pub use traits::{
     AckAndReceive, Acker, Admin, Backend, CloseFlag, Consumer, Delivery, DeliveryError, Producer,
     ProducerExt,

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::job::JobStatus;
 use crate::message::{MessageId, Priority, QueueName};
 
@@ -37,6 +37,9 @@ pub struct JobRecord {
     pub last_error: Option<String>,
     /// The job's idempotency key: a second submission with it returns this job.
     pub idempotency_key: Option<String>,
+    /// What kind of job it is: the payload's type name as submitted
+    /// (`SendEmail`), shown by tools and matched by a search.
+    pub name: Option<String>,
     /// Submitted at.
     pub created_at: SystemTime,
     /// Last status change.
@@ -71,6 +74,7 @@ impl JobRecord {
             result: None,
             last_error: None,
             idempotency_key: None,
+            name: None,
             created_at: now,
             updated_at: now,
             started_at: None,
@@ -110,6 +114,9 @@ pub enum JobUpdate {
     },
     /// Cancelled.
     Cancelled,
+    /// Sent back to its queue by hand (a dead job retried now): pending
+    /// again, with its attempts and last error kept.
+    Requeued,
 }
 
 /// Counts of jobs by status.
@@ -179,6 +186,199 @@ impl RetentionPolicy {
     }
 }
 
+/// Which jobs [`JobStore::list`] returns: newest first (by creation time),
+/// optionally of one status and one queue, optionally matching a search,
+/// a page at a time.
+///
+/// ```
+/// use queue_core::{JobQuery, JobStatus};
+/// let query = JobQuery::new().with_status(JobStatus::Dead).with_search("timeout").with_limit(20);
+/// assert_eq!(query.limit, 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobQuery {
+    /// Only jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this queue.
+    pub queue: Option<QueueName>,
+    /// Only jobs whose name, last error or id contains this text, ignoring
+    /// ASCII case.
+    pub search: Option<String>,
+    /// Continue after this cursor (a previous page's [`JobPage::next`]).
+    pub cursor: Option<JobCursor>,
+    /// Most jobs in the page (1 to [`JobQuery::MAX_LIMIT`]; default 50).
+    pub limit: usize,
+}
+
+impl Default for JobQuery {
+    fn default() -> Self {
+        JobQuery::new()
+    }
+}
+
+impl JobQuery {
+    /// The largest page.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// Every job, newest first, 50 a page.
+    pub fn new() -> Self {
+        JobQuery {
+            status: None,
+            queue: None,
+            search: None,
+            cursor: None,
+            limit: 50,
+        }
+    }
+
+    /// Only jobs with `status`.
+    pub fn with_status(mut self, status: JobStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only jobs of `queue`.
+    pub fn with_queue(mut self, queue: QueueName) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Only jobs whose name, last error or id contains `text` (ASCII case
+    /// ignored); an empty text matches every job.
+    pub fn with_search(mut self, text: impl Into<String>) -> Self {
+        let text = text.into();
+        self.search = (!text.is_empty()).then_some(text);
+        self
+    }
+
+    /// The page after `cursor`.
+    pub fn after(mut self, cursor: JobCursor) -> Self {
+        self.cursor = Some(cursor);
+        self
+    }
+
+    /// At most `limit` jobs a page.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Refuse a limit outside 1 to [`MAX_LIMIT`](JobQuery::MAX_LIMIT).
+    pub fn check(&self) -> Result<()> {
+        if !(1..=JobQuery::MAX_LIMIT).contains(&self.limit) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "limit: must be 1 to {}, got {}",
+                    JobQuery::MAX_LIMIT,
+                    self.limit
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `record` passes the status, queue and search filters.
+    pub fn matches(&self, record: &JobRecord) -> bool {
+        self.status.is_none_or(|s| s == record.status)
+            && self.queue.as_ref().is_none_or(|q| *q == record.queue)
+            && self.search.as_deref().is_none_or(|text| {
+                let text = text.to_ascii_lowercase();
+                let contains = |s: &str| s.to_ascii_lowercase().contains(&text);
+                record.name.as_deref().is_some_and(contains)
+                    || record.last_error.as_deref().is_some_and(contains)
+                    || contains(&record.id.to_string())
+            })
+    }
+}
+
+/// A place in the newest-first order of jobs: a creation time in
+/// milliseconds and an id. Its text form (`Display`, `FromStr`) is what
+/// tools pass around as an opaque cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobCursor {
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// The job's id.
+    pub id: MessageId,
+}
+
+impl JobCursor {
+    /// The cursor of `record` (the next page starts after it).
+    pub fn of(record: &JobRecord) -> Self {
+        JobCursor {
+            created_ms: millis_since_epoch(record.created_at),
+            id: record.id,
+        }
+    }
+}
+
+impl std::fmt::Display for JobCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.created_ms, self.id.as_uuid().simple())
+    }
+}
+
+impl std::str::FromStr for JobCursor {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = || {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("cursor: {s:?} is not a job cursor"),
+            )
+        };
+        let (ms, id) = s.split_once('-').ok_or_else(invalid)?;
+        let created_ms = ms.parse::<u64>().map_err(|_| invalid())?;
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid());
+        }
+        let id = u128::from_str_radix(id, 16).map_err(|_| invalid())?;
+        Ok(JobCursor {
+            created_ms,
+            id: MessageId::from_bytes(id.to_be_bytes()),
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn millis_since_epoch(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One page of [`JobStore::list`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct JobPage {
+    /// The jobs, newest first.
+    pub jobs: Vec<JobRecord>,
+    /// Where the next page starts; `None` on the last page. A page can
+    /// hold fewer than `limit` jobs and still have a next one (a store may
+    /// bound how far one call looks for matches).
+    #[serde(serialize_with = "cursor_text")]
+    pub next: Option<JobCursor>,
+}
+
+fn cursor_text<S: serde::Serializer>(
+    cursor: &Option<JobCursor>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match cursor {
+        Some(c) => serializer.collect_str(c),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl JobPage {
+    /// A page of `jobs` followed by `next`.
+    pub fn new(jobs: Vec<JobRecord>, next: Option<JobCursor>) -> Self {
+        JobPage { jobs, next }
+    }
+}
+
 /// Storage of job records.
 #[async_trait]
 pub trait JobStore: Send + Sync + std::fmt::Debug {
@@ -201,6 +401,22 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     async fn stats(&self) -> Result<JobStats>;
     /// Remove finished jobs the policy no longer keeps; returns how many.
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64>;
+
+    /// A page of jobs, newest first, that match `query` (see
+    /// [`JobQuery`]). The default refuses with `Unsupported`, for a store
+    /// that cannot list.
+    async fn list(&self, query: &JobQuery) -> Result<JobPage> {
+        query.check()?;
+        Err(Error::unsupported("this job store cannot list jobs"))
+    }
+
+    /// Remove the record of `id` (its message, if still queued, stays);
+    /// `true` if there was one. The default refuses with `Unsupported`.
+    async fn delete(&self, id: MessageId) -> Result<bool> {
+        Err(Error::unsupported(format!(
+            "this job store cannot delete jobs ({id})"
+        )))
+    }
 }
 
 /// An in-process [`JobStore`].
@@ -276,6 +492,10 @@ pub fn apply_update(record: &mut JobRecord, update: JobUpdate) {
             record.status = JobStatus::Cancelled;
             record.finished_at = Some(now);
         }
+        JobUpdate::Requeued => {
+            record.status = JobStatus::Pending;
+            record.finished_at = None;
+        }
     }
 }
 
@@ -343,6 +563,31 @@ impl JobStore for MemoryJobStore {
             stats.count(record.status);
         }
         Ok(stats)
+    }
+
+    async fn list(&self, query: &JobQuery) -> Result<JobPage> {
+        query.check()?;
+        let records = self.records();
+        let mut matched: Vec<(JobCursor, &JobRecord)> = records
+            .by_id
+            .values()
+            .map(|r| (JobCursor::of(r), r))
+            .filter(|(at, r)| query.cursor.is_none_or(|c| *at < c) && query.matches(r))
+            .collect();
+        // Newest first: the largest (created, id) first.
+        matched.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let more = matched.len() > query.limit;
+        matched.truncate(query.limit);
+        let next = more.then(|| matched.last().map(|(at, _)| *at)).flatten();
+        let jobs = matched.into_iter().map(|(_, r)| r.clone()).collect();
+        Ok(JobPage::new(jobs, next))
+    }
+
+    async fn delete(&self, id: MessageId) -> Result<bool> {
+        let mut records = self.records();
+        let found = records.by_id.contains_key(&id);
+        records.remove(&id);
+        Ok(found)
     }
 
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64> {

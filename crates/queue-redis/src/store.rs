@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use queue_core::{
-    Error, ErrorKind, JobRecord, JobStats, JobStatus, JobStore, JobUpdate, MessageId, Priority,
-    QueueName, Result, RetentionPolicy,
+    Error, ErrorKind, JobCursor, JobPage, JobQuery, JobRecord, JobStats, JobStatus, JobStore,
+    JobUpdate, MessageId, Priority, QueueName, Result, RetentionPolicy,
 };
 use redis::{Script, Value};
 
@@ -19,13 +19,21 @@ struct StoreScripts {
     insert: Script,
     update: Script,
     cleanup: Script,
+    delete: Script,
+    list: Script,
 }
 
 static SCRIPTS: LazyLock<StoreScripts> = LazyLock::new(|| StoreScripts {
     insert: Script::new(include_str!("lua/store/insert.lua")),
     update: Script::new(include_str!("lua/store/update.lua")),
     cleanup: Script::new(include_str!("lua/store/cleanup.lua")),
+    delete: Script::new(include_str!("lua/store/delete.lua")),
+    list: Script::new(include_str!("lua/store/list.lua")),
 });
+
+/// Most index entries one `list` call looks at, so a search over a large
+/// store never holds Redis for long; the caller gets a cursor to go on.
+const LIST_SCAN_BUDGET: usize = 5_000;
 
 /// A [`JobStore`] kept in Redis, so job status, results and statistics are
 /// the same for every process: a worker on one host completes a job and the
@@ -33,9 +41,11 @@ static SCRIPTS: LazyLock<StoreScripts> = LazyLock::new(|| StoreScripts {
 ///
 /// Layout, all under the hash tag `{<namespace>}`: one hash per job
 /// (`<prefix>:{<namespace>}:store:job:<id>`), the idempotency keys
-/// (`...:store:keys`), counts by status (`...:store:counts`) and finished
-/// jobs by finish time (`...:store:finished`, for retention). Every change is one atomic
-/// script, so a cancel and a worker's start never both win.
+/// (`...:store:keys`), counts by status (`...:store:counts`), finished
+/// jobs by finish time (`...:store:finished`, for retention), and every
+/// job by creation time, in all (`...:store:created`) and per status
+/// (`...:store:status:<status>`), for listing newest first. Every change is
+/// one atomic script, so a cancel and a worker's start never both win.
 ///
 /// Get one from [`RedisBackend::job_store`](crate::RedisBackend::job_store)
 /// and hand it to `JobScheduler::new` or the manager builder.
@@ -47,6 +57,7 @@ pub struct RedisJobStore {
     keys: String,
     counts: String,
     finished: String,
+    created: String,
 }
 
 impl RedisJobStore {
@@ -57,6 +68,7 @@ impl RedisJobStore {
             keys: format!("{base}keys"),
             counts: format!("{base}counts"),
             finished: format!("{base}finished"),
+            created: format!("{base}created"),
             base,
             shared,
         }
@@ -99,7 +111,8 @@ impl RedisJobStore {
             .arg(id.as_uuid().simple().to_string())
             .arg(change)
             .arg(millis(SystemTime::now()))
-            .arg(value);
+            .arg(value)
+            .arg(&self.base);
         let reply = self.invoke(call, "updating a job").await?;
         int_of(&reply).ok_or_else(|| unexpected("a job update result"))
     }
@@ -180,6 +193,7 @@ fn record_of(id: MessageId, fields: &HashMap<String, String>) -> Result<JobRecor
     };
     record.last_error = get("last_error").map(str::to_owned);
     record.idempotency_key = get("idem").map(str::to_owned);
+    record.name = get("name").map(str::to_owned);
     record.created_at = get("created")
         .and_then(time_of)
         .ok_or_else(|| corrupt("created"))?;
@@ -200,8 +214,10 @@ impl JobStore for RedisJobStore {
             .key(&self.keys)
             .key(&self.counts)
             .key(&self.finished)
+            .key(&self.created)
             .arg(&id)
-            .arg(record.idempotency_key.as_deref().unwrap_or(""));
+            .arg(record.idempotency_key.as_deref().unwrap_or(""))
+            .arg(&self.base);
         let mut fields: Vec<(&str, String)> = vec![
             ("queue", record.queue.as_str().to_owned()),
             ("status", record.status.as_str().to_owned()),
@@ -213,6 +229,9 @@ impl JobStore for RedisJobStore {
         ];
         if let Some(key) = &record.idempotency_key {
             fields.push(("idem", key.clone()));
+        }
+        if let Some(name) = &record.name {
+            fields.push(("name", name.clone()));
         }
         if let Some(result) = &record.result {
             fields.push(("result", result.to_string()));
@@ -264,6 +283,7 @@ impl JobStore for RedisJobStore {
             JobUpdate::Retry { error } => ("retry", error),
             JobUpdate::Dead { error } => ("dead", error),
             JobUpdate::Cancelled => ("cancelled", String::new()),
+            JobUpdate::Requeued => ("requeued", String::new()),
             other => {
                 return Err(Error::unsupported(format!(
                     "the Redis job store does not know the update {other:?}"
@@ -307,6 +327,23 @@ impl JobStore for RedisJobStore {
         Ok(stats)
     }
 
+    async fn list(&self, query: &JobQuery) -> Result<JobPage> {
+        self.list_page(query).await
+    }
+
+    async fn delete(&self, id: MessageId) -> Result<bool> {
+        let mut call = SCRIPTS.delete.prepare_invoke();
+        call.key(self.record_key(id))
+            .key(&self.keys)
+            .key(&self.counts)
+            .key(&self.finished)
+            .key(&self.created)
+            .arg(id.as_uuid().simple().to_string())
+            .arg(&self.base);
+        let reply = self.invoke(call, "deleting a job").await?;
+        Ok(int_of(&reply).ok_or_else(|| unexpected("a delete result"))? == 1)
+    }
+
     async fn cleanup(&self, policy: &RetentionPolicy) -> Result<u64> {
         let as_arg = |v: Option<u64>| v.map_or(-1i64, |v| i64::try_from(v).unwrap_or(i64::MAX));
         let mut removed = 0;
@@ -316,10 +353,12 @@ impl JobStore for RedisJobStore {
             call.key(&self.keys)
                 .key(&self.counts)
                 .key(&self.finished)
+                .key(&self.created)
                 .arg(millis(SystemTime::now()))
                 .arg(as_arg(policy.max_age.map(|d| d.as_millis() as u64)))
                 .arg(as_arg(policy.max_count.map(|n| n as u64)))
-                .arg(self.record_prefix());
+                .arg(self.record_prefix())
+                .arg(&self.base);
             let reply = self.invoke(call, "cleaning up jobs").await?;
             let n = int_of(&reply)
                 .map(|n| n.max(0) as u64)
@@ -329,6 +368,73 @@ impl JobStore for RedisJobStore {
                 return Ok(removed);
             }
         }
+    }
+}
+
+impl RedisJobStore {
+    async fn list_page(&self, query: &JobQuery) -> Result<JobPage> {
+        query.check()?;
+        let index = match query.status {
+            Some(status) => format!("{}status:{}", self.base, status.as_str()),
+            None => self.created.clone(),
+        };
+        let mut call = SCRIPTS.list.prepare_invoke();
+        call.key(index).arg(&self.base);
+        match &query.cursor {
+            Some(cursor) => call
+                .arg(cursor.created_ms)
+                .arg(cursor.id.as_uuid().simple().to_string()),
+            None => call.arg("").arg(""),
+        };
+        call.arg(query.limit)
+            .arg(query.queue.as_ref().map_or("", |q| q.as_str()))
+            .arg(
+                query
+                    .search
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .unwrap_or_default(),
+            )
+            .arg(LIST_SCAN_BUDGET);
+        let reply = self.invoke(call, "listing jobs").await?;
+        let Value::Array(items) = reply else {
+            return Err(unexpected("a job page"));
+        };
+        let text = |v: &Value| {
+            bytes_of(v)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(str::to_owned)
+        };
+        let mut items = items.iter();
+        let (Some(ms), Some(id)) = (items.next().and_then(text), items.next().and_then(text))
+        else {
+            return Err(unexpected("a job page cursor"));
+        };
+        let next = if ms.is_empty() {
+            None
+        } else {
+            Some(format!("{ms}-{id}").parse::<JobCursor>()?)
+        };
+        let mut jobs = Vec::new();
+        while let (Some(id), Some(fields)) = (items.next(), items.next()) {
+            let id = text(id)
+                .and_then(|s| s.parse::<uuid_text::Simple>().ok())
+                .ok_or_else(|| unexpected("a job id"))?
+                .0;
+            let Value::Array(flat) = fields else {
+                return Err(unexpected("job fields"));
+            };
+            let mut map = HashMap::with_capacity(flat.len() / 2);
+            for pair in flat.chunks(2) {
+                if let [k, v] = pair {
+                    if let (Some(k), Some(v)) = (text(k), text(v)) {
+                        map.insert(k, v);
+                    }
+                }
+            }
+            jobs.push(record_of(id, &map)?);
+        }
+        Ok(JobPage::new(jobs, next))
     }
 }
 

@@ -139,7 +139,9 @@ macro_rules! conformance_suite {
             ack_and_receive,
             list_queues,
             pause_resume,
-            oldest_ready_age
+            oldest_ready_age,
+            job_listing,
+            job_retry
         );
     };
 }

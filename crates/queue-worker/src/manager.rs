@@ -35,7 +35,9 @@ use queue_core::error::{Error, ErrorKind, Result};
 use queue_core::job::JobOptions;
 use queue_core::message::{Message, MessageId, QueueName};
 use queue_core::stats::{HealthStatus, QueueStats};
-use queue_core::store::{JobRecord, JobStats, JobStore, MemoryJobStore, RetentionPolicy};
+use queue_core::store::{
+    JobPage, JobQuery, JobRecord, JobStats, JobStore, MemoryJobStore, RetentionPolicy,
+};
 use queue_core::traits::Backend;
 
 /// Builds a [`QueueManager`].
@@ -260,6 +262,28 @@ impl QueueManager {
             return Ok(false);
         };
         self.scheduler_for(&record.queue).cancel(id).await
+    }
+
+    /// A page of tracked jobs, newest first (see [`JobQuery`]).
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<JobPage> {
+        self.store.list(query).await
+    }
+
+    /// Run dead job `id` again now, on its queue's backend (see
+    /// [`JobScheduler::retry`](crate::JobScheduler::retry)).
+    pub async fn retry_job(&self, id: MessageId) -> Result<()> {
+        let Some(record) = self.store.get(id).await? else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("job {id} is not in the job store"),
+            ));
+        };
+        self.scheduler_for(&record.queue).retry(id).await
+    }
+
+    /// Remove the record of job `id`; `true` if there was one.
+    pub async fn delete_job(&self, id: MessageId) -> Result<bool> {
+        self.store.delete(id).await
     }
 
     /// Job counts by status, across backends.

@@ -32,10 +32,13 @@ use serde::Serialize;
 
 use crate::events::{EventBus, JobEvent, JobEventKind};
 use crate::worker::{Worker, WorkerBuilder};
-use queue_core::error::Result;
-use queue_core::job::{Job, JobOptions};
+use queue_core::error::{Error, ErrorKind, Result};
+use queue_core::job::{Job, JobOptions, JobStatus};
 use queue_core::message::{MessageId, QueueName};
-use queue_core::store::{JobRecord, JobStats, JobStore, JobUpdate, RetentionPolicy};
+use queue_core::stats::Redrive;
+use queue_core::store::{
+    JobPage, JobQuery, JobRecord, JobStats, JobStore, JobUpdate, RetentionPolicy,
+};
 use queue_core::traits::{Backend, Producer};
 
 /// Submits jobs to one backend and tracks them in a [`JobStore`].
@@ -118,6 +121,7 @@ impl JobScheduler {
             message.not_before.is_some(),
         );
         record.idempotency_key = message.idempotency_key.as_deref().map(str::to_owned);
+        record.name = Some(queue_core::short_type_name::<T>());
         let id = self.store.insert(record).await?;
         if id != message.id {
             return Ok(id);
@@ -156,6 +160,74 @@ impl JobScheduler {
             }
         }
         Ok(cancelled)
+    }
+
+    /// A page of tracked jobs, newest first (see [`JobQuery`]).
+    pub async fn list(&self, query: &JobQuery) -> Result<JobPage> {
+        self.store.list(query).await
+    }
+
+    /// Run dead job `id` again now: its dead letter goes back to its queue
+    /// (attempts start over on the broker; the record keeps its count and
+    /// last error) and the record turns `Pending`.
+    ///
+    /// A job that is not tracked is `NotFound`; a job that is not dead is
+    /// `InvalidInput` naming its status (a waiting or running job needs no
+    /// retry, and a completed one is final); a dead job whose dead letter
+    /// is gone (redriven or purged elsewhere) is `NotFound`.
+    pub async fn retry(&self, id: MessageId) -> Result<()> {
+        let record = self.store.get(id).await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("job {id} is not in the job store"),
+            )
+        })?;
+        if record.status != JobStatus::Dead {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "job {id} is {}: only a dead job can be retried",
+                    record.status
+                ),
+            ));
+        }
+        // Pending first, so a worker that takes the job at once is not
+        // overwritten by this update.
+        self.store.update(id, JobUpdate::Requeued).await?;
+        let moved = self
+            .backend
+            .admin()
+            .redrive(&record.queue, Redrive::Ids(vec![id]))
+            .await;
+        match moved {
+            Ok(n) if n > 0 => {
+                self.events
+                    .emit(|| JobEvent::new(JobEventKind::Enqueued, id, record.queue.clone(), 0));
+                Ok(())
+            }
+            other => {
+                let dead = JobUpdate::Dead {
+                    error: record.last_error.clone().unwrap_or_default(),
+                };
+                self.store.update(id, dead).await?;
+                match other {
+                    Err(e) => Err(e),
+                    _ => Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "job {id} has no dead letter in queue {} (redriven or purged already)",
+                            record.queue
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Remove the record of job `id` from the store; `true` if there was
+    /// one. A message still queued stays queued (and runs untracked).
+    pub async fn delete(&self, id: MessageId) -> Result<bool> {
+        self.store.delete(id).await
     }
 
     /// Counts by status.

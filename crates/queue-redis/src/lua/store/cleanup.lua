@@ -1,5 +1,5 @@
--- KEYS: keys, counts, finished. ARGV: now_ms, max_age_ms | -1,
--- max_count | -1, record key prefix. Removes finished records the policy
+-- KEYS: keys, counts, finished, created. ARGV: now_ms, max_age_ms | -1,
+-- max_count | -1, record key prefix, store base. Removes finished records the policy
 -- no longer keeps (oldest first), at most 1000 per call; returns how many.
 local now, max_age, max_count, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local removed = 0
@@ -8,9 +8,13 @@ local function drop(id)
   local status = redis.call('HGET', rec, 'status')
   local key = redis.call('HGET', rec, 'idem')
   if key and redis.call('HGET', KEYS[1], key) == id then redis.call('HDEL', KEYS[1], key) end
-  if status then redis.call('HINCRBY', KEYS[2], status, -1) end
+  if status then
+    redis.call('HINCRBY', KEYS[2], status, -1)
+    redis.call('ZREM', ARGV[5] .. 'status:' .. status, id)
+  end
   redis.call('DEL', rec)
   redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
   removed = removed + 1
 end
 if max_count >= 0 then

@@ -1,6 +1,6 @@
--- KEYS: record, keys, counts, finished. ARGV: id, change, now_ms, value.
+-- KEYS: record, keys, counts, finished. ARGV: id, change, now_ms, value, store base.
 -- change: running|start (value: attempt), completed (value: result JSON),
--- failed|retry|dead (value: error), cancelled|cancel.
+-- failed|retry|dead (value: error), cancelled|cancel, requeued.
 -- Returns -1 for an unknown id, 0 when refused, 1 when applied.
 local rec, id, change, now, value = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local status = redis.call('HGET', rec, 'status')
@@ -14,6 +14,8 @@ elseif change == 'cancel' then
   if status ~= 'pending' and status ~= 'scheduled' then return 0 end
   change = 'cancelled'
 end
+local requeued = change == 'requeued'
+if requeued then change = 'pending' end
 -- Completed and cancelled are final; dead is not (a redriven job runs again).
 if status == 'cancelled' or status == 'completed' then return 0 end
 redis.call('HSET', rec, 'status', change, 'updated', now)
@@ -41,6 +43,14 @@ elseif change == 'failed' or change == 'dead' then
 elseif change == 'cancelled' then
   redis.call('HSET', rec, 'finished', now)
   redis.call('ZADD', KEYS[4], now, id)
+elseif requeued then
+  redis.call('HDEL', rec, 'finished')
+  redis.call('ZREM', KEYS[4], id)
+end
+if change ~= status then
+  local base = ARGV[5]
+  redis.call('ZREM', base .. 'status:' .. status, id)
+  redis.call('ZADD', base .. 'status:' .. change, redis.call('HGET', rec, 'created') or now, id)
 end
 redis.call('HINCRBY', KEYS[3], status, -1)
 redis.call('HINCRBY', KEYS[3], change, 1)
