@@ -146,6 +146,9 @@ pub struct Capabilities {
     /// Pausing and resuming a queue for every consumer in every process
     /// (`Admin::pause`, `Admin::resume`).
     pub pause: Support,
+    /// Holding the registry of running workers (`Admin::register_worker`,
+    /// `Admin::workers`), so tools list them across processes.
+    pub worker_registry: Support,
     /// How exact `stats` counts are.
     pub stats: StatsAccuracy,
     /// Where `stats` totals are kept.
@@ -209,6 +212,7 @@ impl Capabilities {
             purge: Support::Unsupported,
             purge_in_flight: false,
             pause: Support::Unsupported,
+            worker_registry: Support::Unsupported,
             stats: StatsAccuracy::Approximate,
             totals: Totals::Process,
             redeliveries: RedeliveryCount::None,
@@ -248,6 +252,7 @@ impl Capabilities {
         caps.purge = Support::Native;
         caps.purge_in_flight = true;
         caps.pause = Support::Native;
+        caps.worker_registry = Support::Native;
         caps.stats = StatsAccuracy::Exact;
         caps.totals = Totals::Queue;
         caps.redeliveries = RedeliveryCount::Exact;
@@ -492,6 +497,7 @@ impl Capabilities {
                 self.purge_in_flight.to_string(),
             ),
             ("pause".into(), self.pause.to_string()),
+            ("worker registry".into(), self.worker_registry.to_string()),
             ("stats".into(), snake(&self.stats)),
             ("totals".into(), snake(&self.totals)),
             ("redeliveries counted".into(), snake(&self.redeliveries)),

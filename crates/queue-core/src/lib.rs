@@ -45,7 +45,7 @@ pub use memory::MemoryBackend;
 pub use message::{Headers, Message, MessageId, Priority, QueueName};
 pub use stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, ProcessTotals, ProcessTotalsMap,
-    QueueOptions, QueueStats, Redrive,
+    QueueOptions, QueueStats, Redrive, WorkerInfo,
 };
 pub use store::{
     JobCursor, JobPage, JobQuery, JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore,

@@ -71,6 +71,126 @@ mod optional_millis {
     }
 }
 
+/// `SystemTime` as whole milliseconds since the Unix epoch in serde formats.
+pub mod epoch_millis {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialize `at` as milliseconds since the epoch.
+    pub fn serialize<S: Serializer>(at: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(crate::store::millis_since_epoch(*at))
+    }
+
+    /// Read milliseconds since the epoch.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        Ok(UNIX_EPOCH + Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// `Duration` as whole milliseconds in serde formats.
+pub mod duration_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialize `d` as milliseconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Read milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// A running worker as the worker registry holds it
+/// ([`Admin::register_worker`](crate::Admin::register_worker),
+/// [`Admin::workers`](crate::Admin::workers)). A worker sends it again on
+/// every heartbeat; one whose heartbeat is older than
+/// [`WorkerInfo::STALE_AFTER`] intervals is dropped. In JSON, times are
+/// milliseconds since the Unix epoch and the interval is milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Unique per worker start (a UUID).
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The queue it works.
+    pub queue: crate::message::QueueName,
+    /// Jobs it runs at once.
+    pub concurrency: u64,
+    /// Jobs running now.
+    pub in_flight: u64,
+    /// Jobs completed since it started.
+    pub completed: u64,
+    /// Attempts failed since it started.
+    pub failed: u64,
+    /// When it started.
+    #[serde(with = "epoch_millis")]
+    pub started_at: SystemTime,
+    /// When it last reported.
+    #[serde(with = "epoch_millis")]
+    pub last_heartbeat: SystemTime,
+    /// How often it reports.
+    #[serde(with = "duration_millis")]
+    pub heartbeat_interval: Duration,
+}
+
+impl WorkerInfo {
+    /// Heartbeat intervals after which a silent worker is dropped.
+    pub const STALE_AFTER: u32 = 3;
+
+    /// A worker of `queue` in this process, started now, with a new id.
+    pub fn new(
+        queue: crate::message::QueueName,
+        concurrency: u64,
+        heartbeat_interval: Duration,
+    ) -> Self {
+        let now = SystemTime::now();
+        WorkerInfo {
+            id: crate::message::MessageId::new().to_string(),
+            host: host_name(),
+            pid: std::process::id(),
+            queue,
+            concurrency,
+            in_flight: 0,
+            completed: 0,
+            failed: 0,
+            started_at: now,
+            last_heartbeat: now,
+            heartbeat_interval,
+        }
+    }
+
+    /// How long after its last heartbeat the worker counts as gone.
+    pub fn ttl(&self) -> Duration {
+        self.heartbeat_interval * WorkerInfo::STALE_AFTER
+    }
+}
+
+/// Sort workers as [`Admin::workers`](crate::Admin::workers) lists them:
+/// by queue, host, pid, then id.
+pub fn sort_workers(workers: &mut [WorkerInfo]) {
+    workers
+        .sort_by(|a, b| (&a.queue, &a.host, a.pid, &a.id).cmp(&(&b.queue, &b.host, b.pid, &b.id)));
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`, then `HOSTNAME`,
+/// then `localhost`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 impl QueueStats {
     /// `ready + delayed + in_flight`: messages not yet settled.
     pub fn depth(&self) -> u64 {

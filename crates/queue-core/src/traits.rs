@@ -18,6 +18,7 @@ use crate::error::{cap_error_text, BatchError, Error, Result};
 use crate::message::{Message, MessageId, QueueName};
 use crate::stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, QueueOptions, QueueStats, Redrive,
+    WorkerInfo,
 };
 
 /// A connected backend: hands out producers and consumers for queues and
@@ -300,6 +301,37 @@ pub trait Admin: Send + Sync + fmt::Debug {
         Err(crate::Error::new(
             crate::ErrorKind::Unsupported,
             format!("this backend cannot pause queues ({queue})"),
+        ))
+    }
+
+    /// Add `worker` to the worker registry, or refresh it (same id): it is
+    /// listed until [`deregister_worker`](Admin::deregister_worker) or
+    /// until [`WorkerInfo::ttl`] passes without another call. Workers call
+    /// it on every heartbeat.
+    ///
+    /// The default refuses with
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), as a
+    /// backend whose table says `worker registry: unsupported` does.
+    async fn register_worker(&self, worker: &WorkerInfo) -> Result<()> {
+        Err(crate::Error::unsupported(format!(
+            "this backend holds no worker registry (worker {})",
+            worker.id
+        )))
+    }
+
+    /// Remove worker `id` from the registry (a worker stopping); an
+    /// unknown id does nothing.
+    async fn deregister_worker(&self, id: &str) -> Result<()> {
+        Err(crate::Error::unsupported(format!(
+            "this backend holds no worker registry (worker {id})"
+        )))
+    }
+
+    /// The live workers of every queue, sorted by queue, then host, pid
+    /// and id; workers whose heartbeat is stale are dropped.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        Err(crate::Error::unsupported(
+            "this backend holds no worker registry",
         ))
     }
 }

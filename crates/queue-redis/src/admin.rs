@@ -1,13 +1,14 @@
 //! Queue administration for [`RedisBackend`]: options, purge, exact stats,
 //! dead letters, redrive, health.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use queue_core::store::millis_since_epoch;
 use queue_core::{
-    envelope, Admin, DeadLetter, DeadLetterReason, HealthStatus, Message, MessageId, QueueName,
-    QueueOptions, QueueStats, Redrive, Result,
+    envelope, Admin, DeadLetter, DeadLetterReason, Error, ErrorKind, HealthStatus, Message,
+    MessageId, QueueName, QueueOptions, QueueStats, Redrive, Result, WorkerInfo,
 };
 use redis::Value;
 
@@ -41,6 +42,33 @@ fn dead_letter_of(id: &[u8], env: Vec<u8>, info: &[u8]) -> DeadLetter {
     }
     dead
 }
+
+/// The worker registry: worker id -> its JSON in a hash, and id -> when
+/// it goes stale (ms) in a sorted set, both under `<prefix>:{workers}`.
+fn worker_keys(prefix: &str) -> [String; 2] {
+    [
+        format!("{prefix}:{{workers}}"),
+        format!("{prefix}:{{workers}}:stale"),
+    ]
+}
+
+/// Drop the workers gone stale by ARGV[1] (ms), shared by the scripts below.
+const DROP_STALE: &str = "local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1]) \
+     for _, id in ipairs(stale) do redis.call('HDEL', KEYS[1], id) end \
+     redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1]) ";
+
+/// Register or refresh a worker: ARGV now, id, JSON, stale-at (ms).
+static REGISTER_WORKER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{DROP_STALE} redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) \
+         redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2]) return 1"
+    ))
+});
+
+/// The live workers' JSON: ARGV now (ms).
+static LIST_WORKERS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(&format!("{DROP_STALE} return redis.call('HVALS', KEYS[1])"))
+});
 
 /// Pause: set the flag on an existing queue (0 when it does not exist).
 static PAUSE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
@@ -126,6 +154,55 @@ impl Admin for RedisBackend {
             .collect();
         queues.sort();
         Ok(queues)
+    }
+
+    /// One script call: the worker's JSON and when it goes stale, under
+    /// `<prefix>:{workers}`; stale workers are dropped on the way.
+    async fn register_worker(&self, worker: &WorkerInfo) -> Result<()> {
+        self.shared.check_open()?;
+        let json = serde_json::to_string(worker)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, "worker info").with_source(e))?;
+        let now = millis_since_epoch(SystemTime::now());
+        let stale_at = now + u64::try_from(worker.ttl().as_millis()).unwrap_or(u64::MAX / 2);
+        let mut call = invocation(&REGISTER_WORKER, &worker_keys(&self.shared.prefix));
+        call.arg(now).arg(&worker.id).arg(json).arg(stale_at);
+        let mut conn = self.shared.conn.clone();
+        call.invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "registering a worker"))
+            .map(drop)
+    }
+
+    async fn deregister_worker(&self, id: &str) -> Result<()> {
+        self.shared.check_open()?;
+        let [hash, stale] = worker_keys(&self.shared.prefix);
+        let mut conn = self.shared.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hdel(hash, id)
+            .zrem(stale, id)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "deregistering a worker"))
+    }
+
+    /// One script call, which drops stale workers first. An entry that
+    /// is not a worker's JSON (written by something else) is skipped.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        self.shared.check_open()?;
+        let mut call = invocation(&LIST_WORKERS, &worker_keys(&self.shared.prefix));
+        call.arg(millis_since_epoch(SystemTime::now()));
+        let mut conn = self.shared.conn.clone();
+        let entries: Vec<Vec<u8>> = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, "listing workers"))?;
+        let mut workers: Vec<WorkerInfo> = entries
+            .iter()
+            .filter_map(|json| serde_json::from_slice(json).ok())
+            .collect();
+        queue_core::stats::sort_workers(&mut workers);
+        Ok(workers)
     }
 
     /// `paused` in the queue's `meta` hash, which the claim script reads.

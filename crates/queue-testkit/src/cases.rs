@@ -2837,3 +2837,87 @@ pub async fn job_retry(ctx: &Ctx) {
         "a completed job",
     );
 }
+
+/// Case 54: a running worker is in the worker registry (host, pid, queue,
+/// concurrency, counts, heartbeat) and refreshes it, leaves it on
+/// shutdown, and a worker whose heartbeat stops drops out after three
+/// intervals. A backend without a registry refuses with `Unsupported` and
+/// its workers run all the same.
+pub async fn worker_registry(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let admin = ctx.backend().admin();
+    let interval = Duration::from_millis(200);
+    let worker = Worker::builder(ctx.backend().clone(), queue.clone())
+        .concurrency(3)
+        .heartbeat(Some(interval))
+        .handler(|_: Job<String>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await
+        .expect("start worker");
+    let mut events = worker.subscribe();
+    for i in 0..2 {
+        let job = Job::encode(&format!("job {i}"), &JobOptions::default()).expect("encode");
+        producer.send(job).await.expect("send");
+    }
+    assert!(until(&mut events, SOON, || worker.stats().completed == 2).await);
+    if !ctx.caps().worker_registry.is_available() {
+        assert_kind(admin.workers().await, ErrorKind::Unsupported, "workers");
+        let info = queue_core::WorkerInfo::new(queue.clone(), 1, interval);
+        assert_kind(
+            admin.register_worker(&info).await,
+            ErrorKind::Unsupported,
+            "register",
+        );
+        worker.shutdown().await.expect("shutdown");
+        return;
+    }
+    let id = worker.id().to_owned();
+    let find = |id: String| async move {
+        let workers = admin.workers().await.expect("workers");
+        workers.into_iter().find(|w| w.id == id)
+    };
+    // The heartbeat after the jobs carries their count.
+    let deadline = Instant::now() + SOON;
+    let listed = loop {
+        match find(id.clone()).await {
+            Some(w) if w.completed == 2 => break w,
+            _ if Instant::now() > deadline => panic!("worker {id} never listed with 2 completed"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(listed.queue, queue);
+    assert_eq!((listed.pid, listed.concurrency), (std::process::id(), 3));
+    assert_eq!((listed.in_flight, listed.failed), (0, 0));
+    assert_eq!(listed.heartbeat_interval, interval);
+    assert!(!listed.host.is_empty());
+    assert!(listed.started_at <= listed.last_heartbeat, "{listed:?}");
+    let first_beat = listed.last_heartbeat;
+    let deadline = Instant::now() + SOON;
+    while find(id.clone()).await.expect("still listed").last_heartbeat == first_beat {
+        assert!(Instant::now() < deadline, "the heartbeat is refreshed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.shutdown().await.expect("shutdown");
+    assert_eq!(
+        find(id.clone()).await,
+        None,
+        "a stopped worker leaves at once"
+    );
+    // A worker that stops reporting (a crashed process) drops out.
+    let silent = queue_core::WorkerInfo::new(queue.clone(), 1, Duration::from_millis(500));
+    admin.register_worker(&silent).await.expect("register");
+    assert!(
+        find(silent.id.clone()).await.is_some(),
+        "listed while fresh"
+    );
+    let deadline = Instant::now() + SOON;
+    while find(silent.id.clone()).await.is_some() {
+        assert!(Instant::now() < deadline, "a silent worker drops out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin
+        .deregister_worker(&silent.id)
+        .await
+        .expect("deregister an unknown id");
+}

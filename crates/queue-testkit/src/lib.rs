@@ -141,7 +141,8 @@ macro_rules! conformance_suite {
             pause_resume,
             oldest_ready_age,
             job_listing,
-            job_retry
+            job_retry,
+            worker_registry
         );
     };
 }

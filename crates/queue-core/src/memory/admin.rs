@@ -10,7 +10,7 @@ use super::backend::MemoryBackend;
 use super::state::lock;
 use crate::error::Result;
 use crate::message::QueueName;
-use crate::stats::{DeadLetter, HealthStatus, QueueOptions, QueueStats, Redrive};
+use crate::stats::{DeadLetter, HealthStatus, QueueOptions, QueueStats, Redrive, WorkerInfo};
 use crate::traits::Admin;
 
 #[async_trait]
@@ -51,6 +51,30 @@ impl Admin for MemoryBackend {
         // Consumers waiting on a paused queue look again.
         queue.wake_all();
         Ok(())
+    }
+
+    async fn register_worker(&self, worker: &WorkerInfo) -> Result<()> {
+        self.shared.check_open()?;
+        let stale_at = Instant::now() + worker.ttl();
+        lock(&self.shared.workers).insert(worker.id.clone(), (worker.clone(), stale_at));
+        Ok(())
+    }
+
+    async fn deregister_worker(&self, id: &str) -> Result<()> {
+        self.shared.check_open()?;
+        lock(&self.shared.workers).remove(id);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        self.shared.check_open()?;
+        let now = Instant::now();
+        let mut workers = lock(&self.shared.workers);
+        workers.retain(|_, (_, stale_at)| *stale_at > now);
+        let mut live: Vec<WorkerInfo> = workers.values().map(|(w, _)| w.clone()).collect();
+        drop(workers);
+        crate::stats::sort_workers(&mut live);
+        Ok(live)
     }
 
     async fn purge(&self, queue: &QueueName) -> Result<u64> {

@@ -30,6 +30,8 @@ pub(super) struct Shared {
     pub(super) capabilities: Capabilities,
     pub(super) lease: Duration,
     pub(super) queues: Mutex<HashMap<QueueName, Arc<MemQueue>>>,
+    /// The worker registry: each worker with the instant it goes stale.
+    pub(super) workers: Mutex<HashMap<String, (crate::stats::WorkerInfo, tokio::time::Instant)>>,
     pub(super) closed: CloseFlag,
 }
 
@@ -62,6 +64,7 @@ impl MemoryBackend {
                 capabilities: capabilities(max_payload, idempotency_window),
                 lease,
                 queues: Mutex::new(HashMap::new()),
+                workers: Mutex::new(HashMap::new()),
                 closed: CloseFlag::default(),
             }),
         }

@@ -99,6 +99,8 @@ pub(super) struct Settings {
     #[validate(range(min = 1, max = 1024, message = "must be 1 to 1024"))]
     pub(super) lanes: usize,
     pub(super) depth_interval: Option<Duration>,
+    #[validate(custom(function = "validate_heartbeat"))]
+    pub(super) heartbeat: Option<Duration>,
 }
 
 fn range(
@@ -140,6 +142,15 @@ fn validate_grace(d: &Duration) -> std::result::Result<(), validator::Validation
         Duration::ZERO,
         Duration::from_secs(3600),
         "must be at most 1 hour",
+    )
+}
+
+fn validate_heartbeat(d: &Duration) -> std::result::Result<(), validator::ValidationError> {
+    range(
+        d,
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+        "must be between 100ms and 1h",
     )
 }
 
@@ -193,6 +204,7 @@ impl Worker {
                 liveness_timeout: Duration::from_secs(60),
                 lanes: std::thread::available_parallelism().map_or(2, usize::from),
                 depth_interval: Some(Duration::from_secs(15)),
+                heartbeat: Some(Duration::from_secs(5)),
             },
             events: EventBus::default(),
             store: None,
@@ -268,6 +280,17 @@ impl WorkerBuilder {
     /// for brokers where a stats call costs).
     pub fn depth_interval(mut self, interval: Option<Duration>) -> Self {
         self.settings.depth_interval = interval;
+        self
+    }
+
+    /// How often the worker reports itself to the backend's worker
+    /// registry (`Admin::register_worker`: host, pid, queue, concurrency,
+    /// in-flight and counts), so `queue workers` and the dashboard list it
+    /// (default 5 s, 100 ms to 1 h; `None` turns it off). A worker silent
+    /// for three intervals drops out of the list. Backends without a
+    /// registry (capability `worker_registry`) are not asked.
+    pub fn heartbeat(mut self, interval: Option<Duration>) -> Self {
+        self.settings.heartbeat = interval;
         self
     }
 
@@ -406,6 +429,8 @@ pub(super) struct Shared {
     pub(super) hard_stop: watch::Receiver<bool>,
     pub(super) last_fetch: Mutex<(Instant, Option<String>)>,
     pub(super) metrics: Metrics,
+    /// This worker's id in the worker registry.
+    pub(super) id: String,
 }
 
 /// Pre-registered metric handles, so the hot path builds no labels.
@@ -445,6 +470,10 @@ pub struct WorkerHandle {
     stop: watch::Sender<bool>,
     hard_stop: watch::Sender<bool>,
     dispatcher: tokio::task::JoinHandle<Result<ShutdownReport>>,
+    /// Ends the heartbeat (which then leaves the registry) once every job
+    /// is done.
+    finished: watch::Sender<bool>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for WorkerHandle {
@@ -496,6 +525,7 @@ impl WorkerWithHandler {
             counters: (0..lanes).map(|_| Counters::default()).collect(),
             hard_stop: hard_stop_rx,
             last_fetch: Mutex::new((Instant::now(), None)),
+            id: queue_core::MessageId::new().to_string(),
         });
         if let Some(interval) = shared.settings.depth_interval {
             tokio::spawn(report_depth(
@@ -505,12 +535,32 @@ impl WorkerWithHandler {
                 stop_rx.clone(),
             ));
         }
+        let (finished, finished_rx) = watch::channel(false);
+        let heartbeat = match shared.settings.heartbeat {
+            Some(interval)
+                if builder
+                    .backend
+                    .capabilities()
+                    .worker_registry
+                    .is_available() =>
+            {
+                Some(tokio::spawn(heartbeat(
+                    builder.backend.clone(),
+                    shared.clone(),
+                    interval,
+                    finished_rx,
+                )))
+            }
+            _ => None,
+        };
         let dispatcher = tokio::spawn(lane::dispatch(shared.clone(), consumers, stop_rx));
         Ok(WorkerHandle {
             shared,
             stop,
             hard_stop,
             dispatcher,
+            finished,
+            heartbeat,
         })
     }
 }
@@ -526,9 +576,20 @@ impl WorkerHandle {
         &self.shared.queue
     }
 
+    /// This worker's id in the worker registry (`Admin::workers`).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> WorkerStats {
-        let lanes = &self.shared.counters;
+        self.shared.stats()
+    }
+}
+
+impl Shared {
+    fn stats(&self) -> WorkerStats {
+        let lanes = &self.counters;
         let load = |field: fn(&Counters) -> &AtomicU64| -> u64 {
             lanes
                 .iter()
@@ -547,7 +608,9 @@ impl WorkerHandle {
             in_flight: started - finished.min(started),
         }
     }
+}
 
+impl WorkerHandle {
     /// Liveness: unhealthy once shut down, or when it has not fetched for
     /// the liveness timeout while it had free slots.
     pub fn health(&self) -> WorkerHealth {
@@ -599,8 +662,48 @@ impl WorkerHandle {
                 dispatcher.await
             }
         };
+        // Every job is done: leave the registry before returning.
+        let _ = self.finished.send(true);
+        if let Some(heartbeat) = self.heartbeat {
+            let _ = heartbeat.await;
+        }
         joined
             .map_err(|e| Error::new(ErrorKind::Other, format!("worker dispatcher failed: {e}")))?
+    }
+}
+
+/// Report the worker to the registry every `interval` until it has
+/// finished (or its handle is dropped), then remove it. A failed report is
+/// logged and tried again next interval: the registry is for operators,
+/// never a reason to stop working.
+async fn heartbeat(
+    backend: Arc<dyn Backend>,
+    shared: Arc<Shared>,
+    interval: Duration,
+    mut finished: watch::Receiver<bool>,
+) {
+    let mut info = queue_core::WorkerInfo::new(
+        shared.queue.clone(),
+        shared.settings.concurrency as u64,
+        interval,
+    );
+    info.id = shared.id.clone();
+    loop {
+        let stats = shared.stats();
+        info.in_flight = stats.in_flight;
+        info.completed = stats.completed;
+        info.failed = stats.failed;
+        info.last_heartbeat = std::time::SystemTime::now();
+        if let Err(e) = backend.admin().register_worker(&info).await {
+            tracing::debug!(worker = %info.id, error = %e, "could not report to the worker registry");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = finished.wait_for(|done| *done) => break,
+        }
+    }
+    if let Err(e) = backend.admin().deregister_worker(&info.id).await {
+        tracing::debug!(worker = %info.id, error = %e, "could not leave the worker registry");
     }
 }
 
