@@ -1,7 +1,7 @@
 //! The `queue` command line tool.
 //!
 //! Operations on any backend compiled in (`stats`, `send`, `dead-letters`,
-//! `purge`, `delete`), and `queue demo`, which submits many typed jobs,
+//! `purge`, `delete`, `pause`, `resume`, `workers`, `jobs`), and `queue demo`, which submits many typed jobs,
 //! runs them with a worker pool and prints throughput, latency, retries
 //! and dead letters.
 
@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod jobs;
 mod ops;
 
 /// Background jobs over Redis, RabbitMQ, Kafka, SQS or an embedded memory
@@ -63,6 +64,12 @@ enum Command {
     Pause(ops::QueueArgs),
     /// Resume a paused queue.
     Resume(ops::QueueArgs),
+    /// The live workers of every queue (from the backend's worker
+    /// registry): host, pid, concurrency, in flight, counts, heartbeat age.
+    Workers(jobs::WorkersArgs),
+    /// Tracked jobs (the backend's job store): list with filters and a
+    /// search, show one, retry a dead one now, forget one.
+    Jobs(jobs::JobsArgs),
 }
 
 #[tokio::main]
@@ -77,6 +84,8 @@ async fn main() -> ExitCode {
         Command::Delete(args) => ops::delete(args).await,
         Command::Pause(args) => ops::pause(args).await,
         Command::Resume(args) => ops::resume(args).await,
+        Command::Workers(args) => jobs::workers(args).await,
+        Command::Jobs(args) => jobs::jobs(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

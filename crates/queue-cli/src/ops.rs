@@ -36,7 +36,7 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    async fn connect(&self) -> anyhow::Result<Arc<dyn Backend>> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Arc<dyn Backend>> {
         // The error names the scheme and the problem, never the URL's
         // credentials (the registry and the backends' errors guarantee it).
         queue::connect(&self.url)
@@ -99,11 +99,11 @@ impl std::fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-fn input(message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn input(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(InputError(message.into()))
 }
 
-fn queue_name(name: &str) -> anyhow::Result<QueueName> {
+pub(crate) fn queue_name(name: &str) -> anyhow::Result<QueueName> {
     QueueName::new(name).with_context(|| format!("bad queue name {name:?}"))
 }
 
@@ -537,7 +537,7 @@ fn dead_letter_row(dead: &DeadLetter) -> DeadLetterRow {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         let _ = write!(out, "{b:02x}");
@@ -547,7 +547,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// At most `max` characters of `text` on one line, control characters
 /// shown as escapes (a payload or an error must not drive the terminal).
-fn preview(text: &str, max: usize) -> String {
+pub(crate) fn preview(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (n, c) in text.chars().enumerate() {
         if n == max {
@@ -563,7 +563,7 @@ fn preview(text: &str, max: usize) -> String {
     out
 }
 
-fn age(since: SystemTime) -> String {
+pub(crate) fn age(since: SystemTime) -> String {
     duration(
         SystemTime::now()
             .duration_since(since)
@@ -572,7 +572,7 @@ fn age(since: SystemTime) -> String {
 }
 
 /// Whole seconds in the largest unit that fits: `42s`, `7m`, `3h`, `2d`.
-fn duration(secs: u64) -> String {
+pub(crate) fn duration(secs: u64) -> String {
     match secs {
         0..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m", secs / 60),
@@ -659,7 +659,7 @@ pub(crate) struct DestroyArgs {
 }
 
 /// Ask on the terminal unless `--yes`; refuse without a terminal.
-fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
+pub(crate) fn confirm(yes: bool, question: &str) -> anyhow::Result<()> {
     if yes {
         return Ok(());
     }
@@ -716,22 +716,22 @@ pub(crate) async fn delete(args: DestroyArgs) -> anyhow::Result<()> {
 // ---------------------------------------------------------------- table
 
 /// A plain text table: columns padded to their widest cell.
-struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Table {
+    pub(crate) fn new(header: &[&str]) -> Table {
         Table {
             rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {

@@ -223,4 +223,202 @@ fn stats_needs_names_where_a_backend_cannot_list() {
         "{}",
         text(&out.stderr)
     );
+    // Nor does it hold job records or a worker registry.
+    for args in [&["jobs", "list"][..], &["workers"]] {
+        let out = queue_cli(&url, args, "");
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_jobs_on_redis() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use queue::{Job, JobEventKind, JobOptions, JobScheduler};
+
+    let Some(url) = broker_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    let queue = QueueName::new(unique("cli-jobs")).expect("name");
+    let backend = queue::connect(&url).await.expect("connect");
+    let store = backend
+        .default_job_store()
+        .expect("Redis keeps a job store");
+    let scheduler = JobScheduler::new(backend.clone(), store);
+    let fail = Arc::new(AtomicBool::new(true));
+    let failing = fail.clone();
+    let worker = scheduler
+        .worker(queue.clone())
+        .concurrency(2)
+        .heartbeat(Some(Duration::from_millis(200)))
+        .handler(move |job: Job<String>| {
+            let fail = failing.load(Ordering::SeqCst) && job.payload == "bad";
+            async move {
+                if fail {
+                    return Err(std::io::Error::other("<b>boom</b>\x1b[2J"));
+                }
+                Ok(job.payload.len())
+            }
+        })
+        .start()
+        .await
+        .expect("worker");
+    let mut events = worker.subscribe();
+    let ok = scheduler
+        .submit(&queue, &"fine".to_owned(), &JobOptions::default())
+        .await
+        .expect("submit");
+    let once = JobOptions::default().with_max_retries(0);
+    let bad = scheduler
+        .submit(&queue, &"bad".to_owned(), &once)
+        .await
+        .expect("submit");
+    let mut settled = 0;
+    while settled < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("jobs settle")
+            .expect("event");
+        if matches!(
+            event.kind,
+            JobEventKind::Completed | JobEventKind::DeadLettered { .. }
+        ) {
+            settled += 1;
+        }
+    }
+    let (id, ok_id, bad_id) = (worker.id().to_owned(), ok.to_string(), bad.to_string());
+
+    // The worker is listed; its heartbeat carries the counts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = queue_cli(&url, &["workers", "--json"], "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let workers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let me = workers
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|w| w["id"] == id.as_str())
+            .cloned();
+        if let Some(me) = me.filter(|w| w["completed"] == 1) {
+            assert_eq!(me["queue"], queue.as_str());
+            assert_eq!(
+                (me["concurrency"].as_u64(), me["failed"].as_u64()),
+                (Some(2), Some(1))
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker {id} listed with its counts"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = queue_cli(&url, &["workers"], "");
+    assert!(text(&out.stdout).contains(&id), "{}", text(&out.stdout));
+
+    // Listing: both, newest first; by status; by search; the error escaped.
+    let out = queue_cli(
+        &url,
+        &["jobs", "list", "--queue", queue.as_str(), "--json"],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ids: Vec<&str> = page["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, [bad_id.as_str(), ok_id.as_str()]);
+    assert_eq!(page["jobs"][0]["name"], "String");
+    assert_eq!(page["next"], serde_json::Value::Null);
+    let out = queue_cli(
+        &url,
+        &[
+            "jobs",
+            "list",
+            "--queue",
+            queue.as_str(),
+            "--status",
+            "dead",
+            "--limit",
+            "1",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains(&bad_id) && !table.contains(&ok_id),
+        "{table}"
+    );
+    assert!(
+        table.contains("<b>boom</b>\\u{1b}[2J"),
+        "control characters escaped: {table}"
+    );
+    let out = queue_cli(
+        &url,
+        &[
+            "jobs",
+            "list",
+            "--queue",
+            queue.as_str(),
+            "--search",
+            "BOOM",
+            "--json",
+        ],
+        "",
+    );
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(1));
+    let out = queue_cli(&url, &["jobs", "show", &bad_id, "--json"], "");
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (record["status"].as_str(), record["attempts"].as_u64()),
+        (Some("dead"), Some(1))
+    );
+    let out = queue_cli(&url, &["jobs", "show", &bad_id], "");
+    assert!(text(&out.stdout).contains("dead"), "{}", text(&out.stdout));
+
+    // Retry the dead job: it runs again and completes.
+    fail.store(false, Ordering::SeqCst);
+    let out = queue_cli(&url, &["jobs", "retry", &bad_id], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let completed = tokio::time::timeout(Duration::from_secs(15), async {
+        while worker.stats().completed < 2 {
+            events.recv().await.expect("event");
+        }
+    })
+    .await;
+    assert!(completed.is_ok(), "the retried job completes");
+    let record = scheduler.status(bad).await.expect("status").expect("kept");
+    assert_eq!(record.status, queue::JobStatus::Completed);
+
+    // Refusals, with their exit codes.
+    let code = |args: &[&str]| queue_cli(&url, args, "").status.code();
+    assert_eq!(code(&["jobs", "retry", &ok_id]), Some(2), "a completed job");
+    let unknown = queue::MessageId::new().to_string();
+    assert_eq!(code(&["jobs", "show", &unknown]), Some(5));
+    assert_eq!(code(&["jobs", "retry", &unknown]), Some(5));
+    assert_eq!(code(&["jobs", "show", "not-an-id"]), Some(2));
+    assert_eq!(code(&["jobs", "list", "--status", "bogus"]), Some(2));
+    assert_eq!(code(&["jobs", "list", "--cursor", "bogus"]), Some(2));
+    assert_eq!(code(&["jobs", "delete", &ok_id]), Some(4), "not confirmed");
+    assert_eq!(code(&["jobs", "delete", &ok_id, "--yes"]), Some(0));
+    assert_eq!(code(&["jobs", "show", &ok_id]), Some(5), "forgotten");
+
+    // A stopped worker leaves the registry.
+    worker.shutdown().await.expect("shutdown");
+    let out = queue_cli(&url, &["workers", "--json"], "");
+    assert!(!text(&out.stdout).contains(&id), "{}", text(&out.stdout));
+    scheduler.delete(bad).await.expect("forget");
+    backend.admin().delete_queue(&queue).await.expect("delete");
 }

@@ -45,6 +45,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Close connections; every later call fails with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     async fn close(&self) -> Result<()>;
+
+    /// The job store this backend keeps, where tools (the `queue` CLI,
+    /// the dashboard) find job records: Redis's shared store (namespace
+    /// `jobs`), the memory backend's in-process one (shared by its
+    /// clones). `None` (the default) for brokers that hold no records:
+    /// there, job status lives in the store the submitting process chose.
+    fn default_job_store(&self) -> Option<std::sync::Arc<dyn crate::store::JobStore>> {
+        None
+    }
 }
 
 /// Sends messages to one queue.

@@ -198,6 +198,11 @@ impl Backend for RedisBackend {
         self
     }
 
+    /// [`RedisBackend::job_store`]: the shared store under namespace `jobs`.
+    fn default_job_store(&self) -> Option<std::sync::Arc<dyn queue_core::JobStore>> {
+        Some(std::sync::Arc::new(self.job_store()))
+    }
+
     async fn close(&self) -> Result<()> {
         self.shared.closed.close();
         Ok(())

@@ -32,6 +32,8 @@ pub(super) struct Shared {
     pub(super) queues: Mutex<HashMap<QueueName, Arc<MemQueue>>>,
     /// The worker registry: each worker with the instant it goes stale.
     pub(super) workers: Mutex<HashMap<String, (crate::stats::WorkerInfo, tokio::time::Instant)>>,
+    /// The job store of [`Backend::default_job_store`].
+    pub(super) job_store: Arc<crate::store::MemoryJobStore>,
     pub(super) closed: CloseFlag,
 }
 
@@ -65,6 +67,7 @@ impl MemoryBackend {
                 lease,
                 queues: Mutex::new(HashMap::new()),
                 workers: Mutex::new(HashMap::new()),
+                job_store: Arc::default(),
                 closed: CloseFlag::default(),
             }),
         }
@@ -159,6 +162,12 @@ impl Backend for MemoryBackend {
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>> {
         Ok(Box::new(self.memory_consumer(queue, options)?))
+    }
+
+    /// An in-process [`MemoryJobStore`](crate::MemoryJobStore) shared by
+    /// every clone of this backend.
+    fn default_job_store(&self) -> Option<Arc<dyn crate::store::JobStore>> {
+        Some(self.shared.job_store.clone())
     }
 
     fn admin(&self) -> &dyn Admin {
