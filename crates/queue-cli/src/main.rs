@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod jobs;
 mod ops;
+mod serve;
 
 /// Background jobs over Redis, RabbitMQ, Kafka, SQS or an embedded memory
 /// backend, from the command line.
@@ -70,6 +71,11 @@ enum Command {
     /// Tracked jobs (the backend's job store): list with filters and a
     /// search, show one, retry a dead one now, forget one.
     Jobs(jobs::JobsArgs),
+    /// Run the web dashboard: every queue's depth, oldest job, rates and
+    /// chart, dead letters, jobs and workers, with redrive, purge, pause and
+    /// retry; plus /metrics (Prometheus) and /healthz. Binds 127.0.0.1:8080
+    /// by default; any other address needs --token.
+    Serve(serve::ServeArgs),
 }
 
 #[tokio::main]
@@ -86,6 +92,7 @@ async fn main() -> ExitCode {
         Command::Resume(args) => ops::resume(args).await,
         Command::Workers(args) => jobs::workers(args).await,
         Command::Jobs(args) => jobs::jobs(args).await,
+        Command::Serve(args) => serve::serve(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

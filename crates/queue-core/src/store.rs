@@ -575,7 +575,7 @@ impl JobStore for MemoryJobStore {
             .filter(|(at, r)| query.cursor.is_none_or(|c| *at < c) && query.matches(r))
             .collect();
         // Newest first: the largest (created, id) first.
-        matched.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        matched.sort_unstable_by_key(|(at, _)| std::cmp::Reverse(*at));
         let more = matched.len() > query.limit;
         matched.truncate(query.limit);
         let next = more.then(|| matched.last().map(|(at, _)| *at)).flatten();

@@ -204,6 +204,33 @@ impl QueueManager {
         }
     }
 
+    /// Every backend, by name.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &Arc<dyn Backend>)> {
+        self.backends.iter().map(|(name, b)| (name.as_str(), b))
+    }
+
+    /// The job store the manager tracks jobs in.
+    pub fn job_store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
+    /// The queues routed or used through the manager, each with the name
+    /// of its backend (for tools, beside `Admin::queues`).
+    pub fn known_queues(&self) -> Vec<(String, QueueName)> {
+        let mut queues: BTreeSet<QueueName> = self.routes.keys().cloned().collect();
+        queues.extend(
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        queues
+            .into_iter()
+            .map(|q| (self.backend_name(&q).to_owned(), q))
+            .collect()
+    }
+
     /// The name of the backend `queue` is routed to.
     pub fn backend_name(&self, queue: &QueueName) -> &str {
         self.routes.get(queue).unwrap_or(&self.default)

@@ -1,0 +1,191 @@
+//! A web dashboard for `queue`: every queue of every backend (depth by
+//! state, the oldest job's wait, processed and failed per second with a
+//! chart over the last hour, paused or running, backend health), a queue's
+//! dead letters (redrive one or all, purge, pause and resume), tracked jobs
+//! (by status, with a search; retry a dead one, forget one) and the live
+//! workers, as HTML pages and as a JSON API under the same router.
+//!
+//! Mount it in an axum app under any path, behind the app's own auth:
+//!
+//! ```no_run
+//! # async fn f(backend: std::sync::Arc<dyn queue_core::Backend>) -> std::io::Result<()> {
+//! use queue_web::Dashboard;
+//!
+//! let dashboard = Dashboard::for_backend("main", backend).router();
+//! let app = axum::Router::new().nest("/admin/queues", dashboard);
+//! // app.layer(your_auth_middleware) guards it like any other route.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! or run it standalone with `queue serve` (crate `queue-cli`), which adds
+//! `/metrics` and `/healthz`.
+//!
+//! **Safety.** Every page and answer carries a strict
+//! Content-Security-Policy (scripts and styles only from the dashboard's
+//! own two assets, no inline code, no frames) and `nosniff`; payloads,
+//! errors and names are HTML-escaped everywhere. Every change is a `POST`
+//! that carries the dashboard's CSRF token (a form field, or the
+//! `x-csrf-token` header for the API), and the pages ask for confirmation
+//! first. [`Dashboard::read_only`] hides every action and refuses every
+//! `POST`. [`Dashboard::token`] demands a token on every request (a
+//! `Bearer` header, or `?token=` once, which sets a cookie); `queue serve`
+//! refuses to bind anything but loopback without one.
+//!
+//! **Cost to the broker.** Samples are shared by every viewer and taken at
+//! most once a second: a refresh costs one stats call per queue (one round
+//! trip on Redis); queue lists and health checks are cached for ten
+//! seconds. While nobody looks, a sample every ten seconds keeps the
+//! hour's chart going.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use queue_core::{Backend, JobStore, QueueName};
+use queue_worker::QueueManager;
+
+mod actions;
+mod assets;
+mod html;
+mod pages;
+mod sampler;
+mod security;
+mod svg;
+
+pub use sampler::{BackendView, Overview, QueueView, RatePoint};
+
+/// Builds the dashboard's router: which backends it shows, its job store,
+/// and its safety settings.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Dashboard {
+    backends: Vec<(String, Arc<dyn Backend>)>,
+    manager: Option<Arc<QueueManager>>,
+    store: Option<Arc<dyn JobStore>>,
+    queues: Vec<(String, QueueName)>,
+    read_only: bool,
+    token: Option<String>,
+    refresh: Duration,
+}
+
+impl Dashboard {
+    /// A dashboard of one backend, named `name`, with the job store the
+    /// backend keeps (`Backend::default_job_store`: Redis's shared store,
+    /// memory's in-process one; none for the other brokers).
+    pub fn for_backend(name: impl Into<String>, backend: Arc<dyn Backend>) -> Self {
+        let store = backend.default_job_store();
+        Dashboard {
+            backends: vec![(name.into(), backend)],
+            manager: None,
+            store,
+            queues: Vec::new(),
+            read_only: false,
+            token: None,
+            refresh: Duration::from_secs(2),
+        }
+    }
+
+    /// A dashboard of every backend of a [`QueueManager`], with its job
+    /// store and the queues it routes or has used (beside the ones each
+    /// backend lists).
+    pub fn for_manager(manager: Arc<QueueManager>) -> Self {
+        Dashboard {
+            backends: manager
+                .backends()
+                .map(|(name, b)| (name.to_owned(), b.clone()))
+                .collect(),
+            store: Some(manager.job_store().clone()),
+            manager: Some(manager),
+            queues: Vec::new(),
+            read_only: false,
+            token: None,
+            refresh: Duration::from_secs(2),
+        }
+    }
+
+    /// Show another backend beside the others.
+    pub fn backend(mut self, name: impl Into<String>, backend: Arc<dyn Backend>) -> Self {
+        self.backends.push((name.into(), backend));
+        self
+    }
+
+    /// Use `store` for the jobs pages (instead of the backend's own).
+    pub fn job_store(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Always show `queue` of backend `backend`, for backends that cannot
+    /// list their queues (RabbitMQ).
+    pub fn queue(mut self, backend: impl Into<String>, queue: QueueName) -> Self {
+        self.queues.push((backend.into(), queue));
+        self
+    }
+
+    /// Hide every action and refuse every change (`403`).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Demand `token` on every request: `Authorization: Bearer TOKEN`, or
+    /// `?token=TOKEN` on a page once (which sets an `HttpOnly`,
+    /// `SameSite=Strict` cookie and redirects to the page without it).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into()).filter(|t| !t.is_empty());
+        self
+    }
+
+    /// How often open pages refresh themselves (default 2 s, at least
+    /// 500 ms).
+    pub fn refresh(mut self, every: Duration) -> Self {
+        self.refresh = every.max(Duration::from_millis(500));
+        self
+    }
+
+    /// The router: pages at `/`, `/queues/{backend}/{queue}`, `/jobs`,
+    /// `/jobs/{id}` and `/workers`, the JSON API under `/api`, assets under
+    /// `/assets`. Mount it with `Router::nest` under any path; links follow
+    /// the mount point. Call it inside a tokio runtime (it starts the
+    /// background sampler, which stops when the router is dropped).
+    pub fn router(self) -> axum::Router {
+        let state = Arc::new(State {
+            backends: self.backends,
+            manager: self.manager,
+            store: self.store,
+            queues: self.queues,
+            read_only: self.read_only,
+            token: self.token,
+            csrf: uuid::Uuid::new_v4().simple().to_string(),
+            refresh: self.refresh,
+            sampler: sampler::Sampler::default(),
+        });
+        sampler::spawn_background(&state);
+        pages::router(state)
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct State {
+    pub(crate) backends: Vec<(String, Arc<dyn Backend>)>,
+    pub(crate) manager: Option<Arc<QueueManager>>,
+    pub(crate) store: Option<Arc<dyn JobStore>>,
+    pub(crate) queues: Vec<(String, QueueName)>,
+    pub(crate) read_only: bool,
+    pub(crate) token: Option<String>,
+    pub(crate) csrf: String,
+    pub(crate) refresh: Duration,
+    pub(crate) sampler: sampler::Sampler,
+}
+
+impl State {
+    pub(crate) fn backend(&self, name: &str) -> Option<&Arc<dyn Backend>> {
+        self.backends
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b)
+    }
+}

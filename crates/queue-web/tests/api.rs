@@ -1,0 +1,438 @@
+//! Every endpoint of the dashboard over plain HTTP, mounted under
+//! `/admin/queues` as an application would: pages and JSON reads against
+//! a real Redis with a running worker, every change with its CSRF token,
+//! and the refusals: a missing or wrong CSRF token, read-only mode, a
+//! missing token. Hostile payloads and errors come back escaped.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use queue_core::{Backend, Job, JobOptions, JobStore, MemoryBackend, QueueName};
+use queue_redis::RedisBackend;
+use queue_testkit::broker_url;
+use queue_web::Dashboard;
+use queue_worker::{JobEventKind, JobScheduler};
+use support::{get, request, serve};
+
+const HOSTILE_ERROR: &str = "<script>alert('err')</script>";
+const HOSTILE_PAYLOAD: &str = "<script>alert('pay')</script>";
+
+fn unique(prefix: &str) -> String {
+    let id = queue_core::MessageId::new().as_uuid().simple().to_string();
+    format!("{prefix}-{}", &id[20..])
+}
+
+fn mounted(dashboard: Dashboard) -> axum::Router {
+    axum::Router::new().nest("/admin/queues", dashboard.router())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_on_redis() {
+    let Some(url) = broker_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    let redis = RedisBackend::connect(&url).await.expect("connect");
+    let store: Arc<dyn JobStore> = Arc::new(
+        redis
+            .job_store()
+            .with_namespace(&unique("web"))
+            .expect("namespace"),
+    );
+    let backend: Arc<dyn Backend> = Arc::new(redis);
+    let queue = QueueName::new(unique("web")).expect("name");
+    let q = queue.as_str().to_owned();
+    let scheduler = JobScheduler::new(backend.clone(), store.clone());
+    let failing = Arc::new(AtomicBool::new(true));
+    let fail = failing.clone();
+    let worker = scheduler
+        .worker(queue.clone())
+        .concurrency(2)
+        .heartbeat(Some(Duration::from_millis(200)))
+        .handler(move |_: Job<serde_json::Value>| {
+            let fail = fail.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    return Err(std::io::Error::other(HOSTILE_ERROR));
+                }
+                Ok("done")
+            }
+        })
+        .start()
+        .await
+        .expect("worker");
+    let mut events = worker.subscribe();
+    let once = JobOptions::default().with_max_retries(0);
+    let payload = serde_json::json!({ "html": HOSTILE_PAYLOAD });
+    let a = scheduler
+        .submit(&queue, &payload, &once)
+        .await
+        .expect("submit");
+    let b = scheduler
+        .submit(&queue, &payload, &once)
+        .await
+        .expect("submit");
+    while worker.stats().dead_lettered < 2 {
+        tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("both jobs die")
+            .expect("event");
+    }
+    let dashboard = Dashboard::for_backend("main", backend.clone()).job_store(store.clone());
+    let addr = serve(mounted(dashboard)).await;
+    let at = |path: &str| format!("/admin/queues{path}");
+
+    // The overview, at the mount point (axum's `nest` does not route the
+    // path with a trailing slash).
+    for path in ["/admin/queues"] {
+        let page = get(addr, path).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(
+            page.body.contains(&format!("data-queue=\"{q}\"")),
+            "{}",
+            page.body
+        );
+        assert!(page.body.contains("src=\"/admin/queues/assets/app.js\""));
+        let csp = page.header("content-security-policy").expect("a CSP");
+        assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"));
+        assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    }
+    let overview = get(addr, &at("/api/overview")).await.json();
+    let mine = overview["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|v| v["queue"] == q.as_str())
+        .cloned()
+        .expect("the queue is in the overview");
+    assert_eq!(mine["stats"]["dead"], 2, "{mine}");
+    assert_eq!(overview["backends"][0]["healthy"], true);
+
+    // Queue detail: everything hostile escaped, nothing raw.
+    let detail = get(addr, &at(&format!("/queues/main/{q}"))).await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    assert!(!detail.body.contains("<script>alert"), "{}", detail.body);
+    assert!(detail
+        .body
+        .contains("&lt;script&gt;alert(&#39;err&#39;)&lt;/script&gt;"));
+    assert!(detail
+        .body
+        .contains("&lt;script&gt;alert(&#39;pay&#39;)&lt;/script&gt;"));
+    assert!(
+        detail.body.contains("name=\"csrf\""),
+        "actions carry the CSRF token"
+    );
+    let api = get(addr, &at(&format!("/api/queues/main/{q}")))
+        .await
+        .json();
+    assert_eq!(
+        api["dead_letters"]["items"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(api["dead_letters"]["items"][0]["last_error"], HOSTILE_ERROR);
+    assert_eq!(
+        api["dead_letters"]["items"][0]["payload_json"]["html"],
+        HOSTILE_PAYLOAD
+    );
+    let page1 = get(
+        addr,
+        &at(&format!("/api/queues/main/{q}/dead-letters?limit=1")),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (
+            page1["items"].as_array().map(Vec::len),
+            page1["more"].as_bool()
+        ),
+        (Some(1), Some(true))
+    );
+    let page2 = get(
+        addr,
+        &at(&format!(
+            "/api/queues/main/{q}/dead-letters?limit=1&offset=1"
+        )),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (
+            page2["items"].as_array().map(Vec::len),
+            page2["more"].as_bool()
+        ),
+        (Some(1), Some(false))
+    );
+    assert_ne!(page1["items"][0]["id"], page2["items"][0]["id"]);
+
+    // Jobs and workers.
+    let jobs = get(addr, &at(&format!("/api/jobs?status=dead&queue={q}")))
+        .await
+        .json();
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "{jobs}");
+    let list = get(
+        addr,
+        &at(&format!("/jobs?status=dead&queue={q}&search=ALERT")),
+    )
+    .await;
+    assert!(list.body.contains(&a.to_string()[..8]) && !list.body.contains("<script>alert"));
+    let job = get(addr, &at(&format!("/jobs/{a}"))).await;
+    assert_eq!(job.status, 200);
+    assert!(job.body.contains("Retry now") && !job.body.contains("<script>alert"));
+    assert_eq!(
+        get(addr, &at(&format!("/api/jobs/{a}"))).await.json()["status"],
+        "dead"
+    );
+    let workers = get(addr, &at("/api/workers")).await.json();
+    assert!(
+        workers["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .any(|w| w["id"] == worker.id()),
+        "{workers}"
+    );
+    assert!(get(addr, &at("/workers"))
+        .await
+        .body
+        .contains(&worker.id()[..8]));
+
+    // Changes need the CSRF token.
+    let csrf = get(addr, &at("/api/session")).await.json()["csrf"]
+        .as_str()
+        .expect("csrf")
+        .to_owned();
+    let pause = at(&format!("/api/queues/main/{q}/pause"));
+    assert_eq!(request(addr, "POST", &pause, &[], "").await.status, 403);
+    let wrong = [("x-csrf-token", "not-the-token")];
+    assert_eq!(request(addr, "POST", &pause, &wrong, "").await.status, 403);
+    let token = [("x-csrf-token", csrf.as_str())];
+    let paused = request(addr, "POST", &pause, &token, "").await;
+    assert_eq!(
+        (paused.status, paused.json()["paused"].as_bool()),
+        (200, Some(true))
+    );
+    assert!(get(addr, &at(&format!("/queues/main/{q}")))
+        .await
+        .body
+        .contains("badge paused"));
+    // A form post resumes and redirects back to the queue.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let resume = at(&format!("/queues/main/{q}/resume"));
+    let refused = request(addr, "POST", &resume, &form, "csrf=nope").await;
+    assert_eq!(refused.status, 403);
+    let resumed = request(addr, "POST", &resume, &form, &format!("csrf={csrf}")).await;
+    assert_eq!(resumed.status, 303, "{}", resumed.body);
+    assert_eq!(
+        resumed.header("location"),
+        Some(at(&format!("/queues/main/{q}")).as_str())
+    );
+    assert!(!backend.admin().stats(&queue).await.expect("stats").paused);
+
+    // Redrive one dead letter by id, retry the other job by id: both run.
+    failing.store(false, Ordering::SeqCst);
+    let json = [
+        ("x-csrf-token", csrf.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let redrive = at(&format!("/api/queues/main/{q}/redrive"));
+    let body = format!("{{\"ids\": [\"{a}\"]}}");
+    let moved = request(addr, "POST", &redrive, &json, &body).await;
+    assert_eq!(
+        (moved.status, moved.json()["redriven"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        moved.body
+    );
+    let retried = request(
+        addr,
+        "POST",
+        &at(&format!("/api/jobs/{b}/retry")),
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    while worker.stats().completed < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("both jobs run again")
+            .expect("event");
+        assert!(!matches!(event.kind, JobEventKind::DeadLettered { .. }));
+    }
+    let again = request(
+        addr,
+        "POST",
+        &at(&format!("/api/jobs/{b}/retry")),
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(
+        again.status, 400,
+        "a completed job is not retried: {}",
+        again.body
+    );
+    let bad = request(addr, "POST", &redrive, &json, "{\"ids\": [\"x\"]}").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
+    // Forget a job; purge; unknown things.
+    let forget = request(
+        addr,
+        "POST",
+        &at(&format!("/api/jobs/{a}/delete")),
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(forget.status, 200, "{}", forget.body);
+    assert_eq!(get(addr, &at(&format!("/api/jobs/{a}"))).await.status, 404);
+    let purge = request(
+        addr,
+        "POST",
+        &at(&format!("/api/queues/main/{q}/purge")),
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (purge.status, purge.json()["purged"].as_u64()),
+        (200, Some(0))
+    );
+    let unknown = request(
+        addr,
+        "POST",
+        &at(&format!("/api/queues/main/{q}/explode")),
+        &token,
+        "",
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        get(addr, &at(&format!("/api/queues/other/{q}")))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        get(addr, &at("/api/queues/main/bad%20name")).await.status,
+        400
+    );
+    assert_eq!(get(addr, &at("/api/jobs?status=bogus")).await.status, 400);
+    assert_eq!(get(addr, &at("/api/jobs?cursor=bogus")).await.status, 400);
+    let missing = get(addr, &at("/no/such/page")).await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.header("content-security-policy").is_some());
+    let js = get(addr, &at("/assets/app.js")).await;
+    assert_eq!(
+        (js.status, js.header("content-type")),
+        (200, Some("text/javascript; charset=utf-8"))
+    );
+    assert_eq!(get(addr, &at("/assets/style.css")).await.status, 200);
+
+    worker.shutdown().await.expect("shutdown");
+    backend.admin().delete_queue(&queue).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_hides_and_refuses_every_change() {
+    let backend = Arc::new(MemoryBackend::new());
+    let queue = QueueName::new("ro").expect("name");
+    backend.producer_of(&queue).await;
+    let addr = serve(mounted(
+        Dashboard::for_backend("mem", backend.clone()).read_only(true),
+    ))
+    .await;
+    let page = get(addr, "/admin/queues/queues/mem/ro").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        !page.body.contains("method=\"post\""),
+        "no actions: {}",
+        page.body
+    );
+    assert!(page.body.contains("read-only"));
+    let csrf = get(addr, "/admin/queues/api/session").await.json();
+    assert_eq!(csrf["read_only"], true);
+    let token = csrf["csrf"].as_str().expect("csrf").to_owned();
+    for action in ["pause", "resume", "purge", "redrive"] {
+        let path = format!("/admin/queues/api/queues/mem/ro/{action}");
+        let reply = request(addr, "POST", &path, &[("x-csrf-token", &token)], "").await;
+        assert_eq!(reply.status, 403, "{action}: {}", reply.body);
+    }
+    let form = request(
+        addr,
+        "POST",
+        "/admin/queues/queues/mem/ro/purge",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!("csrf={token}"),
+    )
+    .await;
+    assert_eq!(form.status, 403);
+    assert!(!backend.admin().stats(&queue).await.expect("stats").paused);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_request() {
+    let backend = Arc::new(MemoryBackend::new());
+    let secret = "a-long-enough-secret-token";
+    let addr = serve(mounted(
+        Dashboard::for_backend("mem", backend).token(secret),
+    ))
+    .await;
+    for path in [
+        "/admin/queues",
+        "/admin/queues/api/overview",
+        "/admin/queues/assets/app.js",
+    ] {
+        let reply = get(addr, path).await;
+        assert_eq!(reply.status, 401, "{path}");
+        assert!(!reply.body.contains(secret));
+    }
+    let bearer = format!("Bearer {secret}");
+    let ok = request(
+        addr,
+        "GET",
+        "/admin/queues/api/overview",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let wrong = request(
+        addr,
+        "GET",
+        "/admin/queues",
+        &[("authorization", "Bearer nope")],
+        "",
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    // ?token= once: a cookie, and the address without it.
+    let login = get(
+        addr,
+        &format!("/admin/queues/jobs?status=dead&token={secret}"),
+    )
+    .await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    assert_eq!(
+        login.header("location"),
+        Some("/admin/queues/jobs?status=dead")
+    );
+    let cookie = login.header("set-cookie").expect("a cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let pair = cookie.split(';').next().expect("name=value");
+    let page = request(addr, "GET", "/admin/queues", &[("cookie", pair)], "").await;
+    assert_eq!(page.status, 200);
+}
+
+/// `producer_of` for the memory backend: make the queue exist.
+trait MakeQueue {
+    async fn producer_of(&self, queue: &QueueName);
+}
+
+impl MakeQueue for MemoryBackend {
+    async fn producer_of(&self, queue: &QueueName) {
+        let _ = self.producer(queue).await.expect("producer");
+    }
+}
