@@ -90,6 +90,7 @@ fn test(extra: &[String]) -> Result<(), String> {
     // Python process), and the two suites run at the same time.
     let sqs_fifo = sqs_server("QUEUE_TEST_SQS_FIFO_URL")?;
     let kafka = kafka_server("QUEUE_TEST_KAFKA_URL")?;
+    let (chromium, chromedriver) = browser()?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
     cargo(
@@ -101,8 +102,59 @@ fn test(extra: &[String]) -> Result<(), String> {
             ("QUEUE_TEST_SQS_URL", &sqs.url),
             ("QUEUE_TEST_SQS_FIFO_URL", &sqs_fifo.url),
             ("QUEUE_TEST_KAFKA_URL", &kafka.url),
+            ("QUEUE_TEST_CHROMIUM", &chromium),
+            ("QUEUE_TEST_CHROMEDRIVER", &chromedriver),
         ],
     )
+}
+
+/// Chromium and its WebDriver for the dashboard's browser tests: the
+/// binaries named by `QUEUE_TEST_CHROMIUM` and `QUEUE_TEST_CHROMEDRIVER`,
+/// else Debian's `chromium` and `chromium-driver`, installed with apt-get
+/// when missing.
+fn browser() -> Result<(String, String), String> {
+    if let (Ok(chromium), Ok(driver)) = (
+        env::var("QUEUE_TEST_CHROMIUM"),
+        env::var("QUEUE_TEST_CHROMEDRIVER"),
+    ) {
+        eprintln!(
+            "xtask: using QUEUE_TEST_CHROMIUM={chromium} and QUEUE_TEST_CHROMEDRIVER={driver}"
+        );
+        return Ok((chromium, driver));
+    }
+    let found = |name: &str| {
+        env::var_os("PATH").and_then(|paths| {
+            env::split_paths(&paths)
+                .map(|dir| dir.join(name))
+                .find(|path| path.is_file())
+                .map(|path| path.display().to_string())
+        })
+    };
+    if let (Some(chromium), Some(driver)) = (found("chromium"), found("chromedriver")) {
+        return Ok((chromium, driver));
+    }
+    eprintln!("xtask: installing chromium and chromium-driver with apt-get (for the dashboard's browser tests)");
+    let apt = |args: &[&str]| -> Result<(), String> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run apt-get: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("apt-get {} failed ({status})", args.join(" ")))
+        }
+    };
+    apt(&["update", "-q"])?;
+    apt(&["install", "-y", "-q", "chromium", "chromium-driver"])?;
+    match (found("chromium"), found("chromedriver")) {
+        (Some(chromium), Some(driver)) => Ok((chromium, driver)),
+        _ => Err(
+            "apt-get installed chromium-driver, but chromium or chromedriver is not on PATH".into(),
+        ),
+    }
 }
 
 /// The moto release line `cargo xtask` installs when `moto_server` is missing.

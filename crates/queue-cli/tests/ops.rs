@@ -16,6 +16,7 @@ fn queue_cli(url: &str, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_queue"))
         .args(args)
         .env("QUEUE_URL", url)
+        .env_remove("QUEUE_WEB_TOKEN")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -421,4 +422,83 @@ async fn workers_and_jobs_on_redis() {
     assert!(!text(&out.stdout).contains(&id), "{}", text(&out.stdout));
     scheduler.delete(bad).await.expect("forget");
     backend.admin().delete_queue(&queue).await.expect("delete");
+}
+
+#[test]
+fn serve_refuses_an_open_address_without_a_token() {
+    let out = queue_cli("memory://", &["serve", "--bind", "0.0.0.0:0"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("without a token"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = queue_cli(
+        "memory://",
+        &["serve", "--bind", "0.0.0.0:0", "--token", "short"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// `GET path` on `addr` with an optional bearer token: the status and body.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read");
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn serve_runs_the_dashboard_with_metrics_and_health() {
+    use std::io::BufRead;
+    let token = "a-token-of-sixteen-or-more";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_queue"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--url", "memory://"])
+        .env("QUEUE_WEB_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run queue serve");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("the address");
+    let addr = first
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let checks = std::panic::catch_unwind(|| {
+        assert_eq!(http_get(&addr, "/", None).0, 401, "the token is required");
+        let (status, body) = http_get(&addr, "/", Some(token));
+        assert_eq!(status, 200);
+        assert!(body.contains("<h1>Queues</h1>"), "{body}");
+        let (status, body) = http_get(&addr, "/healthz", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"healthy\":true"), "{body}");
+        assert_eq!(http_get(&addr, "/metrics", None).0, 401);
+        assert_eq!(http_get(&addr, "/metrics", Some(token)).0, 200);
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
 }
