@@ -543,8 +543,15 @@ fn bench(backend: Option<&str>) -> Result<(), String> {
                 &[("QUEUE_BENCH_KAFKA_URL", &kafka.url)],
             )
         }
+        Some("web") => {
+            let url = redis_url()?;
+            cargo(
+                &["bench", "-p", "queue-web", "--bench", "web"],
+                &[("QUEUE_BENCH_REDIS_URL", &url)],
+            )
+        }
         Some(other) => Err(format!(
-            "no benchmark named {other:?}; available: memory, worker, redis, amqp, sqs, kafka"
+            "no benchmark named {other:?}; available: memory, worker, redis, amqp, sqs, kafka, web"
         )),
         None => Err(format!("bench needs a backend\n\n{USAGE}")),
     }

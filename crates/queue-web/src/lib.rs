@@ -69,6 +69,7 @@ pub struct Dashboard {
     read_only: bool,
     token: Option<String>,
     refresh: Duration,
+    sample_every: Duration,
 }
 
 impl Dashboard {
@@ -85,6 +86,7 @@ impl Dashboard {
             read_only: false,
             token: None,
             refresh: Duration::from_secs(2),
+            sample_every: Duration::from_secs(1),
         }
     }
 
@@ -103,6 +105,7 @@ impl Dashboard {
             read_only: false,
             token: None,
             refresh: Duration::from_secs(2),
+            sample_every: Duration::from_secs(1),
         }
     }
 
@@ -146,6 +149,14 @@ impl Dashboard {
         self
     }
 
+    /// Serve a sample younger than this to every viewer instead of
+    /// taking a new one (default 1 s; zero samples on every request, as
+    /// the web benchmark does to time a whole sample).
+    pub fn sample_every(mut self, every: Duration) -> Self {
+        self.sample_every = every;
+        self
+    }
+
     /// The router: pages at `/`, `/queues/{backend}/{queue}`, `/jobs`,
     /// `/jobs/{id}` and `/workers`, the JSON API under `/api`, assets under
     /// `/assets`. Mount it with `Router::nest` under any path; links follow
@@ -161,7 +172,7 @@ impl Dashboard {
             token: self.token,
             csrf: uuid::Uuid::new_v4().simple().to_string(),
             refresh: self.refresh,
-            sampler: sampler::Sampler::default(),
+            sampler: sampler::Sampler::new(self.sample_every),
         });
         sampler::spawn_background(&state);
         pages::router(state)

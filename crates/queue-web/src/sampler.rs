@@ -11,8 +11,6 @@ use serde::Serialize;
 
 use crate::State;
 
-/// A sample younger than this is served as it is.
-const FRESH: Duration = Duration::from_secs(1);
 /// Queue lists and health checks are reused for this long.
 const SLOW_CACHE: Duration = Duration::from_secs(10);
 /// While nobody looks, a sample this often keeps the chart going.
@@ -89,8 +87,9 @@ pub struct RatePoint {
 
 type Key = (String, QueueName);
 
-#[derive(Default)]
 pub(crate) struct Sampler {
+    /// A sample younger than this is served as it is.
+    fresh: Duration,
     inner: tokio::sync::Mutex<Samples>,
 }
 
@@ -122,12 +121,19 @@ fn push_point(points: &mut VecDeque<RatePoint>, point: RatePoint) {
 }
 
 impl Sampler {
+    pub(crate) fn new(fresh: Duration) -> Self {
+        Sampler {
+            fresh,
+            inner: tokio::sync::Mutex::default(),
+        }
+    }
+
     /// The latest sample, taken now unless one is fresh. Concurrent
     /// viewers wait for the same sample instead of each taking one.
     pub(crate) async fn overview(&self, state: &State) -> Arc<Overview> {
         let mut samples = self.inner.lock().await;
         if let Some((at, overview)) = &samples.last {
-            if at.elapsed() < FRESH {
+            if at.elapsed() < self.fresh {
                 return overview.clone();
             }
         }
