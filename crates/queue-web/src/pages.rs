@@ -221,7 +221,7 @@ fn overview_main(ctx: &Ctx, overview: &Overview) -> String {
                 .unwrap_or_default()
         );
     }
-    out.push_str("</section><h2>Jobs per second, last hour (all queues)</h2>");
+    out.push_str("</section><h2>Jobs per second, up to the last hour (all queues)</h2>");
     out.push_str(&svg::rate_chart(&overview.history, overview.sampled_at_ms));
     out.push_str(
         "<h2>By queue</h2><table id=\"queues\"><thead><tr><th>Queue</th><th>Backend</th><th>State</th>\
@@ -457,7 +457,7 @@ fn queue_main(
             "redrive-all",
         ));
     }
-    out.push_str("</p><h2>Jobs per second, last hour</h2>");
+    out.push_str("</p><h2>Jobs per second, up to the last hour</h2>");
     out.push_str(&svg::rate_chart(
         history,
         millis_since_epoch(SystemTime::now()),

@@ -9,9 +9,20 @@ const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 160.0;
 const PAD: f64 = 28.0;
 
-/// Processed (solid) and failed (dashed) per second over the last hour.
+/// Processed (solid) and failed (dashed) per second over the last hour:
+/// the x axis spans the points there are, at least 5 minutes and at most
+/// the hour.
 pub(crate) fn rate_chart(points: &[RatePoint], now_ms: u64) -> String {
-    let hour = 3_600_000f64;
+    let span = points
+        .first()
+        .map_or(0, |p| now_ms.saturating_sub(p.at_ms))
+        .clamp(300_000, 3_600_000);
+    let window = span as f64;
+    let since = if span >= 3_600_000 {
+        "1 h ago".to_owned()
+    } else {
+        format!("{} min ago", span.div_ceil(60_000))
+    };
     let top = points
         .iter()
         .map(|p| p.processed.max(p.failed))
@@ -19,7 +30,7 @@ pub(crate) fn rate_chart(points: &[RatePoint], now_ms: u64) -> String {
         .max(1.0);
     let x = |at_ms: u64| {
         let age = now_ms.saturating_sub(at_ms) as f64;
-        PAD + (WIDTH - 2.0 * PAD) * (1.0 - (age / hour).min(1.0))
+        PAD + (WIDTH - 2.0 * PAD) * (1.0 - (age / window).min(1.0))
     };
     let y = |v: f64| HEIGHT - PAD - (HEIGHT - 2.0 * PAD) * (v / top);
     let line = |pick: fn(&RatePoint) -> f64| {
@@ -42,7 +53,7 @@ pub(crate) fn rate_chart(points: &[RatePoint], now_ms: u64) -> String {
          <line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"#999\"/>\
          <text x=\"2\" y=\"{t}\" font-size=\"10\">{max}/s</text>\
          <text x=\"2\" y=\"{b}\" font-size=\"10\">0</text>\
-         <text x=\"{PAD}\" y=\"{lb}\" font-size=\"10\">1 h ago</text>\
+         <text x=\"{PAD}\" y=\"{lb}\" font-size=\"10\">{since}</text>\
          <text x=\"{nowx}\" y=\"{lb}\" font-size=\"10\">now</text>",
         b = HEIGHT - PAD,
         r = WIDTH - PAD,
