@@ -307,6 +307,12 @@ fn job_details(job: &JobRecord) -> String {
         "last error",
         preview(job.last_error.as_deref().unwrap_or("-"), 2000),
     );
+    for failure in &job.errors {
+        row(
+            &format!("attempt {} failed", failure.attempt),
+            format!("{} ago: {}", age(failure.at), preview(&failure.error, 2000)),
+        );
+    }
     row(
         "result",
         job.result

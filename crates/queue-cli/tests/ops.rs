@@ -386,8 +386,14 @@ async fn workers_and_jobs_on_redis() {
         (record["status"].as_str(), record["attempts"].as_u64()),
         (Some("dead"), Some(1))
     );
+    assert_eq!(record["errors"][0]["attempt"], 1, "{record}");
     let out = queue_cli(&url, &["jobs", "show", &bad_id], "");
     assert!(text(&out.stdout).contains("dead"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("attempt 1 failed"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // Retry the dead job: it runs again and completes.
     fail.store(false, Ordering::SeqCst);

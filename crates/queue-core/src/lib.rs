@@ -48,8 +48,8 @@ pub use stats::{
     QueueOptions, QueueStats, Redrive, WorkerInfo,
 };
 pub use store::{
-    JobCursor, JobPage, JobQuery, JobRecord, JobStats, JobStore, JobUpdate, MemoryJobStore,
-    RetentionPolicy,
+    AttemptError, JobCursor, JobPage, JobQuery, JobRecord, JobStats, JobStore, JobUpdate,
+    MemoryJobStore, RetentionPolicy,
 };
 pub use traits::{
     AckAndReceive, Acker, Admin, Backend, CloseFlag, Consumer, Delivery, DeliveryError, Producer,

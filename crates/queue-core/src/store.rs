@@ -35,6 +35,9 @@ pub struct JobRecord {
     pub result: Option<serde_json::Value>,
     /// The last failure.
     pub last_error: Option<String>,
+    /// The failures of its attempts, oldest first: the last
+    /// [`JobRecord::MAX_ERRORS`] of them.
+    pub errors: Vec<AttemptError>,
     /// The job's idempotency key: a second submission with it returns this job.
     pub idempotency_key: Option<String>,
     /// What kind of job it is: the payload's type name as submitted
@@ -50,7 +53,50 @@ pub struct JobRecord {
     pub finished_at: Option<SystemTime>,
 }
 
+/// One failed attempt of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AttemptError {
+    /// The attempt that failed (from 1; 0 when the job never started, as
+    /// when it could not be enqueued).
+    pub attempt: u32,
+    /// When it was recorded (milliseconds since the Unix epoch in JSON).
+    #[serde(with = "crate::stats::epoch_millis")]
+    pub at: SystemTime,
+    /// The error.
+    pub error: String,
+}
+
+impl AttemptError {
+    /// Attempt `attempt` failed with `error` at `at`.
+    pub fn new(attempt: u32, at: SystemTime, error: impl Into<String>) -> Self {
+        AttemptError {
+            attempt,
+            at,
+            error: error.into(),
+        }
+    }
+}
+
 impl JobRecord {
+    /// Failed attempts a record keeps (the newest).
+    pub const MAX_ERRORS: usize = 20;
+
+    /// Add a failure of the current attempt, unless it is the one
+    /// recorded last (a status put back after a failed retry).
+    pub fn remember_error(&mut self, at: SystemTime, error: &str) {
+        let repeat = self
+            .errors
+            .last()
+            .is_some_and(|last| last.attempt == self.attempts && last.error == error);
+        if !repeat {
+            self.errors
+                .push(AttemptError::new(self.attempts, at, error));
+        }
+        let excess = self.errors.len().saturating_sub(JobRecord::MAX_ERRORS);
+        self.errors.drain(..excess);
+    }
+
     /// A record for a job just submitted.
     pub fn submitted(
         id: MessageId,
@@ -73,6 +119,7 @@ impl JobRecord {
             max_attempts,
             result: None,
             last_error: None,
+            errors: Vec::new(),
             idempotency_key: None,
             name: None,
             created_at: now,
@@ -476,15 +523,18 @@ pub fn apply_update(record: &mut JobRecord, update: JobUpdate) {
         }
         JobUpdate::Failed { error } => {
             record.status = JobStatus::Failed;
+            record.remember_error(now, &error);
             record.last_error = Some(error);
             record.finished_at = Some(now);
         }
         JobUpdate::Retry { error } => {
             record.status = JobStatus::Retry;
+            record.remember_error(now, &error);
             record.last_error = Some(error);
         }
         JobUpdate::Dead { error } => {
             record.status = JobStatus::Dead;
+            record.remember_error(now, &error);
             record.last_error = Some(error);
             record.finished_at = Some(now);
         }

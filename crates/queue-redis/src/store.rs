@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use queue_core::{
-    Error, ErrorKind, JobCursor, JobPage, JobQuery, JobRecord, JobStats, JobStatus, JobStore,
-    JobUpdate, MessageId, Priority, QueueName, Result, RetentionPolicy,
+    AttemptError, Error, ErrorKind, JobCursor, JobPage, JobQuery, JobRecord, JobStats, JobStatus,
+    JobStore, JobUpdate, MessageId, Priority, QueueName, Result, RetentionPolicy,
 };
 use redis::{Script, Value};
 
@@ -192,6 +192,16 @@ fn record_of(id: MessageId, fields: &HashMap<String, String>) -> Result<JobRecor
         None => None,
     };
     record.last_error = get("last_error").map(str::to_owned);
+    if let Some(json) = get("errors") {
+        let list: Vec<(u32, u64, String)> =
+            serde_json::from_str(json).map_err(|_| corrupt("errors"))?;
+        record.errors = list
+            .into_iter()
+            .map(|(attempt, at, error)| {
+                AttemptError::new(attempt, UNIX_EPOCH + Duration::from_millis(at), error)
+            })
+            .collect();
+    }
     record.idempotency_key = get("idem").map(str::to_owned);
     record.name = get("name").map(str::to_owned);
     record.created_at = get("created")
@@ -238,6 +248,14 @@ impl JobStore for RedisJobStore {
         }
         if let Some(error) = &record.last_error {
             fields.push(("last_error", error.clone()));
+        }
+        if !record.errors.is_empty() {
+            let list: Vec<(u32, u64, &str)> = record
+                .errors
+                .iter()
+                .map(|e| (e.attempt, millis(e.at), e.error.as_str()))
+                .collect();
+            fields.push(("errors", serde_json::to_string(&list).unwrap_or_default()));
         }
         for (name, at) in [
             ("started", record.started_at),

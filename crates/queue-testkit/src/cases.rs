@@ -2281,6 +2281,16 @@ pub async fn job_status(ctx: &Ctx) {
     assert_eq!(bad_record.status, JobStatus::Dead, "{bad_record:?}");
     assert_eq!(bad_record.attempts, 2);
     assert_eq!(bad_record.last_error.as_deref(), Some("always fails"));
+    let timeline: Vec<(u32, &str)> = bad_record
+        .errors
+        .iter()
+        .map(|e| (e.attempt, e.error.as_str()))
+        .collect();
+    assert_eq!(
+        timeline,
+        [(1, "always fails"), (2, "always fails")],
+        "each attempt's failure is kept"
+    );
     assert!(
         saw_retry || worker.stats().retried == 1,
         "the failing job went through Retry"

@@ -767,7 +767,16 @@ fn job_main(ctx: &Ctx, state: &State, job: &JobRecord) -> String {
             ago(started)
         );
     }
-    if let Some(error) = &job.last_error {
+    for failure in &job.errors {
+        let _ = write!(
+            out,
+            "<li>attempt {} failed {}: <pre class=\"error\">{}</pre></li>",
+            failure.attempt,
+            ago(failure.at),
+            esc(&cut(&failure.error, 4000))
+        );
+    }
+    if let (Some(error), true) = (&job.last_error, job.errors.is_empty()) {
         let _ = write!(
             out,
             "<li>last error: <pre class=\"error\">{}</pre></li>",

@@ -180,6 +180,11 @@ async fn every_endpoint_on_redis() {
     let job = get(addr, &at(&format!("/jobs/{a}"))).await;
     assert_eq!(job.status, 200);
     assert!(job.body.contains("Retry now") && !job.body.contains("<script>alert"));
+    assert!(
+        job.body.contains("attempt 1 failed"),
+        "the timeline: {}",
+        job.body
+    );
     assert_eq!(
         get(addr, &at(&format!("/api/jobs/{a}"))).await.json()["status"],
         "dead"

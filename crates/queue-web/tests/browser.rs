@@ -99,17 +99,24 @@ async fn screenshot(client: &Client, name: &str) {
     std::fs::write(shots().join(format!("{name}.png")), png).expect("save screenshot");
 }
 
-/// The text of the first element `css` matches.
+/// The text of the first element `css` matches. The page replaces its
+/// main part on every refresh, so an element found just before one goes
+/// stale: then it is found again.
 async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(15))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .expect("text")
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let element = client
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {}
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
 }
 
 /// Wait until the element `css` shows `want` (the page refreshes itself).
@@ -144,17 +151,23 @@ async fn assert_nothing_ran(client: &Client) {
     );
 }
 
-/// Click `css` and accept the confirmation it asks for.
+/// Click `css` (found again if a refresh replaced it) and accept the
+/// confirmation it asks for.
 async fn click_confirmed(client: &Client, css: &str) {
-    client
-        .wait()
-        .at_most(Duration::from_secs(15))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .expect("click");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let element = client
+            .wait()
+            .at_most(Duration::from_secs(15))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match element.click().await {
+            Ok(()) => break,
+            Err(e) if e.is_stale_element_reference() && Instant::now() < deadline => {}
+            Err(e) => panic!("click {css}: {e}"),
+        }
+    }
     let question = client.get_alert_text().await.expect("a confirmation");
     assert!(!question.is_empty());
     client.accept_alert().await.expect("accept");

@@ -19,6 +19,19 @@ if requeued then change = 'pending' end
 -- Completed and cancelled are final; dead is not (a redriven job runs again).
 if status == 'cancelled' or status == 'completed' then return 0 end
 redis.call('HSET', rec, 'status', change, 'updated', now)
+-- The failures of the attempts, as JSON [[attempt, at_ms, error], ...]:
+-- the last 20, a repeat of the last one (a status put back) left out.
+local function remember(err)
+  local attempt = tonumber(redis.call('HGET', rec, 'attempts') or '0')
+  local raw = redis.call('HGET', rec, 'errors')
+  local list = {}
+  if raw then list = cjson.decode(raw) end
+  local last = list[#list]
+  if last and last[1] == attempt and last[3] == err then return end
+  list[#list + 1] = {attempt, tonumber(now), err}
+  while #list > 20 do table.remove(list, 1) end
+  redis.call('HSET', rec, 'errors', cjson.encode(list))
+end
 if change == 'running' then
   if tonumber(value) > tonumber(redis.call('HGET', rec, 'attempts') or '0') then
     redis.call('HSET', rec, 'attempts', value)
@@ -31,8 +44,10 @@ elseif change == 'completed' then
   redis.call('HSET', rec, 'finished', now)
   redis.call('ZADD', KEYS[4], now, id)
 elseif change == 'retry' then
+  remember(value)
   redis.call('HSET', rec, 'last_error', value)
 elseif change == 'failed' or change == 'dead' then
+  remember(value)
   redis.call('HSET', rec, 'last_error', value, 'finished', now)
   redis.call('ZADD', KEYS[4], now, id)
   if change == 'failed' then
