@@ -80,8 +80,7 @@ async fn browser(driver: &Driver) -> Client {
         chrome["binary"] = serde_json::Value::String(binary);
     }
     caps.insert("goog:chromeOptions".into(), chrome);
-    ClientBuilder::rustls()
-        .expect("TLS config")
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await
