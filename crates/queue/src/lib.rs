@@ -32,6 +32,11 @@ pub use queue_sqs as sqs;
 #[cfg(feature = "kafka")]
 pub use queue_kafka as kafka;
 
+/// The web dashboard ([`web::Dashboard`]): pages and a JSON API as an
+/// axum `Router` to mount in a service.
+#[cfg(feature = "web")]
+pub use queue_web as web;
+
 /// Every backend this crate can compile in: its URL schemes and the cargo
 /// feature that brings it, so a URL for one left out names the feature.
 pub const BACKEND_FEATURES: [(&str, &[&str]); 5] = [
