@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use queue::store::not_tracked;
 use queue::{
     Backend, JobCursor, JobQuery, JobRecord, JobScheduler, JobStatus, JobStore, MessageId,
     WorkerInfo,
@@ -206,12 +207,7 @@ pub(crate) async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                 .get(id)
                 .await
                 .context("could not read the job")?
-                .ok_or_else(|| {
-                    anyhow::Error::new(queue::Error::new(
-                        queue::ErrorKind::NotFound,
-                        format!("job {id} is not in the job store"),
-                    ))
-                })?;
+                .ok_or_else(|| not_tracked(id))?;
             let mut out = std::io::stdout().lock();
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&record)?)?;
@@ -241,10 +237,7 @@ pub(crate) async fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("could not delete job {id}"))?;
             if !found {
-                return Err(anyhow::Error::new(queue::Error::new(
-                    queue::ErrorKind::NotFound,
-                    format!("job {id} is not in the job store"),
-                )));
+                return Err(not_tracked(id).into());
             }
             eprintln!("forgot job {id}");
             Ok(())

@@ -80,11 +80,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let exporter = exporter.clone();
                 let token = metrics_token.clone();
                 async move {
-                    let presented = headers
-                        .get(header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("Bearer "));
-                    if token.is_some() && presented != token.as_deref() {
+                    if token
+                        .as_deref()
+                        .is_some_and(|t| !queue_web::bearer_matches(&headers, t))
+                    {
                         return (StatusCode::UNAUTHORIZED, "a token is required\n".to_owned())
                             .into_response();
                     }

@@ -379,15 +379,17 @@ impl std::str::FromStr for JobCursor {
         };
         let (ms, id) = s.split_once('-').ok_or_else(invalid)?;
         let created_ms = ms.parse::<u64>().map_err(|_| invalid())?;
-        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid());
-        }
-        let id = u128::from_str_radix(id, 16).map_err(|_| invalid())?;
-        Ok(JobCursor {
-            created_ms,
-            id: MessageId::from_bytes(id.to_be_bytes()),
-        })
+        let id = id.parse::<MessageId>().map_err(|_| invalid())?;
+        Ok(JobCursor { created_ms, id })
     }
+}
+
+/// The error for a job id the store holds no record of (`NotFound`).
+pub fn not_tracked(id: MessageId) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("job {id} is not in the job store"),
+    )
 }
 
 /// Milliseconds since the Unix epoch (0 before it).

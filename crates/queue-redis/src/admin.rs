@@ -95,6 +95,30 @@ impl RedisBackend {
     fn ctx(&self, queue: &QueueName) -> QueueCtx {
         QueueCtx::new(self.shared.clone(), queue)
     }
+
+    /// Run `PAUSE` or `RESUME` (keys: the queue's `meta` and `notify`) on
+    /// `queue`; `NotFound` when the queue does not exist.
+    async fn set_paused(
+        &self,
+        queue: &QueueName,
+        script: &redis::Script,
+        doing: &str,
+    ) -> Result<()> {
+        self.shared.check_open()?;
+        let ctx = self.ctx(queue);
+        let mut conn = self.shared.conn.clone();
+        let found: i64 = script
+            .key(&ctx.keys[META])
+            .key(&ctx.keys[NOTIFY])
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.shared.error(e, doing))?;
+        if found == 1 {
+            Ok(())
+        } else {
+            Err(ctx.missing())
+        }
+    }
 }
 
 #[async_trait]
@@ -209,38 +233,13 @@ impl Admin for RedisBackend {
     /// A queue that does not exist is `NotFound` (a mistyped name must
     /// not create a queue).
     async fn pause(&self, queue: &QueueName) -> Result<()> {
-        self.shared.check_open()?;
-        let ctx = self.ctx(queue);
-        let mut conn = self.shared.conn.clone();
-        let found: i64 = PAUSE
-            .key(&ctx.keys[META])
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.shared.error(e, "pausing the queue"))?;
-        if found == 1 {
-            Ok(())
-        } else {
-            Err(ctx.missing())
-        }
+        self.set_paused(queue, &PAUSE, "pausing the queue").await
     }
 
     /// Clears `paused` and leaves a wake-up token, so blocked consumers
     /// claim at once.
     async fn resume(&self, queue: &QueueName) -> Result<()> {
-        self.shared.check_open()?;
-        let ctx = self.ctx(queue);
-        let mut conn = self.shared.conn.clone();
-        let found: i64 = RESUME
-            .key(&ctx.keys[META])
-            .key(&ctx.keys[NOTIFY])
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.shared.error(e, "resuming the queue"))?;
-        if found == 1 {
-            Ok(())
-        } else {
-            Err(ctx.missing())
-        }
+        self.set_paused(queue, &RESUME, "resuming the queue").await
     }
 
     async fn purge(&self, queue: &QueueName) -> Result<u64> {

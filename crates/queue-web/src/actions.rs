@@ -9,6 +9,7 @@ use axum::extract::{Form, Path, State as Extract};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
+use queue_core::store::not_tracked;
 use queue_core::{MessageId, Redrive};
 use queue_worker::JobScheduler;
 use serde::Deserialize;
@@ -83,12 +84,7 @@ async fn run_job_action(
             if let Some(manager) = &state.manager {
                 manager.retry_job(id).await?;
             } else {
-                let record = store.get(id).await?.ok_or_else(|| {
-                    Failure::new(
-                        StatusCode::NOT_FOUND,
-                        format!("job {id} is not in the job store"),
-                    )
-                })?;
+                let record = store.get(id).await?.ok_or_else(|| not_tracked(id))?;
                 let backend = backend_holding(state, &record.queue).await;
                 JobScheduler::new(backend, store).retry(id).await?;
             }
@@ -96,10 +92,7 @@ async fn run_job_action(
         }
         "delete" => {
             if !store.delete(id).await? {
-                return Err(Failure::new(
-                    StatusCode::NOT_FOUND,
-                    format!("job {id} is not in the job store"),
-                ));
+                return Err(not_tracked(id).into());
             }
             Ok(serde_json::json!({ "deleted": id }))
         }

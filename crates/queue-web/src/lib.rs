@@ -56,6 +56,7 @@ mod security;
 mod svg;
 
 pub use sampler::{BackendView, Overview, QueueView, RatePoint};
+pub use security::bearer_matches;
 
 /// Builds the dashboard's router: which backends it shows, its job store,
 /// and its safety settings.

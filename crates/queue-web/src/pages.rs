@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::{FromRequestParts, OriginalUri, Path, Query, State as Extract};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -733,12 +733,10 @@ async fn api_jobs(
 
 async fn get_job(state: &State, id: &str) -> Result<JobRecord, Failure> {
     let id = job_id(id)?;
-    store_of(state)?.get(id).await?.ok_or_else(|| {
-        Failure::new(
-            StatusCode::NOT_FOUND,
-            format!("job {id} is not in the job store"),
-        )
-    })
+    store_of(state)?
+        .get(id)
+        .await?
+        .ok_or_else(|| queue_core::store::not_tracked(id).into())
 }
 
 fn job_main(ctx: &Ctx, state: &State, job: &JobRecord) -> String {
@@ -908,9 +906,5 @@ async fn api_workers(Extract(state): Extract<Arc<State>>) -> Response {
             v
         })
         .collect();
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(serde_json::json!({ "workers": workers, "notes": notes })),
-    )
-        .into_response()
+    Json(serde_json::json!({ "workers": workers, "notes": notes })).into_response()
 }

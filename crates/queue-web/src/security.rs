@@ -22,6 +22,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in
+/// constant time), for routes a host adds beside the dashboard (`queue
+/// serve`'s `/metrics`).
+pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    bearer(headers).is_some_and(|presented| same(presented.as_bytes(), token.as_bytes()))
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?

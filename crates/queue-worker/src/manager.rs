@@ -300,10 +300,7 @@ impl QueueManager {
     /// [`JobScheduler::retry`](crate::JobScheduler::retry)).
     pub async fn retry_job(&self, id: MessageId) -> Result<()> {
         let Some(record) = self.store.get(id).await? else {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("job {id} is not in the job store"),
-            ));
+            return Err(queue_core::store::not_tracked(id));
         };
         self.scheduler_for(&record.queue).retry(id).await
     }
@@ -341,20 +338,12 @@ impl QueueManager {
 
     /// Stats of every queue routed or used through the manager.
     pub async fn stats(&self) -> Result<Vec<ManagedQueueStats>> {
-        let mut queues: BTreeSet<QueueName> = self.routes.keys().cloned().collect();
-        queues.extend(
-            self.seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned(),
-        );
+        let queues = self.known_queues();
         let mut out = Vec::with_capacity(queues.len());
-        for queue in queues {
-            let backend = self.backend_for(&queue);
-            match backend.admin().stats(&queue).await {
+        for (backend, queue) in queues {
+            match self.backends[&backend].admin().stats(&queue).await {
                 Ok(stats) => out.push(ManagedQueueStats {
-                    backend: self.backend_name(&queue).to_owned(),
+                    backend,
                     queue,
                     stats,
                 }),

@@ -176,12 +176,11 @@ impl JobScheduler {
     /// retry, and a completed one is final); a dead job whose dead letter
     /// is gone (redriven or purged elsewhere) is `NotFound`.
     pub async fn retry(&self, id: MessageId) -> Result<()> {
-        let record = self.store.get(id).await?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("job {id} is not in the job store"),
-            )
-        })?;
+        let record = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| queue_core::store::not_tracked(id))?;
         if record.status != JobStatus::Dead {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
