@@ -376,9 +376,11 @@ impl<T: Serialize> Job<T> {
             )
             .with_source(e)
         })?;
-        let mut message = Message::new(bytes)
-            .with_priority(options.priority)
-            .with_max_attempts(options.max_attempts());
+        // Fields set in place: each builder call would move the message.
+        let mut message = Message::new(bytes);
+        message.priority = options.priority;
+        message.max_attempts = options.max_attempts();
+        message.trace = Some(crate::trace::for_send());
         if let Some(delay) = options.delay {
             message = message.with_delay(delay);
         }
@@ -406,7 +408,7 @@ impl<T: Serialize> Job<T> {
                 ),
             );
         }
-        Ok(message.with_trace(crate::trace::for_send()))
+        Ok(message)
     }
 }
 

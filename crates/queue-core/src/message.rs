@@ -520,14 +520,15 @@ pub struct Message {
 impl Message {
     /// A message with this payload, normal priority, attempt 1 and a fresh id.
     pub fn new(payload: impl Into<Bytes>) -> Self {
+        let now = SystemTime::now();
         Message {
-            id: MessageId::new(),
+            id: MessageId(crate::random::next_uuid_v7_at(now)),
             payload: payload.into(),
             headers: Headers::new(),
             priority: Priority::Normal,
             attempt: 1,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
-            created_at: SystemTime::now(),
+            created_at: now,
             not_before: None,
             expires_at: None,
             idempotency_key: None,

@@ -39,7 +39,13 @@ fn next_u64() -> u64 {
 }
 
 pub(crate) fn next_uuid_v7() -> Uuid {
-    let now_ms = SystemTime::now()
+    next_uuid_v7_at(SystemTime::now())
+}
+
+/// A v7 UUID for the time `now` (one clock read serves a message's id and
+/// its `created_at`).
+pub(crate) fn next_uuid_v7_at(now: SystemTime) -> Uuid {
+    let now_ms = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);

@@ -5,16 +5,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::BoxFuture;
 use queue_core::{
-    Capabilities, CloseFlag, Error, LeaseLossDetection, Message, Ordering, ProcessTotals,
-    ProcessTotalsMap, QueueConfig, QueueName, RedeliveryCount, Result, StatsAccuracy, Support,
-    Totals,
+    Capabilities, CloseFlag, Error, LeaseLossDetection, Message, MessageId, Ordering,
+    ProcessTotals, ProcessTotalsMap, QueueConfig, QueueName, RedeliveryCount, Result,
+    StatsAccuracy, Support, Totals,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 use crate::config::Settings;
 use crate::error::classify;
@@ -253,24 +254,22 @@ impl Shared {
         message: &Message,
         headers: Option<OwnedHeaders>,
     ) -> Result<()> {
-        self.start_produce(topic, message, headers).await
+        self.start_produce(topic, message, headers)
+            .outcome(topic, message.id)
+            .await
     }
 
     /// Hand `message` to librdkafka now, in the caller's order (a batch's
-    /// records are queued before any is awaited); the returned future
-    /// resolves with the broker's acknowledgement. A full local queue
+    /// records are queued before any is awaited); [`Produced::outcome`]
+    /// then waits for the broker's acknowledgement. A full local queue
     /// falls back to waiting for room, up to the request timeout.
     pub(crate) fn start_produce(
         &self,
         topic: &str,
         message: &Message,
         headers: Option<OwnedHeaders>,
-    ) -> futures_util::future::BoxFuture<'static, Result<()>> {
+    ) -> Produced {
         let value = wire::value(message);
-        let id = message.id;
-        let failed = move |e: KafkaError, topic: &str| {
-            classify(e, &format!("sending message {id} to {topic}"))
-        };
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).payload(&value[..]);
         if let Some(key) = message.ordering_key.as_deref() {
             record = record.key(key);
@@ -278,24 +277,18 @@ impl Shared {
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
+        // librdkafka copies the value: on the usual path nothing here
+        // outlives the call.
         match self.producer.send_result(record) {
-            Ok(delivery) => {
-                let topic = topic.to_owned();
-                Box::pin(async move {
-                    match delivery.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((e, _))) => Err(failed(e, &topic)),
-                        Err(_) => Err(failed(KafkaError::Canceled, &topic)),
-                    }
-                })
-            }
+            Ok(delivery) => Produced::Queued(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
                 let producer = self.producer.clone();
                 let timeout = self.settings.timeouts().1;
                 let topic = topic.to_owned();
                 let key = record.key.map(str::to_owned);
                 let headers = record.headers;
-                Box::pin(async move {
+                let id = message.id;
+                Produced::Waiting(Box::pin(async move {
                     let mut record: FutureRecord<'_, str, [u8]> =
                         FutureRecord::to(&topic).payload(&value[..]);
                     if let Some(key) = key.as_deref() {
@@ -308,13 +301,10 @@ impl Shared {
                         .send(record, timeout)
                         .await
                         .map(|_| ())
-                        .map_err(|(e, _)| failed(e, &topic))
-                })
+                        .map_err(|(e, _)| produce_failed(e, &topic, id))
+                }))
             }
-            Err((e, _)) => {
-                let error = failed(e, topic);
-                Box::pin(async move { Err(error) })
-            }
+            Err((e, _)) => Produced::Failed(produce_failed(e, topic, message.id)),
         }
     }
 
@@ -328,6 +318,40 @@ impl Shared {
             wire::delay(queue)
         }
     }
+}
+
+/// A record handed to librdkafka ([`Shared::start_produce`]), not yet
+/// acknowledged. A plain enum rather than a boxed future: a batch of a
+/// thousand records makes no allocation per record here.
+pub(crate) enum Produced {
+    /// In librdkafka's queue; the acknowledgement comes on this.
+    Queued(DeliveryFuture),
+    /// librdkafka's queue was full: waits for room, then for the
+    /// acknowledgement.
+    Waiting(BoxFuture<'static, Result<()>>),
+    /// Refused before it was queued.
+    Failed(Error),
+}
+
+impl Produced {
+    /// Wait for the broker's acknowledgement of message `id` sent to
+    /// `topic` (both name the message in an error).
+    pub(crate) async fn outcome(self, topic: &str, id: MessageId) -> Result<()> {
+        match self {
+            Produced::Queued(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(produce_failed(e, topic, id)),
+                Err(_) => Err(produce_failed(KafkaError::Canceled, topic, id)),
+            },
+            Produced::Waiting(waiting) => waiting.await,
+            Produced::Failed(e) => Err(e),
+        }
+    }
+}
+
+/// A failed send of message `id` to `topic`, classified.
+fn produce_failed(e: KafkaError, topic: &str, id: MessageId) -> Error {
+    classify(e, &format!("sending message {id} to {topic}"))
 }
 
 impl KafkaBackend {

@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures_util::future::join_all;
 use queue_core::{BatchError, Message, MessageId, Producer, QueueName, Result};
 
 use crate::backend::Shared;
@@ -66,7 +65,7 @@ impl Producer for KafkaProducer {
         // they go out in batches; one clock read for the whole batch.
         let now = std::time::SystemTime::now();
         let (due, later) = (wire::topic(&self.queue), wire::delay(&self.queue));
-        let acks: Vec<_> = messages
+        let queued: Vec<_> = messages
             .iter()
             .map(|m| {
                 let topic = if m.delay_from(now).is_zero() {
@@ -74,15 +73,15 @@ impl Producer for KafkaProducer {
                 } else {
                     &later
                 };
-                self.shared.start_produce(topic, m, None)
+                (self.shared.start_produce(topic, m, None), topic)
             })
             .collect();
-        let outcomes: Vec<Result<MessageId>> = join_all(acks)
-            .await
-            .into_iter()
-            .zip(&messages)
-            .map(|(acked, m)| acked.map(|()| m.id))
-            .collect();
+        // Acknowledgements come back about in the order sent: awaiting each
+        // in turn costs no more than the last one's wait.
+        let mut outcomes: Vec<Result<MessageId>> = Vec::with_capacity(messages.len());
+        for ((produced, topic), m) in queued.into_iter().zip(&messages) {
+            outcomes.push(produced.outcome(topic, m.id).await.map(|()| m.id));
+        }
         let sent = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
         self.shared
             .counters(&self.queue)
