@@ -1,11 +1,12 @@
 //! Batch calls, and the batcher that gathers concurrent settles into them.
 //!
 //! Every delete, visibility change and copy a delivery's settle needs goes
-//! through [`Batcher::submit`]: the batcher task collects what arrives
-//! within the settle linger (or until ten entries wait), groups it by
-//! queue and kind, and sends `DeleteMessageBatch`,
-//! `ChangeMessageVisibilityBatch` and `SendMessageBatch` calls of up to
-//! ten entries, answering each settle with its own entry's outcome.
+//! through [`Batcher::submit`]: the batcher task keeps what arrives apart
+//! by queue and kind, sends a `DeleteMessageBatch`,
+//! `ChangeMessageVisibilityBatch` or `SendMessageBatch` call as soon as
+//! ten entries of one wait, sends fewer once the first of them has waited
+//! the settle linger, and answers each settle with its own entry's
+//! outcome.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -232,26 +233,72 @@ impl Batcher {
     }
 }
 
+/// Settles waiting for their call: one queue's entries of one kind, and
+/// when the first of them arrived.
+struct Open {
+    since: tokio::time::Instant,
+    jobs: Vec<Job>,
+}
+
+/// Gather settles into calls. Entries wait by queue and kind (one call
+/// holds one of each): ten waiting make a call at once; fewer go when the
+/// first of them has waited the settle linger. What is already queued is
+/// taken in before any deadline counts, so a burst fills whole calls and
+/// a remainder waits for the next settles rather than making a short call
+/// of its own.
 async fn gather(sqs: Weak<Sqs>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
+    let mut open: HashMap<(Arc<str>, u8), Open> = HashMap::new();
+    loop {
         let Some(linger) = sqs.upgrade().map(|s| s.settings.settle_linger) else {
             break;
         };
-        let mut jobs = vec![first];
-        let deadline = tokio::time::Instant::now() + linger;
-        while jobs.len() < SQS_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => jobs.push(job),
-                _ => break,
+        let due = open.values().map(|o| o.since + linger).min();
+        let received = match due {
+            None => rx.recv().await,
+            Some(due) => tokio::select! {
+                biased;
+                job = rx.recv() => job,
+                () = tokio::time::sleep_until(due) => {
+                    let now = tokio::time::Instant::now();
+                    let expired: Vec<_> = open
+                        .iter()
+                        .filter(|(_, o)| o.since + linger <= now)
+                        .map(|(key, _)| key.clone())
+                        .collect();
+                    for key in expired {
+                        if let Some(o) = open.remove(&key) {
+                            send(&sqs, o.jobs);
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some(job) = received else {
+            // Every sender is gone: settle what waits, then stop.
+            for (_, o) in open.drain() {
+                send(&sqs, o.jobs);
             }
-        }
-        // Whatever else is already waiting rides along.
-        while let Ok(job) = rx.try_recv() {
-            jobs.push(job);
-        }
-        let Some(sqs) = sqs.upgrade() else {
             break;
         };
+        let key = (job.0.clone(), job.1.kind());
+        let entry = open.entry(key.clone()).or_insert_with(|| Open {
+            since: tokio::time::Instant::now(),
+            jobs: Vec::with_capacity(SQS_BATCH),
+        });
+        entry.jobs.push(job);
+        if entry.jobs.len() >= SQS_BATCH {
+            if let Some(o) = open.remove(&key) {
+                send(&sqs, o.jobs);
+            }
+        }
+    }
+}
+
+/// Make the call for `jobs` on a task of its own; with the backend gone,
+/// each settle hears that it is closed (its sender dropped).
+fn send(sqs: &Weak<Sqs>, jobs: Vec<Job>) {
+    if let Some(sqs) = sqs.upgrade() {
         tokio::spawn(flush(sqs, jobs));
     }
 }

@@ -9,10 +9,14 @@
 //! - AWS remembers a FIFO deduplication id for five minutes even after the
 //!   message is deleted (moto forgets it): every copy the backend makes of
 //!   a message it holds carries a fresh id, or AWS would drop the copy.
+//!
+//! And one behaviour of the backend best seen call by call: settles fill
+//! whole `DeleteMessageBatch` calls (what AWS bills).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use queue_core::{Backend, ConsumerOptions, ErrorKind, Message, QueueName};
 use queue_sqs::SqsBackend;
 use serde_json::{json, Value};
@@ -254,4 +258,72 @@ async fn fifo_copies_carry_fresh_deduplication_ids() {
         copied < deleted,
         "the copy is sent before the original goes: {ops:?}"
     );
+}
+
+/// Settles fill whole `DeleteMessageBatch` calls: ten waiting make a call
+/// at once, and fewer wait for later settles to join them rather than
+/// making a short call of their own (the three left from a burst of
+/// thirteen go out with the next seven: two calls of ten, not 10 + 3 + 7).
+#[tokio::test]
+async fn settles_fill_whole_delete_calls() {
+    let endpoint = Arc::new(Mutex::new(String::new()));
+    let at = endpoint.clone();
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (url, seen) = replay(Arc::new(move |operation, request| {
+        let endpoint = at.lock().expect("lock").clone();
+        match operation {
+            "GetQueueUrl" => queue_url(&endpoint, request),
+            "ReceiveMessage" => {
+                let first = received.fetch_add(10, std::sync::atomic::Ordering::SeqCst);
+                json!({ "Messages": (first..first + 10).map(|i| json!({
+                    "MessageId": format!("5fea7756-0ea4-451a-a703-{i:012}"),
+                    "ReceiptHandle": format!("receipt-{i}"),
+                    "MD5OfBody": "",
+                    "Body": format!("job {i}"),
+                    "Attributes": { "ApproximateReceiveCount": "1", "SentTimestamp": "1764547200000" }
+                })).collect::<Vec<_>>() })
+            }
+            "DeleteMessageBatch" => json!({
+                "Successful": request["Entries"].as_array().into_iter().flatten().map(|e| json!({ "Id": e["Id"] })).collect::<Vec<_>>(),
+                "Failed": []
+            }),
+            _ => json!({}),
+        }
+    }))
+    .await;
+    *endpoint.lock().expect("lock") = url.clone();
+    let backend = SqsBackend::connect(&format!(
+        "sqs://AKIDEXAMPLE:secret@us-east-1?endpoint={url}&settle_linger=1s"
+    ))
+    .await
+    .expect("connect");
+    let queue = QueueName::new("jobs").expect("name");
+    let consumer = backend
+        .consumer(&queue, ConsumerOptions::default())
+        .await
+        .expect("consumer");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 20 {
+        deliveries.extend(consumer.receive(10, Duration::ZERO).await.expect("receive"));
+    }
+    let later = deliveries.split_off(13);
+    let mut acks: futures_util::stream::FuturesUnordered<_> =
+        deliveries.into_iter().map(|d| d.ack()).collect();
+    // The first ten go in one call at once, without waiting the linger.
+    for _ in 0..10 {
+        acks.next().await.expect("an ack").expect("acked");
+    }
+    // The other three wait for these seven, within the linger.
+    acks.extend(later.into_iter().map(|d| d.ack()));
+    while let Some(acked) = acks.next().await {
+        acked.expect("acked");
+    }
+    let calls: Vec<usize> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(op, _)| op == "DeleteMessageBatch")
+        .map(|(_, r)| r["Entries"].as_array().map_or(0, Vec::len))
+        .collect();
+    assert_eq!(calls, [10, 10]);
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use queue_core::error::{Error, ErrorKind, Result};
 use queue_core::traits::{AckAndReceive, Consumer, Delivery, DeliveryError};
 use tokio::sync::watch;
@@ -164,7 +165,14 @@ async fn run_lane(
             receiving = Some((receive(&consumer, Vec::new(), asked, wait), 0));
         }
         tokio::select! {
-            Some(finished) = running.next(), if !running.is_empty() => to_ack.extend(finished),
+            Some(finished) = running.next(), if !running.is_empty() => {
+                to_ack.extend(finished);
+                // Jobs that finished in the same turn go in the same ack
+                // call (a batch of no-op jobs acks as one, not as 1 + the rest).
+                while let Some(Some(finished)) = running.next().now_or_never() {
+                    to_ack.extend(finished);
+                }
+            }
             () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => acking = None,
             done = async { receiving.as_mut().expect("guarded").0.as_mut().await }, if receiving.is_some() => {
                 receiving = None;
