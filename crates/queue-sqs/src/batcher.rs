@@ -248,10 +248,7 @@ struct Open {
 /// of its own.
 async fn gather(sqs: Weak<Sqs>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut open: HashMap<(Arc<str>, u8), Open> = HashMap::new();
-    loop {
-        let Some(linger) = sqs.upgrade().map(|s| s.settings.settle_linger) else {
-            break;
-        };
+    while let Some(linger) = sqs.upgrade().map(|s| s.settings.settle_linger) {
         let due = open.values().map(|o| o.since + linger).min();
         let received = match due {
             None => rx.recv().await,
