@@ -14,8 +14,10 @@
 //! Retry tiers (one topic per delay, each partition paused until its head
 //! is due) are the design the issue names; on tansu a second topic in
 //! one subscription, or a second consumer group beside the queue's,
-//! stalls or crashes the queue's own member, so the backend uses one
-//! delay topic with a timer per held record (docs/backends/kafka.md).
+//! stalled or crashed the queue's own member (librdkafka 2.12), so the
+//! backend uses one delay topic with a timer per held record
+//! (docs/backends/kafka.md says what a later check with librdkafka 2.3.0
+//! found).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -95,8 +95,9 @@ fn receive(
 
 /// One lane: fetches for its share of the slots and drives its jobs as
 /// futures in one task (no task spawn per job). Finished jobs hand their
-/// delivery back to the lane, which acks whatever finished while the last
-/// ack call was on its way in one batch; a delivery waiting for its ack
+/// delivery back to the lane, which acks in one batch the jobs that
+/// finished in the same turn, and whatever finished while the last ack
+/// call was on its way; a delivery waiting for its ack
 /// still holds its slot, so unacked deliveries never pile up. When no
 /// receive is pending and finished jobs wait for their ack, the acks go
 /// with the next receive in one call when the backend does both in one
