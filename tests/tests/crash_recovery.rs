@@ -42,6 +42,11 @@ fn job_of(line: &str) -> Option<u32> {
     line.strip_prefix("done ")?.parse().ok()
 }
 
+/// The job number of a `start <n>` line.
+fn started_job(line: &str) -> Option<u32> {
+    line.strip_prefix("start ")?.parse().ok()
+}
+
 async fn crash_recovery(url: &str) {
     let backend = queue::connect(url).await.expect("connect");
     let queue = unique_queue("qt-crash");
@@ -62,31 +67,42 @@ async fn crash_recovery(url: &str) {
 
     // A short lease, so the killed worker's deliveries come back quickly.
     let worker_url = format!("{url}{}lease=2s", if url.contains('?') { '&' } else { '?' });
-    let mut done = HashSet::new();
+    let (mut done, mut started) = (HashSet::new(), HashSet::new());
     let (mut first, mut lines) = spawn_worker(&worker_url, &queue);
-    while done.len() < 2_000 {
+    // Kill once 2,000 jobs are done, right as another one begins (it
+    // sleeps a few ms before its `done`), so a job is running.
+    loop {
         let line = next_line(&mut lines).await.expect("the first worker runs");
         done.extend(job_of(&line));
+        let begun = started_job(&line);
+        started.extend(begun);
+        if done.len() >= 2_000 && begun.is_some() {
+            break;
+        }
     }
     first.kill().await.expect("SIGKILL the first worker");
-    // Lines it printed before the kill still count: those jobs ran.
+    // Lines it printed before the kill still count: those jobs ran (or
+    // had begun).
     while let Ok(Some(line)) = lines.next_line().await {
         done.extend(job_of(&line));
+        started.extend(started_job(&line));
     }
     let stats = backend.admin().stats(&queue).await.expect("stats");
     let done_before = done.len();
-    // Mid-batch: the broker still counts deliveries of the dead worker in
-    // flight (Redis, until their leases end); or ready and done disagree,
-    // which on RabbitMQ (whose in-flight count is per process) means
-    // deliveries still held by the dead connection (fewer) or already put
-    // back though they ran (more).
+    // Mid-batch: jobs had begun and not ended when the process died; or
+    // the broker still counts deliveries of the dead worker in flight
+    // (Redis, until their leases end); or ready and done disagree, which
+    // on RabbitMQ (whose in-flight count is per process) means deliveries
+    // still held by the dead connection (fewer) or already put back
+    // though they ran (more).
+    let running = started.difference(&done).count();
     let disagree = stats.ready as usize + done_before != JOBS as usize;
     assert!(
-        done_before < JOBS as usize && (stats.in_flight > 0 || disagree),
-        "the kill did not land mid-batch: {done_before} done, {stats:?}"
+        done_before < JOBS as usize && (running > 0 || stats.in_flight > 0 || disagree),
+        "the kill did not land mid-batch: {done_before} done, {running} running, {stats:?}"
     );
     eprintln!(
-        "killed after {done_before} jobs, {} in flight",
+        "killed after {done_before} jobs, {running} running, {} in flight",
         stats.in_flight
     );
 

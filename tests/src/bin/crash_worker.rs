@@ -2,7 +2,8 @@
 //!
 //! `crash-worker <url> <queue> [work-ms]`: connects the backend the URL names (any
 //! backend this build has), runs a worker on `<queue>` whose handler prints
-//! `done <n>` on stdout for job number `n`, one line per job, so the test
+//! `start <n>` when job number `n` begins and `done <n>` when it ends, on
+//! stdout, so the test
 //! follows progress and collects what ran without any broker-specific
 //! store. It runs until killed, or until stdin closes, when it shuts down
 //! gracefully and prints `stopped`. Each job takes `work-ms`
@@ -29,6 +30,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let worker = Worker::builder(backend, queue)
         .concurrency(32)
         .handler(move |job: Job<u32>| async move {
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "start {}", job.payload)?;
+                out.flush()?;
+            }
             // Some work, so the kill lands in the middle of the batch.
             tokio::time::sleep(Duration::from_millis(work)).await;
             let mut out = std::io::stdout().lock();
