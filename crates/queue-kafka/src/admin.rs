@@ -42,52 +42,70 @@ impl Shared {
     /// The positions of `group` on every partition of `topic` (blocking
     /// broker calls, run off the async threads).
     async fn positions(&self, topic: &str, group: &str) -> Result<Vec<Position>> {
+        let mut all = self.positions_of(&[topic.to_owned()], group).await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// The positions of `group` on every partition of each of `topics`
+    /// (in order), with one client.
+    async fn positions_of(&self, topics: &[String], group: &str) -> Result<Vec<Vec<Position>>> {
         let mut config = self.settings.client_config();
         config
             .set("group.id", group)
             .set("enable.auto.commit", "false");
         let timeout = self.settings.timeouts().1;
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Position>> {
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<Position>>> {
             let consumer: BaseConsumer = config
                 .create()
                 .map_err(|e| classify(e, "creating a reader"))?;
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(|e| classify(e, &format!("reading the metadata of {topic}")))?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("topic {topic} does not exist"),
-                ));
-            }
             let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition(&topic, *p);
+            let mut partitions_of = Vec::with_capacity(topics.len());
+            for topic in &topics {
+                let metadata = consumer
+                    .fetch_metadata(Some(topic), timeout)
+                    .map_err(|e| classify(e, &format!("reading the metadata of {topic}")))?;
+                let partitions: Vec<i32> = metadata
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if partitions.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("topic {topic} does not exist"),
+                    ));
+                }
+                for p in &partitions {
+                    tpl.add_partition(topic, *p);
+                }
+                partitions_of.push(partitions);
             }
-            let committed = consumer
-                .committed_offsets(tpl, timeout)
-                .map_err(|e| classify(e, &format!("reading committed offsets of {topic}")))?;
-            let mut out = Vec::with_capacity(partitions.len());
-            for p in partitions {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, p, timeout)
-                    .map_err(|e| classify(e, &format!("reading watermarks of {topic}")))?;
-                let committed = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => low,
-                };
-                out.push(Position {
-                    partition: p,
-                    committed: committed.clamp(low, high),
-                    high,
-                });
+            let committed = consumer.committed_offsets(tpl, timeout).map_err(|e| {
+                classify(
+                    e,
+                    &format!("reading committed offsets of {}", topics.join(", ")),
+                )
+            })?;
+            let mut out = Vec::with_capacity(topics.len());
+            for (topic, partitions) in topics.iter().zip(partitions_of) {
+                let mut positions = Vec::with_capacity(partitions.len());
+                for p in partitions {
+                    let (low, high) = consumer
+                        .fetch_watermarks(topic, p, timeout)
+                        .map_err(|e| classify(e, &format!("reading watermarks of {topic}")))?;
+                    let committed = match committed.find_partition(topic, p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o,
+                        _ => low,
+                    };
+                    positions.push(Position {
+                        partition: p,
+                        committed: committed.clamp(low, high),
+                        high,
+                    });
+                }
+                out.push(positions);
             }
             Ok(out)
         })
@@ -97,10 +115,16 @@ impl Shared {
 
     /// Records of `group` on `topic` not yet consumed.
     async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        self.lag_of(&[topic.to_owned()], group).await
+    }
+
+    /// Records of `group` on all of `topics` not yet consumed.
+    async fn lag_of(&self, topics: &[String], group: &str) -> Result<u64> {
         Ok(self
-            .positions(topic, group)
+            .positions_of(topics, group)
             .await?
             .iter()
+            .flatten()
             .map(|p| u64::try_from(p.high - p.committed).unwrap_or(0))
             .sum())
     }
@@ -262,7 +286,7 @@ impl Admin for KafkaBackend {
         let lag = self.shared.lag(&wire::topic(queue), &group).await?;
         let delayed = self
             .shared
-            .lag(&wire::delay(queue), &format!("{group}.delay"))
+            .lag_of(&wire::tiers(queue), &format!("{group}.delay"))
             .await?;
         let dead = self
             .shared
@@ -356,7 +380,7 @@ impl Admin for KafkaBackend {
     }
 
     /// The broker's topics `<q>` that have the companions the backend
-    /// creates with every queue (`<q>.dlq`, `<q>.delay`): other
+    /// creates with every queue (`<q>.dlq`, `<q>.retry.short`): other
     /// applications' topics are not queues of ours.
     async fn queues(&self) -> Result<Vec<QueueName>> {
         self.shared.check_open()?;
@@ -389,7 +413,7 @@ impl Admin for KafkaBackend {
             .iter()
             .filter_map(|name| QueueName::new(name).ok())
             .filter(|q| {
-                all.contains(wire::dlq(q).as_str()) && all.contains(wire::delay(q).as_str())
+                all.contains(wire::dlq(q).as_str()) && all.contains(wire::tier(q, 0).as_str())
             })
             .collect();
         queues.sort();

@@ -177,9 +177,11 @@ impl Shared {
         }
     }
 
-    /// Every topic of `queue`: the queue, its dead letters, its delays.
+    /// Every topic of `queue`: the queue, its dead letters, its retry tiers.
     pub(crate) fn topics_of(&self, queue: &QueueName) -> Vec<String> {
-        vec![wire::topic(queue), wire::dlq(queue), wire::delay(queue)]
+        let mut topics = vec![wire::topic(queue), wire::dlq(queue)];
+        topics.extend(wire::tiers(queue));
+        topics
     }
 
     /// The group of `queue`'s consumers.
@@ -308,15 +310,31 @@ impl Shared {
         }
     }
 
-    /// Where a message due at `not_before` goes now: the queue's topic
-    /// when due, else its delay topic.
-    pub(crate) fn destination(&self, queue: &QueueName, message: &Message) -> String {
-        let remaining = message.delay_from(SystemTime::now());
-        if remaining.is_zero() {
-            wire::topic(queue)
-        } else {
-            wire::delay(queue)
+    /// Send `message` where it goes now ([`wire::route`]): `queue`'s topic
+    /// when due, else the retry tier for what remains of its delay.
+    pub(crate) fn start_send(
+        &self,
+        queue: &QueueName,
+        message: &Message,
+        now: SystemTime,
+    ) -> (Produced, String) {
+        match wire::route(message, now) {
+            wire::Route::Due => {
+                let topic = wire::topic(queue);
+                (self.start_produce(&topic, message, None), topic)
+            }
+            wire::Route::Tier { tier, release } => {
+                let topic = wire::tier(queue, tier);
+                let headers = wire::release_headers(release);
+                (self.start_produce(&topic, message, Some(headers)), topic)
+            }
         }
+    }
+
+    /// [`Shared::start_send`], and wait for the broker's acknowledgement.
+    pub(crate) async fn send(&self, queue: &QueueName, message: &Message) -> Result<()> {
+        let (produced, topic) = self.start_send(queue, message, SystemTime::now());
+        produced.outcome(&topic, message.id).await
     }
 }
 

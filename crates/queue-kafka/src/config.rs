@@ -14,19 +14,14 @@ use rdkafka::config::ClientConfig;
 pub(crate) const SCHEMES: [&str; 2] = ["kafka", "kafkas"];
 
 /// URL parameters this backend reads besides the common ones.
-const PARAMS: [&str; 7] = [
+const PARAMS: [&str; 6] = [
     "group",
     "partitions",
     "replication",
     "retention",
     "sasl_mechanism",
     "tls_ca",
-    "delay_hold",
 ];
-
-/// How long the delay mover holds a delayed message by default before
-/// it sends it on: due by then, to the queue; else around again.
-pub const DEFAULT_DELAY_HOLD: Duration = Duration::from_secs(15 * 60);
 
 /// The SASL mechanisms librdkafka speaks without Kerberos.
 const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
@@ -65,7 +60,6 @@ pub struct Settings {
     pub(crate) tls: bool,
     pub(crate) tls_ca: Option<String>,
     pub(crate) sasl: Option<Sasl>,
-    pub(crate) delay_hold: Duration,
     /// The hosts, for errors (never the credentials).
     pub(crate) address: String,
     pub(crate) connect_timeout: Duration,
@@ -85,7 +79,6 @@ impl Settings {
         let retention = rest.take_param("retention");
         let sasl_mechanism = rest.take_param("sasl_mechanism");
         let tls_ca = rest.take_param("tls_ca");
-        let delay_hold = rest.take_param("delay_hold");
         rest.reject_unknown_params("kafka", &PARAMS)?;
         let url = config.url.expose();
         let hosts = config.url.hosts();
@@ -184,18 +177,6 @@ impl Settings {
         if tls_ca.is_some() && !tls {
             return Err(Error::config("tls_ca: needs a kafkas:// URL (TLS)"));
         }
-        let delay_hold = match delay_hold {
-            None => DEFAULT_DELAY_HOLD,
-            Some(h) => {
-                let d = parse_duration("delay_hold", &h)?;
-                if d < Duration::from_secs(1) || d > Duration::from_secs(12 * 3600) {
-                    return Err(Error::config(format!(
-                        "delay_hold: must be 1s to 12h, got {h:?}"
-                    )));
-                }
-                d
-            }
-        };
         Ok(Settings {
             servers: hosts.join(","),
             group,
@@ -205,7 +186,6 @@ impl Settings {
             tls,
             tls_ca,
             sasl,
-            delay_hold,
             address: hosts.join(","),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
@@ -260,12 +240,6 @@ impl Settings {
         self.retention_ms
     }
 
-    /// How long the delay mover holds a delayed message before sending
-    /// it on (to the queue if due, else around the delay topic again).
-    pub fn delay_hold(&self) -> Duration {
-        self.delay_hold
-    }
-
     /// The lease a delivery starts with, and the bound on one broker call.
     pub fn timeouts(&self) -> (Duration, Duration) {
         (self.lease, self.request_timeout)
@@ -309,14 +283,12 @@ mod tests {
         assert_eq!(s.servers(), "127.0.0.1:9092,127.0.0.1:9093");
         assert_eq!((s.partitions, s.replication, s.retention_ms), (4, None, -1));
         assert_eq!(s.group, "queue");
-        assert_eq!(s.delay_hold, DEFAULT_DELAY_HOLD);
-        let s = settings(
-            "kafka://h:9092?group=billing&partitions=12&replication=3&retention=7d&delay_hold=1m",
-        )
-        .expect("valid");
+        let s = settings("kafka://h:9092?group=billing&partitions=12&replication=3&retention=7d")
+            .expect("valid");
         assert_eq!((s.partitions, s.replication), (12, Some(3)));
         assert_eq!(s.retention_ms, 7 * 24 * 3600 * 1000);
-        assert_eq!(s.delay_hold, Duration::from_secs(60));
+        let e = settings("kafka://h:9092?delay_hold=1m").expect_err("gone with the retry tiers");
+        assert!(e.message().contains("delay_hold"), "{}", e.message());
     }
 
     #[test]
@@ -345,7 +317,6 @@ mod tests {
             ("kafka://h:9092?replication=x", "replication"),
             ("kafka://h:9092?retention=soon", "retention"),
             ("kafka://h:9092?group=a%20b", "group"),
-            ("kafka://h:9092?delay_hold=10ms", "delay_hold"),
             ("kafka://h:9092?sasl_mechanism=PLAIN", "sasl_mechanism"),
             ("kafka://u:p@h:9092?sasl_mechanism=GSSAPI", "sasl_mechanism"),
             ("kafka://h:9092?tls_ca=/ca.pem", "tls_ca"),

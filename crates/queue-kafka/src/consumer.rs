@@ -182,8 +182,7 @@ impl KafkaAcker {
     /// what remains), then settle the original.
     async fn forward(&self, message: &Message) -> Result<()> {
         self.check()?;
-        let topic = self.shared.destination(&self.queue, message);
-        self.shared.produce(&topic, message, None).await?;
+        self.shared.send(&self.queue, message).await?;
         self.member.settle(&self.lease)
     }
 

@@ -1,5 +1,6 @@
-//! The Kafka backend of the `queue` workspace, on rdkafka (in progress:
-//! `docs/backends/kafka.md` says what is built and what is not yet).
+//! The Kafka backend of the `queue` workspace, on rdkafka
+//! (`docs/backends/kafka.md`: topics, retry tiers, offsets, what is
+//! emulated).
 //!
 //! A queue is a topic; the ordering key is the record key. Every consumer
 //! a backend opens on one queue shares one consumer-group member, polled
@@ -8,7 +9,8 @@
 //! Acks may finish in any order: the offset committed for a partition is
 //! its lowest unfinished record, never past it. Leases are local (Kafka
 //! has none). A nack or a dead letter produces a copy first (to the
-//! queue, to `<topic>.delay` when delayed, or to `<topic>.dlq`) and only
+//! queue, to a retry tier `<topic>.retry.<wait>` when delayed, or to
+//! `<topic>.dlq`) and only
 //! then marks the original done, so a crash in between delivers twice,
 //! never zero times.
 //!
@@ -33,7 +35,7 @@
 //! `consumer.rs` (with settlement), `admin.rs` (with the `Backend`
 //! implementation), `error.rs` (`classify`), plus `member.rs` (the shared
 //! group member), `tracker.rs` (offsets of one partition), `mover.rs`
-//! (the delay topic's mover) and `wire.rs` (topic names, records).
+//! (the retry tiers' mover) and `wire.rs` (topic names, tiers, records).
 
 #![forbid(unsafe_code)]
 
@@ -49,7 +51,7 @@ mod tracker;
 mod wire;
 
 pub use crate::backend::{KafkaBackend, DEFAULT_MAX_RECORD, MAX_BATCH};
-pub use crate::config::{Settings, DEFAULT_DELAY_HOLD};
+pub use crate::config::Settings;
 pub use crate::consumer::KafkaConsumer;
 pub use crate::producer::KafkaProducer;
 

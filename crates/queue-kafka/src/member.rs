@@ -21,7 +21,7 @@
 //! receive becomes a retryable error (a worker's liveness then reports
 //! it) instead of an endless run of empty batches.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,6 +59,8 @@ pub(crate) struct Pending {
     pub(crate) message: Message,
     /// Why the bytes did not decode, if they did not.
     pub(crate) undecodable: Option<Error>,
+    /// A retry tier's record: when it is to leave its tier.
+    pub(crate) release: Option<SystemTime>,
 }
 
 /// A record handed out: what its delivery settles with.
@@ -131,6 +133,11 @@ struct State {
     next_epoch: u64,
     next_token: u64,
     paused: bool,
+    /// Partitions the member's owner paused until their head is due
+    /// ([`Member::gate`]): a resume of the buffer leaves them paused.
+    gated: HashSet<Part>,
+    /// Partitions assigned since the poller last looked: it resumes them.
+    fresh: Vec<Part>,
     /// Whether the member got its first assignment (maybe empty).
     joined: bool,
     /// When the poller looks for expired leases next (`None`: at once).
@@ -155,6 +162,8 @@ pub(crate) struct Context {
     state: Arc<Mutex<State>>,
     /// Woken when the assignment changes.
     rebalanced: Arc<Notify>,
+    /// Woken (with a permit kept) when partitions were assigned.
+    newly_assigned: Arc<Notify>,
     /// When a connection last had a byte from the broker, as of the last
     /// statistics.
     heard: Arc<Mutex<Instant>>,
@@ -187,11 +196,12 @@ impl ConsumerContext for Context {
     fn pre_rebalance(&self, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(revoked) = rebalance {
             let mut state = lock(&self.state);
-            for element in revoked.elements() {
+            for element in elements(revoked) {
                 let Some(part) = part_of(&self.topics, element.topic(), element.partition()) else {
                     continue;
                 };
                 state.assigned.remove(&part);
+                state.gated.remove(&part);
                 state.buffer.drop_part(part);
                 state.held.retain(|(p, _), _| *p != part);
             }
@@ -201,22 +211,45 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
             let mut state = lock(&self.state);
-            for element in assigned.elements() {
+            for element in elements(assigned) {
                 let Some(part) = part_of(&self.topics, element.topic(), element.partition()) else {
                     continue;
                 };
                 state.next_epoch += 1;
                 let epoch = state.next_epoch;
+                // librdkafka keeps an application's pause on a partition
+                // across a rebalance that hands it back: the poller
+                // resumes every assigned partition, and the owner gates it
+                // again when it sees the head.
+                state.gated.remove(&part);
+                state.fresh.push(part);
                 state.assigned.entry(part).or_insert_with(|| Assigned {
                     epoch,
                     track: Track::default(),
                 });
             }
-            // A new assignment starts unpaused.
+            // The poller resumes the new assignment.
             state.paused = false;
             state.joined = true;
+            drop(state);
+            self.newly_assigned.notify_one();
         }
         self.rebalanced.notify_waiters();
+    }
+}
+
+/// The elements of `list`. rdkafka 0.36's `elements` builds a slice from
+/// the list's element pointer even when the list is empty, where that
+/// pointer is null (debug builds abort on it): a member that gets no
+/// partition, as when a group has more members than partitions, has such
+/// a list.
+fn elements(
+    list: &rdkafka::TopicPartitionList,
+) -> Vec<rdkafka::topic_partition_list::TopicPartitionListElem<'_>> {
+    if list.count() == 0 {
+        Vec::new()
+    } else {
+        list.elements()
     }
 }
 
@@ -278,6 +311,7 @@ pub(crate) struct Member {
     /// Woken when a lease ends before the poller's next expiry check.
     rearm: Notify,
     rebalanced: Arc<Notify>,
+    newly_assigned: Arc<Notify>,
     heard: Arc<Mutex<Instant>>,
     silence: Duration,
 }
@@ -304,6 +338,7 @@ impl Member {
     ) -> Result<(Arc<Member>, tokio::task::JoinHandle<()>)> {
         let state = Arc::new(Mutex::new(State::default()));
         let rebalanced = Arc::new(Notify::new());
+        let newly_assigned = Arc::new(Notify::new());
         let heard = Arc::new(Mutex::new(Instant::now()));
         let silence = silence.max(MIN_SILENCE);
         config
@@ -323,6 +358,7 @@ impl Member {
                 topics: topics.clone(),
                 state: state.clone(),
                 rebalanced: rebalanced.clone(),
+                newly_assigned: newly_assigned.clone(),
                 heard: heard.clone(),
                 silence,
             })
@@ -339,6 +375,7 @@ impl Member {
             room: Notify::new(),
             rearm: Notify::new(),
             rebalanced,
+            newly_assigned,
             heard,
             silence,
         });
@@ -538,6 +575,7 @@ impl Member {
                 offset: lease.offset,
                 message,
                 undecodable: None,
+                release: None,
             });
         }
         self.ready.notify_one();
@@ -577,7 +615,7 @@ impl Member {
     }
 
     /// Buffer a fetched record; pause the assignment when the buffer is full.
-    fn fetched(&self, part: Part, offset: i64, incoming: Incoming) {
+    fn fetched(&self, part: Part, offset: i64, incoming: Incoming, release: Option<SystemTime>) {
         let mut state = lock(&self.state);
         let Some(assigned) = state.assigned.get_mut(&part) else {
             return;
@@ -594,6 +632,7 @@ impl Member {
             offset,
             message,
             undecodable,
+            release,
         });
         if state.buffer.full() && !state.paused {
             if let Ok(assignment) = self.consumer.assignment() {
@@ -612,8 +651,64 @@ impl Member {
         let mut state = lock(&self.state);
         if state.paused && state.buffer.low() {
             if let Ok(assignment) = self.consumer.assignment() {
-                if self.consumer.resume(&assignment).is_ok() {
+                // Gated partitions stay paused until their owner opens them.
+                let mut open = rdkafka::TopicPartitionList::new();
+                for e in elements(&assignment) {
+                    let gated = part_of(&self.topics, e.topic(), e.partition())
+                        .is_some_and(|part| state.gated.contains(&part));
+                    if !gated {
+                        open.add_partition(e.topic(), e.partition());
+                    }
+                }
+                if self.consumer.resume(&open).is_ok() {
                     state.paused = false;
+                }
+            }
+        }
+    }
+
+    /// Resume the partitions assigned since the last look: librdkafka may
+    /// have kept a pause from before the rebalance.
+    fn open_fresh(&self) {
+        let mut state = lock(&self.state);
+        if state.fresh.is_empty() {
+            return;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for part in std::mem::take(&mut state.fresh) {
+            if state.assigned.contains_key(&part) {
+                tpl.add_partition(self.topic(part), part.1);
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::warn!(topics = ?self.topics, error = %e, "could not resume assigned partitions");
+            }
+        }
+    }
+
+    /// Pause fetching `part` (`closed`) until its owner opens it again, or
+    /// fetch it again: the delay mover closes a retry tier's partition
+    /// while its head is not due. A rebalance that assigns the partition
+    /// again opens it (librdkafka starts it unpaused), and the owner
+    /// closes it again when it sees the head.
+    pub(crate) fn gate(&self, part: Part, closed: bool) {
+        let mut state = lock(&self.state);
+        if closed == state.gated.contains(&part) || !state.assigned.contains_key(&part) {
+            return;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(self.topic(part), part.1);
+        if closed {
+            if self.consumer.pause(&tpl).is_ok() {
+                state.gated.insert(part);
+            }
+        } else {
+            state.gated.remove(&part);
+            // While the whole buffer is paused, its resume opens this one.
+            if !state.paused {
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    tracing::warn!(topic = self.topic(part), partition = part.1, error = %e, "could not resume a partition");
                 }
             }
         }
@@ -651,6 +746,7 @@ impl Member {
                         offset: lease.offset,
                         message,
                         undecodable: None,
+                        release: None,
                     });
                     requeued = true;
                 }
@@ -701,8 +797,9 @@ async fn poll(m: Arc<Member>) {
                     if let Some(part) = part_of(&m.topics, record.topic(), record.partition()) {
                         let offset = record.offset();
                         let incoming = wire::incoming(&record);
+                        let release = wire::release_of(&record);
                         drop(record);
-                        m.fetched(part, offset, incoming);
+                        m.fetched(part, offset, incoming, release);
                     }
                 }
                 Err(e) => {
@@ -711,6 +808,7 @@ async fn poll(m: Arc<Member>) {
             },
             () = m.room.notified() => m.maybe_resume(),
             () = m.rearm.notified() => {}
+            () = m.newly_assigned.notified() => m.open_fresh(),
             () = tokio::time::sleep(wake) => {}
         }
     }

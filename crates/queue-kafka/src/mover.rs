@@ -1,35 +1,45 @@
 //! The delay mover: a message sent with a delay (or nacked with one)
-//! waits in the queue's delay topic, `<topic>.delay`, and comes back to
-//! the queue when due.
+//! waits in one of its queue's retry tier topics, `<topic>.retry.<wait>`
+//! (`wire::TIERS`), and comes back to the queue when due.
 //!
-//! One member of the group `<group>.<queue>.delay` per backend reads the
-//! delay topic; one process holds each of its partitions, and a record
-//! it took but did not settle (a crash, a rebalance) is fetched again by
-//! the next owner. Each record is held until its message is due, at most
-//! `delay_hold` (15 minutes by default): then it goes to the queue if
-//! due, else around the delay topic again (a long delay makes one hop per
-//! `delay_hold`). Held records count against the member's buffer, which
-//! pauses the topic when full.
+//! One member of the group `<group>.<queue>.delay` per backend reads every
+//! tier topic of a queue; one process holds each partition, and a record
+//! it took but did not send on (a crash, a rebalance) is fetched again by
+//! the next owner from the last committed offset. Each tier record
+//! carries when it leaves its tier (header `queue-release`):
 //!
-//! Retry tiers (one topic per delay, each partition paused until its head
-//! is due) are the design the issue names; on tansu a second topic in
-//! one subscription, or a second consumer group beside the queue's,
-//! stalled or crashed the queue's own member (librdkafka 2.12), so the
-//! backend uses one delay topic with a timer per held record
-//! (docs/backends/kafka.md says what a later check with librdkafka 2.3.0
-//! found).
+//! - the tiers with a fixed wait (10 s, 1 min, 10 min, 1 h) come due in
+//!   the order their records were appended, so the mover keeps each
+//!   partition's records in order and pauses the partition while its head
+//!   is not due (`Member::gate`): nothing more is fetched from it until
+//!   then. A rebalance starts a partition unpaused; the mover pauses it
+//!   again as soon as it sees the head, so the pause outlives rebalances.
+//! - the `short` tier holds what has less than ten seconds left, each
+//!   record on its own timer (a head there could block a shorter delay
+//!   behind it for up to ten seconds).
+//!
+//! A record that leaves its tier goes to the queue if due, else to the
+//! tier for what remains ([`wire::route`]); its offset is stored only
+//! once the broker took the copy.
 
-use std::sync::Arc;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use queue_core::{QueueName, Result};
 
 use crate::backend::Shared;
-use crate::member::Member;
+use crate::member::{Lease, Member, Part, Pending};
 use crate::wire;
 
 /// How many records the mover takes at a time.
-const TAKE: usize = 100;
+const TAKE: usize = 1_000;
+/// How long the mover waits for records when nothing it holds comes due.
+const IDLE: Duration = Duration::from_secs(5);
+/// The lease on a record the mover holds: longer than any tier's wait,
+/// so a held record is never handed out twice.
+const HOLD_LEASE: Duration = Duration::from_secs(2 * 3600 + 60);
 
 /// Start `queue`'s delay mover in this backend if it does not run yet.
 pub(crate) fn ensure(shared: &Arc<Shared>, queue: &QueueName) -> Result<()> {
@@ -37,57 +47,147 @@ pub(crate) fn ensure(shared: &Arc<Shared>, queue: &QueueName) -> Result<()> {
         let (member, poller) = Member::start(
             shared.settings.client_config(),
             &format!("{}.delay", shared.group(queue)),
-            vec![wire::delay(queue)],
+            wire::tiers(queue),
             shared.settings.timeouts().1,
         )?;
-        let task = tokio::spawn(run(
-            Arc::downgrade(shared),
-            queue.clone(),
-            member,
-            shared.settings.delay_hold(),
-        ));
+        let task = tokio::spawn(run(Arc::downgrade(shared), queue.clone(), member));
         Ok((poller, task))
     })
 }
 
-async fn run(
-    shared: std::sync::Weak<Shared>,
-    queue: QueueName,
-    member: Arc<Member>,
-    hold: Duration,
-) {
+/// A record the mover holds until it leaves its tier.
+struct Held {
+    lease: Lease,
+    pending: Pending,
+}
+
+impl Held {
+    /// When the record leaves its tier: its release header, or now for a
+    /// record without one (sent by an older version, or handed back).
+    fn release(&self) -> SystemTime {
+        self.pending.release.unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// What the mover holds: fixed-wait tiers' records in partition order,
+/// the short tier's by release time.
+#[derive(Default)]
+struct Holding {
+    ordered: HashMap<Part, VecDeque<Held>>,
+    timed: BinaryHeap<Reverse<(SystemTime, u64)>>,
+    timed_records: HashMap<u64, Held>,
+    next_seq: u64,
+}
+
+impl Holding {
+    fn add(&mut self, held: Held) {
+        if held.lease.part.0 == 0 {
+            self.next_seq += 1;
+            self.timed.push(Reverse((held.release(), self.next_seq)));
+            self.timed_records.insert(self.next_seq, held);
+        } else {
+            self.ordered
+                .entry(held.lease.part)
+                .or_default()
+                .push_back(held);
+        }
+    }
+
+    /// Take every record whose release passed at `now` (in partition
+    /// order), gate each ordered partition on its head, drop records whose
+    /// partition moved to another member, and return when the next held
+    /// record comes due.
+    fn due(&mut self, member: &Member, now: SystemTime) -> (Vec<Held>, Option<SystemTime>) {
+        let mut due = Vec::new();
+        let mut next: Option<SystemTime> = None;
+        for (part, records) in &mut self.ordered {
+            while let Some(head) = records.front() {
+                if member.check(&head.lease).is_err() {
+                    // Revoked: the partition's next owner reads it again.
+                    records.pop_front();
+                } else if head.release() <= now {
+                    due.extend(records.pop_front());
+                } else {
+                    next = Some(next.map_or(head.release(), |n| n.min(head.release())));
+                    break;
+                }
+            }
+            member.gate(*part, !records.is_empty());
+        }
+        self.ordered.retain(|_, records| !records.is_empty());
+        while let Some(Reverse((release, seq))) = self.timed.peek().copied() {
+            if release > now {
+                next = Some(next.map_or(release, |n| n.min(release)));
+                break;
+            }
+            self.timed.pop();
+            if let Some(held) = self.timed_records.remove(&seq) {
+                if member.check(&held.lease).is_ok() {
+                    due.push(held);
+                }
+            }
+        }
+        (due, next)
+    }
+}
+
+async fn run(shared: Weak<Shared>, queue: QueueName, member: Arc<Member>) {
+    let mut holding = Holding::default();
     loop {
-        // A held record is settled within `hold` of being taken: the lease
-        // outlasts that.
-        let taken = member
-            .take(
-                TAKE,
-                Duration::from_secs(5),
-                hold * 2 + Duration::from_secs(60),
-            )
-            .await;
+        let now = SystemTime::now();
+        let (due, next) = holding.due(&member, now);
+        if !due.is_empty() {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            forward(&shared, &queue, &member, due).await;
+            continue;
+        }
+        // Wait for records, or until the next held one comes due.
+        let wait = next
+            .map_or(IDLE, |at| at.duration_since(now).unwrap_or_default())
+            .min(IDLE);
+        let taken = member.take(TAKE, wait, HOLD_LEASE).await;
         if shared.strong_count() == 0 {
             return;
         }
         for (lease, pending) in taken {
-            let wait = pending.message.delay_from(SystemTime::now()).min(hold);
-            let (shared, queue, member) = (shared.clone(), queue.clone(), member.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                // Due: to the queue; not yet: around the delay topic again.
-                let topic = shared.destination(&queue, &pending.message);
-                let moved = match shared.produce(&topic, &pending.message, None).await {
-                    Ok(()) => member.settle(&lease),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = moved {
-                    tracing::warn!(queue = %queue, error = %e, "delay mover: could not send a message on; it is fetched again");
-                    let _ = member.put_back(&lease, pending.message);
-                }
-            });
+            holding.add(Held { lease, pending });
+        }
+    }
+}
+
+/// Send each of `due` on (to its queue if due, else to the tier for what
+/// remains), all queued at once and acknowledged in turn, then store its
+/// offset. A record that could not be sent goes back to the member and is
+/// taken again.
+async fn forward(shared: &Shared, queue: &QueueName, member: &Member, due: Vec<Held>) {
+    let now = SystemTime::now();
+    let due_topic = wire::topic(queue);
+    let sends: Vec<_> = due
+        .iter()
+        .map(|held| {
+            let message = &held.pending.message;
+            let (topic, headers) = match wire::route(message, now) {
+                wire::Route::Due => (due_topic.clone(), None),
+                wire::Route::Tier { tier, release } => (
+                    wire::tier(queue, tier),
+                    Some(wire::release_headers(release)),
+                ),
+            };
+            let produced = shared.start_produce(&topic, message, headers);
+            (produced, topic)
+        })
+        .collect();
+    for ((produced, topic), held) in sends.into_iter().zip(due) {
+        let message = held.pending.message;
+        let moved = match produced.outcome(&topic, message.id).await {
+            Ok(()) => member.settle(&held.lease),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = moved {
+            tracing::warn!(queue = %queue, error = %e, "delay mover: could not send a message on; it is taken again");
+            let _ = member.put_back(&held.lease, message);
         }
     }
 }

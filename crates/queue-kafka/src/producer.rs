@@ -1,13 +1,14 @@
 //! [`KafkaProducer`]: idempotent, every record acknowledged by all
 //! in-sync replicas before a send returns.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use queue_core::{BatchError, Message, MessageId, Producer, QueueName, Result};
 
-use crate::backend::Shared;
+use crate::backend::{Produced, Shared};
 use crate::wire;
 
 /// Sends to one queue's topic (a due message) or to its retry tier (a
@@ -29,8 +30,7 @@ impl KafkaProducer {
     }
 
     async fn send_one(&self, message: &Message) -> Result<MessageId> {
-        let topic = self.shared.destination(&self.queue, message);
-        self.shared.produce(&topic, message, None).await?;
+        self.shared.send(&self.queue, message).await?;
         self.shared
             .counters(&self.queue)
             .enqueued
@@ -64,23 +64,27 @@ impl Producer for KafkaProducer {
         // Every record is queued in librdkafka before any is awaited, so
         // they go out in batches; one clock read for the whole batch.
         let now = std::time::SystemTime::now();
-        let (due, later) = (wire::topic(&self.queue), wire::delay(&self.queue));
-        let queued: Vec<_> = messages
+        let due = wire::topic(&self.queue);
+        let queued: Vec<(Produced, Cow<'_, str>)> = messages
             .iter()
             .map(|m| {
-                let topic = if m.delay_from(now).is_zero() {
-                    &due
+                if m.delay_from(now).is_zero() {
+                    // The usual case: no route, no topic name to build.
+                    (
+                        self.shared.start_produce(&due, m, None),
+                        Cow::Borrowed(due.as_str()),
+                    )
                 } else {
-                    &later
-                };
-                (self.shared.start_produce(topic, m, None), topic)
+                    let (produced, topic) = self.shared.start_send(&self.queue, m, now);
+                    (produced, Cow::Owned(topic))
+                }
             })
             .collect();
         // Acknowledgements come back about in the order sent: awaiting each
         // in turn costs no more than the last one's wait.
         let mut outcomes: Vec<Result<MessageId>> = Vec::with_capacity(messages.len());
         for ((produced, topic), m) in queued.into_iter().zip(&messages) {
-            outcomes.push(produced.outcome(topic, m.id).await.map(|()| m.id));
+            outcomes.push(produced.outcome(&topic, m.id).await.map(|()| m.id));
         }
         let sent = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
         self.shared

@@ -33,9 +33,82 @@ pub(crate) fn dlq(queue: &QueueName) -> String {
     format!("{queue}.dlq")
 }
 
-/// The delay topic of `queue`: messages not due yet wait there.
-pub(crate) fn delay(queue: &QueueName) -> String {
-    format!("{queue}.delay")
+/// Header of a record in a retry tier: when the delay mover takes it out
+/// of the tier, in ms since the epoch.
+pub(crate) const HEADER_RELEASE: &str = "queue-release";
+
+/// The retry tiers: how long a record waits in each tier topic, and the
+/// topic's suffix. Tier 0, `short`, takes whatever has less than the next
+/// tier's wait left and waits exactly that long: the delay mover holds
+/// its records each on its own timer. A message with more left goes to
+/// the longest of the other tiers whose wait is not longer than what
+/// remains, and waits that tier's wait. Records of one of those tiers are
+/// appended with the same wait, so they come due in the order they were
+/// appended: the mover pauses such a partition until its head is due, and
+/// nothing behind the head is due before it. A record the mover takes
+/// out goes to its queue if due, else to the tier for what remains (each
+/// tier's wait is at most ten times the one below, so a hop or a few per
+/// tier).
+pub(crate) const TIERS: [(Duration, &str); 5] = [
+    (Duration::ZERO, "short"),
+    (Duration::from_secs(10), "10s"),
+    (Duration::from_secs(60), "1m"),
+    (Duration::from_secs(600), "10m"),
+    (Duration::from_secs(3600), "1h"),
+];
+
+/// The retry tier topic `tier` (an index into [`TIERS`]) of `queue`.
+pub(crate) fn tier(queue: &QueueName, tier: usize) -> String {
+    format!("{queue}.retry.{}", TIERS[tier.min(TIERS.len() - 1)].1)
+}
+
+/// Every retry tier topic of `queue`, in [`TIERS`] order.
+pub(crate) fn tiers(queue: &QueueName) -> Vec<String> {
+    (0..TIERS.len()).map(|t| tier(queue, t)).collect()
+}
+
+/// Where a message goes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Due: the queue's topic.
+    Due,
+    /// Not due: retry tier `tier`, until `release`.
+    Tier { tier: usize, release: SystemTime },
+}
+
+/// Where `message` goes at `now`: its queue when due, else the retry tier
+/// for what remains of its delay.
+pub(crate) fn route(message: &Message, now: SystemTime) -> Route {
+    let remaining = message.delay_from(now);
+    if remaining.is_zero() {
+        return Route::Due;
+    }
+    let tier = TIERS
+        .iter()
+        .rposition(|(wait, _)| *wait <= remaining)
+        .unwrap_or(0);
+    let wait = if tier == 0 { remaining } else { TIERS[tier].0 };
+    Route::Tier {
+        tier,
+        release: now + wait,
+    }
+}
+
+/// The record headers of a message sent to a retry tier until `release`.
+pub(crate) fn release_headers(release: SystemTime) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: HEADER_RELEASE,
+        value: Some(ms_since_epoch(release).to_string().as_bytes()),
+    })
+}
+
+/// When a retry tier's record is to be taken out of its tier (its
+/// [`HEADER_RELEASE`]), if it has one.
+pub(crate) fn release_of(record: &impl rdkafka::Message) -> Option<SystemTime> {
+    let headers = record.headers()?;
+    let value = headers.iter().find(|h| h.key == HEADER_RELEASE)?.value?;
+    let ms: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    Some(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// What a record held.
@@ -125,4 +198,88 @@ pub(crate) fn dead_letter(record: &impl rdkafka::Message) -> DeadLetter {
     let mut letter = DeadLetter::new(message, reason, attempts);
     letter.dead_lettered_at = dead_at;
     letter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn due_in(now: SystemTime, delay: Duration) -> Message {
+        let mut message = Message::new("x");
+        message.not_before = Some(now + delay);
+        message
+    }
+
+    #[test]
+    fn a_due_message_goes_to_its_queue() {
+        assert_eq!(route(&Message::new("x"), at(0)), Route::Due);
+        assert_eq!(route(&due_in(at(0), Duration::ZERO), at(0)), Route::Due);
+        assert_eq!(
+            route(&due_in(at(0), Duration::from_secs(5)), at(6)),
+            Route::Due
+        );
+    }
+
+    #[test]
+    fn a_delay_waits_in_the_longest_tier_not_longer_than_it() {
+        let now = at(0);
+        let cases = [
+            (Duration::from_millis(300), 0, Duration::from_millis(300)),
+            (Duration::from_secs(9), 0, Duration::from_secs(9)),
+            (Duration::from_secs(10), 1, Duration::from_secs(10)),
+            (Duration::from_secs(59), 1, Duration::from_secs(10)),
+            (Duration::from_secs(90), 2, Duration::from_secs(60)),
+            (Duration::from_secs(700), 3, Duration::from_secs(600)),
+            (Duration::from_secs(86_400), 4, Duration::from_secs(3600)),
+        ];
+        for (delay, tier, wait) in cases {
+            assert_eq!(
+                route(&due_in(now, delay), now),
+                Route::Tier {
+                    tier,
+                    release: now + wait
+                },
+                "{delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hops_add_up_to_the_delay() {
+        let sent = at(0);
+        for (delay, path) in [
+            (75, &["1m", "10s", "short"][..]),
+            (3, &["short"][..]),
+            (7_265, &["1h", "1h", "1m", "short"][..]),
+        ] {
+            let message = due_in(sent, Duration::from_secs(delay));
+            let mut now = sent;
+            let mut hops = Vec::new();
+            while let Route::Tier { tier, release } = route(&message, now) {
+                hops.push(TIERS[tier].1);
+                now = release;
+            }
+            assert_eq!(now, sent + Duration::from_secs(delay));
+            assert_eq!(hops, path, "{delay} s");
+        }
+    }
+
+    #[test]
+    fn tier_topics_are_named_by_their_wait() {
+        let queue = QueueName::new("emails").expect("name");
+        assert_eq!(
+            tiers(&queue),
+            [
+                "emails.retry.short",
+                "emails.retry.10s",
+                "emails.retry.1m",
+                "emails.retry.10m",
+                "emails.retry.1h"
+            ]
+        );
+    }
 }

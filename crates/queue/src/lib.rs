@@ -28,7 +28,7 @@ pub use queue_amqp as amqp;
 #[cfg(feature = "sqs")]
 pub use queue_sqs as sqs;
 
-/// The Kafka backend ([`kafka::KafkaBackend`]; in progress).
+/// The Kafka backend ([`kafka::KafkaBackend`]).
 #[cfg(feature = "kafka")]
 pub use queue_kafka as kafka;
 
