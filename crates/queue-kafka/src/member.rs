@@ -136,7 +136,10 @@ struct State {
     /// Partitions the member's owner paused until their head is due
     /// ([`Member::gate`]): a resume of the buffer leaves them paused.
     gated: HashSet<Part>,
-    /// Partitions assigned since the poller last looked: it resumes them.
+    /// Partitions that were paused when a rebalance took them: librdkafka
+    /// keeps an application's pause on a partition that comes back.
+    was_paused: HashSet<Part>,
+    /// Partitions of `was_paused` assigned again: the poller resumes them.
     fresh: Vec<Part>,
     /// Whether the member got its first assignment (maybe empty).
     joined: bool,
@@ -201,7 +204,9 @@ impl ConsumerContext for Context {
                     continue;
                 };
                 state.assigned.remove(&part);
-                state.gated.remove(&part);
+                if state.gated.remove(&part) || state.paused {
+                    state.was_paused.insert(part);
+                }
                 state.buffer.drop_part(part);
                 state.held.retain(|(p, _), _| *p != part);
             }
@@ -218,21 +223,28 @@ impl ConsumerContext for Context {
                 state.next_epoch += 1;
                 let epoch = state.next_epoch;
                 // librdkafka keeps an application's pause on a partition
-                // across a rebalance that hands it back: the poller
-                // resumes every assigned partition, and the owner gates it
-                // again when it sees the head.
+                // across a rebalance that hands it back: the poller resumes
+                // one that was paused, and the owner gates it again when it
+                // sees the head. (A resume of a partition that is not
+                // paused restarts its fetch, which would fetch records
+                // again: only paused ones are resumed.)
                 state.gated.remove(&part);
-                state.fresh.push(part);
+                if state.was_paused.remove(&part) {
+                    state.fresh.push(part);
+                }
                 state.assigned.entry(part).or_insert_with(|| Assigned {
                     epoch,
                     track: Track::default(),
                 });
             }
-            // The poller resumes the new assignment.
+            // The poller resumes what was paused of the new assignment.
             state.paused = false;
             state.joined = true;
+            let resume = !state.fresh.is_empty();
             drop(state);
-            self.newly_assigned.notify_one();
+            if resume {
+                self.newly_assigned.notify_one();
+            }
         }
         self.rebalanced.notify_waiters();
     }
@@ -667,8 +679,9 @@ impl Member {
         }
     }
 
-    /// Resume the partitions assigned since the last look: librdkafka may
-    /// have kept a pause from before the rebalance.
+    /// Resume the partitions a rebalance handed back while paused
+    /// (librdkafka kept the pause), unless the owner gated one again since
+    /// or the buffer is full (its resume opens them).
     fn open_fresh(&self) {
         let mut state = lock(&self.state);
         if state.fresh.is_empty() {
@@ -676,7 +689,7 @@ impl Member {
         }
         let mut tpl = rdkafka::TopicPartitionList::new();
         for part in std::mem::take(&mut state.fresh) {
-            if state.assigned.contains_key(&part) {
+            if state.assigned.contains_key(&part) && !state.gated.contains(&part) && !state.paused {
                 tpl.add_partition(self.topic(part), part.1);
             }
         }
@@ -782,6 +795,7 @@ async fn poll(m: Arc<Member>) {
     // not per record.
     const LEASE_CHECK: Duration = Duration::from_secs(1);
     loop {
+        m.open_fresh();
         let now = SystemTime::now();
         let next = match m.check_at() {
             Some(at) if at > now => at,

@@ -40,6 +40,9 @@ const IDLE: Duration = Duration::from_secs(5);
 /// The lease on a record the mover holds: longer than any tier's wait,
 /// so a held record is never handed out twice.
 const HOLD_LEASE: Duration = Duration::from_secs(2 * 3600 + 60);
+/// How long a record the mover could not send on waits before the next
+/// try.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Start `queue`'s delay mover in this backend if it does not run yet.
 pub(crate) fn ensure(shared: &Arc<Shared>, queue: &QueueName) -> Result<()> {
@@ -82,15 +85,21 @@ struct Holding {
 impl Holding {
     fn add(&mut self, held: Held) {
         if held.lease.part.0 == 0 {
-            self.next_seq += 1;
-            self.timed.push(Reverse((held.release(), self.next_seq)));
-            self.timed_records.insert(self.next_seq, held);
+            let at = held.release();
+            self.add_timed(held, at);
         } else {
             self.ordered
                 .entry(held.lease.part)
                 .or_default()
                 .push_back(held);
         }
+    }
+
+    /// Hold `held` on a timer until `at`.
+    fn add_timed(&mut self, held: Held, at: SystemTime) {
+        self.next_seq += 1;
+        self.timed.push(Reverse((at, self.next_seq)));
+        self.timed_records.insert(self.next_seq, held);
     }
 
     /// Take every record whose release passed at `now` (in partition
@@ -140,7 +149,12 @@ async fn run(shared: Weak<Shared>, queue: QueueName, member: Arc<Member>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            forward(&shared, &queue, &member, due).await;
+            // What could not be sent stays held (lease, release and all)
+            // and is tried again a little later, not in a tight loop.
+            let retry_at = SystemTime::now() + RETRY_AFTER;
+            for held in forward(&shared, &queue, &member, due).await {
+                holding.add_timed(held, retry_at);
+            }
             continue;
         }
         // Wait for records, or until the next held one comes due.
@@ -159,9 +173,10 @@ async fn run(shared: Weak<Shared>, queue: QueueName, member: Arc<Member>) {
 
 /// Send each of `due` on (to its queue if due, else to the tier for what
 /// remains), all queued at once and acknowledged in turn, then store its
-/// offset. A record that could not be sent goes back to the member and is
-/// taken again.
-async fn forward(shared: &Shared, queue: &QueueName, member: &Member, due: Vec<Held>) {
+/// offset. Returns the records that could not be sent (their leases still
+/// held); a record whose partition moved away is dropped (its new owner
+/// reads it again).
+async fn forward(shared: &Shared, queue: &QueueName, member: &Member, due: Vec<Held>) -> Vec<Held> {
     let now = SystemTime::now();
     let due_topic = wire::topic(queue);
     let sends: Vec<_> = due
@@ -179,15 +194,19 @@ async fn forward(shared: &Shared, queue: &QueueName, member: &Member, due: Vec<H
             (produced, topic)
         })
         .collect();
+    let mut failed = Vec::new();
     for ((produced, topic), held) in sends.into_iter().zip(due) {
-        let message = held.pending.message;
-        let moved = match produced.outcome(&topic, message.id).await {
-            Ok(()) => member.settle(&held.lease),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = moved {
-            tracing::warn!(queue = %queue, error = %e, "delay mover: could not send a message on; it is taken again");
-            let _ = member.put_back(&held.lease, message);
+        match produced.outcome(&topic, held.pending.message.id).await {
+            // Sent: the original is done. A settle that fails means the
+            // partition moved away; its next owner reads the record again.
+            Ok(()) => {
+                let _ = member.settle(&held.lease);
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %e, "delay mover: could not send a message on; it is tried again");
+                failed.push(held);
+            }
         }
     }
+    failed
 }
