@@ -702,9 +702,9 @@ impl Member {
 
     /// Pause fetching `part` (`closed`) until its owner opens it again, or
     /// fetch it again: the delay mover closes a retry tier's partition
-    /// while its head is not due. A rebalance that assigns the partition
-    /// again opens it (librdkafka starts it unpaused), and the owner
-    /// closes it again when it sees the head.
+    /// while its head is not due. A rebalance that hands the partition
+    /// back opens it ([`Member::open_fresh`]), and the owner closes it
+    /// again when it sees the head.
     pub(crate) fn gate(&self, part: Part, closed: bool) {
         let mut state = lock(&self.state);
         if closed == state.gated.contains(&part) || !state.assigned.contains_key(&part) {
@@ -795,7 +795,6 @@ async fn poll(m: Arc<Member>) {
     // not per record.
     const LEASE_CHECK: Duration = Duration::from_secs(1);
     loop {
-        m.open_fresh();
         let now = SystemTime::now();
         let next = match m.check_at() {
             Some(at) if at > now => at,

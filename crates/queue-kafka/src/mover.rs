@@ -12,8 +12,9 @@
 //!   the order their records were appended, so the mover keeps each
 //!   partition's records in order and pauses the partition while its head
 //!   is not due (`Member::gate`): nothing more is fetched from it until
-//!   then. A rebalance starts a partition unpaused; the mover pauses it
-//!   again as soon as it sees the head, so the pause outlives rebalances.
+//!   then. A partition a rebalance hands back is resumed by the member and
+//!   read again from its last commit; the mover pauses it again as soon
+//!   as it sees the head, so the pause outlives rebalances.
 //! - the `short` tier holds what has less than ten seconds left, each
 //!   record on its own timer (a head there could block a shorter delay
 //!   behind it for up to ten seconds).
@@ -22,8 +23,7 @@
 //! tier for what remains ([`wire::route`]); its offset is stored only
 //! once the broker took the copy.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -37,9 +37,10 @@ use crate::wire;
 const TAKE: usize = 1_000;
 /// How long the mover waits for records when nothing it holds comes due.
 const IDLE: Duration = Duration::from_secs(5);
-/// The lease on a record the mover holds: longer than any tier's wait,
-/// so a held record is never handed out twice.
-const HOLD_LEASE: Duration = Duration::from_secs(2 * 3600 + 60);
+/// The lease on a record the mover holds: twice the longest tier's wait
+/// and a minute, so a held record is never handed out twice.
+const HOLD_LEASE: Duration =
+    Duration::from_secs(wire::TIERS[wire::TIERS.len() - 1].0.as_secs() * 2 + 60);
 /// How long a record the mover could not send on waits before the next
 /// try.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -66,7 +67,7 @@ struct Held {
 
 impl Held {
     /// When the record leaves its tier: its release header, or now for a
-    /// record without one (sent by an older version, or handed back).
+    /// record without one (not written by the backend).
     fn release(&self) -> SystemTime {
         self.pending.release.unwrap_or(SystemTime::UNIX_EPOCH)
     }
@@ -77,8 +78,8 @@ impl Held {
 #[derive(Default)]
 struct Holding {
     ordered: HashMap<Part, VecDeque<Held>>,
-    timed: BinaryHeap<Reverse<(SystemTime, u64)>>,
-    timed_records: HashMap<u64, Held>,
+    /// By (release, arrival), so two records due at once both stay.
+    timed: BTreeMap<(SystemTime, u64), Held>,
     next_seq: u64,
 }
 
@@ -98,8 +99,7 @@ impl Holding {
     /// Hold `held` on a timer until `at`.
     fn add_timed(&mut self, held: Held, at: SystemTime) {
         self.next_seq += 1;
-        self.timed.push(Reverse((at, self.next_seq)));
-        self.timed_records.insert(self.next_seq, held);
+        self.timed.insert((at, self.next_seq), held);
     }
 
     /// Take every record whose release passed at `now` (in partition
@@ -124,16 +124,15 @@ impl Holding {
             member.gate(*part, !records.is_empty());
         }
         self.ordered.retain(|_, records| !records.is_empty());
-        while let Some(Reverse((release, seq))) = self.timed.peek().copied() {
+        while let Some(entry) = self.timed.first_entry() {
+            let release = entry.key().0;
             if release > now {
                 next = Some(next.map_or(release, |n| n.min(release)));
                 break;
             }
-            self.timed.pop();
-            if let Some(held) = self.timed_records.remove(&seq) {
-                if member.check(&held.lease).is_ok() {
-                    due.push(held);
-                }
+            let held = entry.remove();
+            if member.check(&held.lease).is_ok() {
+                due.push(held);
             }
         }
         (due, next)
@@ -178,21 +177,9 @@ async fn run(shared: Weak<Shared>, queue: QueueName, member: Arc<Member>) {
 /// reads it again).
 async fn forward(shared: &Shared, queue: &QueueName, member: &Member, due: Vec<Held>) -> Vec<Held> {
     let now = SystemTime::now();
-    let due_topic = wire::topic(queue);
     let sends: Vec<_> = due
         .iter()
-        .map(|held| {
-            let message = &held.pending.message;
-            let (topic, headers) = match wire::route(message, now) {
-                wire::Route::Due => (due_topic.clone(), None),
-                wire::Route::Tier { tier, release } => (
-                    wire::tier(queue, tier),
-                    Some(wire::release_headers(release)),
-                ),
-            };
-            let produced = shared.start_produce(&topic, message, headers);
-            (produced, topic)
-        })
+        .map(|held| shared.start_send(queue, &held.pending.message, now))
         .collect();
     let mut failed = Vec::new();
     for ((produced, topic), held) in sends.into_iter().zip(due) {

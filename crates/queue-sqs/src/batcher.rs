@@ -14,7 +14,6 @@ use std::sync::{Arc, Weak};
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
-use futures_util::future::join_all;
 use futures_util::StreamExt;
 use queue_core::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot};
@@ -264,7 +263,7 @@ async fn gather(sqs: Weak<Sqs>, mut rx: mpsc::UnboundedReceiver<Job>) {
                         .collect();
                     for key in expired {
                         if let Some(o) = open.remove(&key) {
-                            send(&sqs, o.jobs);
+                            send(&sqs, key.0, o.jobs);
                         }
                     }
                     continue;
@@ -273,8 +272,8 @@ async fn gather(sqs: Weak<Sqs>, mut rx: mpsc::UnboundedReceiver<Job>) {
         };
         let Some(job) = received else {
             // Every sender is gone: settle what waits, then stop.
-            for (_, o) in open.drain() {
-                send(&sqs, o.jobs);
+            for ((url, _), o) in open.drain() {
+                send(&sqs, url, o.jobs);
             }
             break;
         };
@@ -286,38 +285,26 @@ async fn gather(sqs: Weak<Sqs>, mut rx: mpsc::UnboundedReceiver<Job>) {
         entry.jobs.push(job);
         if entry.jobs.len() >= SQS_BATCH {
             if let Some(o) = open.remove(&key) {
-                send(&sqs, o.jobs);
+                send(&sqs, key.0, o.jobs);
             }
         }
     }
 }
 
-/// Make the call for `jobs` on a task of its own; with the backend gone,
-/// each settle hears that it is closed (its sender dropped).
-fn send(sqs: &Weak<Sqs>, jobs: Vec<Job>) {
+/// Make the call for `jobs` (one queue's, one kind) on a task of its
+/// own; with the backend gone, each settle hears that it is closed (its
+/// sender dropped).
+fn send(sqs: &Weak<Sqs>, url: Arc<str>, jobs: Vec<Job>) {
     if let Some(sqs) = sqs.upgrade() {
-        tokio::spawn(flush(sqs, jobs));
+        tokio::spawn(flush(sqs, url, jobs));
     }
 }
 
-/// The operations gathered for one queue, and where each one's outcome goes.
-type Gathered = (Vec<Op>, Vec<oneshot::Sender<Result<()>>>);
-
-async fn flush(sqs: Arc<Sqs>, jobs: Vec<Job>) {
-    let mut by_queue: HashMap<Arc<str>, Gathered> = HashMap::new();
-    for (url, op, done) in jobs {
-        let entry = by_queue.entry(url).or_default();
-        entry.0.push(op);
-        entry.1.push(done);
+/// Run the ops of `jobs` on queue `url` and answer each settle.
+async fn flush(sqs: Arc<Sqs>, url: Arc<str>, jobs: Vec<Job>) {
+    let (ops, dones): (Vec<Op>, Vec<_>) = jobs.into_iter().map(|(_, op, done)| (op, done)).unzip();
+    let results = run(&sqs, &url, ops).await;
+    for (done, result) in dones.into_iter().zip(results) {
+        let _ = done.send(result);
     }
-    let calls = by_queue.into_iter().map(|(url, (ops, dones))| {
-        let sqs = &sqs;
-        async move {
-            let results = run(sqs, &url, ops).await;
-            for (done, result) in dones.into_iter().zip(results) {
-                let _ = done.send(result);
-            }
-        }
-    });
-    join_all(calls).await;
 }
