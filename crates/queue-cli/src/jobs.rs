@@ -12,7 +12,8 @@ use queue::{
     WorkerInfo,
 };
 
-use crate::ops::{age, confirm, duration, input, preview, queue_name, Table, Target};
+use crate::ops::{confirm, input, queue_name, Target};
+use crate::output::{age, duration, preview, Table};
 
 // -------------------------------------------------------------- workers
 

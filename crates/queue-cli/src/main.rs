@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod jobs;
 mod ops;
+mod output;
 mod serve;
 
 /// Background jobs over Redis, RabbitMQ, Kafka, SQS or an embedded memory

@@ -5,11 +5,10 @@
 //! Tables go to stdout, `--json` prints JSON instead, progress and
 //! prompts go to stderr. Exit codes: see [`exit_code`].
 
-use std::fmt::Write as _;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -19,6 +18,8 @@ use queue::{
     QueueStats, Redrive,
 };
 use serde::Serialize;
+
+use crate::output::{age, duration, hex, millis_since_epoch, preview, Table};
 
 /// Where the backend is.
 #[derive(Debug, Args)]
@@ -516,11 +517,6 @@ pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
     }
 }
 
-fn millis_since_epoch(at: SystemTime) -> u128 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
 fn dead_letter_row(dead: &DeadLetter) -> DeadLetterRow {
     let (payload, payload_encoding) = match std::str::from_utf8(&dead.message.payload) {
         Ok(text) => (text.to_owned(), "utf-8"),
@@ -534,50 +530,6 @@ fn dead_letter_row(dead: &DeadLetter) -> DeadLetterRow {
         dead_since_ms: millis_since_epoch(dead.dead_lettered_at),
         payload,
         payload_encoding,
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
-
-/// At most `max` characters of `text` on one line, control characters
-/// shown as escapes (a payload or an error must not drive the terminal).
-pub(crate) fn preview(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (n, c) in text.chars().enumerate() {
-        if n == max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-pub(crate) fn age(since: SystemTime) -> String {
-    duration(
-        SystemTime::now()
-            .duration_since(since)
-            .map_or(0, |d| d.as_secs()),
-    )
-}
-
-/// Whole seconds in the largest unit that fits: `42s`, `7m`, `3h`, `2d`.
-pub(crate) fn duration(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        3600..=86_399 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86_400),
     }
 }
 
@@ -713,71 +665,9 @@ pub(crate) async fn delete(args: DestroyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ---------------------------------------------------------------- table
-
-/// A plain text table: columns padded to their widest cell.
-pub(crate) struct Table {
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub(crate) fn new(header: &[&str]) -> Table {
-        Table {
-            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
-        }
-    }
-
-    pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    pub(crate) fn render(&self) -> String {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|cell| cell.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut out = String::new();
-        for row in &self.rows {
-            let mut line = String::new();
-            for (c, cell) in row.iter().enumerate() {
-                if c + 1 == row.len() {
-                    line.push_str(cell);
-                } else {
-                    let pad = widths[c] - cell.chars().count();
-                    line.push_str(cell);
-                    line.extend(std::iter::repeat_n(' ', pad + 2));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tables_pad_columns() {
-        let mut t = Table::new(&["A", "LONG HEADER"]);
-        t.row(vec!["wide cell".into(), "x".into()]);
-        assert_eq!(t.render(), "A          LONG HEADER\nwide cell  x\n");
-    }
-
-    #[test]
-    fn previews_escape_control_characters_and_cut() {
-        assert_eq!(preview("a\nb\x1b[2J", 80), "a\\nb\\u{1b}[2J");
-        assert_eq!(preview("abcdef", 3), "abc…");
-    }
 
     #[test]
     fn exit_codes_follow_the_error_kind() {

@@ -2,11 +2,12 @@
 //! job. Each is a POST with the CSRF token, refused in read-only mode,
 //! from a page form (answered with a redirect back) or from the JSON API.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Form, Path, State as Extract};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use queue_core::store::not_tracked;
@@ -15,8 +16,54 @@ use queue_worker::JobScheduler;
 use serde::Deserialize;
 
 use crate::html::url_part;
-use crate::pages::{job_id, queue_of, store_of, Ctx, Failure};
+use crate::request::{job_id, queue_of, store_of, Ctx, Failure};
 use crate::{security, State};
+
+/// What can be done to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueAction {
+    Pause,
+    Resume,
+    Purge,
+    Redrive,
+}
+
+impl FromStr for QueueAction {
+    type Err = Failure;
+
+    fn from_str(action: &str) -> Result<Self, Failure> {
+        match action {
+            "pause" => Ok(QueueAction::Pause),
+            "resume" => Ok(QueueAction::Resume),
+            "purge" => Ok(QueueAction::Purge),
+            "redrive" => Ok(QueueAction::Redrive),
+            other => Err(Failure::not_found(format!(
+                "no queue action {other:?} (pause, resume, purge, redrive)"
+            ))),
+        }
+    }
+}
+
+/// What can be done to a tracked job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobAction {
+    Retry,
+    Delete,
+}
+
+impl FromStr for JobAction {
+    type Err = Failure;
+
+    fn from_str(action: &str) -> Result<Self, Failure> {
+        match action {
+            "retry" => Ok(JobAction::Retry),
+            "delete" => Ok(JobAction::Delete),
+            other => Err(Failure::not_found(format!(
+                "no job action {other:?} (retry, delete)"
+            ))),
+        }
+    }
+}
 
 #[derive(Deserialize)]
 pub(crate) struct ActionForm {
@@ -30,27 +77,27 @@ struct ActionBody {
     ids: Option<Vec<String>>,
 }
 
-/// What a queue action did.
+/// Run `action` on a queue; what it did, as JSON.
 async fn run_queue_action(
     state: &State,
     backend: &str,
     queue: &str,
-    action: &str,
+    action: QueueAction,
     ids: Option<Vec<String>>,
 ) -> Result<serde_json::Value, Failure> {
     let (b, q) = queue_of(state, backend, queue)?;
     let admin = b.admin();
     let done = match action {
-        "pause" => {
+        QueueAction::Pause => {
             admin.pause(&q).await?;
             serde_json::json!({ "paused": true })
         }
-        "resume" => {
+        QueueAction::Resume => {
             admin.resume(&q).await?;
             serde_json::json!({ "paused": false })
         }
-        "purge" => serde_json::json!({ "purged": admin.purge(&q).await? }),
-        "redrive" => {
+        QueueAction::Purge => serde_json::json!({ "purged": admin.purge(&q).await? }),
+        QueueAction::Redrive => {
             let which = match ids {
                 None => Redrive::All,
                 Some(ids) => Redrive::Ids(
@@ -61,26 +108,20 @@ async fn run_queue_action(
             };
             serde_json::json!({ "redriven": admin.redrive(&q, which).await? })
         }
-        other => {
-            return Err(Failure::new(
-                StatusCode::NOT_FOUND,
-                format!("no queue action {other:?} (pause, resume, purge, redrive)"),
-            ))
-        }
     };
     state.sampler.invalidate().await;
     Ok(done)
 }
 
+/// Run `action` on a tracked job; what it did, as JSON.
 async fn run_job_action(
     state: &State,
-    id: &str,
-    action: &str,
+    id: MessageId,
+    action: JobAction,
 ) -> Result<serde_json::Value, Failure> {
-    let id = job_id(id)?;
     let store = store_of(state)?.clone();
     match action {
-        "retry" => {
+        JobAction::Retry => {
             if let Some(manager) = &state.manager {
                 manager.retry_job(id).await?;
             } else {
@@ -90,16 +131,12 @@ async fn run_job_action(
             }
             Ok(serde_json::json!({ "retried": id }))
         }
-        "delete" => {
+        JobAction::Delete => {
             if !store.delete(id).await? {
                 return Err(not_tracked(id).into());
             }
             Ok(serde_json::json!({ "deleted": id }))
         }
-        other => Err(Failure::new(
-            StatusCode::NOT_FOUND,
-            format!("no job action {other:?} (retry, delete)"),
-        )),
     }
 }
 
@@ -123,21 +160,18 @@ pub(crate) async fn queue_form(
     Extract(state): Extract<Arc<State>>,
     Path((backend, queue, action)): Path<(String, String, String)>,
     Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some((status, message)) = security::refuse_change(&state, form.csrf.as_deref()) {
-        return Failure::new(status, message).page(&ctx, &state);
-    }
+) -> Result<Response, Failure> {
+    security::allow_change(&state, form.csrf.as_deref())?;
+    let action: QueueAction = action.parse()?;
     let ids = form.id.map(|id| vec![id]);
-    match run_queue_action(&state, &backend, &queue, &action, ids).await {
-        Ok(_) => Redirect::to(&format!(
-            "{}/queues/{}/{}",
-            ctx.base,
-            url_part(&backend),
-            url_part(&queue)
-        ))
-        .into_response(),
-        Err(f) => f.page(&ctx, &state),
-    }
+    run_queue_action(&state, &backend, &queue, action, ids).await?;
+    Ok(Redirect::to(&format!(
+        "{}/queues/{}/{}",
+        ctx.base,
+        url_part(&backend),
+        url_part(&queue)
+    ))
+    .into_response())
 }
 
 pub(crate) async fn job_form(
@@ -145,15 +179,15 @@ pub(crate) async fn job_form(
     Extract(state): Extract<Arc<State>>,
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some((status, message)) = security::refuse_change(&state, form.csrf.as_deref()) {
-        return Failure::new(status, message).page(&ctx, &state);
-    }
-    match run_job_action(&state, &id, &action).await {
-        Ok(_) if action == "delete" => Redirect::to(&format!("{}/jobs", ctx.base)).into_response(),
-        Ok(_) => Redirect::to(&format!("{}/jobs/{}", ctx.base, url_part(&id))).into_response(),
-        Err(f) => f.page(&ctx, &state),
-    }
+) -> Result<Response, Failure> {
+    security::allow_change(&state, form.csrf.as_deref())?;
+    let action: JobAction = action.parse()?;
+    run_job_action(&state, job_id(&id)?, action).await?;
+    let back = match action {
+        JobAction::Delete => format!("{}/jobs", ctx.base),
+        JobAction::Retry => format!("{}/jobs/{}", ctx.base, url_part(&id)),
+    };
+    Ok(Redirect::to(&back).into_response())
 }
 
 fn csrf_header(headers: &HeaderMap) -> Option<&str> {
@@ -165,40 +199,26 @@ pub(crate) async fn queue_api(
     Path((backend, queue, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Some((status, message)) = security::refuse_change(&state, csrf_header(&headers)) {
-        return Failure::new(status, message).json();
-    }
+) -> Result<Response, Failure> {
+    security::allow_change(&state, csrf_header(&headers))?;
+    let action: QueueAction = action.parse()?;
     let body: ActionBody = if body.is_empty() {
         ActionBody::default()
     } else {
-        match serde_json::from_slice(&body) {
-            Ok(body) => body,
-            Err(e) => {
-                return Failure::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body is not {{\"ids\": [...]}}: {e}"),
-                )
-                .json()
-            }
-        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Failure::bad_request(format!("the body is not {{\"ids\": [...]}}: {e}")))?
     };
-    match run_queue_action(&state, &backend, &queue, &action, body.ids).await {
-        Ok(done) => Json(done).into_response(),
-        Err(f) => f.json(),
-    }
+    let done = run_queue_action(&state, &backend, &queue, action, body.ids).await?;
+    Ok(Json(done).into_response())
 }
 
 pub(crate) async fn job_api(
     Extract(state): Extract<Arc<State>>,
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Response {
-    if let Some((status, message)) = security::refuse_change(&state, csrf_header(&headers)) {
-        return Failure::new(status, message).json();
-    }
-    match run_job_action(&state, &id, &action).await {
-        Ok(done) => Json(done).into_response(),
-        Err(f) => f.json(),
-    }
+) -> Result<Response, Failure> {
+    security::allow_change(&state, csrf_header(&headers))?;
+    let action: JobAction = action.parse()?;
+    let done = run_job_action(&state, job_id(&id)?, action).await?;
+    Ok(Json(done).into_response())
 }

@@ -50,8 +50,10 @@ use queue_worker::QueueManager;
 mod actions;
 mod assets;
 mod html;
-mod pages;
+mod request;
+mod routes;
 mod sampler;
+mod screens;
 mod security;
 mod svg;
 
@@ -176,7 +178,7 @@ impl Dashboard {
             sampler: sampler::Sampler::new(self.sample_every),
         });
         sampler::spawn_background(&state);
-        pages::router(state)
+        routes::router(state)
     }
 }
 

@@ -6,7 +6,10 @@ use axum::extract::{Request, State as Extract};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::Json;
+use serde::Serialize;
 
+use crate::request::Failure;
 use crate::State;
 
 /// Scripts and styles only from the dashboard itself, no inline code, no
@@ -151,23 +154,36 @@ pub(crate) async fn guard(
     response
 }
 
-/// Why a change is refused, if it is.
-pub(crate) fn refuse_change(state: &State, csrf: Option<&str>) -> Option<(StatusCode, String)> {
+/// A change is allowed only with the dashboard's CSRF token, and never
+/// in read-only mode.
+pub(crate) fn allow_change(state: &State, csrf: Option<&str>) -> Result<(), Failure> {
     if state.read_only {
-        return Some((
-            StatusCode::FORBIDDEN,
-            "the dashboard is read-only".to_owned(),
-        ));
+        return Err(Failure::forbidden("the dashboard is read-only"));
     }
     match csrf {
-        Some(c) if same(c.as_bytes(), state.csrf.as_bytes()) => None,
-        Some(_) => Some((StatusCode::FORBIDDEN, "the CSRF token is wrong".to_owned())),
-        None => Some((
-            StatusCode::FORBIDDEN,
-            "the CSRF token is missing (the x-csrf-token header, or the csrf form field)"
-                .to_owned(),
+        Some(c) if same(c.as_bytes(), state.csrf.as_bytes()) => Ok(()),
+        Some(_) => Err(Failure::forbidden("the CSRF token is wrong")),
+        None => Err(Failure::forbidden(
+            "the CSRF token is missing (the x-csrf-token header, or the csrf form field)",
         )),
     }
+}
+
+#[derive(Serialize)]
+struct Session<'a> {
+    csrf: &'a str,
+    read_only: bool,
+    refresh_ms: u128,
+}
+
+/// The CSRF token and settings the pages' script needs.
+pub(crate) async fn api_session(Extract(state): Extract<Arc<State>>) -> Response {
+    Json(Session {
+        csrf: &state.csrf,
+        read_only: state.read_only,
+        refresh_ms: state.refresh.as_millis(),
+    })
+    .into_response()
 }
 
 #[cfg(test)]

@@ -1,0 +1,58 @@
+//! The router: pages (whose failures render as error pages), the JSON
+//! API, the assets, and the guard every request passes.
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::request::{render_page_errors, Failure};
+use crate::screens::{job, jobs, overview, queue, workers};
+use crate::{actions, assets, security, State};
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    let pages = Router::new()
+        .route("/", get(overview::overview_page))
+        .route("/queues/{backend}/{queue}", get(queue::queue_page))
+        .route(
+            "/queues/{backend}/{queue}/{action}",
+            post(actions::queue_form),
+        )
+        .route("/jobs", get(jobs::jobs_page))
+        .route("/jobs/{id}", get(job::job_page))
+        .route("/jobs/{id}/{action}", post(actions::job_form))
+        .route("/workers", get(workers::workers_page))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            render_page_errors,
+        ));
+    let api = Router::new()
+        .route("/api/session", get(security::api_session))
+        .route("/api/overview", get(overview::api_overview))
+        .route("/api/queues/{backend}/{queue}", get(queue::api_queue))
+        .route(
+            "/api/queues/{backend}/{queue}/dead-letters",
+            get(queue::api_dead_letters),
+        )
+        .route(
+            "/api/queues/{backend}/{queue}/{action}",
+            post(actions::queue_api),
+        )
+        .route("/api/jobs", get(jobs::api_jobs))
+        .route("/api/jobs/{id}", get(job::api_job))
+        .route("/api/jobs/{id}/{action}", post(actions::job_api))
+        .route("/api/workers", get(workers::api_workers))
+        .route("/assets/app.js", get(assets::app_js))
+        .route("/assets/style.css", get(assets::style_css));
+    api.merge(pages)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::guard,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> Failure {
+    Failure::not_found("no such page")
+}
