@@ -14,12 +14,6 @@
 //! `queue`, which re-exports it. `docs/worker.md` describes the runtime.
 
 #![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
 
 pub mod events;
 pub mod manager;

@@ -22,7 +22,8 @@ use queue_core::trace::{TraceContext, TRACEPARENT};
 use queue_core::traits::Delivery;
 use tokio::sync::watch;
 
-use super::{Counters, HandlerFuture, JobScope, Shared};
+use super::handler::{HandlerFuture, JobScope};
+use super::shared::{Counters, Shared};
 use crate::events::{JobEvent, JobEventKind};
 
 /// Run one delivery through the handler and settle it; a delivery to ack

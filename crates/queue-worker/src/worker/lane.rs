@@ -14,7 +14,8 @@ use queue_core::traits::{AckAndReceive, Consumer, Delivery, DeliveryError};
 use tokio::sync::watch;
 
 use super::attempt::run_job;
-use super::{Shared, ShutdownReport};
+use super::handle::ShutdownReport;
+use super::shared::Shared;
 
 /// Runs the lanes, one consumer each; on stop, waits for them.
 pub(super) async fn dispatch(
@@ -93,6 +94,23 @@ fn receive(
     })
 }
 
+/// Runs lane `index` in its own task. The task owns `shared`; the lane and
+/// its jobs borrow it, so starting a job clones nothing.
+async fn run_lane(
+    shared: Arc<Shared>,
+    index: usize,
+    consumer: Arc<dyn Consumer>,
+    slots: usize,
+    stop: watch::Receiver<bool>,
+    at_stop: Arc<AtomicU64>,
+) {
+    let shared: &Shared = &shared;
+    let start_job = move |delivery| run_job(shared, index, delivery);
+    Lane::new(shared, index, consumer, slots, stop, start_job)
+        .run(&at_stop)
+        .await;
+}
+
 /// One lane: fetches for its share of the slots and drives its jobs as
 /// futures in one task (no task spawn per job). Finished jobs hand their
 /// delivery back to the lane, which acks in one batch the jobs that
@@ -107,142 +125,266 @@ fn receive(
 /// picked up while the ack is on its way. A receive or ack
 /// call stays pending across job completions rather than being dropped,
 /// so a broker call is never cancelled half-way while the worker runs.
-async fn run_lane(
-    shared: Arc<Shared>,
-    lane: usize,
+struct Lane<'a, StartJob, RunningJob> {
+    /// The ack call on its way, and how many acks it carries.
+    acking: Option<(AckFuture, usize)>,
+    /// Deliveries of finished jobs waiting for an ack call.
+    to_ack: Vec<Delivery>,
+    /// The receive in flight, and how many acks ride with it.
+    receiving: Option<(ReceiveFuture, usize)>,
+    /// The jobs running; each hands back its delivery when it is to be acked.
+    running: FuturesUnordered<RunningJob>,
+    start_job: StartJob,
+    shared: &'a Shared,
+    index: usize,
     consumer: Arc<dyn Consumer>,
     slots: usize,
-    mut stop: watch::Receiver<bool>,
-    at_stop: Arc<AtomicU64>,
-) {
-    let mut running = FuturesUnordered::new();
-    // The receive in flight, and how many acks ride with it.
-    let mut receiving: Option<(ReceiveFuture, usize)> = None;
-    let mut to_ack: Vec<Delivery> = Vec::new();
-    let mut acking: Option<(AckFuture, usize)> = None;
-    let mut failures = 0u32;
-    let mut stopping = *stop.borrow();
-    let (mut backlog, mut asked) = (false, 0usize);
-    let (prefetch, wait) = (shared.settings.prefetch, shared.settings.poll_wait);
-    let fused = consumer.fuses_ack_and_receive();
-    loop {
-        // With a backlog (the last receive came back full), refill in
-        // batches of half the lane; otherwise keep a receive pending for
-        // every free slot so a new job is picked up at once.
-        let refill_at = if backlog { (slots / 2).max(1) } else { 1 };
-        let in_flight = |acking: &Option<(AckFuture, usize)>,
-                         receiving: &Option<(ReceiveFuture, usize)>| {
-            acking.as_ref().map_or(0, |(_, n)| *n) + receiving.as_ref().map_or(0, |(_, n)| *n)
-        };
-        let free_after_acks = slots.saturating_sub(running.len() + in_flight(&acking, &receiving));
-        if !stopping
-            && fused
-            && receiving.is_none()
-            && acking.is_none()
-            && !to_ack.is_empty()
-            && free_after_acks >= refill_at
+    stop: watch::Receiver<bool>,
+    stopping: bool,
+    /// Receive calls failed in a row.
+    failures: u32,
+    /// The last receive came back full.
+    backlog: bool,
+    /// How many deliveries the last receive asked for.
+    asked: usize,
+    prefetch: usize,
+    wait: Duration,
+    fused: bool,
+}
+
+impl<'a, StartJob, RunningJob> Lane<'a, StartJob, RunningJob>
+where
+    StartJob: Fn(Delivery) -> RunningJob,
+    RunningJob: Future<Output = Option<Delivery>>,
+{
+    fn new(
+        shared: &'a Shared,
+        index: usize,
+        consumer: Arc<dyn Consumer>,
+        slots: usize,
+        stop: watch::Receiver<bool>,
+        start_job: StartJob,
+    ) -> Self {
+        let stopping = *stop.borrow();
+        let fused = consumer.fuses_ack_and_receive();
+        Lane {
+            acking: None,
+            to_ack: Vec::new(),
+            receiving: None,
+            running: FuturesUnordered::new(),
+            start_job,
+            shared,
+            index,
+            consumer,
+            slots,
+            stop,
+            stopping,
+            failures: 0,
+            backlog: false,
+            asked: 0,
+            prefetch: shared.settings.prefetch,
+            wait: shared.settings.poll_wait,
+            fused,
+        }
+    }
+
+    /// Each turn: hand the acks waiting to a call (riding with the next
+    /// receive, or on their own), fetch for the free slots, then wait for
+    /// the next event. Once told to stop, shut down.
+    async fn run(mut self, at_stop: &AtomicU64) {
+        loop {
+            self.finish_and_fetch();
+            self.send_acks();
+            let free = self.free_slots();
+            self.report_saturation(free);
+            if self.stopping {
+                break;
+            }
+            self.fetch(free);
+            self.next_event().await;
+        }
+        self.shut_down(at_stop).await;
+    }
+
+    /// The fewest free slots worth a receive call. With a backlog (the
+    /// last receive came back full), refill in batches of half the lane;
+    /// otherwise keep a receive pending for every free slot so a new job
+    /// is picked up at once.
+    fn refill_at(&self) -> usize {
+        if self.backlog {
+            (self.slots / 2).max(1)
+        } else {
+            1
+        }
+    }
+
+    /// Acks on their way: in the ack call and riding with the receive.
+    fn acks_in_flight(&self) -> usize {
+        self.acking.as_ref().map_or(0, |(_, n)| *n) + self.receiving.as_ref().map_or(0, |(_, n)| *n)
+    }
+
+    /// Finish and fetch: on a backend that fuses them, when neither call is
+    /// on its way, the acks waiting go with the next receive, so they free
+    /// their slots in the same call.
+    fn finish_and_fetch(&mut self) {
+        let free_after_acks = self
+            .slots
+            .saturating_sub(self.running.len() + self.acks_in_flight());
+        if !self.stopping
+            && self.fused
+            && self.receiving.is_none()
+            && self.acking.is_none()
+            && !self.to_ack.is_empty()
+            && free_after_acks >= self.refill_at()
         {
-            // Finish and fetch: the acks free their slots in the same call.
-            let acks = std::mem::take(&mut to_ack);
+            let acks = std::mem::take(&mut self.to_ack);
             let riding = acks.len();
-            asked = free_after_acks.min(prefetch);
-            receiving = Some((receive(&consumer, acks, asked, wait), riding));
+            self.asked = free_after_acks.min(self.prefetch);
+            self.receiving = Some((receive(&self.consumer, acks, self.asked, self.wait), riding));
         }
-        if acking.is_none() && !to_ack.is_empty() {
-            let batch = std::mem::take(&mut to_ack);
+    }
+
+    /// Send the acks waiting in one call, unless an ack call is on its way
+    /// (they go in the next one).
+    fn send_acks(&mut self) {
+        if self.acking.is_none() && !self.to_ack.is_empty() {
+            let batch = std::mem::take(&mut self.to_ack);
             let len = batch.len();
-            acking = Some((ack_batch(&consumer, batch), len));
+            self.acking = Some((ack_batch(&self.consumer, batch), len));
         }
-        let unacked = to_ack.len() + in_flight(&acking, &receiving);
-        let free = slots.saturating_sub(running.len() + unacked);
-        shared.counters[lane]
-            .saturated
-            .store(free == 0 && receiving.is_none(), AtomicOrdering::Relaxed);
-        if stopping {
-            break;
+    }
+
+    /// Slots neither running a job nor holding a delivery that waits for
+    /// its ack.
+    fn free_slots(&self) -> usize {
+        let unacked = self.to_ack.len() + self.acks_in_flight();
+        self.slots.saturating_sub(self.running.len() + unacked)
+    }
+
+    /// Tell [`WorkerHandle::health`](super::WorkerHandle::health) whether
+    /// this lane is not fetching because every slot is busy.
+    fn report_saturation(&self, free: usize) {
+        self.shared.counters[self.index].saturated.store(
+            free == 0 && self.receiving.is_none(),
+            AtomicOrdering::Relaxed,
+        );
+    }
+
+    /// Keep a receive pending for the free slots, when enough are free.
+    fn fetch(&mut self, free: usize) {
+        if self.receiving.is_none() && free >= self.refill_at() {
+            self.asked = free.min(self.prefetch);
+            self.receiving = Some((
+                receive(&self.consumer, Vec::new(), self.asked, self.wait),
+                0,
+            ));
         }
-        if receiving.is_none() && free >= refill_at {
-            asked = free.min(prefetch);
-            receiving = Some((receive(&consumer, Vec::new(), asked, wait), 0));
-        }
+    }
+
+    /// Wait for the next thing to happen: jobs finish, the ack call or the
+    /// receive returns, or the worker is told to stop.
+    async fn next_event(&mut self) {
+        let (running, acking, receiving, stop) = (
+            &mut self.running,
+            &mut self.acking,
+            &mut self.receiving,
+            &mut self.stop,
+        );
         tokio::select! {
-            Some(finished) = running.next(), if !running.is_empty() => {
-                to_ack.extend(finished);
-                // Jobs that finished in the same turn go in the same ack
-                // call (a batch of no-op jobs acks as one, not as 1 + the rest).
-                while let Some(Some(finished)) = running.next().now_or_never() {
-                    to_ack.extend(finished);
-                }
-            }
-            () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => acking = None,
-            done = async { receiving.as_mut().expect("guarded").0.as_mut().await }, if receiving.is_some() => {
-                receiving = None;
-                log_failed_acks(done.acked);
-                match done.received {
-                    Ok(deliveries) => {
-                        failures = 0;
-                        backlog = deliveries.len() == asked;
-                        if let Ok(mut g) = shared.last_fetch.lock() {
-                            *g = (Instant::now(), None);
-                        }
-                        for delivery in deliveries {
-                            running.push(run_job(&shared, lane, delivery));
-                        }
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(queue = %shared.queue, error = %e, "receive failed");
-                        if let Ok(mut g) = shared.last_fetch.lock() {
-                            g.1 = Some(e.to_string());
-                        }
-                        let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-                        let pause = tokio::time::sleep(backoff);
-                        tokio::pin!(pause);
-                        // Keep running jobs moving while pausing.
-                        loop {
-                            tokio::select! {
-                                () = &mut pause => break,
-                                Some(finished) = running.next(), if !running.is_empty() => to_ack.extend(finished),
-                                () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => acking = None,
-                                _ = stop.changed() => { stopping = true; break; }
-                            }
-                        }
-                    }
-                }
-            }
+            Some(finished) = running.next(), if !running.is_empty() => self.collect_finished(finished),
+            () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => self.acking = None,
+            done = async { receiving.as_mut().expect("guarded").0.as_mut().await }, if receiving.is_some() => self.received(done).await,
             changed = stop.changed() => {
-                stopping = changed.is_err() || *stop.borrow();
+                self.stopping = changed.is_err() || *self.stop.borrow();
             }
         }
     }
-    // Stop fetching. A pending receive that carries acks is finished, so
-    // the acks land, and what it received goes back without spending an
-    // attempt; one without acks is dropped (memory returns nothing it had
-    // not handed out; a broker's unreturned deliveries come back when their
-    // lease expires). Running jobs finish (or stop at the end of the grace
-    // period, when `hard_stop` is set).
-    if let Some((pending, riding)) = receiving.take() {
-        if riding > 0 {
-            let done = pending.await;
-            log_failed_acks(done.acked);
-            for delivery in done.received.unwrap_or_default() {
-                if let Err(e) = delivery.release().await {
-                    tracing::warn!(job_id = %e.delivery.message().id, error = %e.error, "could not hand back an unstarted job; it returns when its lease expires");
+
+    /// Keep a finished job's delivery for the next ack call, with those of
+    /// the jobs that finished in the same turn (a batch of no-op jobs acks
+    /// as one, not as 1 + the rest).
+    fn collect_finished(&mut self, finished: Option<Delivery>) {
+        self.to_ack.extend(finished);
+        while let Some(Some(finished)) = self.running.next().now_or_never() {
+            self.to_ack.extend(finished);
+        }
+    }
+
+    /// The receive returned: start the jobs it brought, or pause after a
+    /// failure.
+    async fn received(&mut self, done: AckAndReceive) {
+        self.receiving = None;
+        log_failed_acks(done.acked);
+        match done.received {
+            Ok(deliveries) => self.start(deliveries),
+            Err(e) => self.back_off(e).await,
+        }
+    }
+
+    /// Start a job for every delivery received.
+    fn start(&mut self, deliveries: Vec<Delivery>) {
+        self.failures = 0;
+        self.backlog = deliveries.len() == self.asked;
+        if let Ok(mut g) = self.shared.last_fetch.lock() {
+            *g = (Instant::now(), None);
+        }
+        for delivery in deliveries {
+            self.running.push((self.start_job)(delivery));
+        }
+    }
+
+    /// Record a failed receive and pause before the next, longer after
+    /// each failure in a row, while running jobs keep moving.
+    async fn back_off(&mut self, error: Error) {
+        self.failures += 1;
+        tracing::warn!(queue = %self.shared.queue, error = %error, "receive failed");
+        if let Ok(mut g) = self.shared.last_fetch.lock() {
+            g.1 = Some(error.to_string());
+        }
+        let backoff = Duration::from_millis(100 * 2u64.pow(self.failures.min(6)));
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            let (running, acking, stop) = (&mut self.running, &mut self.acking, &mut self.stop);
+            tokio::select! {
+                () = &mut pause => break,
+                Some(finished) = running.next(), if !running.is_empty() => self.to_ack.extend(finished),
+                () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => self.acking = None,
+                _ = stop.changed() => { self.stopping = true; break; }
+            }
+        }
+    }
+
+    /// Stop fetching. A pending receive that carries acks is finished, so
+    /// the acks land, and what it received goes back without spending an
+    /// attempt; one without acks is dropped (memory returns nothing it had
+    /// not handed out; a broker's unreturned deliveries come back when their
+    /// lease expires). Running jobs finish (or stop at the end of the grace
+    /// period, when `hard_stop` is set), then the last acks go.
+    async fn shut_down(mut self, at_stop: &AtomicU64) {
+        if let Some((pending, riding)) = self.receiving.take() {
+            if riding > 0 {
+                let done = pending.await;
+                log_failed_acks(done.acked);
+                for delivery in done.received.unwrap_or_default() {
+                    if let Err(e) = delivery.release().await {
+                        tracing::warn!(job_id = %e.delivery.message().id, error = %e.error, "could not hand back an unstarted job; it returns when its lease expires");
+                    }
                 }
             }
         }
+        at_stop.fetch_add(self.running.len() as u64, AtomicOrdering::Relaxed);
+        while let Some(finished) = self.running.next().await {
+            self.to_ack.extend(finished);
+        }
+        if let Some((ack, _)) = self.acking.take() {
+            ack.await;
+        }
+        if !self.to_ack.is_empty() {
+            ack_batch(&self.consumer, std::mem::take(&mut self.to_ack)).await;
+        }
+        self.shared.counters[self.index]
+            .saturated
+            .store(false, AtomicOrdering::Relaxed);
     }
-    at_stop.fetch_add(running.len() as u64, AtomicOrdering::Relaxed);
-    while let Some(finished) = running.next().await {
-        to_ack.extend(finished);
-    }
-    if let Some((ack, _)) = acking {
-        ack.await;
-    }
-    if !to_ack.is_empty() {
-        ack_batch(&consumer, to_ack).await;
-    }
-    shared.counters[lane]
-        .saturated
-        .store(false, AtomicOrdering::Relaxed);
 }

@@ -1,10 +1,16 @@
 //! Unit tests of the worker runtime on the memory backend.
 
-use super::*;
-use queue_core::job::JobOptions;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use queue_core::error::{ErrorKind, HandlerError};
+use queue_core::job::{BackoffPolicy, Job, JobOptions};
 use queue_core::memory::MemoryBackend;
+use queue_core::message::QueueName;
 use queue_core::stats::DeadLetterReason;
 use queue_core::traits::Producer;
+
+use super::{Worker, WorkerHandle, WorkerStats};
 
 async fn send(backend: &MemoryBackend, queue: &QueueName, payload: &str, options: &JobOptions) {
     let producer = backend.memory_producer(queue).unwrap();

@@ -1,0 +1,248 @@
+//! Building a worker: [`Worker::builder`] gathers the settings,
+//! [`WorkerBuilder::handler`] takes the handler, and
+//! [`WorkerWithHandler::start`] validates, opens a consumer per lane and
+//! hands over to a running [`WorkerHandle`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use queue_core::config::validation_error;
+use queue_core::error::{BoxError, Result};
+use queue_core::job::{BackoffPolicy, Job};
+use queue_core::message::QueueName;
+use queue_core::stats::ConsumerOptions;
+use queue_core::store::JobStore;
+use queue_core::traits::{Backend, Consumer};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+use validator::Validate;
+
+use super::handle::WorkerHandle;
+use super::handler::{self, ErasedHandler};
+use super::shared::{Settings, Shared};
+use crate::events::EventBus;
+
+/// Builds a [`Worker`]: queue, handler, concurrency, prefetch, retry policy,
+/// timeout, lease and shutdown grace.
+#[must_use]
+pub struct WorkerBuilder {
+    backend: Arc<dyn Backend>,
+    queue: QueueName,
+    settings: Settings,
+    events: EventBus,
+    store: Option<Arc<dyn JobStore>>,
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("queue", &self.queue)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The entry point: `Worker::builder(backend, queue)`.
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// Start building a worker for `queue` on `backend`.
+    pub fn builder(backend: Arc<dyn Backend>, queue: QueueName) -> WorkerBuilder {
+        WorkerBuilder {
+            backend,
+            queue,
+            settings: Settings {
+                concurrency: 16,
+                prefetch: 100,
+                retry: BackoffPolicy::default(),
+                timeout: None,
+                lease: None,
+                poll_wait: Duration::from_secs(1),
+                shutdown_grace: Duration::from_secs(30),
+                liveness_timeout: Duration::from_secs(60),
+                lanes: std::thread::available_parallelism().map_or(2, usize::from),
+                depth_interval: Some(Duration::from_secs(15)),
+                heartbeat: Some(Duration::from_secs(5)),
+            },
+            events: EventBus::default(),
+            store: None,
+        }
+    }
+}
+
+impl WorkerBuilder {
+    /// Jobs run at once (1 to 10,000; default 16).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.settings.concurrency = concurrency;
+        self
+    }
+
+    /// Most deliveries fetched per receive call (1 to 10,000; default 100).
+    /// Never more than the free slots, so no job waits locally holding a lease.
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.settings.prefetch = prefetch;
+        self
+    }
+
+    /// Backoff between attempts of jobs that set none of their own
+    /// (default: 1 s doubling to 15 min, full jitter). Attempts per job come
+    /// from the job (`JobOptions::max_retries`).
+    pub fn retry(mut self, policy: BackoffPolicy) -> Self {
+        self.settings.retry = policy;
+        self
+    }
+
+    /// Timeout of attempts whose job sets none (default: none).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.settings.timeout = Some(timeout);
+        self
+    }
+
+    /// Lease of each delivery (default: the backend's); extended while the job runs.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.settings.lease = Some(lease);
+        self
+    }
+
+    /// Longest wait of one receive call (default 1 s).
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.settings.poll_wait = wait;
+        self
+    }
+
+    /// How long shutdown lets running jobs finish (default 30 s); jobs still
+    /// running then are stopped and returned to the queue.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// A worker that has not fetched for this long (while it had free
+    /// slots) reports unhealthy (default 60 s).
+    pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.liveness_timeout = timeout;
+        self
+    }
+
+    /// Tasks the worker drives its jobs on (default: one per CPU). Jobs of
+    /// one lane are polled by one task, so a handler that computes for long
+    /// without awaiting delays its lane: run such work in
+    /// `tokio::task::spawn_blocking`.
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.settings.lanes = lanes;
+        self
+    }
+
+    /// How often the queue depth gauges (`queue_depth{queue, state}`) are
+    /// refreshed from the backend's stats (default 15 s; `None` turns it off,
+    /// for brokers where a stats call costs).
+    pub fn depth_interval(mut self, interval: Option<Duration>) -> Self {
+        self.settings.depth_interval = interval;
+        self
+    }
+
+    /// How often the worker reports itself to the backend's worker
+    /// registry (`Admin::register_worker`: host, pid, queue, concurrency,
+    /// in-flight and counts), so `queue workers` and the dashboard list it
+    /// (default 5 s, 100 ms to 1 h; `None` turns it off). A worker silent
+    /// for three intervals drops out of the list. Backends without a
+    /// registry (capability `worker_registry`) are not asked.
+    pub fn heartbeat(mut self, interval: Option<Duration>) -> Self {
+        self.settings.heartbeat = interval;
+        self
+    }
+
+    /// Send lifecycle events to `events` (for one stream across workers).
+    pub fn events(mut self, events: EventBus) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Record job status in `store` (the scheduler sets this).
+    pub fn job_store(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The handler: `async fn(Job<T>) -> Result<R, E>`, where `R` is any
+    /// serializable result (kept in the job store) and `E` any
+    /// `std::error::Error`, `anyhow::Error` or
+    /// [`HandlerError`](queue_core::error::HandlerError) (to ask for
+    /// a specific retry, a permanent failure or a cancel).
+    pub fn handler<T, F, Fut, R, E>(self, handler: F) -> WorkerWithHandler
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(Job<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, E>> + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        WorkerWithHandler {
+            builder: self,
+            handler: handler::erase(handler),
+        }
+    }
+}
+
+/// A configured worker, ready to [`start`](WorkerWithHandler::start).
+#[must_use]
+pub struct WorkerWithHandler {
+    builder: WorkerBuilder,
+    handler: ErasedHandler,
+}
+
+impl std::fmt::Debug for WorkerWithHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.builder.fmt(f)
+    }
+}
+
+impl WorkerWithHandler {
+    /// Validate the settings, open a consumer per lane and start the pool.
+    pub async fn start(self) -> Result<WorkerHandle> {
+        let WorkerWithHandler {
+            mut builder,
+            handler,
+        } = self;
+        builder.settings.validate().map_err(validation_error)?;
+        // One receive never asks for more than the backend hands out.
+        let max_receive = builder.backend.capabilities().max_receive.max(1);
+        builder.settings.prefetch = builder.settings.prefetch.min(max_receive);
+        let mut options = ConsumerOptions::default();
+        if let Some(lease) = builder.settings.lease {
+            options = options.with_lease(lease);
+        }
+        options.check()?;
+        let lanes = builder
+            .settings
+            .lanes
+            .clamp(1, builder.settings.concurrency);
+        let mut consumers: Vec<Arc<dyn Consumer>> = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let consumer = builder
+                .backend
+                .consumer(&builder.queue, options.clone())
+                .await?;
+            consumers.push(Arc::from(consumer));
+        }
+        let (hard_stop, hard_stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared::new(
+            builder.queue,
+            builder.settings,
+            handler,
+            builder.events,
+            builder.store,
+            lanes,
+            hard_stop_rx,
+        ));
+        Ok(WorkerHandle::launch(
+            builder.backend,
+            shared,
+            consumers,
+            hard_stop,
+        ))
+    }
+}
