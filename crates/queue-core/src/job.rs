@@ -14,6 +14,10 @@ use crate::message::{Headers, Message, MessageId, Priority};
 
 /// Header carrying a job's timeout in milliseconds.
 pub const HEADER_TIMEOUT_MS: &str = "x-queue-timeout-ms";
+/// The shortest per-attempt timeout a job or worker may set.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest per-attempt timeout a job or worker may set.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// Header carrying a job's own backoff: `initial_ms,max_ms,multiplier,jitter(0|1)`.
 pub const HEADER_BACKOFF: &str = "x-queue-backoff";
 
@@ -262,7 +266,7 @@ fn range_error(code: &'static str, message: &'static str) -> ValidationError {
 }
 
 fn validate_timeout(d: &Duration) -> Result<(), ValidationError> {
-    if *d < Duration::from_millis(1) || *d > Duration::from_secs(86_400) {
+    if *d < MIN_TIMEOUT || *d > MAX_TIMEOUT {
         return Err(range_error("timeout_range", "must be between 1ms and 24h"));
     }
     Ok(())
@@ -427,11 +431,7 @@ impl<T: DeserializeOwned> Job<T> {
             )
             .with_source(e)
         })?;
-        let timeout = message
-            .headers
-            .get(HEADER_TIMEOUT_MS)
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_millis);
+        let timeout = timeout_of(message);
         let backoff = backoff_of(message);
         Ok(Job {
             backoff,
@@ -449,6 +449,28 @@ impl<T: DeserializeOwned> Job<T> {
             last_error: message.last_error.clone(),
         })
     }
+}
+
+/// The timeout a job set for itself (header `x-queue-timeout-ms`), clamped
+/// to [`MIN_TIMEOUT`]..=[`MAX_TIMEOUT`]: the header comes from whoever
+/// wrote the message, so no value can make an attempt unbounded or
+/// overflow a deadline. `None` without the header or with one that is not
+/// a number of milliseconds.
+///
+/// ```
+/// use queue_core::{job, Message};
+/// let far = Message::new("x").with_header(job::HEADER_TIMEOUT_MS, u64::MAX.to_string());
+/// assert_eq!(job::timeout_of(&far), Some(job::MAX_TIMEOUT));
+/// let zero = Message::new("x").with_header(job::HEADER_TIMEOUT_MS, "0");
+/// assert_eq!(job::timeout_of(&zero), Some(job::MIN_TIMEOUT));
+/// assert_eq!(job::timeout_of(&Message::new("x")), None);
+/// ```
+pub fn timeout_of(message: &Message) -> Option<Duration> {
+    message
+        .headers
+        .get(HEADER_TIMEOUT_MS)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|ms| Duration::from_millis(ms).clamp(MIN_TIMEOUT, MAX_TIMEOUT))
 }
 
 /// The backoff a job set for itself (header `x-queue-backoff`), if valid.

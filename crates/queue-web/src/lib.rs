@@ -58,7 +58,7 @@ mod security;
 mod svg;
 
 pub use sampler::{BackendView, Overview, QueueView, RatePoint};
-pub use security::bearer_matches;
+pub use security::{bearer_matches, set_safety_headers, MIN_TOKEN_LEN};
 
 /// Builds the dashboard's router: which backends it shows, its job store,
 /// and its safety settings.
@@ -71,45 +71,62 @@ pub struct Dashboard {
     queues: Vec<(String, QueueName)>,
     read_only: bool,
     token: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
+    secure_cookie: bool,
     refresh: Duration,
     sample_every: Duration,
+    request_timeout: Duration,
+    max_concurrent_requests: usize,
+    extra_routes: Vec<(String, axum::routing::MethodRouter)>,
 }
 
+/// Defaults every constructor shares.
+const DEFAULT_REFRESH: Duration = Duration::from_secs(2);
+const DEFAULT_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
+
 impl Dashboard {
+    fn new(
+        backends: Vec<(String, Arc<dyn Backend>)>,
+        manager: Option<Arc<QueueManager>>,
+        store: Option<Arc<dyn JobStore>>,
+    ) -> Self {
+        Dashboard {
+            backends,
+            manager,
+            store,
+            queues: Vec::new(),
+            read_only: false,
+            token: None,
+            allowed_hosts: None,
+            secure_cookie: false,
+            refresh: DEFAULT_REFRESH,
+            sample_every: DEFAULT_SAMPLE_EVERY,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            extra_routes: Vec::new(),
+        }
+    }
+
     /// A dashboard of one backend, named `name`, with the job store the
     /// backend keeps (`Backend::default_job_store`: Redis's shared store,
     /// memory's in-process one; none for the other brokers).
     pub fn for_backend(name: impl Into<String>, backend: Arc<dyn Backend>) -> Self {
         let store = backend.default_job_store();
-        Dashboard {
-            backends: vec![(name.into(), backend)],
-            manager: None,
-            store,
-            queues: Vec::new(),
-            read_only: false,
-            token: None,
-            refresh: Duration::from_secs(2),
-            sample_every: Duration::from_secs(1),
-        }
+        Dashboard::new(vec![(name.into(), backend)], None, store)
     }
 
     /// A dashboard of every backend of a [`QueueManager`], with its job
     /// store and the queues it routes or has used (beside the ones each
     /// backend lists).
     pub fn for_manager(manager: Arc<QueueManager>) -> Self {
-        Dashboard {
-            backends: manager
-                .backends()
-                .map(|(name, b)| (name.to_owned(), b.clone()))
-                .collect(),
-            store: Some(manager.job_store().clone()),
-            manager: Some(manager),
-            queues: Vec::new(),
-            read_only: false,
-            token: None,
-            refresh: Duration::from_secs(2),
-            sample_every: Duration::from_secs(1),
-        }
+        let backends = manager
+            .backends()
+            .map(|(name, b)| (name.to_owned(), b.clone()))
+            .collect();
+        let store = Some(manager.job_store().clone());
+        Dashboard::new(backends, Some(manager), store)
     }
 
     /// Show another backend beside the others.
@@ -138,10 +155,87 @@ impl Dashboard {
     }
 
     /// Demand `token` on every request: `Authorization: Bearer TOKEN`, or
-    /// `?token=TOKEN` on a page once (which sets an `HttpOnly`,
-    /// `SameSite=Strict` cookie and redirects to the page without it).
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into()).filter(|t| !t.is_empty());
+    /// `?token=TOKEN` on a page once, which opens a session: an
+    /// `HttpOnly`, `SameSite=Strict` cookie scoped to the mount point
+    /// holding a random session id (never the token), valid for 12 hours,
+    /// and a redirect to the page without the token.
+    ///
+    /// A token shorter than 16 bytes is refused with a
+    /// [`Config`](queue_core::ErrorKind::Config) error.
+    ///
+    /// ```
+    /// # let backend = std::sync::Arc::new(queue_core::MemoryBackend::new());
+    /// let dashboard = queue_web::Dashboard::for_backend("main", backend);
+    /// assert!(dashboard.clone().token("short").is_err());
+    /// let dashboard = dashboard.token("a-long-random-secret-of-32-chars")?;
+    /// # Ok::<(), queue_core::Error>(())
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> Result<Self, queue_core::Error> {
+        let token = token.into();
+        if token.len() < security::MIN_TOKEN_LEN {
+            return Err(queue_core::Error::new(
+                queue_core::ErrorKind::Config,
+                format!(
+                    "the dashboard's token must be at least {} bytes (it is {})",
+                    security::MIN_TOKEN_LEN,
+                    token.len()
+                ),
+            ));
+        }
+        self.token = Some(token);
+        Ok(self)
+    }
+
+    /// Answer requests naming these hosts (`admin.example.com`, or
+    /// `admin.example.com:8443` for one port only) besides the loopback
+    /// names. Without a token the dashboard answers only `127.0.0.1`,
+    /// `localhost` and `[::1]` (any port) and refuses other `Host`s with
+    /// `421`, so a web page that rebinds its own name to 127.0.0.1 cannot
+    /// read it; mounted behind another name, list that name here. With a
+    /// token, any host is answered unless a list is given. A change
+    /// (`POST`) whose `Origin` is one of these hosts is accepted as the
+    /// dashboard's own (a proxy that rewrites `Host`).
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_hosts.get_or_insert_with(Vec::new).extend(
+            hosts
+                .into_iter()
+                .map(|h| h.into().trim().to_ascii_lowercase()),
+        );
+        self
+    }
+
+    /// Mark the session cookie `Secure` always (default: only when the
+    /// request came over TLS, as an `https` URI or a proxy's
+    /// `X-Forwarded-Proto: https` says). A `Secure` cookie at the root
+    /// path is named with the `__Host-` prefix.
+    pub fn secure_cookie(mut self, secure: bool) -> Self {
+        self.secure_cookie = secure;
+        self
+    }
+
+    /// Answer `408` to a request not done within `timeout` (default
+    /// 30 s): a slow broker cannot hold a connection open for ever.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Serve at most `max` requests at once (default 64, at least 1);
+    /// others wait their turn, within the request timeout.
+    pub fn max_concurrent_requests(mut self, max: usize) -> Self {
+        self.max_concurrent_requests = max.max(1);
+        self
+    }
+
+    /// Serve `route` at `path` beside the dashboard's own, behind the
+    /// same checks (host, origin, token, limits) and with the same safety
+    /// headers: how `queue serve` adds `/metrics`.
+    pub fn route(mut self, path: impl Into<String>, route: axum::routing::MethodRouter) -> Self {
+        self.extra_routes.push((path.into(), route));
         self
     }
 
@@ -172,13 +266,26 @@ impl Dashboard {
             store: self.store,
             queues: self.queues,
             read_only: self.read_only,
+            hosts: security::HostRule {
+                any: self.token.is_some() && self.allowed_hosts.is_none(),
+                allowed: self.allowed_hosts.unwrap_or_default(),
+            },
             token: self.token,
+            sessions: security::Sessions::default(),
+            secure_cookie: self.secure_cookie,
             csrf: uuid::Uuid::new_v4().simple().to_string(),
             refresh: self.refresh,
             sampler: sampler::Sampler::new(self.sample_every),
         });
         sampler::spawn_background(&state);
-        routes::router(state)
+        routes::router(
+            state,
+            routes::Limits {
+                request_timeout: self.request_timeout,
+                max_concurrent_requests: self.max_concurrent_requests,
+            },
+            self.extra_routes,
+        )
     }
 }
 
@@ -189,7 +296,10 @@ pub(crate) struct State {
     pub(crate) store: Option<Arc<dyn JobStore>>,
     pub(crate) queues: Vec<(String, QueueName)>,
     pub(crate) read_only: bool,
+    pub(crate) hosts: security::HostRule,
     pub(crate) token: Option<String>,
+    pub(crate) sessions: security::Sessions,
+    pub(crate) secure_cookie: bool,
     pub(crate) csrf: String,
     pub(crate) refresh: Duration,
     pub(crate) sampler: sampler::Sampler,

@@ -31,13 +31,11 @@ impl Ctx {
             .extensions
             .get::<OriginalUri>()
             .map_or(inner, |u| u.0.path());
-        let base = original
-            .strip_suffix(inner)
-            .unwrap_or(original)
-            .trim_end_matches('/')
-            .to_owned();
         let partial = parts.headers.contains_key("x-queue-partial");
-        Ctx { base, partial }
+        Ctx {
+            base: mount_point(original, inner),
+            partial,
+        }
     }
 
     pub(crate) fn frame<'a>(&'a self, state: &'a State) -> Frame<'a> {
@@ -70,6 +68,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Ctx::of(parts))
     }
+}
+
+/// Where the dashboard is mounted, without a trailing slash (`""` at the
+/// root): the `original` path without the `inner` one the router saw
+/// (axum's `nest` routes `/admin/queues` to `/`, so the whole original
+/// path is the mount point then).
+pub(crate) fn mount_point(original: &str, inner: &str) -> String {
+    original
+        .strip_suffix(inner)
+        .unwrap_or(original)
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// Why a request failed, with the status that says so. As a response it

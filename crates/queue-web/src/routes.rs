@@ -2,15 +2,31 @@
 //! API, the assets, and the guard every request passes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
+use tower_http::timeout::TimeoutLayer;
 
 use crate::request::{render_page_errors, Failure};
 use crate::screens::{job, jobs, overview, queue, workers};
 use crate::{actions, assets, security, State};
 
-pub(crate) fn router(state: Arc<State>) -> Router {
+/// What bounds the cost of requests: each is answered within
+/// `request_timeout`, and at most `max_concurrent_requests` run at once.
+pub(crate) struct Limits {
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_concurrent_requests: usize,
+}
+
+pub(crate) fn router(
+    state: Arc<State>,
+    limits: Limits,
+    extra: Vec<(String, axum::routing::MethodRouter)>,
+) -> Router {
     let pages = Router::new()
         .route("/", get(overview::overview_page))
         .route("/queues/{backend}/{queue}", get(queue::queue_page))
@@ -45,11 +61,26 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/api/workers", get(workers::api_workers))
         .route("/assets/app.js", get(assets::app_js))
         .route("/assets/style.css", get(assets::style_css));
+    let api = extra.into_iter().fold(api, |api, (path, route)| {
+        api.route(&path, route.with_state(()))
+    });
+    // Outermost first: the guard, then the timeout (which counts a wait
+    // for a slot), then the limit on requests at once.
     api.merge(pages)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            security::guard,
-        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    security::guard,
+                ))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    limits.request_timeout,
+                ))
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent_requests,
+                )),
+        )
         .with_state(state)
 }
 

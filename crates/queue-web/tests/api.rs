@@ -382,7 +382,9 @@ async fn a_token_guards_every_request() {
     let backend = Arc::new(MemoryBackend::new());
     let secret = "a-long-enough-secret-token";
     let addr = serve(mounted(
-        Dashboard::for_backend("mem", backend).token(secret),
+        Dashboard::for_backend("mem", backend)
+            .token(secret)
+            .expect("a long enough token"),
     ))
     .await;
     for path in [

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use queue_core::error::{BoxError, HandlerAction, HandlerError};
-use queue_core::job::{BackoffPolicy, HEADER_TIMEOUT_MS};
+use queue_core::job::BackoffPolicy;
 use queue_core::message::{random_unit, MessageId};
 use queue_core::stats::DeadLetterReason;
 use queue_core::store::JobUpdate;
@@ -215,11 +215,10 @@ async fn begin(shared: &Shared, counters: &Counters, delivery: Delivery) -> Begu
         span_id = %format_args!("{:016x}", context.span_id),
         parent_span_id = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
     );
-    let timeout = message
-        .headers
-        .get(HEADER_TIMEOUT_MS)
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
+    // The job's own timeout comes from the wire: never longer than the
+    // worker allows.
+    let timeout = queue_core::job::timeout_of(message)
+        .map(|own| own.min(shared.settings.max_timeout))
         .or(shared.settings.timeout);
     let own_backoff = queue_core::job::backoff_of(message);
     let scope = JobScope {

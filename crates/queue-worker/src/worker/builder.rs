@@ -59,6 +59,7 @@ impl Worker {
                 prefetch: 100,
                 retry: BackoffPolicy::default(),
                 timeout: None,
+                max_timeout: queue_core::job::MAX_TIMEOUT,
                 lease: None,
                 poll_wait: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(30),
@@ -98,6 +99,16 @@ impl WorkerBuilder {
     /// Timeout of attempts whose job sets none (default: none).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.timeout = Some(timeout);
+        self
+    }
+
+    /// The longest timeout a job may set for itself (default 24 h, the
+    /// most allowed). A job's timeout travels in a header that whoever
+    /// sends the job writes (`JobOptions::with_timeout`), so this bounds
+    /// how long a producer can make this worker's attempts run: a job
+    /// asking for more gets this much.
+    pub fn max_timeout(mut self, max: Duration) -> Self {
+        self.settings.max_timeout = max;
         self
     }
 

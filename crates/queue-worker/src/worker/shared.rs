@@ -27,6 +27,8 @@ pub(super) struct Settings {
     pub(super) retry: BackoffPolicy,
     #[validate(custom(function = "validate_timeout"))]
     pub(super) timeout: Option<Duration>,
+    #[validate(custom(function = "validate_timeout"))]
+    pub(super) max_timeout: Duration,
     #[validate(custom(function = "queue_core::config::validate_lease"))]
     pub(super) lease: Option<Duration>,
     #[validate(custom(function = "validate_poll_wait"))]
@@ -59,8 +61,8 @@ fn range(
 fn validate_timeout(d: &Duration) -> std::result::Result<(), validator::ValidationError> {
     range(
         d,
-        Duration::from_millis(1),
-        Duration::from_secs(86_400),
+        queue_core::job::MIN_TIMEOUT,
+        queue_core::job::MAX_TIMEOUT,
         "must be between 1ms and 24h",
     )
 }

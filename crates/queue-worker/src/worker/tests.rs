@@ -193,3 +193,31 @@ async fn long_jobs_get_their_lease_extended() {
         .unwrap();
     assert_eq!((q.retried_total, q.acked_total), (0, 1), "{q:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_own_timeout_is_clamped_to_the_workers_maximum() {
+    let backend = MemoryBackend::new();
+    let queue = QueueName::new("clamped-timeout").unwrap();
+    let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+        .max_timeout(Duration::from_millis(200))
+        .handler(|_: Job<String>| async move {
+            // Far longer than the worker allows: only the timeout ends it.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<(), anyhow::Error>(())
+        })
+        .start()
+        .await
+        .unwrap();
+    let producer = backend.memory_producer(&queue).unwrap();
+    let once = JobOptions::default().with_max_retries(0);
+    // A producer asks for an hour, and for more milliseconds than a
+    // deadline can hold: both attempts end at the worker's 200 ms.
+    for asked in [3_600_000u64, u64::MAX] {
+        let message = Job::encode(&"slow".to_owned(), &once)
+            .unwrap()
+            .with_header(queue_core::job::HEADER_TIMEOUT_MS, asked.to_string());
+        producer.send(message).await.unwrap();
+    }
+    until(&handle, |s| s.dead_lettered == 2 && s.in_flight == 0).await;
+    handle.shutdown().await.unwrap();
+}
