@@ -6,8 +6,9 @@
 //!   a conformance test that calls the suite macro, and an umbrella
 //!   feature of its name that registers its connector;
 //! - the memory backend's folder has the same file roles;
-//! - the suite macro's case list, the functions of `cases.rs` and the case
-//!   table of `docs/testing.md` name the same cases;
+//! - the suite's case list (`queue_testkit::cases::CASES`), the case
+//!   functions of `crates/queue-testkit/src/cases/` and the case table of
+//!   `docs/testing.md` name the same cases;
 //! - CI runs `cargo xtask ci`.
 
 use std::collections::BTreeSet;
@@ -113,29 +114,24 @@ fn the_memory_backend_has_the_same_file_roles() {
     }
 }
 
-/// Names of the cases the suite macro generates tests for.
-fn macro_cases() -> BTreeSet<String> {
-    let lib = read(&root().join("crates/queue-testkit/src/lib.rs"));
-    let start = lib
-        .find("$crate::__conformance_cases!(")
-        .expect("the suite macro lists its cases");
-    let list = &lib[start..];
-    let list = &list[list.find(';').expect("$make;") + 1..list.find(");").expect("end")];
-    list.split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// Names of the public async functions of `cases.rs` taking a `&Ctx`.
+/// Names of the public async functions taking a `&Ctx` in the files of
+/// `crates/queue-testkit/src/cases/`: the cases written, listed or not.
 fn case_functions() -> BTreeSet<String> {
-    let cases = read(&root().join("crates/queue-testkit/src/cases.rs"));
-    cases
-        .lines()
-        .filter_map(|l| l.strip_prefix("pub async fn "))
-        .filter(|l| l.contains("(ctx: &Ctx)"))
-        .map(|l| l[..l.find('(').expect("(")].to_owned())
-        .collect()
+    let dir = root().join("crates/queue-testkit/src/cases");
+    let mut names = BTreeSet::new();
+    for entry in fs::read_dir(&dir).expect("crates/queue-testkit/src/cases/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|ext| ext == "rs") {
+            names.extend(
+                read(&path)
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("pub async fn "))
+                    .filter(|l| l.contains("(ctx: &Ctx)"))
+                    .map(|l| l[..l.find('(').expect("(")].to_owned()),
+            );
+        }
+    }
+    names
 }
 
 /// Names in the case table of `docs/testing.md` (`| n | \`name\` | ...`).
@@ -157,11 +153,24 @@ fn documented_cases() -> BTreeSet<String> {
 
 #[test]
 fn the_suite_the_cases_and_the_docs_list_the_same_cases() {
-    let in_macro = macro_cases();
+    // The suite's tests are generated from this list, so each name in it is
+    // a case function (or the testkit does not compile) and a test.
+    let listed: BTreeSet<String> = queue_testkit::cases::CASES
+        .iter()
+        .map(|&name| name.to_owned())
+        .collect();
+    assert_eq!(
+        listed.len(),
+        queue_testkit::cases::CASES.len(),
+        "a case is listed twice"
+    );
+    assert!(listed.len() >= 40, "{listed:?}");
     let functions = case_functions();
-    assert!(in_macro.len() >= 40, "{in_macro:?}");
-    assert_eq!(in_macro, functions, "the suite macro and cases.rs differ");
-    let mut expected = in_macro.clone();
+    assert_eq!(
+        listed, functions,
+        "the suite's case list and the case functions of the testkit differ"
+    );
+    let mut expected = listed.clone();
     // Case 36 kills a worker process: it is a process test in tests/.
     expected.insert("crash_recovery".to_owned());
     let documented = documented_cases();

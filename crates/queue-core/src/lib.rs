@@ -14,12 +14,6 @@
 //! - Wire format: [`envelope`] for brokers without native headers.
 
 #![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
 
 pub mod capabilities;
 pub mod config;

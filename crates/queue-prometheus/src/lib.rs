@@ -18,12 +18,6 @@
 //! (histograms), `queue_jobs_in_flight{queue}` (gauge).
 
 #![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

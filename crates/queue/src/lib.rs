@@ -1,11 +1,5 @@
 #![doc = include_str!("../../../README.md")]
 #![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    unreachable_pub,
-    rust_2018_idioms
-)]
 
 use std::sync::Arc;
 

@@ -1,0 +1,158 @@
+//! Failed attempts: dead letters after the last attempt or on request,
+//! redrive, and error texts kept to a bounded size.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use queue_core::error::MAX_ERROR_TEXT;
+use queue_core::{DeadLetterReason, Message, MessageId, Redrive};
+
+use super::{assert_unsupported, dead_letters, receive_one, send, send_numbered, QUIET, SOON};
+use crate::harness::{receive_n, Ctx};
+
+/// Case 17: after the last attempt the message sits in the dead-letter queue
+/// with its attempts, last error and reason.
+pub async fn max_attempts_dead_letters(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let id = send(ctx, &queue, Message::new("doomed").with_max_attempts(2)).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    for attempt in 1..=2u32 {
+        let d = receive_one(&*consumer, "delivery").await;
+        assert_eq!(d.attempt(), attempt);
+        if attempt == 2 {
+            assert_eq!(
+                d.message().last_error.as_deref(),
+                Some("boom 1"),
+                "last error travels"
+            );
+        }
+        d.nack_with_error(Duration::ZERO, format!("boom {attempt}"))
+            .await
+            .expect("nack");
+    }
+    let rest = consumer.receive(10, QUIET).await.expect("receive");
+    assert!(rest.is_empty(), "no delivery after the last attempt");
+    let dead = dead_letters(ctx, &queue).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let entry = &dead[0];
+    assert_eq!(entry.message.id, id);
+    assert_eq!(entry.reason, DeadLetterReason::MaxAttempts);
+    assert_eq!(entry.attempts, 2);
+    assert_eq!(entry.last_error.as_deref(), Some("boom 2"));
+    assert_eq!(entry.message.payload.as_ref(), b"doomed");
+}
+
+/// Case 18: `dead_letter(reason)` goes straight there.
+pub async fn dead_letter_explicit(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let id = send(ctx, &queue, Message::new("poison")).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let d = receive_one(&*consumer, "delivery").await;
+    d.dead_letter(DeadLetterReason::Rejected("bad data".into()))
+        .await
+        .expect("dead_letter");
+    let dead = dead_letters(ctx, &queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, id);
+    assert_eq!(
+        dead[0].reason,
+        DeadLetterReason::Rejected("bad data".into())
+    );
+    assert_eq!(dead[0].attempts, 1);
+    let rest = consumer
+        .receive(10, Duration::from_millis(500))
+        .await
+        .expect("receive");
+    assert!(rest.is_empty());
+}
+
+/// Case 19: dead letters can be listed, inspected and moved back, then are processed normally.
+pub async fn redrive(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let ids = send_numbered(&*producer, "dead", 3).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    for d in receive_n(&*consumer, 3, SOON).await {
+        d.dead_letter(DeadLetterReason::Rejected("to redrive".into()))
+            .await
+            .expect("dead_letter");
+    }
+    let admin = ctx.backend().admin();
+    let dead = admin.dead_letters(&queue, 10).await.expect("list");
+    assert_eq!(dead.len(), 3);
+    if !ctx.caps().redrive.is_available() {
+        return assert_unsupported(admin.redrive(&queue, Redrive::All).await, "redrive");
+    }
+    let moved = admin
+        .redrive(&queue, Redrive::Ids(vec![ids[1]]))
+        .await
+        .expect("redrive one");
+    assert_eq!(moved, 1);
+    let back = receive_one(&*consumer, "redriven message").await;
+    assert_eq!(back.message().id, ids[1]);
+    assert_eq!(back.attempt(), 1, "redrive starts a fresh attempt count");
+    back.ack().await.expect("ack");
+    assert_eq!(
+        admin
+            .redrive(&queue, Redrive::All)
+            .await
+            .expect("redrive all"),
+        2
+    );
+    let rest = receive_n(&*consumer, 2, SOON).await;
+    let rest_ids: HashSet<MessageId> = rest.iter().map(|d| d.message().id).collect();
+    assert_eq!(rest_ids, HashSet::from([ids[0], ids[2]]));
+    for d in rest {
+        d.ack().await.expect("ack");
+    }
+    assert!(admin
+        .dead_letters(&queue, 10)
+        .await
+        .expect("list")
+        .is_empty());
+}
+
+/// Case 40: an error text of a megabyte is kept to a few KiB, cut on a
+/// character boundary and saying so, in the next delivery and in the dead
+/// letter; a rejection's detail likewise.
+pub async fn error_text_capped(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let huge = "é".repeat(512 * 1024);
+    send(ctx, &queue, Message::new("noisy").with_max_attempts(2)).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let first = receive_one(&*consumer, "delivery").await;
+    first
+        .nack_with_error(Duration::ZERO, &huge)
+        .await
+        .expect("nack with a 1 MiB error");
+    let second = receive_one(&*consumer, "redelivery").await;
+    let kept = second
+        .message()
+        .last_error
+        .clone()
+        .expect("the error travels");
+    assert!(kept.len() <= MAX_ERROR_TEXT, "{} bytes kept", kept.len());
+    assert!(kept.starts_with("éé"), "cut on a character boundary");
+    assert!(
+        kept.contains("truncated from 1048576 bytes"),
+        "says so: {}",
+        &kept[kept.len() - 40..]
+    );
+    second
+        .dead_letter(DeadLetterReason::Rejected(huge.clone()))
+        .await
+        .expect("dead-letter with a 1 MiB reason");
+    let dead = dead_letters(ctx, &queue).await;
+    assert_eq!(dead.len(), 1);
+    match &dead[0].reason {
+        DeadLetterReason::Rejected(detail) => {
+            assert!(
+                detail.len() <= MAX_ERROR_TEXT,
+                "{} bytes kept",
+                detail.len()
+            );
+            assert!(detail.contains("truncated"));
+        }
+        other => panic!("reason {other:?}"),
+    }
+}
