@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::Channel;
 use queue_core::{
-    Admin, DeadLetter, DeadLetterReason, ErrorKind, HealthStatus, MessageId, QueueName,
-    QueueOptions, QueueStats, Redrive, Result,
+    Admin, DeadLetter, DeadLetterCursor, DeadLetterPage, DeadLetterQuery, DeadLetterReason,
+    ErrorKind, HealthStatus, MessageId, QueueName, QueueOptions, QueueStats, Redrive, Result,
 };
 
 use crate::backend::{AmqpBackend, Shared};
@@ -207,20 +207,26 @@ impl Admin for AmqpBackend {
     }
 
     /// Reads the dead-letter queue without taking anything: the letters are
-    /// fetched unacked and the channel closed, which puts them back in order.
-    async fn dead_letters(
+    /// fetched unacked and the channel closed, which puts them back in
+    /// order. A queue cannot be read from the middle, so the cursor is a
+    /// position and the letters before it are fetched and dropped one at a
+    /// time (the broker sends them; this process holds one at a time).
+    async fn dead_letter_page(
         &self,
         queue: &QueueName,
-        limit: usize,
-    ) -> Result<Vec<queue_core::DeadLetter>> {
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage> {
         self.shared.check_open()?;
+        let skip = query
+            .after
+            .as_ref()
+            .map(dead_position)
+            .transpose()?
+            .unwrap_or(0);
         let (_, channel) = self.shared.link.channel().await?;
-        let read = self.shared.read_dead(&channel, queue, limit).await;
+        let read = self.read_dead_page(&channel, queue, skip, query).await;
         let _ = channel.close(200, "done".into()).await;
-        match read? {
-            Outcome::Done(letters) => Ok(letters.into_iter().map(|(_, l)| l).collect()),
-            Outcome::Missing => Ok(Vec::new()),
-        }
+        read
     }
 
     /// Each letter moved back is published to the queue as a fresh message
@@ -241,7 +247,62 @@ impl Admin for AmqpBackend {
     }
 }
 
+/// The position a dead-letter cursor holds on RabbitMQ: letters before it.
+fn dead_position(cursor: &DeadLetterCursor) -> Result<u64> {
+    cursor
+        .as_str()
+        .strip_prefix('p')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            queue_core::Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{:?} is not a dead-letter cursor of the amqp backend (pass back a page's `next`)",
+                    cursor.as_str()
+                ),
+            )
+        })
+}
+
 impl AmqpBackend {
+    /// Skip `skip` letters, keep the next `query.limit` (as previews when
+    /// asked), and look at one more to know whether a next page exists.
+    async fn read_dead_page(
+        &self,
+        channel: &Channel,
+        queue: &QueueName,
+        skip: u64,
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage> {
+        let one = || self.shared.read_dead(channel, queue, 1);
+        for _ in 0..skip {
+            match one().await? {
+                Outcome::Done(letters) if !letters.is_empty() => {}
+                _ => return Ok(DeadLetterPage::default()),
+            }
+        }
+        let mut letters = Vec::new();
+        let mut more = false;
+        while letters.len() <= query.limit {
+            let Outcome::Done(got) = one().await? else {
+                break;
+            };
+            let Some((_, letter)) = got.into_iter().next() else {
+                break;
+            };
+            if letters.len() == query.limit {
+                more = true;
+                break;
+            }
+            letters.push(match query.preview {
+                Some(max) => letter.preview(max),
+                None => letter,
+            });
+        }
+        let next = more.then(|| DeadLetterCursor::new(format!("p{}", skip + letters.len() as u64)));
+        Ok(DeadLetterPage::new(letters, next))
+    }
+
     async fn redrive_on(
         &self,
         channel: &Channel,

@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use queue::{
-    Backend, DeadLetter, ErrorKind, Job, JobOptions, Message, MessageId, Priority, QueueName,
-    QueueStats, Redrive,
+    Backend, DeadLetter, DeadLetterQuery, ErrorKind, Job, JobOptions, Message, MessageId, Priority,
+    QueueName, QueueStats, Redrive,
 };
 use serde::Serialize;
 
@@ -430,6 +430,14 @@ enum DeadLettersCommand {
         /// At most this many.
         #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
+        /// Start after this cursor (a previous page's, printed on stderr
+        /// when more letters follow).
+        #[arg(long, value_name = "CURSOR")]
+        cursor: Option<String>,
+        /// Whole payloads (default: the first 4 KiB of each, with the real
+        /// length; letters can be up to the backend's maximum payload).
+        #[arg(long)]
+        full: bool,
         /// Print JSON (payloads as text when UTF-8, else hex).
         #[arg(long)]
         json: bool,
@@ -460,7 +468,14 @@ struct DeadLetterRow {
     dead_since_ms: u128,
     payload: String,
     payload_encoding: &'static str,
+    /// The whole payload's length.
+    payload_bytes: usize,
+    /// Whether `payload` is only its first bytes (without `--full`).
+    truncated: bool,
 }
+
+/// Bytes of each payload `dead-letters list` reads without `--full`.
+const PREVIEW_BYTES: usize = 4096;
 
 pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
     match args.command {
@@ -468,23 +483,35 @@ pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
             target,
             queue,
             limit,
+            cursor,
+            full,
             json,
         } => {
             let queue = queue_name(&queue)?;
+            let mut query = DeadLetterQuery::new(usize::try_from(limit).unwrap_or(usize::MAX));
+            if !full {
+                query = query.with_preview(PREVIEW_BYTES);
+            }
+            if let Some(cursor) = cursor {
+                query = query.after(cursor.parse()?);
+            }
             let backend = target.connect().await?;
-            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            let dead = backend
+            let page = backend
                 .admin()
-                .dead_letters(&queue, limit)
+                .dead_letter_page(&queue, &query)
                 .await
                 .with_context(|| format!("could not list the dead letters of {queue}"))?;
+            let dead = &page.letters;
             let mut out = std::io::stdout().lock();
             if json {
                 let rows: Vec<DeadLetterRow> = dead.iter().map(dead_letter_row).collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
-                write!(out, "{}", dead_letter_table(&dead))?;
+                write!(out, "{}", dead_letter_table(dead))?;
                 eprintln!("{} dead letter(s) shown", dead.len());
+            }
+            if let Some(next) = &page.next {
+                eprintln!("more follow: --cursor {next}");
             }
             Ok(())
         }
@@ -518,9 +545,9 @@ pub(crate) async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
 }
 
 fn dead_letter_row(dead: &DeadLetter) -> DeadLetterRow {
-    let (payload, payload_encoding) = match std::str::from_utf8(&dead.message.payload) {
-        Ok(text) => (text.to_owned(), "utf-8"),
-        Err(_) => (hex(&dead.message.payload), "hex"),
+    let (payload, payload_encoding) = match dead.payload_text() {
+        Some(text) => (text.to_owned(), "utf-8"),
+        None => (hex(&dead.message.payload), "hex"),
     };
     DeadLetterRow {
         id: dead.message.id.to_string(),
@@ -530,6 +557,8 @@ fn dead_letter_row(dead: &DeadLetter) -> DeadLetterRow {
         dead_since_ms: millis_since_epoch(dead.dead_lettered_at),
         payload,
         payload_encoding,
+        payload_bytes: dead.payload_len,
+        truncated: dead.truncated(),
     }
 }
 
@@ -543,9 +572,9 @@ fn dead_letter_table(dead: &[DeadLetter]) -> String {
         "PAYLOAD",
     ]);
     for d in dead {
-        let payload = match std::str::from_utf8(&d.message.payload) {
-            Ok(text) => preview(text, 40),
-            Err(_) => format!("hex:{}", preview(&hex(&d.message.payload), 40)),
+        let payload = match d.payload_text() {
+            Some(text) => preview(text, 40),
+            None => format!("hex:{}", preview(&hex(&d.message.payload), 40)),
         };
         table.row(vec![
             d.message.id.to_string(),

@@ -429,3 +429,78 @@ async fn workers_and_jobs_on_redis() {
     scheduler.delete(bad).await.expect("forget");
     backend.admin().delete_queue(&queue).await.expect("delete");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_previews_a_page_at_a_time() {
+    let Some(url) = broker_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    let name = unique("cli-dead");
+    let backend = queue::connect(&url).await.expect("connect");
+    let queue = QueueName::new(&name).unwrap();
+    let producer = backend.producer(&queue).await.expect("producer");
+    let big = "x".repeat(10_000);
+    for n in 0..2 {
+        producer
+            .send(queue::Message::new(format!("{n}{big}")))
+            .await
+            .expect("send");
+    }
+    let consumer = backend
+        .consumer(&queue, Default::default())
+        .await
+        .expect("consumer");
+    let mut dead = 0;
+    while dead < 2 {
+        for delivery in consumer
+            .receive(2, Duration::from_secs(5))
+            .await
+            .expect("receive")
+        {
+            delivery
+                .dead_letter(DeadLetterReason::Rejected("no".into()))
+                .await
+                .expect("dead letter");
+            dead += 1;
+        }
+    }
+    let list = |extra: &[&str]| {
+        let mut args = vec!["dead-letters", "list", name.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        let out = queue_cli(&url, &args, "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        (rows, text(&out.stderr))
+    };
+    let (first, note) = list(&["--limit", "1"]);
+    assert_eq!(first[0]["truncated"], true, "{first}");
+    assert_eq!(first[0]["payload_bytes"], 10_001);
+    let preview = first[0]["payload"].as_str().expect("text");
+    assert!(
+        preview.starts_with("0x") && preview.len() == 4096,
+        "{}",
+        preview.len()
+    );
+    let cursor = note
+        .split("--cursor ")
+        .nth(1)
+        .map(str::trim)
+        .expect("a cursor to the next page");
+    let (second, note) = list(&["--limit", "1", "--cursor", cursor]);
+    assert!(second[0]["payload"]
+        .as_str()
+        .expect("text")
+        .starts_with("1x"));
+    assert!(!note.contains("--cursor"), "the last page: {note}");
+    let (whole, _) = list(&["--full"]);
+    assert_eq!(whole.as_array().map(Vec::len), Some(2));
+    assert_eq!(whole[1]["truncated"], false);
+    assert_eq!(whole[1]["payload"].as_str().map(str::len), Some(10_001));
+    let out = queue_cli(
+        &url,
+        &["dead-letters", "list", &name, "--cursor", "nope"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    backend.admin().delete_queue(&queue).await.expect("delete");
+}

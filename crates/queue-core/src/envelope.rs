@@ -231,6 +231,33 @@ fn decode_error(message: String) -> Error {
 /// a plain broker client) give a [`ErrorKind::Decode`] error; callers then
 /// deliver them raw or dead-letter them with reason `decode`.
 pub fn decode(bytes: &Bytes) -> Result<Message> {
+    let (mut message, head_len) = decode_head(bytes)?;
+    message.payload = bytes.slice(head_len..);
+    Ok(message)
+}
+
+/// Decode the first bytes of an envelope `total_len` bytes long, as a
+/// preview: the message with the part of its payload that `prefix` holds,
+/// and the whole payload's length. The payload comes last in an envelope,
+/// so a store can hand out a fixed number of leading bytes of a large
+/// envelope (a dead letter's preview) without loading the rest. Fails like
+/// [`decode`] when `prefix` ends before the payload starts.
+///
+/// ```
+/// use queue_core::{envelope, Message};
+/// let whole = envelope::encode(&Message::new(vec![7u8; 1000]));
+/// let (preview, len) = envelope::decode_prefix(&whole.slice(..100), whole.len()).unwrap();
+/// assert_eq!(len, 1000);
+/// assert_eq!(preview.payload.len(), 100 - envelope::FIXED_LEN - 2);
+/// ```
+pub fn decode_prefix(prefix: &Bytes, total_len: usize) -> Result<(Message, usize)> {
+    let (mut message, head_len) = decode_head(prefix)?;
+    message.payload = prefix.slice(head_len..);
+    Ok((message, total_len.saturating_sub(head_len)))
+}
+
+/// Everything but the payload, and where the payload starts.
+fn decode_head(bytes: &[u8]) -> Result<(Message, usize)> {
     if bytes.len() < 4 || bytes[..2] != MAGIC {
         return Err(decode_error(
             "not a queue envelope: magic bytes \"QE\" missing".to_owned(),
@@ -311,10 +338,10 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
         let value = r.string(value_len, "header value")?;
         headers.insert(name, value);
     }
-    let payload = bytes.slice(r.at..);
-    Ok(Message {
+    let head_len = r.at;
+    let message = Message {
         id: MessageId::from_bytes(id),
-        payload,
+        payload: Bytes::new(),
         headers,
         priority,
         attempt,
@@ -326,7 +353,8 @@ pub fn decode(bytes: &Bytes) -> Result<Message> {
         last_error,
         trace,
         ordering_key,
-    })
+    };
+    Ok((message, head_len))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 
 pub mod capabilities;
 pub mod config;
+pub mod dead_letters;
 pub mod envelope;
 pub mod error;
 pub mod job;
@@ -33,6 +34,7 @@ pub use capabilities::{
     Capabilities, LeaseLossDetection, Ordering, RedeliveryCount, StatsAccuracy, Support, Totals,
 };
 pub use config::{QueueConfig, SecretUrl};
+pub use dead_letters::{DeadLetterCursor, DeadLetterPage, DeadLetterQuery};
 pub use error::{BatchError, BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
 pub use job::{short_type_name, BackoffPolicy, Job, JobOptions, JobStatus};
 pub use memory::MemoryBackend;

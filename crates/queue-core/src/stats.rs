@@ -310,6 +310,9 @@ pub struct DeadLetter {
     pub last_error: Option<String>,
     /// When it was dead-lettered.
     pub dead_lettered_at: SystemTime,
+    /// The payload's real length: more than `message.payload.len()` when
+    /// the letter was read as a preview ([`DeadLetterQuery::preview`](crate::DeadLetterQuery)).
+    pub payload_len: usize,
 }
 
 impl DeadLetter {
@@ -317,6 +320,7 @@ impl DeadLetter {
     pub fn new(message: Message, reason: DeadLetterReason, attempts: u32) -> Self {
         let last_error = message.last_error.clone();
         DeadLetter {
+            payload_len: message.payload.len(),
             message,
             reason,
             attempts,

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::capabilities::Capabilities;
+use crate::dead_letters::{DeadLetterPage, DeadLetterQuery};
 use crate::error::{cap_error_text, BatchError, Error, Result};
 use crate::message::{Message, MessageId, QueueName};
 use crate::stats::{
@@ -265,8 +266,28 @@ pub trait Admin: Send + Sync + fmt::Debug {
     /// Counts of `queue`.
     async fn stats(&self, queue: &QueueName) -> Result<QueueStats>;
 
-    /// Up to `limit` dead letters of `queue`, oldest first.
-    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>>;
+    /// One page of `queue`'s dead letters, oldest first: the `limit`
+    /// after the query's cursor, each payload cut to its preview when it
+    /// sets one. Holds no more than one page of letters in memory, however
+    /// deep the dead-letter queue. What the broker sends to reach a page
+    /// differs by backend (docs/operations.md, "Dead letters a page at a
+    /// time"): Redis reads from the cursor and cuts previews inside Redis,
+    /// RabbitMQ passes over the letters before the cursor, SQS and Kafka
+    /// read the whole dead-letter queue for each page.
+    async fn dead_letter_page(
+        &self,
+        queue: &QueueName,
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage>;
+
+    /// Up to `limit` dead letters of `queue`, oldest first, whole: the
+    /// first page of [`dead_letter_page`](Admin::dead_letter_page).
+    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+        Ok(self
+            .dead_letter_page(queue, &DeadLetterQuery::new(limit))
+            .await?
+            .letters)
+    }
 
     /// Move dead letters back to `queue` with a fresh attempt count. Returns
     /// how many moved.

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use queue_core::{
-    Admin, Backend, Capabilities, Consumer, ConsumerOptions, DeadLetter, Error, ErrorKind,
-    HealthStatus, MessageId, Producer, QueueName, QueueOptions, QueueStats, Redrive, Result,
+    dead_letters::TimeOrderedPage, Admin, Backend, Capabilities, Consumer, ConsumerOptions,
+    DeadLetter, DeadLetterPage, DeadLetterQuery, Error, ErrorKind, HealthStatus, MessageId,
+    Producer, QueueName, QueueOptions, QueueStats, Redrive, Result,
 };
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
@@ -129,80 +130,115 @@ impl Shared {
             .sum())
     }
 
+    /// Read `queue`'s dead-letter topic from the cursor to `positions`'
+    /// ends, calling `visit` on each record in turn (on a blocking thread:
+    /// rdkafka's consumer is synchronous); what `visit` keeps is all that
+    /// stays in memory.
+    async fn scan_dead<S, F>(
+        &self,
+        queue: &QueueName,
+        positions: &[Position],
+        state: S,
+        mut visit: F,
+    ) -> Result<S>
+    where
+        S: Send + 'static,
+        F: FnMut(&mut S, &rdkafka::message::BorrowedMessage<'_>) + Send + 'static,
+    {
+        let topic = wire::dlq(queue);
+        let mut config = self.settings.client_config();
+        config
+            .set("group.id", format!("{}.dlq", self.group(queue)))
+            .set("enable.auto.commit", "false");
+        let timeout = self.settings.timeouts().1;
+        let read = positions.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<S> {
+            let mut state = state;
+            let consumer: BaseConsumer = config
+                .create()
+                .map_err(|e| classify(e, "creating a dead-letter reader"))?;
+            let mut tpl = TopicPartitionList::new();
+            let mut left: HashMap<i32, i64> = HashMap::new();
+            for p in read.iter().filter(|p| p.committed < p.high) {
+                tpl.add_partition_offset(&topic, p.partition, Offset::Offset(p.committed))
+                    .map_err(|e| classify(e, "assigning the dead-letter topic"))?;
+                left.insert(p.partition, p.high);
+            }
+            if left.is_empty() {
+                return Ok(state);
+            }
+            consumer
+                .assign(&tpl)
+                .map_err(|e| classify(e, "assigning the dead-letter topic"))?;
+            let until = std::time::Instant::now() + timeout;
+            while !left.is_empty() && std::time::Instant::now() < until {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        let (p, o) = (m.partition(), m.offset());
+                        if left.get(&p).is_some_and(|high| o < *high) {
+                            visit(&mut state, &m);
+                        }
+                        if left.get(&p).is_some_and(|high| o + 1 >= *high) {
+                            left.remove(&p);
+                        }
+                    }
+                    Some(Err(e)) => return Err(classify(e, "reading the dead-letter topic")),
+                    None => {}
+                }
+            }
+            if !left.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("reading the dead-letter topic {topic} did not finish in {timeout:?}"),
+                ));
+            }
+            Ok(state)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Other, format!("reader task failed: {e}")))?
+    }
+
+    /// The positions of `queue`'s dead-letter topic: from the cursor to
+    /// the ends.
+    async fn dead_positions(&self, queue: &QueueName) -> Result<Vec<Position>> {
+        let group = format!("{}.dlq", self.group(queue));
+        self.positions(&wire::dlq(queue), &group).await
+    }
+
+    /// The ids of letters redriven by id (a marker record each, written
+    /// after the letter).
+    async fn redriven_ids(
+        &self,
+        queue: &QueueName,
+        positions: &[Position],
+    ) -> Result<HashSet<String>> {
+        self.scan_dead(queue, positions, HashSet::new(), |redriven, record| {
+            if let Some(id) = redrive_marker(record) {
+                redriven.insert(id);
+            }
+        })
+        .await
+    }
+
     /// Every dead letter past the cursor and not redriven by id, with the
     /// positions read up to.
     async fn read_dead(&self, queue: &QueueName) -> Result<(Vec<DeadLetter>, Vec<Position>)> {
-        let topic = wire::dlq(queue);
-        let group = format!("{}.dlq", self.group(queue));
-        let positions = self.positions(&topic, &group).await?;
-        let mut config = self.settings.client_config();
-        config
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false");
-        let timeout = self.settings.timeouts().1;
-        let read = positions.clone();
-        let records =
-            tokio::task::spawn_blocking(move || -> Result<Vec<rdkafka::message::OwnedMessage>> {
-                let consumer: BaseConsumer = config
-                    .create()
-                    .map_err(|e| classify(e, "creating a dead-letter reader"))?;
-                let mut tpl = TopicPartitionList::new();
-                let mut left: HashMap<i32, i64> = HashMap::new();
-                for p in read.iter().filter(|p| p.committed < p.high) {
-                    tpl.add_partition_offset(&topic, p.partition, Offset::Offset(p.committed))
-                        .map_err(|e| classify(e, "assigning the dead-letter topic"))?;
-                    left.insert(p.partition, p.high);
-                }
-                if left.is_empty() {
-                    return Ok(Vec::new());
-                }
-                consumer
-                    .assign(&tpl)
-                    .map_err(|e| classify(e, "assigning the dead-letter topic"))?;
-                let until = std::time::Instant::now() + timeout;
-                let mut records = Vec::new();
-                while !left.is_empty() && std::time::Instant::now() < until {
-                    match consumer.poll(Duration::from_millis(200)) {
-                        Some(Ok(m)) => {
-                            let (p, o) = (m.partition(), m.offset());
-                            if left.get(&p).is_some_and(|high| o < *high) {
-                                records.push(m.detach());
-                            }
-                            if left.get(&p).is_some_and(|high| o + 1 >= *high) {
-                                left.remove(&p);
-                            }
+        let positions = self.dead_positions(queue).await?;
+        let (mut letters, redriven) = self
+            .scan_dead(
+                queue,
+                &positions,
+                (Vec::new(), HashSet::new()),
+                |(letters, redriven): &mut (Vec<DeadLetter>, HashSet<String>), record| {
+                    match redrive_marker(record) {
+                        Some(id) => {
+                            redriven.insert(id);
                         }
-                        Some(Err(e)) => return Err(classify(e, "reading the dead-letter topic")),
-                        None => {}
+                        None => letters.push(wire::dead_letter(record)),
                     }
-                }
-                if !left.is_empty() {
-                    return Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "reading the dead-letter topic {topic} did not finish in {timeout:?}"
-                        ),
-                    ));
-                }
-                Ok(records)
-            })
-            .await
-            .map_err(|e| Error::new(ErrorKind::Other, format!("reader task failed: {e}")))??;
-        let mut redriven: HashSet<String> = HashSet::new();
-        let mut letters = Vec::new();
-        for record in &records {
-            let marker = record
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == HEADER_REDRIVEN))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned());
-            match marker {
-                Some(id) => {
-                    redriven.insert(id);
-                }
-                None => letters.push(wire::dead_letter(record)),
-            }
-        }
+                },
+            )
+            .await?;
         letters.retain(|l: &DeadLetter| !redriven.contains(&l.message.id.to_string()));
         Ok((letters, positions))
     }
@@ -230,6 +266,15 @@ impl Shared {
         .await
         .map_err(|e| Error::new(ErrorKind::Other, format!("commit task failed: {e}")))?
     }
+}
+
+/// The id a redrive marker record names, if `record` is one.
+fn redrive_marker(record: &impl rdkafka::Message) -> Option<String> {
+    record
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == HEADER_REDRIVEN))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 #[async_trait]
@@ -302,11 +347,32 @@ impl Admin for KafkaBackend {
         Ok(stats)
     }
 
-    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+    /// A topic is read from the group's cursor in partition order, so a
+    /// page reads the topic twice (once for the ids redriven since, whose
+    /// markers come after their letters, then for the letters) and keeps
+    /// the first `limit` in time order after the cursor, cut to the
+    /// preview as they arrive: this process holds one page.
+    async fn dead_letter_page(
+        &self,
+        queue: &QueueName,
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage> {
         self.shared.check_open()?;
-        let (mut letters, _) = self.shared.read_dead(queue).await?;
-        letters.truncate(limit);
-        Ok(letters)
+        let page = TimeOrderedPage::new(query)?;
+        let shared = &self.shared;
+        let positions = shared.dead_positions(queue).await?;
+        let redriven = shared.redriven_ids(queue, &positions).await?;
+        let page = shared
+            .scan_dead(queue, &positions, page, move |page, record| {
+                if redrive_marker(record).is_none() {
+                    let letter = wire::dead_letter(record);
+                    if !redriven.contains(&letter.message.id.to_string()) {
+                        page.offer(letter);
+                    }
+                }
+            })
+            .await?;
+        Ok(page.finish())
     }
 
     async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {

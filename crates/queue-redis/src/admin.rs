@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use queue_core::store::millis_since_epoch;
 use queue_core::{
-    envelope, Admin, DeadLetter, DeadLetterReason, Error, ErrorKind, HealthStatus, Message,
-    MessageId, QueueName, QueueOptions, QueueStats, Redrive, Result, WorkerInfo,
+    envelope, Admin, DeadLetter, DeadLetterCursor, DeadLetterPage, DeadLetterQuery,
+    DeadLetterReason, Error, ErrorKind, HealthStatus, Message, MessageId, QueueName, QueueOptions,
+    QueueStats, Redrive, Result, WorkerInfo,
 };
 use redis::Value;
 
@@ -19,28 +20,59 @@ use crate::scripts::{
 };
 use crate::RedisBackend;
 
-/// A dead letter from its stored envelope and the JSON the scripts write.
-fn dead_letter_of(id: &[u8], env: Vec<u8>, info: &[u8]) -> DeadLetter {
+/// Bytes of an envelope kept beyond the payload preview, for its header
+/// (a capped last error, the headers): a letter whose header is longer is
+/// read again whole.
+const HEAD_ROOM: usize = 64 * 1024;
+
+/// A dead letter from its stored envelope (or its first bytes, of a
+/// `length`-byte envelope) and the JSON the scripts write. `None` when the
+/// envelope was cut inside its header.
+fn dead_letter_of(id: &[u8], env: Vec<u8>, length: usize, info: &[u8]) -> Option<DeadLetter> {
     let env = Bytes::from(env);
-    let message = envelope::decode(&env).unwrap_or_else(|_| {
-        // Undecodable bytes are kept as the payload, under their stored id.
-        let mut raw = Message::new(env.clone());
-        if let Ok(id) = <[u8; 16]>::try_from(id) {
-            raw.id = MessageId::from_bytes(id);
+    let cut = env.len() < length;
+    let (message, payload_len) = match envelope::decode_prefix(&env, length) {
+        Ok(decoded) => decoded,
+        Err(_) if cut && envelope::looks_like_envelope(&env) => return None,
+        Err(_) => {
+            // Undecodable bytes are kept as the payload, under their stored id.
+            let mut raw = Message::new(env.clone());
+            if let Ok(id) = <[u8; 16]>::try_from(id) {
+                raw.id = MessageId::from_bytes(id);
+            }
+            (raw, length)
         }
-        raw
-    });
+    };
     let info: serde_json::Value = serde_json::from_slice(info).unwrap_or_default();
     let reason = DeadLetterReason::parse(info["reason"].as_str().unwrap_or("decode"));
     let attempts = info["attempts"].as_u64().unwrap_or(0) as u32;
     let mut dead = DeadLetter::new(message, reason, attempts);
+    dead.payload_len = payload_len;
     if let Some(error) = info["error"].as_str() {
         dead.last_error = Some(error.to_owned());
     }
     if let Some(ms) = info["at"].as_str().and_then(|s| s.parse::<u64>().ok()) {
         dead.dead_lettered_at = UNIX_EPOCH + Duration::from_millis(ms);
     }
-    dead
+    Some(dead)
+}
+
+/// The sequence a dead-letter cursor holds on Redis.
+fn dead_sequence(cursor: &DeadLetterCursor) -> Result<i64> {
+    cursor
+        .as_str()
+        .parse::<i64>()
+        .ok()
+        .filter(|seq| *seq >= 0)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{:?} is not a dead-letter cursor of the redis backend (pass back a page's `next`)",
+                    cursor.as_str()
+                ),
+            )
+        })
 }
 
 /// The worker registry: worker id -> its JSON in a hash, and id -> when
@@ -92,6 +124,40 @@ static RESUME: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| 
 });
 
 impl RedisBackend {
+    /// The dead letter of sequence `seq`, whole (`None` if it has gone).
+    async fn whole_dead_letter(&self, ctx: &QueueCtx, seq: i64) -> Result<Option<DeadLetter>> {
+        let mut call = invocation(&SCRIPTS.dead, &ctx.keys);
+        call.arg(seq - 1).arg(1).arg(-1);
+        let items = ctx.ok_reply(ctx.run(call, "reading a dead letter").await?)?;
+        let mut items = items.into_iter().skip(2);
+        match (
+            items.next(),
+            items.next(),
+            items.next(),
+            items.next(),
+            items.next(),
+        ) {
+            (
+                Some(found),
+                Some(Value::BulkString(id)),
+                Some(Value::BulkString(env)),
+                Some(length),
+                Some(info),
+            ) if int_of(&found) == Some(seq) => {
+                let length = int_of(&length)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(env.len());
+                Ok(dead_letter_of(
+                    &id,
+                    env,
+                    length,
+                    bytes_of(&info).unwrap_or(b"{}"),
+                ))
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn ctx(&self, queue: &QueueName) -> QueueCtx {
         QueueCtx::new(self.shared.clone(), queue)
     }
@@ -286,26 +352,72 @@ impl Admin for RedisBackend {
         Ok(stats)
     }
 
-    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+    /// Letters in the order they were dead-lettered, after a sequence
+    /// cursor: one script call per 1,000 letters, each returning only the
+    /// envelope's first bytes when the query asks for a preview.
+    async fn dead_letter_page(
+        &self,
+        queue: &QueueName,
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage> {
         let ctx = self.ctx(queue);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let count = (limit - out.len()).min(SCRIPT_BATCH);
+        let mut after = query
+            .after
+            .as_ref()
+            .map(dead_sequence)
+            .transpose()?
+            .unwrap_or(-1);
+        let keep = query.preview.map(|p| p.saturating_add(HEAD_ROOM));
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut more = false;
+        while letters.len() < query.limit {
+            let count = (query.limit - letters.len()).min(SCRIPT_BATCH);
             let mut call = invocation(&SCRIPTS.dead, &ctx.keys);
-            call.arg(out.len()).arg(count);
+            call.arg(after)
+                .arg(count)
+                .arg(keep.map_or(-1, |k| i64::try_from(k).unwrap_or(i64::MAX)));
             let items = ctx.ok_reply(ctx.run(call, "listing dead letters").await?)?;
-            let before = out.len();
-            let mut items = items.into_iter().skip(1);
-            while let (Some(Value::BulkString(id)), Some(Value::BulkString(env)), Some(info)) =
-                (items.next(), items.next(), items.next())
-            {
-                out.push(dead_letter_of(&id, env, bytes_of(&info).unwrap_or(b"{}")));
+            more = items.get(1).and_then(int_of) == Some(1);
+            let mut items = items.into_iter().skip(2);
+            let before = letters.len();
+            while let (
+                Some(seq),
+                Some(Value::BulkString(id)),
+                Some(Value::BulkString(env)),
+                Some(length),
+                Some(info),
+            ) = (
+                items.next(),
+                items.next(),
+                items.next(),
+                items.next(),
+                items.next(),
+            ) {
+                let seq = int_of(&seq).ok_or_else(|| unexpected("a dead letter's sequence"))?;
+                let length = int_of(&length)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| unexpected("a dead letter's length"))?;
+                let info = bytes_of(&info).unwrap_or(b"{}");
+                let letter = match dead_letter_of(&id, env, length, info) {
+                    Some(letter) => letter,
+                    // Its header is longer than the room kept for it.
+                    None => self
+                        .whole_dead_letter(&ctx, seq)
+                        .await?
+                        .ok_or_else(|| unexpected("a dead letter that was there a moment ago"))?,
+                };
+                letters.push(match query.preview {
+                    Some(max) => letter.preview(max),
+                    None => letter,
+                });
+                after = seq;
             }
-            if out.len() - before < count {
+            if letters.len() == before || !more {
                 break;
             }
         }
-        Ok(out)
+        let next = more.then(|| DeadLetterCursor::new(after.to_string()));
+        Ok(DeadLetterPage::new(letters, next))
     }
 
     async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {
@@ -372,9 +484,12 @@ mod tests {
         let dead = dead_letter_of(
             &id.to_bytes(),
             b"junk".to_vec(),
+            10,
             br#"{"reason":"decode","attempts":1,"at":"1700000000000","error":"bad magic"}"#,
-        );
+        )
+        .expect("raw bytes are a letter");
         assert_eq!(dead.message.id, id);
+        assert!(dead.truncated() && dead.payload_len == 10);
         assert_eq!(dead.message.payload.as_ref(), b"junk");
         assert_eq!(dead.reason, DeadLetterReason::Decode);
         assert_eq!(dead.attempts, 1);
@@ -383,5 +498,20 @@ mod tests {
             dead.dead_lettered_at,
             UNIX_EPOCH + Duration::from_millis(1_700_000_000_000)
         );
+    }
+
+    #[test]
+    fn envelopes_cut_after_their_header_are_previews_and_inside_it_are_refused() {
+        let message = Message::new(vec![b'x'; 1000]).with_header("h", "v".repeat(100));
+        let whole = envelope::encode(&message).to_vec();
+        let info = br#"{"reason":"max_attempts","attempts":3,"at":"1"}"#;
+        let preview = dead_letter_of(&[], whole[..whole.len() - 900].to_vec(), whole.len(), info)
+            .expect("a preview");
+        assert_eq!(preview.message.id, message.id);
+        assert_eq!(
+            (preview.message.payload.len(), preview.payload_len),
+            (100, 1000)
+        );
+        assert!(dead_letter_of(&[], whole[..60].to_vec(), whole.len(), info).is_none());
     }
 }

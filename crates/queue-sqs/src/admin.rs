@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use queue_core::{
-    Admin, DeadLetter, Error, ErrorKind, HealthStatus, MessageId, QueueName, QueueOptions,
-    QueueStats, Redrive, Result,
+    dead_letters::TimeOrderedPage, Admin, DeadLetterPage, DeadLetterQuery, Error, ErrorKind,
+    HealthStatus, MessageId, QueueName, QueueOptions, QueueStats, Redrive, Result,
 };
 
 use crate::backend::SqsBackend;
@@ -58,11 +58,11 @@ impl SqsBackend {
         Ok(Vec::new())
     }
 
-    /// Make dead letters visible again.
-    async fn hand_back(&self, dlq: &str, held: Vec<Incoming>) -> Result<()> {
-        let ops = held
+    /// Make dead letters visible again, by their receipts.
+    async fn hand_back(&self, dlq: &str, receipts: Vec<String>) -> Result<()> {
+        let ops = receipts
             .into_iter()
-            .map(|i| Op::Visibility(i.receipt, 0))
+            .map(|receipt| Op::Visibility(receipt, 0))
             .collect();
         batcher::run(&self.shared.sqs, dlq, ops)
             .await
@@ -202,33 +202,37 @@ impl Admin for SqsBackend {
         Ok(stats)
     }
 
-    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+    /// SQS hands messages out in no order and cannot be read from a
+    /// position: a page reads the whole dead-letter queue (each letter
+    /// invisible while it is read, then made visible again) and keeps the
+    /// first `limit` in time order after the cursor, cut to the preview as
+    /// they arrive, so this process holds one page.
+    async fn dead_letter_page(
+        &self,
+        queue: &QueueName,
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage> {
         self.shared.check_open()?;
+        let mut page = TimeOrderedPage::new(query)?;
         let urls = self.shared.sqs.existing(queue).await?;
-        let mut held: Vec<Incoming> = Vec::new();
-        let mut seen = HashSet::new();
+        let mut receipts: Vec<String> = Vec::new();
         let listed = async {
-            while seen.len() < limit {
+            loop {
                 let got = self.receive_dead(queue, &urls.dlq).await?;
                 if got.is_empty() {
-                    break;
+                    return Ok::<(), Error>(());
                 }
                 for incoming in got {
-                    seen.insert(incoming.message.id);
-                    held.push(incoming);
+                    page.offer(incoming.dead_letter());
+                    receipts.push(incoming.receipt);
                 }
             }
-            Ok::<(), Error>(())
         }
         .await;
-        let mut letters: Vec<DeadLetter> = held.iter().map(Incoming::dead_letter).collect();
-        let handed_back = self.hand_back(&urls.dlq, held).await;
+        let handed_back = self.hand_back(&urls.dlq, receipts).await;
         listed?;
         handed_back?;
-        letters.sort_by_key(|l| l.dead_lettered_at);
-        letters.dedup_by_key(|l| l.message.id);
-        letters.truncate(limit);
-        Ok(letters)
+        Ok(page.finish())
     }
 
     async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {
@@ -239,7 +243,8 @@ impl Admin for SqsBackend {
             Redrive::Ids(ids) => Some(ids.iter().copied().collect()),
             _ => return Err(Error::unsupported("this redrive selection")),
         };
-        let mut kept: Vec<Incoming> = Vec::new();
+        // Receipts of the letters left where they are.
+        let mut kept: Vec<String> = Vec::new();
         let mut moved = 0u64;
         let mut found = HashSet::new();
         let result = async {
@@ -254,7 +259,7 @@ impl Admin for SqsBackend {
                 let (take, keep): (Vec<Incoming>, Vec<Incoming>) = got
                     .into_iter()
                     .partition(|i| wanted.as_ref().is_none_or(|w| w.contains(&i.message.id)));
-                kept.extend(keep);
+                kept.extend(keep.into_iter().map(|i| i.receipt));
                 // A fresh start: attempt 1, no delay, no dead-letter marks.
                 let mut sends = Vec::with_capacity(take.len());
                 for incoming in &take {
@@ -272,7 +277,7 @@ impl Admin for SqsBackend {
                             deletes.push(Op::Delete(incoming.receipt));
                         }
                         Err(e) => {
-                            kept.push(incoming);
+                            kept.push(incoming.receipt);
                             return Err(e);
                         }
                     }

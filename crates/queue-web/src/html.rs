@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
+use queue_core::DeadLetter;
+
 /// `text` safe inside HTML text and double- or single-quoted attributes.
 pub(crate) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -154,34 +156,36 @@ pub(crate) fn rate(r: Option<f64>) -> String {
     }
 }
 
-/// A payload as formatted JSON when it is JSON, as text when it is UTF-8,
-/// else a hex preview (at most `max` bytes), escaped.
-pub(crate) fn payload(bytes: &[u8], max: usize) -> String {
+/// A dead letter's payload (or its preview) as formatted JSON when it
+/// is JSON, as text when it is UTF-8, else a hex preview (at most `max`
+/// bytes), escaped, with the real length when more exists.
+pub(crate) fn payload(letter: &DeadLetter, max: usize) -> String {
+    let bytes = &letter.message.payload[..];
+    let len = letter.payload_len;
+    let more = if len > bytes.len().min(max) {
+        format!("<span class=\"note\">{len} bytes in all</span>")
+    } else {
+        String::new()
+    };
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
         let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
-        return format!("<pre class=\"json\">{}</pre>", esc(&cut(&pretty, max)));
+        return format!(
+            "<pre class=\"json\">{}</pre>{more}",
+            esc(&cut(&pretty, max))
+        );
     }
-    if let Ok(text) = std::str::from_utf8(bytes) {
-        return format!("<pre class=\"text\">{}</pre>", esc(&cut(text, max)));
+    if let Some(text) = letter.payload_text() {
+        return format!("<pre class=\"text\">{}</pre>{more}", esc(&cut(text, max)));
     }
     let mut hex = String::new();
-    for (i, chunk) in bytes
-        .iter()
-        .take(max)
-        .collect::<Vec<_>>()
-        .chunks(16)
-        .enumerate()
-    {
+    for (i, chunk) in bytes[..bytes.len().min(max)].chunks(16).enumerate() {
         let _ = write!(hex, "{:06x} ", i * 16);
         for b in chunk {
             let _ = write!(hex, " {b:02x}");
         }
         hex.push('\n');
     }
-    if bytes.len() > max {
-        let _ = write!(hex, "… {} bytes in all", bytes.len());
-    }
-    format!("<pre class=\"hex\">{}</pre>", esc(&hex))
+    format!("<pre class=\"hex\">{}</pre>{more}", esc(&hex))
 }
 
 /// At most `max` characters of `text`, with a mark when cut.
@@ -194,6 +198,8 @@ pub(crate) fn cut(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use queue_core::{DeadLetterReason, Message};
+
     use super::*;
 
     #[test]
@@ -207,10 +213,21 @@ mod tests {
 
     #[test]
     fn payloads_show_as_json_text_or_hex() {
-        assert!(payload(br#"{"a":1}"#, 100).contains("&quot;a&quot;: 1"));
-        assert!(payload(b"<b>", 100).contains("&lt;b&gt;"));
-        let hex = payload(&[0xff, 0x00, 0x10], 100);
-        assert!(hex.contains("ff 00 10"), "{hex}");
+        let letter = |bytes: &'static [u8]| {
+            DeadLetter::new(Message::new(bytes), DeadLetterReason::MaxAttempts, 1)
+        };
+        assert!(payload(&letter(br#"{"a":1}"#), 100).contains("&quot;a&quot;: 1"));
+        assert!(payload(&letter(b"<b>"), 100).contains("&lt;b&gt;"));
+        let hex = payload(&letter(&[0xff, 0x00, 0x10]), 100);
+        assert!(hex.contains("ff 00 10") && !hex.contains("in all"), "{hex}");
+        let mut preview = letter("aé".as_bytes()).preview(2);
+        preview.payload_len = 9000;
+        let cut_inside_a_character = payload(&preview, 100);
+        assert!(
+            cut_inside_a_character.contains(">a</pre>")
+                && cut_inside_a_character.contains("9000 bytes in all"),
+            "{cut_inside_a_character}"
+        );
         assert_eq!(cut("abcdef", 3), "abc…");
         assert_eq!(duration(Duration::from_secs(3725)), "1h 2m");
     }

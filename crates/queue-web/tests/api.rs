@@ -142,28 +142,26 @@ async fn every_endpoint_on_redis() {
     )
     .await
     .json();
-    assert_eq!(
-        (
-            page1["items"].as_array().map(Vec::len),
-            page1["more"].as_bool()
-        ),
-        (Some(1), Some(true))
-    );
+    assert_eq!(page1["items"].as_array().map(Vec::len), Some(1));
+    let next = page1["next"].as_str().expect("a cursor to the next page");
     let page2 = get(
         addr,
         &at(&format!(
-            "/api/queues/main/{q}/dead-letters?limit=1&offset=1"
+            "/api/queues/main/{q}/dead-letters?limit=1&cursor={next}"
         )),
     )
     .await
     .json();
-    assert_eq!(
-        (
-            page2["items"].as_array().map(Vec::len),
-            page2["more"].as_bool()
-        ),
-        (Some(1), Some(false))
-    );
+    assert_eq!(page2["items"].as_array().map(Vec::len), Some(1));
+    assert!(page2["next"].is_null(), "the last page: {page2}");
+    let bad = get(
+        addr,
+        &at(&format!(
+            "/api/queues/main/{q}/dead-letters?cursor=not-a-cursor"
+        )),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
     assert_ne!(page1["items"][0]["id"], page2["items"][0]["id"]);
 
     // Jobs and workers.
@@ -338,6 +336,117 @@ async fn every_endpoint_on_redis() {
 
     worker.shutdown().await.expect("shutdown");
     backend.admin().delete_queue(&queue).await.expect("delete");
+}
+
+/// Bytes Redis has sent to its clients since it started.
+async fn redis_output_bytes(url: &str) -> u64 {
+    let client = redis::Client::open(url).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_net_output_bytes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_previews_paged_by_a_cursor() {
+    let Some(url) = broker_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    const LETTERS: usize = 30;
+    const MIB: usize = 1024 * 1024;
+    let redis: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&url).await.expect("connect"));
+    let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let queue = QueueName::new(unique("dead-pages")).expect("name");
+    for backend in [&redis, &memory] {
+        let producer = backend.producer(&queue).await.expect("producer");
+        let consumer = backend
+            .consumer(&queue, queue_core::ConsumerOptions::default())
+            .await
+            .expect("consumer");
+        for n in 0..LETTERS {
+            let mut body = format!("{{\"n\":{n},\"pad\":\"").into_bytes();
+            body.resize(MIB - 2, b'x');
+            body.extend_from_slice(b"\"}");
+            producer
+                .send(queue_core::Message::new(body))
+                .await
+                .expect("send");
+        }
+        let mut dead = 0;
+        while dead < LETTERS {
+            for delivery in consumer
+                .receive(10, Duration::from_secs(5))
+                .await
+                .expect("receive")
+            {
+                delivery
+                    .dead_letter(queue_core::DeadLetterReason::Rejected("test".into()))
+                    .await
+                    .map_err(|e| e.error)
+                    .expect("dead-letter");
+                dead += 1;
+            }
+        }
+    }
+    let addr = serve(mounted(
+        Dashboard::for_backend("redis", redis.clone()).backend("memory", memory.clone()),
+    ))
+    .await;
+    for name in ["redis", "memory"] {
+        let first = format!("/admin/queues/api/queues/{name}/{queue}/dead-letters");
+        let sent_before = redis_output_bytes(&url).await;
+        let page = get(addr, &format!("{first}?limit=500")).await;
+        let sent = redis_output_bytes(&url).await - sent_before;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(
+            page.body.len() < 1024 * 1024,
+            "{name}: a page of previews is {} bytes",
+            page.body.len()
+        );
+        if name == "redis" {
+            assert!(
+                sent < 2 * MIB as u64,
+                "Redis sent {sent} bytes for one page of previews"
+            );
+        }
+        // Every letter once, in order, page by page.
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                None => format!("{first}?limit=7"),
+                Some(c) => format!("{first}?limit=7&cursor={c}"),
+            };
+            let page = get(addr, &path).await.json();
+            let items = page["items"].as_array().expect("items").clone();
+            assert!(items.len() <= 7, "{name}");
+            for item in items {
+                assert_eq!(item["truncated"], true, "{name}");
+                assert_eq!(item["payload_bytes"], MIB, "{name}");
+                let text = item["payload_text"].as_str().expect("a text preview");
+                assert!(text.len() <= 4096, "{name}: {}", text.len());
+                let n: usize = text["{\"n\":".len()..text.find(',').expect(",")]
+                    .parse()
+                    .expect("n");
+                seen.push(n);
+            }
+            match page["next"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..LETTERS).collect::<Vec<_>>(), "{name}");
+    }
+    redis.admin().delete_queue(&queue).await.expect("delete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,10 @@ use tokio::time::Instant;
 
 use super::backend::MemoryBackend;
 use super::state::lock;
+use crate::dead_letters::{DeadLetterPage, DeadLetterQuery, TimeOrderedPage};
 use crate::error::Result;
 use crate::message::QueueName;
-use crate::stats::{DeadLetter, HealthStatus, QueueOptions, QueueStats, Redrive, WorkerInfo};
+use crate::stats::{HealthStatus, QueueOptions, QueueStats, Redrive, WorkerInfo};
 use crate::traits::Admin;
 
 #[async_trait]
@@ -114,11 +115,20 @@ impl Admin for MemoryBackend {
         Ok(stats)
     }
 
-    async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
+    /// Letters in time order, after a time cursor (`<ms>-<id>`).
+    async fn dead_letter_page(
+        &self,
+        queue: &QueueName,
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage> {
+        let mut page = TimeOrderedPage::new(query)?;
         let queue = self.shared.existing(queue)?;
         let mut state = queue.state()?;
         state.sweep_expired(SystemTime::now());
-        Ok(state.dead.iter().take(limit).cloned().collect())
+        for letter in &state.dead {
+            page.offer(letter.clone());
+        }
+        Ok(page.finish())
     }
 
     async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {

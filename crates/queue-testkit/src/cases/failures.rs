@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use queue_core::error::MAX_ERROR_TEXT;
-use queue_core::{DeadLetterReason, Message, MessageId, Redrive};
+use queue_core::{
+    DeadLetterCursor, DeadLetterQuery, DeadLetterReason, ErrorKind, Message, MessageId, Redrive,
+};
 
 use super::{assert_unsupported, dead_letters, receive_one, send, send_numbered, QUIET, SOON};
 use crate::harness::{receive_n, Ctx};
@@ -110,6 +112,80 @@ pub async fn redrive(ctx: &Ctx) {
         .await
         .expect("list")
         .is_empty());
+}
+
+/// Case 55: dead letters are read a page at a time after a cursor, as
+/// previews: every letter once across the pages, oldest first, each
+/// payload cut to the preview with its real length kept; a cursor the
+/// backend did not make is refused.
+pub async fn dead_letter_pages(ctx: &Ctx) {
+    const LETTERS: usize = 5;
+    const PAYLOAD: usize = 3000;
+    const PREVIEW: usize = 100;
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let mut ids = Vec::new();
+    for n in 0..LETTERS {
+        let mut body = format!("letter {n} ").into_bytes();
+        body.resize(PAYLOAD, b'.');
+        ids.push(producer.send(Message::new(body)).await.expect("send"));
+    }
+    let consumer = ctx.consumer(&queue, None).await;
+    for d in receive_n(&*consumer, LETTERS, SOON).await {
+        d.dead_letter(DeadLetterReason::Rejected("paged".into()))
+            .await
+            .expect("dead_letter");
+    }
+    let admin = ctx.backend().admin();
+    let mut seen = Vec::new();
+    let mut query = DeadLetterQuery::new(2).with_preview(PREVIEW);
+    for page_number in 0.. {
+        assert!(page_number <= LETTERS, "the pages never end");
+        let page = admin
+            .dead_letter_page(&queue, &query)
+            .await
+            .expect("a page of dead letters");
+        assert!(
+            page.letters.len() <= 2,
+            "{} letters in a page of 2",
+            page.letters.len()
+        );
+        for letter in page.letters {
+            assert_eq!(letter.message.payload.len(), PREVIEW);
+            assert_eq!(letter.payload_len, PAYLOAD);
+            assert!(letter.truncated());
+            let n = ids
+                .iter()
+                .position(|id| *id == letter.message.id)
+                .expect("a letter of this queue");
+            let text = letter.payload_text().expect("text");
+            assert!(text.starts_with(&format!("letter {n} ")), "{text}");
+            seen.push((letter.dead_lettered_at, n));
+        }
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    let mut found: Vec<usize> = seen.iter().map(|(_, n)| *n).collect();
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "oldest first: {seen:?}"
+    );
+    found.sort_unstable();
+    assert_eq!(found, (0..LETTERS).collect::<Vec<_>>(), "every letter once");
+    // Whole letters without a preview.
+    let whole = admin.dead_letters(&queue, 10).await.expect("list");
+    assert_eq!(whole.len(), LETTERS);
+    assert!(whole
+        .iter()
+        .all(|l| l.message.payload.len() == PAYLOAD && !l.truncated()));
+    let foreign = DeadLetterQuery::new(2).after(DeadLetterCursor::new("not-a-cursor"));
+    let refused = admin.dead_letter_page(&queue, &foreign).await;
+    assert_eq!(
+        refused.map(|p| p.letters.len()).map_err(|e| e.kind()),
+        Err(ErrorKind::InvalidInput)
+    );
 }
 
 /// Case 40: an error text of a megabyte is kept to a few KiB, cut on a

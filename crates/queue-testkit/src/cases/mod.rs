@@ -124,6 +124,7 @@ macro_rules! conformance_case_list {
             job_listing,
             job_retry,
             worker_registry,
+            dead_letter_pages,
         }
     };
 }

@@ -8,7 +8,9 @@ use axum::extract::{Path, Query, State as Extract};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use queue_core::store::millis_since_epoch;
-use queue_core::{DeadLetter, QueueName, QueueStats};
+use queue_core::{
+    DeadLetter, DeadLetterCursor, DeadLetterPage, DeadLetterQuery, QueueName, QueueStats,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{oldest, state_badge};
@@ -19,13 +21,16 @@ use crate::{svg, State};
 
 #[derive(Deserialize)]
 pub(crate) struct Paging {
-    offset: Option<usize>,
+    cursor: Option<String>,
     limit: Option<usize>,
 }
 
+/// Dead letters a page shows by default, and at most.
 const DEAD_PAGE: usize = 20;
-/// Dead letters are read oldest first from the start: pages end here.
-const DEAD_MAX: usize = 10_000;
+const DEAD_PAGE_MAX: usize = 100;
+/// Bytes of each dead letter's payload the dashboard reads and shows; the
+/// real length and a `truncated` flag say how much more there is.
+pub(crate) const PREVIEW_BYTES: usize = 4096;
 
 /// One dead letter as the API shows it.
 #[derive(Serialize)]
@@ -37,24 +42,29 @@ struct DeadLetterView {
     dead_lettered_at_ms: u64,
     created_at_ms: u64,
     priority: String,
-    /// The payload: its JSON, or text, or `null` for bytes that are neither.
+    /// The payload's preview: its JSON, or text, or hex for bytes that
+    /// are neither.
     payload_json: Option<serde_json::Value>,
     payload_text: Option<String>,
     payload_hex: Option<String>,
+    /// The whole payload's length.
     payload_bytes: usize,
+    /// Whether the preview is shorter than the payload.
+    truncated: bool,
 }
 
 fn dead_letter_view(d: &DeadLetter) -> DeadLetterView {
     let bytes = &d.message.payload;
+    let truncated = d.truncated();
     let json = serde_json::from_slice::<serde_json::Value>(bytes).ok();
     let text = match &json {
         Some(_) => None,
-        None => std::str::from_utf8(bytes).ok().map(str::to_owned),
+        None => d.payload_text().map(str::to_owned),
     };
     let hex = (json.is_none() && text.is_none()).then(|| {
         bytes
             .iter()
-            .take(4096)
+            .take(PREVIEW_BYTES)
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     });
@@ -69,33 +79,40 @@ fn dead_letter_view(d: &DeadLetter) -> DeadLetterView {
         payload_json: json,
         payload_text: text,
         payload_hex: hex,
-        payload_bytes: bytes.len(),
+        payload_bytes: d.payload_len,
+        truncated,
     }
 }
 
+/// One page of dead letters, as previews, and where it started.
 struct DeadPage {
-    items: Vec<DeadLetter>,
-    offset: usize,
+    page: DeadLetterPage,
+    cursor: Option<DeadLetterCursor>,
     limit: usize,
-    more: bool,
 }
 
+/// Never more than one page of previews from the broker.
 async fn dead_page(
     backend: &dyn queue_core::Backend,
     queue: &QueueName,
     paging: &Paging,
 ) -> Result<DeadPage, Failure> {
-    let limit = paging.limit.unwrap_or(DEAD_PAGE).clamp(1, 500);
-    let offset = paging.offset.unwrap_or(0).min(DEAD_MAX);
-    let want = (offset + limit + 1).min(DEAD_MAX + 1);
-    let mut all = backend.admin().dead_letters(queue, want).await?;
-    let more = all.len() > offset + limit;
-    let items: Vec<DeadLetter> = all.drain(offset.min(all.len())..).take(limit).collect();
+    let limit = paging.limit.unwrap_or(DEAD_PAGE).clamp(1, DEAD_PAGE_MAX);
+    let mut query = DeadLetterQuery::new(limit).with_preview(PREVIEW_BYTES);
+    let cursor = paging
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(str::parse::<DeadLetterCursor>)
+        .transpose()?;
+    if let Some(cursor) = &cursor {
+        query = query.after(cursor.clone());
+    }
+    let page = backend.admin().dead_letter_page(queue, &query).await?;
     Ok(DeadPage {
-        items,
-        offset,
+        page,
+        cursor,
         limit,
-        more,
     })
 }
 
@@ -184,10 +201,10 @@ fn queue_main(
          <th class=\"n\">Attempts</th><th>Last error</th><th>Dead since</th><th>Payload</th><th></th></tr></thead><tbody>",
         stats.dead
     );
-    if dead.items.is_empty() {
+    if dead.page.letters.is_empty() {
         out.push_str("<tr><td colspan=\"7\" class=\"note\">none</td></tr>");
     }
-    for d in &dead.items {
+    for d in &dead.page.letters {
         let id = d.message.id.to_string();
         let _ = write!(
             out,
@@ -197,7 +214,7 @@ fn queue_main(
             d.attempts,
             esc(&cut(d.last_error.as_deref().unwrap_or(""), 500)),
             ago(d.dead_lettered_at),
-            payload(&d.message.payload, 2048),
+            payload(d, 2048),
             frame.button(
                 &format!("{path}/redrive"),
                 &[("id", &id)],
@@ -209,22 +226,39 @@ fn queue_main(
     }
     out.push_str("</tbody></table><p class=\"pager\">");
     let base = esc(&ctx.base);
-    if dead.offset > 0 {
-        let _ = write!(
-            out,
-            "<a href=\"{base}{path}?offset={}\">← Newer page</a> ",
-            dead.offset.saturating_sub(dead.limit)
-        );
+    if dead.cursor.is_some() {
+        let _ = write!(out, "<a href=\"{base}{path}\">← First page</a> ");
     }
-    if dead.more {
+    if let Some(next) = &dead.page.next {
         let _ = write!(
             out,
-            "<a href=\"{base}{path}?offset={}\" rel=\"next\">Next page →</a>",
-            dead.offset + dead.limit
+            "<a href=\"{base}{path}?cursor={}\" rel=\"next\">Next page →</a>",
+            url_part(next.as_str())
         );
     }
     out.push_str("</p>");
     out
+}
+
+/// The queue's counts from the sampler's latest sample (shared by every
+/// viewer, at most one a second), read directly only for a queue the
+/// sample does not hold.
+async fn queue_stats(
+    state: &State,
+    backend_name: &str,
+    backend: &dyn queue_core::Backend,
+    queue: &QueueName,
+) -> Result<QueueStats, Failure> {
+    let overview = state.sampler.overview(state).await;
+    let sampled = overview
+        .queues
+        .iter()
+        .find(|v| v.backend == backend_name && v.queue == *queue)
+        .and_then(|v| v.stats);
+    match sampled {
+        Some(stats) => Ok(stats),
+        None => Ok(backend.admin().stats(queue).await?),
+    }
 }
 
 async fn queue_data(
@@ -234,7 +268,7 @@ async fn queue_data(
     paging: &Paging,
 ) -> Result<(QueueName, QueueStats, Vec<RatePoint>, DeadPage), Failure> {
     let (b, q) = queue_of(state, backend, queue)?;
-    let stats = b.admin().stats(&q).await?;
+    let stats = queue_stats(state, backend, &*b, &q).await?;
     let history = state.sampler.history(backend, &q).await;
     let dead = dead_page(&*b, &q, paging).await?;
     Ok((q, stats, history, dead))
@@ -242,10 +276,9 @@ async fn queue_data(
 
 fn dead_json(dead: &DeadPage) -> serde_json::Value {
     serde_json::json!({
-        "items": dead.items.iter().map(dead_letter_view).collect::<Vec<_>>(),
-        "offset": dead.offset,
+        "items": dead.page.letters.iter().map(dead_letter_view).collect::<Vec<_>>(),
         "limit": dead.limit,
-        "more": dead.more,
+        "next": dead.page.next,
     })
 }
 
