@@ -770,3 +770,67 @@ async fn a_worker_asking_more_than_max_receive_still_works() {
     worker.shutdown().await.expect("shutdown");
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn one_stats_call_moves_a_bounded_number_of_due_jobs_and_still_counts_them() {
+    let Some(f) = Fixture::new("stats-bound", "").await else {
+        return;
+    };
+    const DUE: usize = 5_000;
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let soon = SystemTime::now() + Duration::from_secs(2);
+    for chunk in (0..DUE).collect::<Vec<_>>().chunks(1000) {
+        let batch = chunk
+            .iter()
+            .map(|n| Message::new(n.to_string()).with_run_at(soon))
+            .collect();
+        producer.send_batch(batch).await.expect("send");
+    }
+    // Until they are due, nothing moves.
+    let keys = queue_redis::queue_keys(f.backend.prefix(), &f.queue);
+    let mut admin = f.admin.clone();
+    let ready_set = |admin: &mut redis::aio::MultiplexedConnection| {
+        let key = keys[1].clone();
+        let mut admin = admin.clone();
+        async move {
+            redis::cmd("ZCARD")
+                .arg(key)
+                .query_async::<u64>(&mut admin)
+                .await
+                .expect("ZCARD")
+        }
+    };
+    assert_eq!(ready_set(&mut admin).await, 0, "all were sent delayed");
+    if let Ok(left) = soon.duration_since(SystemTime::now()) {
+        // Each batch's delay counts from when Redis ran it: a little later.
+        tokio::time::sleep(left + Duration::from_millis(500)).await;
+    }
+    let stats = f.backend.admin().stats(&f.queue).await.expect("stats");
+    assert_eq!(
+        (stats.ready, stats.delayed),
+        (DUE as u64, 0),
+        "due jobs count as ready"
+    );
+    let moved = ready_set(&mut admin).await;
+    assert!(
+        moved <= 1000,
+        "one stats call moved {moved} of {DUE} due jobs: its work is bounded"
+    );
+    // The workers' claims move the rest; every job arrives.
+    let consumer = f.consumer().await;
+    let mut received = 0;
+    while received < DUE {
+        let got = consumer
+            .receive(1000, Duration::from_secs(5))
+            .await
+            .expect("receive");
+        assert!(!got.is_empty(), "{received} of {DUE} received");
+        received += got.len();
+        consumer
+            .ack_batch(got)
+            .await
+            .map_err(|e| e.len())
+            .expect("ack");
+    }
+    f.cleanup().await;
+}

@@ -4,10 +4,11 @@
 -- Returns {'missing'} or {'ok', more (1 or 0), seq1, id1, envelope1,
 -- length1, info1, ...}. An envelope ends with its payload, so its first
 -- `keep` bytes decode as a preview; `length` is the whole envelope's.
--- On the first page, TTLs are swept first, as stats do.
+-- On the first page, expired TTLs are swept first (at most 1,000, as a
+-- claim does).
 if missing() then return { 'missing' } end
 local after, count, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if after < 0 then sweep(now_ms(), 10000) end
+if after < 0 then sweep(now_ms(), 1000) end
 local ids = redis.call('ZRANGEBYSCORE', K_DEAD, '(' .. string.format('%.0f', after), '+inf',
   'WITHSCORES', 'LIMIT', 0, count + 1)
 local out = { 'ok', 0 }

@@ -244,14 +244,6 @@ local function maintain(now, limit)
   sweep(now, limit)
 end
 
--- Maintenance until nothing is left to do (for exact stats).
-local function maintain_all(now)
-  drain_inbox(now, 10000)
-  while promote(now, 1000) == 1000 do end
-  while reclaim(now, 1000) == 1000 do end
-  while sweep(now, 1000) == 1000 do end
-end
-
 -- Ack leased `members`: each leaves the lease set and its envelope is
 -- removed. Returns the 1-based positions of members whose lease was lost
 -- (expired and taken back, settled, or purged).

@@ -1,7 +1,10 @@
--- Exact counts: maintenance first, so due, expired and lost messages are
--- where they belong. Returns {'missing'} or {'ok', ready, delayed,
--- in_flight, dead, enqueued, acked, retried, dead_lettered, expired, deduplicated,
--- paused (1 or 0), oldest_ready_ms (-1: nothing ready)}.
+-- Counts, after one bounded round of the maintenance a claim does (at
+-- most 1,000 of each kind moved: one call never blocks Redis for long,
+-- however many jobs are due; the workers' claims move the rest). Delayed
+-- jobs already due but not yet moved are counted as ready. Returns
+-- {'missing'} or {'ok', ready, delayed, in_flight, dead, enqueued, acked,
+-- retried, dead_lettered, expired, deduplicated, paused (1 or 0),
+-- oldest_ready_ms (-1: nothing ready)}.
 --
 -- The oldest ready message is at the head of one priority's range of
 -- `ready` (scores rank x 2^47 + sequence, released messages just below
@@ -36,9 +39,12 @@ local function oldest_ready_ms(now)
   return math.max(now - oldest, 0)
 end
 if missing() then return { 'missing' } end
-maintain_all(now_ms())
+local now = now_ms()
+maintain(now, 1000)
+local due = redis.call('ZCOUNT', K_DELAYED, '-inf', now)
 local c = redis.call('HMGET', K_STATS, 'enqueued', 'acked', 'retried', 'dead_lettered', 'expired', 'deduplicated')
-return { 'ok', redis.call('ZCARD', K_READY), redis.call('ZCARD', K_DELAYED), redis.call('ZCARD', K_LEASED),
+return { 'ok', redis.call('ZCARD', K_READY) + due, redis.call('ZCARD', K_DELAYED) - due,
+  redis.call('ZCARD', K_LEASED),
   redis.call('ZCARD', K_DEAD), tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0,
   tonumber(c[4]) or 0, tonumber(c[5]) or 0, tonumber(c[6]) or 0,
-  redis.call('HEXISTS', K_META, 'paused'), oldest_ready_ms(now_ms()) }
+  redis.call('HEXISTS', K_META, 'paused'), oldest_ready_ms(now) }
