@@ -59,9 +59,11 @@ fn workers_table(workers: &[WorkerInfo]) -> String {
         "HEARTBEAT",
     ]);
     for w in workers {
+        // Registry entries are written by whoever registers a worker:
+        // every text is shown escaped, so none can drive the terminal.
         table.row(vec![
-            w.id.clone(),
-            w.queue.to_string(),
+            preview(&w.id, 64),
+            preview(w.queue.as_str(), 64),
             preview(&w.host, 40),
             w.pid.to_string(),
             w.concurrency.to_string(),

@@ -24,7 +24,7 @@ mod serve;
     name = "queue",
     version,
     propagate_version = true,
-    after_help = "Every command takes --url (else QUEUE_URL, else memory://).\n\nExit codes: 0 done; 1 the backend failed (unreachable, refused, timed out); 2 bad input (usage, queue name, URL, payload); 3 the backend does not support the operation; 4 a destructive command was not confirmed; 5 not found."
+    after_help = "Every command but demo needs --url (or QUEUE_URL); demo runs on memory:// unless told.\n\nExit codes: 0 done; 1 the backend failed (unreachable, refused, timed out); 2 bad input (usage, queue name, URL, payload); 3 the backend does not support the operation; 4 a destructive command was not confirmed; 5 not found."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -1,11 +1,13 @@
 //! Operating queues from a terminal: `stats`, `send`, `dead-letters`,
 //! `purge` and `delete`, on any backend compiled into this build.
 //!
-//! Every command takes `--url` (else `QUEUE_URL`, else `memory://`).
+//! Every command takes `--url` (else `QUEUE_URL`; with neither it says
+//! what to set).
 //! Tables go to stdout, `--json` prints JSON instead, progress and
 //! prompts go to stderr. Exit codes: see [`exit_code`].
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,21 +28,23 @@ use crate::output::{age, duration, hex, millis_since_epoch, preview, Table};
 pub(crate) struct Target {
     /// Backend URL: any backend compiled into this build, options in the
     /// query string. Credentials in it are never printed.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "QUEUE_URL",
-        default_value = "memory://",
-        hide_env_values = true
-    )]
-    url: String,
+    #[arg(long, value_name = "URL", env = "QUEUE_URL", hide_env_values = true)]
+    url: Option<String>,
 }
 
 impl Target {
     pub(crate) async fn connect(&self) -> anyhow::Result<Arc<dyn Backend>> {
+        // An operation on a backend nobody named would act on an empty
+        // in-process memory backend and report queues as missing.
+        let url = self.url.as_deref().ok_or_else(|| {
+            input(
+                "no backend given: pass --url URL or set QUEUE_URL \
+                 (redis://host:6379, amqp://user:pass@host:5672, kafka://host:9092, sqs://region, ...)",
+            )
+        })?;
         // The error names the scheme and the problem, never the URL's
         // credentials (the registry and the backends' errors guarantee it).
-        queue::connect(&self.url)
+        queue::connect(url)
             .await
             .context("could not connect to the backend")
     }
@@ -149,7 +153,8 @@ pub(crate) async fn stats(args: StatsArgs) -> anyhow::Result<()> {
         .map(|q| queue_name(q))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let backend = args.target.connect().await?;
-    let queues = if named.is_empty() {
+    let listed = named.is_empty();
+    let queues = if listed {
         backend
             .admin()
             .queues()
@@ -159,30 +164,30 @@ pub(crate) async fn stats(args: StatsArgs) -> anyhow::Result<()> {
         named
     };
     let approximate = !backend.capabilities().exact_stats();
-    let mut previous: Option<(Instant, Vec<QueueStats>)> = None;
+    let mut previous: Option<(Instant, HashMap<QueueName, QueueStats>)> = None;
     let mut out = std::io::stdout().lock();
     loop {
         let mut sample = Vec::with_capacity(queues.len());
         for queue in &queues {
-            sample.push(
-                backend
-                    .admin()
-                    .stats(queue)
-                    .await
-                    .with_context(|| format!("could not read the stats of {queue}"))?,
-            );
+            match backend.admin().stats(queue).await {
+                Ok(stats) => sample.push((queue.clone(), stats)),
+                // A listed queue deleted since it was listed.
+                Err(e) if listed && e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("could not read the stats of {queue}")))
+                }
+            }
         }
         let now = Instant::now();
-        let rows: Vec<StatsRow> = queues
+        let rows: Vec<StatsRow> = sample
             .iter()
-            .zip(&sample)
-            .enumerate()
-            .map(|(i, (queue, stats))| {
+            .map(|(queue, stats)| {
                 let rate = |f: fn(&QueueStats) -> u64| {
-                    previous.as_ref().map(|(at, before)| {
-                        let seconds = now.duration_since(*at).as_secs_f64().max(1e-9);
-                        f(stats).saturating_sub(f(&before[i])) as f64 / seconds
-                    })
+                    let (at, before) = previous.as_ref()?;
+                    let before = before.get(queue)?;
+                    let seconds = now.duration_since(*at).as_secs_f64().max(1e-9);
+                    Some(f(stats).saturating_sub(f(before)) as f64 / seconds)
                 };
                 StatsRow {
                     queue: queue.to_string(),
@@ -213,7 +218,7 @@ pub(crate) async fn stats(args: StatsArgs) -> anyhow::Result<()> {
         let Some(secs) = args.watch else {
             return Ok(());
         };
-        previous = Some((now, sample));
+        previous = Some((now, sample.into_iter().collect()));
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(secs)) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -332,36 +337,51 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("could not send to {queue}"))?,
         );
     } else {
-        let reader: Box<dyn BufRead> = match &args.file {
+        let mut reader: Box<dyn BufRead> = match &args.file {
             Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
                 std::fs::File::open(path)
                     .map_err(|e| input(format!("cannot read {}: {e}", path.display())))?,
             )),
             _ => Box::new(std::io::stdin().lock()),
         };
+        // No line is read past the largest payload the backend takes.
+        let max_line = backend.capabilities().max_payload;
         let bar = ProgressBar::hidden();
         let mut batch = Vec::with_capacity(SEND_BATCH);
         let mut shown = false;
         // The line of the batch's first job: where unsent input starts.
         let mut batch_start = 1;
-        for (n, line) in reader.lines().enumerate() {
-            let line = line.context("could not read the input")?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let message = make(&line, &format!("line {}", n + 1)).map_err(|e| {
-                let note = if ids.is_empty() {
+        let mut buffer = Vec::new();
+        for n in 1.. {
+            let not_sent = |ids: &[MessageId]| {
+                if ids.is_empty() {
                     "nothing was sent".to_owned()
                 } else {
                     format!(
                         "the {} job(s) before line {batch_start} were sent; the lines from there on were not",
                         ids.len()
                     )
-                };
-                e.context(note)
-            })?;
+                }
+            };
+            let line = match read_line(&mut reader, max_line, &mut buffer)
+                .context("could not read the input")?
+            {
+                Line::End => break,
+                Line::TooLong => {
+                    return Err(input(format!(
+                        "line {n} is longer than the largest payload the backend takes ({max_line} bytes)"
+                    ))
+                    .context(not_sent(&ids)))
+                }
+                Line::Text(line) => line,
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let message =
+                make(line, &format!("line {n}")).map_err(|e| e.context(not_sent(&ids)))?;
             if batch.is_empty() {
-                batch_start = n + 1;
+                batch_start = n;
             }
             batch.push(message);
             if batch.len() == SEND_BATCH {
@@ -392,6 +412,40 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
         eprintln!("sent {} job(s) to {queue}", ids.len());
     }
     Ok(())
+}
+
+/// One line of input.
+enum Line<'a> {
+    Text(&'a str),
+    /// Longer than the limit: the rest of it was not read.
+    TooLong,
+    End,
+}
+
+/// The next line of `reader` without its line ending, reading no more
+/// than `max` bytes of it (plus the ending) into `buffer`.
+fn read_line<'a>(
+    mut reader: &mut dyn BufRead,
+    max: usize,
+    buffer: &'a mut Vec<u8>,
+) -> anyhow::Result<Line<'a>> {
+    buffer.clear();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(2);
+    if Read::take(&mut reader, limit).read_until(b'\n', buffer)? == 0 {
+        return Ok(Line::End);
+    }
+    if buffer.last() == Some(&b'\n') {
+        buffer.pop();
+        if buffer.last() == Some(&b'\r') {
+            buffer.pop();
+        }
+    }
+    if buffer.len() > max {
+        return Ok(Line::TooLong);
+    }
+    std::str::from_utf8(buffer)
+        .map(Line::Text)
+        .map_err(|e| input(format!("the input is not UTF-8 text: {e}")))
 }
 
 async fn send_batch(

@@ -181,6 +181,45 @@ fn bad_input_and_unreachable_brokers() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = queue_cli("nope://x", &["stats", "q"], "");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // No backend named: it says what to set instead of acting on an
+    // empty in-process backend.
+    for args in [&["stats", "q"][..], &["purge", "q", "--yes"], &["workers"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_queue"))
+            .args(args)
+            .env_remove("QUEUE_URL")
+            .output()
+            .expect("run queue");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("--url") && stderr.contains("QUEUE_URL"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A line longer than the backend's largest payload is refused before
+    // it is read whole.
+    let long = format!("\"{}\"\n", "x".repeat(5000));
+    let out = queue_cli("memory://?max_payload=2048", &["send", "q"], &long);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 1 is longer than the largest payload"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A search of more than 256 characters.
+    let search = "x".repeat(300);
+    let out = queue_cli("memory://", &["jobs", "list", "--search", &search], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("at most 256"),
+        "{}",
+        text(&out.stderr)
+    );
     // A closed port: exit 1, and the password never shows.
     let out = queue_cli(
         "redis://user:hunter2secret@127.0.0.1:1",
@@ -428,6 +467,36 @@ async fn workers_and_jobs_on_redis() {
     assert!(!text(&out.stdout).contains(&id), "{}", text(&out.stdout));
     scheduler.delete(bad).await.expect("forget");
     backend.admin().delete_queue(&queue).await.expect("delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_from_the_registry_cannot_drive_the_terminal() {
+    let Some(url) = broker_url("QUEUE_TEST_REDIS_URL") else {
+        return;
+    };
+    let backend = queue::connect(&url).await.expect("connect");
+    let queue = QueueName::new(unique("cli-registry")).unwrap();
+    let mut worker = queue::WorkerInfo::new(queue.clone(), 1, Duration::from_secs(30));
+    worker.id = "evil\x1b[2J\x1b]0;title\x07".to_owned();
+    worker.host = "host\x1b[31m".to_owned();
+    backend
+        .admin()
+        .register_worker(&worker)
+        .await
+        .expect("register");
+    let out = queue_cli(&url, &["workers"], "");
+    backend
+        .admin()
+        .deregister_worker(&worker.id)
+        .await
+        .expect("deregister");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains("evil\\u{1b}[2J"), "{table}");
+    assert!(
+        !table.contains('\x1b') && !table.contains('\x07'),
+        "{table:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

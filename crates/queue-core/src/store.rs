@@ -268,6 +268,10 @@ impl JobQuery {
     /// The largest page.
     pub const MAX_LIMIT: usize = 1000;
 
+    /// The longest search text, in characters: every listing compares it
+    /// with each record it looks at.
+    pub const MAX_SEARCH_CHARS: usize = 256;
+
     /// Every job, newest first, 50 a page.
     pub fn new() -> Self {
         JobQuery {
@@ -311,8 +315,28 @@ impl JobQuery {
         self
     }
 
-    /// Refuse a limit outside 1 to [`MAX_LIMIT`](JobQuery::MAX_LIMIT).
+    /// Refuse a limit outside 1 to [`MAX_LIMIT`](JobQuery::MAX_LIMIT), or
+    /// a search longer than [`MAX_SEARCH_CHARS`](JobQuery::MAX_SEARCH_CHARS).
+    ///
+    /// ```
+    /// use queue_core::{ErrorKind, JobQuery};
+    /// let long = JobQuery::new().with_search("x".repeat(257));
+    /// assert_eq!(long.check().unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// assert!(JobQuery::new().with_search("x".repeat(256)).check().is_ok());
+    /// ```
     pub fn check(&self) -> Result<()> {
+        if let Some(search) = &self.search {
+            let chars = search.chars().count();
+            if chars > JobQuery::MAX_SEARCH_CHARS {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "search: at most {} characters, got {chars}",
+                        JobQuery::MAX_SEARCH_CHARS
+                    ),
+                ));
+            }
+        }
         if !(1..=JobQuery::MAX_LIMIT).contains(&self.limit) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,

@@ -324,6 +324,12 @@ async fn every_endpoint_on_redis() {
     );
     assert_eq!(get(addr, &at("/api/jobs?status=bogus")).await.status, 400);
     assert_eq!(get(addr, &at("/api/jobs?cursor=bogus")).await.status, 400);
+    let long_search = format!("/api/jobs?search={}", "x".repeat(300));
+    assert_eq!(
+        get(addr, &at(&long_search)).await.status,
+        400,
+        "a search over 256 characters"
+    );
     let missing = get(addr, &at("/no/such/page")).await;
     assert_eq!(missing.status, 404);
     assert!(missing.header("content-security-policy").is_some());
