@@ -224,10 +224,11 @@ pub async fn idempotency_key(ctx: &Ctx) {
     assert_eq!(payloads, vec![Bytes::from("first"), Bytes::from("other")]);
 }
 
-/// Case 24: 4 consumers, 10,000 messages: each acked exactly once.
+/// Case 24: 4 consumers, 10,000 messages (fewer on a slow stand-in
+/// server: `Harness::competing_messages`): each acked exactly once.
 pub async fn competing_consumers(ctx: &Ctx) {
     let queue = ctx.queue();
-    let total = 10_000usize;
+    let total = ctx.harness().competing_messages();
     let producer = ctx.producer(&queue).await;
     let messages: Vec<Message> = (0..total as u32)
         .map(|i| Message::new(i.to_be_bytes().to_vec()))
