@@ -20,14 +20,11 @@ use crate::scripts::{
 };
 use crate::RedisBackend;
 
-/// Bytes of an envelope kept beyond the payload preview, for its header
-/// (a capped last error, the headers): a letter whose header is longer is
-/// read again whole.
-const HEAD_ROOM: usize = 64 * 1024;
-
-/// A dead letter from its stored envelope (or its first bytes, of a
-/// `length`-byte envelope) and the JSON the scripts write. `None` when the
-/// envelope was cut inside its header.
+/// A dead letter from its stored envelope (or its header and the first
+/// bytes of its payload, of a `length`-byte envelope) and the JSON the
+/// scripts write. `None` when the envelope was cut inside its header (the
+/// script reads the header as this build does; a letter it misread is
+/// read again whole).
 fn dead_letter_of(id: &[u8], env: Vec<u8>, length: usize, info: &[u8]) -> Option<DeadLetter> {
     let env = Bytes::from(env);
     let cut = env.len() < length;
@@ -367,15 +364,16 @@ impl Admin for RedisBackend {
             .map(dead_sequence)
             .transpose()?
             .unwrap_or(-1);
-        let keep = query.preview.map(|p| p.saturating_add(HEAD_ROOM));
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut more = false;
         while letters.len() < query.limit {
             let count = (query.limit - letters.len()).min(SCRIPT_BATCH);
             let mut call = invocation(&SCRIPTS.dead, &ctx.keys);
-            call.arg(after)
-                .arg(count)
-                .arg(keep.map_or(-1, |k| i64::try_from(k).unwrap_or(i64::MAX)));
+            call.arg(after).arg(count).arg(
+                query
+                    .preview
+                    .map_or(-1, |k| i64::try_from(k).unwrap_or(i64::MAX)),
+            );
             let items = ctx.ok_reply(ctx.run(call, "listing dead letters").await?)?;
             more = items.get(1).and_then(int_of) == Some(1);
             let mut items = items.into_iter().skip(2);
@@ -400,7 +398,6 @@ impl Admin for RedisBackend {
                 let info = bytes_of(&info).unwrap_or(b"{}");
                 let letter = match dead_letter_of(&id, env, length, info) {
                     Some(letter) => letter,
-                    // Its header is longer than the room kept for it.
                     None => self
                         .whole_dead_letter(&ctx, seq)
                         .await?

@@ -834,3 +834,62 @@ async fn one_stats_call_moves_a_bounded_number_of_due_jobs_and_still_counts_them
     }
     f.cleanup().await;
 }
+
+#[tokio::test]
+async fn dead_letter_previews_are_cut_inside_redis_after_every_header_field() {
+    let Some(f) = Fixture::new("dead-preview", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let message = Message::new(vec![b'p'; 50_000])
+        .with_header("x-one", "1".repeat(300))
+        .with_header("x-two", "2")
+        .with_idempotency_key("key-1")
+        .with_ordering_key("order-1")
+        .with_trace(queue_core::trace::TraceContext::new_root())
+        .with_ttl(Duration::from_secs(3600));
+    let id = producer.send(message.clone()).await.expect("send");
+    let consumer = f.consumer().await;
+    let delivery = consumer
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("the message");
+    delivery
+        .nack_with_error(Duration::ZERO, "first failure")
+        .await
+        .expect("nack");
+    let delivery = consumer
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("the message again");
+    delivery
+        .dead_letter(DeadLetterReason::Rejected("no".into()))
+        .await
+        .expect("dead letter");
+    let page = f
+        .backend
+        .admin()
+        .dead_letter_page(
+            &f.queue,
+            &queue_core::DeadLetterQuery::new(10).with_preview(10),
+        )
+        .await
+        .expect("a page");
+    let letter = &page.letters[0];
+    assert_eq!(letter.message.id, id);
+    assert_eq!(letter.message.payload.as_ref(), b"pppppppppp");
+    assert_eq!(letter.payload_len, 50_000);
+    assert_eq!(
+        letter.message.headers.get("x-one").map(String::len),
+        Some(300)
+    );
+    assert_eq!(letter.message.idempotency_key.as_deref(), Some("key-1"));
+    assert_eq!(letter.message.ordering_key.as_deref(), Some("order-1"));
+    assert!(letter.message.trace.is_some() && letter.message.expires_at.is_some());
+    assert_eq!(letter.message.last_error.as_deref(), Some("first failure"));
+    f.cleanup().await;
+}

@@ -13,6 +13,11 @@
 //!   health check (`PING`) are cached for 10 s, so over a 2 s refresh they
 //!   add two commands every fifth refresh; this run, which refreshes as
 //!   fast as it can, may see them once or not at all.
+//! - dead letters: a queue of 300 dead letters of 1 MiB each, and 8
+//!   viewers at once, each opening the queue's page and asking the API for
+//!   `?limit=500` dead letters, 5 times: the largest response, the bytes
+//!   Redis sent, and the dashboard process's peak memory above what it
+//!   held before (`VmHWM`, reset through `/proc/self/clear_refs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +31,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const QUEUES: usize = 100;
 const LATENCY_RUNS: usize = 300;
 const COST_RUNS: u64 = 100;
+const LETTERS: usize = 300;
+const LETTER_BYTES: usize = 1024 * 1024;
+const VIEWERS: usize = 8;
+const VIEWS_EACH: usize = 5;
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, usize) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -76,6 +85,102 @@ async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
         .map(calls)
         .sum();
     (all, scripts)
+}
+
+/// Bytes Redis has sent to its clients so far.
+async fn sent_by_redis(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A line of `/proc/self/status` in kB (`VmRSS`, `VmHWM`).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim_start_matches(':').trim().split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 8 viewers over a queue of 300 one-MiB dead letters.
+async fn dead_letter_viewers(
+    backend: &Arc<dyn Backend>,
+    addr: SocketAddr,
+    conn: &mut redis::aio::MultiplexedConnection,
+) {
+    let queue = QueueName::new("dead-letters").expect("name");
+    let producer = backend.producer(&queue).await.expect("producer");
+    let consumer = backend
+        .consumer(&queue, queue_core::ConsumerOptions::default())
+        .await
+        .expect("consumer");
+    for n in 0..LETTERS {
+        let mut body = format!("{{\"n\":{n},\"pad\":\"").into_bytes();
+        body.resize(LETTER_BYTES - 2, b'x');
+        body.extend_from_slice(b"\"}");
+        producer.send(Message::new(body)).await.expect("send");
+        for delivery in consumer
+            .receive(1, Duration::from_secs(5))
+            .await
+            .expect("receive")
+        {
+            delivery
+                .dead_letter(queue_core::DeadLetterReason::Rejected("bench".into()))
+                .await
+                .map_err(|e| e.error)
+                .expect("dead-letter");
+        }
+    }
+    drop((producer, consumer));
+    // Peak memory from here on (Linux: 5 resets VmHWM to the current RSS).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before_kib = status_kib("VmRSS");
+    let sent_before = sent_by_redis(conn).await;
+    let started = Instant::now();
+    let viewers = (0..VIEWERS).map(|_| async move {
+        let mut largest = 0;
+        for _ in 0..VIEWS_EACH {
+            for path in [
+                "/queues/redis/dead-letters".to_owned(),
+                "/api/queues/redis/dead-letters/dead-letters?limit=500".to_owned(),
+            ] {
+                let (status, bytes) = get(addr, &path).await;
+                assert_eq!(status, 200, "{path}");
+                largest = largest.max(bytes);
+            }
+        }
+        largest
+    });
+    let largest = futures_util::future::join_all(viewers)
+        .await
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let elapsed = started.elapsed();
+    let sent = sent_by_redis(conn).await - sent_before;
+    let peak_kib = status_kib("VmHWM");
+    let requests = VIEWERS * VIEWS_EACH * 2;
+    println!(
+        "web: {LETTERS} dead letters of 1 MiB, {VIEWERS} viewers, {requests} requests in {:.2} s: \
+         largest response {:.1} KiB, Redis sent {:.1} MiB ({:.1} KiB a request), \
+         peak memory {:.1} MiB above the {:.1} MiB held before",
+        elapsed.as_secs_f64(),
+        largest as f64 / 1024.0,
+        sent as f64 / (1024.0 * 1024.0),
+        sent as f64 / 1024.0 / requests as f64,
+        peak_kib.saturating_sub(before_kib) as f64 / 1024.0,
+        before_kib as f64 / 1024.0,
+    );
+    backend.admin().delete_queue(&queue).await.expect("delete");
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -175,4 +280,5 @@ async fn run() {
     for queue in &queues {
         backend.admin().delete_queue(queue).await.expect("delete");
     }
+    dead_letter_viewers(&backend, addr, &mut conn).await;
 }
