@@ -21,8 +21,8 @@ use queue_core::{
     Acker, Consumer, DeadLetterReason, Delivery, Error, ErrorKind, Message, QueueName, Result,
 };
 
-use crate::backend::Shared;
 use crate::member::{Lease, Member, Pending};
+use crate::shared::Shared;
 use crate::wire;
 
 /// Receives from one queue through the backend's shared group member.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use queue_core::{BatchError, Message, MessageId, Producer, QueueName, Result};
 
-use crate::backend::{Produced, Shared};
+use crate::shared::{Produced, Shared};
 use crate::wire;
 
 /// Sends to one queue's topic (a due message) or to its retry tier (a

@@ -13,10 +13,10 @@ use queue_core::{
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use crate::backend::Shared;
 use crate::ctx::{settle, QueueCtx, Settle};
 use crate::error::unexpected;
 use crate::scripts::{int_of, invocation, lost_positions, ms_after, NOTIFY, SCRIPTS, SCRIPT_BATCH};
+use crate::shared::Shared;
 
 /// What one claim took.
 struct Claimed {

@@ -14,11 +14,11 @@ use queue_core::{
     QueueName, Result,
 };
 
-use crate::backend::Shared;
 use crate::batcher::{self, Op};
 use crate::client::QueueUrls;
 use crate::config::QueueType;
 use crate::error::classify;
+use crate::shared::Shared;
 use crate::wire::{self, Incoming};
 use crate::{MAX_VISIBILITY, MAX_WAIT, SQS_BATCH};
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use queue_core::{BatchError, Error, Message, MessageId, Producer, QueueName, Result};
 
-use crate::backend::Shared;
 use crate::batcher::{self, Op};
 use crate::client::QueueUrls;
 use crate::error::classify;
+use crate::shared::Shared;
 
 /// Sends to one SQS queue.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::backend::Shared;
+use super::shared::Shared;
 use super::state::{MemQueue, State, TimeKey, WaiterGuard};
 use crate::error::{Error, Result};
 use crate::message::{Message, QueueName};
