@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use queue_core::stats::Counter;
 use queue_core::{BatchError, Error, Message, MessageId, Producer, QueueName, Result};
 
 use crate::shared::Shared;
@@ -30,8 +31,7 @@ impl AmqpProducer {
     fn count(&self, sent: usize) {
         self.shared
             .counters(&self.queue)
-            .enqueued
-            .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
+            .add(Counter::Enqueued, sent as u64);
     }
 }
 

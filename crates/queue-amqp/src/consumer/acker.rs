@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use lapin::options::{BasicAckOptions, BasicQosOptions};
 use lapin::{BasicProperties, Channel};
-use queue_core::{Acker, DeadLetterReason, Error, ErrorKind, Message, Result};
+use queue_core::stats::Counter;
+use queue_core::{Acker, DeadLetterReason, Error, ErrorKind, Message, Nacked, Result};
 
 use super::state::{lease_lost, Buffered, ConsumerState, Lease};
 use crate::link::Outgoing;
@@ -91,32 +92,38 @@ impl ConsumerState {
         Ok(())
     }
 
-    /// The copy that retries `message` after `delay`, or its dead letter
-    /// when this was its last attempt.
-    pub(super) async fn retry_copy(
+    /// What a nack of `message` publishes ([`Message::nacked`]): the copy
+    /// that retries it after `delay`, or its dead letter when this was its
+    /// last attempt (then `true`).
+    pub(super) async fn nacked(
         &self,
         message: &Message,
         delay: Duration,
         last_error: Option<&str>,
-    ) -> Result<Vec<Outgoing>> {
-        let mut copy = message.clone();
-        if let Some(error) = last_error {
-            copy.last_error = Some(error.to_owned());
+    ) -> Result<(Vec<Outgoing>, bool)> {
+        match message.nacked(delay, last_error, SystemTime::now()) {
+            Nacked::Retry(copy) => {
+                let outgoing = self
+                    .shared
+                    .prepare(&self.queue, std::slice::from_ref(&copy))
+                    .await?;
+                Ok((outgoing, false))
+            }
+            Nacked::DeadLetter(last) => {
+                let reason = DeadLetterReason::MaxAttempts;
+                let letter = wire::dead_letter(&self.queue, &last, &reason, last.attempt);
+                Ok((vec![letter], true))
+            }
         }
-        if message.is_last_attempt() {
-            let attempts = copy.attempt;
-            return Ok(vec![wire::dead_letter(
-                &self.queue,
-                &copy,
-                &DeadLetterReason::MaxAttempts,
-                attempts,
-            )]);
+    }
+
+    /// Count a nack (or an expired lease) that went through: a retry, and
+    /// a dead letter too when it was the last attempt.
+    pub(super) fn count_nack(&self, dead: bool) {
+        self.count(Counter::Retried);
+        if dead {
+            self.count(Counter::DeadLettered);
         }
-        copy.attempt = copy.attempt.saturating_add(1);
-        copy.not_before = (delay > Duration::ZERO).then(|| SystemTime::now() + delay);
-        self.shared
-            .prepare(&self.queue, std::slice::from_ref(&copy))
-            .await
     }
 
     /// Drop the buffered deliveries (a purge): acked, so the broker
@@ -144,12 +151,6 @@ impl ConsumerState {
     }
 }
 
-impl AmqpAcker {
-    fn counters(&self) -> Arc<queue_core::ProcessTotals> {
-        self.state.shared.counters(&self.state.queue)
-    }
-}
-
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(&self, _message: &Message) -> Result<()> {
@@ -161,9 +162,7 @@ impl Acker for AmqpAcker {
         self.state.finish(self.tag);
         drop(lease);
         acked?;
-        self.counters()
-            .acked
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.state.count(Counter::Acked);
         Ok(())
     }
 
@@ -174,27 +173,17 @@ impl Acker for AmqpAcker {
         last_error: Option<&str>,
     ) -> Result<()> {
         let (channel, lease) = self.state.take(self.session, self.tag)?;
-        let copy = match self.state.retry_copy(message, delay, last_error).await {
-            Ok(copy) => copy,
+        let (copy, dead) = match self.state.nacked(message, delay, last_error).await {
+            Ok(nacked) => nacked,
             Err(e) => {
                 self.state.restore(self.session, self.tag, lease);
                 return Err(e);
             }
         };
-        let last = message.is_last_attempt();
         self.state
             .replace(&channel, self.session, self.tag, lease, copy)
             .await?;
-        let counters = self.counters();
-        if last {
-            counters
-                .dead_lettered
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            counters
-                .retried
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.state.count_nack(dead);
         Ok(())
     }
 
@@ -240,9 +229,7 @@ impl Acker for AmqpAcker {
         self.state
             .replace(&channel, self.session, self.tag, lease, copy)
             .await?;
-        self.counters()
-            .dead_lettered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.state.count(Counter::DeadLettered);
         Ok(())
     }
 

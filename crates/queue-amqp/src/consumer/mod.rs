@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use lapin::Channel;
+use queue_core::stats::Counter;
 use queue_core::traits::split_own;
 use queue_core::{
     Consumer, ConsumerOptions, DeadLetterReason, Delivery, DeliveryError, Error, Message,
@@ -189,15 +190,9 @@ impl Consumer for AmqpConsumer {
                                 _ => message.attempt,
                             };
                             if *reason == DeadLetterReason::Expired {
-                                shared
-                                    .counters(&self.state.queue)
-                                    .expired
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                self.state.count(Counter::Expired);
                             }
-                            shared
-                                .counters(&self.state.queue)
-                                .dead_lettered
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.state.count(Counter::DeadLettered);
                             Ok(vec![wire::dead_letter(
                                 &self.state.queue,
                                 &message,
@@ -354,13 +349,7 @@ impl Consumer for AmqpConsumer {
             for ((tag, delivery), result) in taken.into_iter().zip(results) {
                 state.finish(tag);
                 match result {
-                    Ok(()) => {
-                        state
-                            .shared
-                            .counters(&state.queue)
-                            .acked
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    Ok(()) => state.count(Counter::Acked),
                     Err(e) => failed.push(DeliveryError::new(e, delivery)),
                 }
             }

@@ -224,11 +224,11 @@ impl ConsumerState {
         };
         for (tag, mut lease) in due {
             let error = "lease expired before the delivery was settled";
-            let copy = match self
-                .retry_copy(&lease.message, Duration::ZERO, Some(error))
+            let (copy, dead) = match self
+                .nacked(&lease.message, Duration::ZERO, Some(error))
                 .await
             {
-                Ok(copy) => copy,
+                Ok(nacked) => nacked,
                 Err(_) => {
                     lease.deadline = Instant::now() + Duration::from_secs(1);
                     self.restore(session, tag, lease);
@@ -238,11 +238,13 @@ impl ConsumerState {
             let mut retry = lease.clone();
             retry.deadline = Instant::now() + Duration::from_secs(1);
             // On failure the lease is back with a short deadline: tried again.
-            let _ = self.replace(&channel, session, tag, retry, copy).await;
-            self.shared
-                .counters(&self.queue)
-                .retried
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self
+                .replace(&channel, session, tag, retry, copy)
+                .await
+                .is_ok()
+            {
+                self.count_nack(dead);
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::{BasicProperties, Channel};
+use queue_core::stats::Counter;
 use queue_core::{Error, ErrorKind, Message, QueueName, Result};
 use tokio::sync::Notify;
 
@@ -107,6 +108,11 @@ pub(super) fn lease_lost(queue: &QueueName, why: &str) -> Error {
 impl ConsumerState {
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count one more of `counter` in this process's totals of the queue.
+    pub(super) fn count(&self, counter: Counter) {
+        self.shared.counters(&self.queue).add(counter, 1);
     }
 
     /// Counts for stats: (buffered, in flight).

@@ -223,11 +223,14 @@ impl Acker for MemoryAcker {
         delay: Duration,
         last_error: Option<&str>,
     ) -> Result<()> {
-        self.settle(message, |state, mut stored| {
-            if let Some(error) = last_error {
-                stored.last_error = Some(error.to_owned());
-            }
-            state.retry(stored, delay, SystemTime::now(), Instant::now());
+        self.settle(message, |state, stored| {
+            state.retry(
+                &stored,
+                delay,
+                last_error,
+                SystemTime::now(),
+                Instant::now(),
+            );
         })
     }
 
