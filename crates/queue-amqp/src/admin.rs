@@ -13,7 +13,8 @@ use queue_core::{
     ErrorKind, HealthStatus, MessageId, QueueName, QueueOptions, QueueStats, Redrive, Result,
 };
 
-use crate::backend::{AmqpBackend, Shared};
+use crate::backend::AmqpBackend;
+use crate::shared::Shared;
 use crate::wire::{self, Incoming};
 
 /// What one call on a queue that may not exist did.
@@ -342,9 +343,10 @@ impl AmqpBackend {
             message.attempt = 1;
             message.last_error = None;
             message.not_before = None;
-            let outgoing =
-                crate::producer::prepare(&self.shared, queue, std::slice::from_ref(&message))
-                    .await?;
+            let outgoing = self
+                .shared
+                .prepare(queue, std::slice::from_ref(&message))
+                .await?;
             self.shared
                 .link
                 .publish(&outgoing)

@@ -31,9 +31,10 @@
 //! ```
 //!
 //! The crate has the shape of every backend crate: `config.rs` (URL and
-//! options), `backend.rs` (the backend and its capabilities), `producer.rs`,
-//! `consumer.rs` (with settlement), `admin.rs`, `error.rs` (`classify`),
-//! plus `link.rs` (the connection and publisher confirms) and `wire.rs`
+//! options), `backend.rs` (the backend and its capabilities), `shared.rs`
+//! (what its handles share, and the preparation of outgoing messages),
+//! `producer.rs`, `consumer/` (the consumer, its state, its pump and its
+//! acker), `admin.rs`, `error.rs` (`classify`), plus `link.rs` (the connection and publisher confirms) and `wire.rs`
 //! (names, queue arguments, delay tiers, messages to and from AMQP).
 //! `docs/backends/amqp.md` describes it for operators.
 
@@ -46,6 +47,7 @@ mod consumer;
 mod error;
 mod link;
 mod producer;
+mod shared;
 mod wire;
 
 use std::time::Duration;

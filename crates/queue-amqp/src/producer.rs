@@ -1,14 +1,12 @@
 //! [`AmqpProducer`]: persistent messages, every publish confirmed.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
+use queue_core::stats::Counter;
 use queue_core::{BatchError, Error, Message, MessageId, Producer, QueueName, Result};
 
-use crate::backend::Shared;
-use crate::link::Outgoing;
-use crate::wire;
+use crate::shared::Shared;
 
 /// Sends to one RabbitMQ queue through the backend's publishing channel.
 /// A send returns once the broker confirmed the message is stored in a
@@ -29,32 +27,11 @@ impl AmqpProducer {
     }
 }
 
-/// The AMQP messages for `messages` to `queue`, declaring the delay tiers
-/// they go through first.
-pub(crate) async fn prepare(
-    shared: &Shared,
-    queue: &QueueName,
-    messages: &[Message],
-) -> Result<Vec<Outgoing>> {
-    let now = SystemTime::now();
-    let mut out = Vec::with_capacity(messages.len());
-    for message in messages {
-        let outgoing = wire::outgoing(queue, message, now);
-        if outgoing.routing_key != queue.as_str() {
-            let delay = wire::remaining_delay(message, now).as_millis() as u64;
-            shared.ensure_tier(queue, wire::tier_for(delay)).await?;
-        }
-        out.push(outgoing);
-    }
-    Ok(out)
-}
-
 impl AmqpProducer {
     fn count(&self, sent: usize) {
         self.shared
             .counters(&self.queue)
-            .enqueued
-            .fetch_add(sent as u64, std::sync::atomic::Ordering::Relaxed);
+            .add(Counter::Enqueued, sent as u64);
     }
 }
 
@@ -67,7 +44,10 @@ impl Producer for AmqpProducer {
     async fn send(&self, message: Message) -> Result<MessageId> {
         self.shared.check_open()?;
         self.shared.capabilities.check_message(&message)?;
-        let outgoing = prepare(&self.shared, &self.queue, std::slice::from_ref(&message)).await?;
+        let outgoing = self
+            .shared
+            .prepare(&self.queue, std::slice::from_ref(&message))
+            .await?;
         self.shared
             .link
             .publish(&outgoing)
@@ -90,7 +70,9 @@ impl Producer for AmqpProducer {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let outgoing = prepare(&self.shared, &self.queue, &messages)
+        let outgoing = self
+            .shared
+            .prepare(&self.queue, &messages)
             .await
             .map_err(whole)?;
         match self.shared.link.publish(&outgoing).await {

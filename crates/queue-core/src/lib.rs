@@ -38,7 +38,7 @@ pub use dead_letters::{DeadLetterCursor, DeadLetterPage, DeadLetterQuery};
 pub use error::{BatchError, BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
 pub use job::{short_type_name, BackoffPolicy, Job, JobOptions, JobStatus};
 pub use memory::MemoryBackend;
-pub use message::{Headers, Message, MessageId, Priority, QueueName};
+pub use message::{Headers, Message, MessageId, Nacked, Priority, QueueName};
 pub use stats::{
     ConsumerOptions, DeadLetter, DeadLetterReason, HealthStatus, ProcessTotals, ProcessTotalsMap,
     QueueOptions, QueueStats, Redrive, WorkerInfo,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{cap_error_text, Error, ErrorKind, Result};
 
 /// Message headers: a string map. (The W3C trace context travels in
 /// [`Message::trace`], and as the `traceparent` header on brokers' wires.)
@@ -187,8 +187,24 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// The longest delay, TTL or nack delay accepted: 365 days. Longer values
-/// are a typed [`ErrorKind::InvalidInput`] error at the call.
+/// are a typed [`ErrorKind::InvalidInput`] error at the call
+/// ([`Delivery::nack`](crate::Delivery::nack) included); a backend's
+/// [`Acker::nack`](crate::Acker::nack) given a longer one holds the
+/// message this long ([`clamp_delay`]).
 pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `delay`, at most [`MAX_DELAY`]: the longest a nacked message is held,
+/// whatever delay reached the backend.
+///
+/// ```
+/// use queue_core::message::{clamp_delay, MAX_DELAY};
+/// use std::time::Duration;
+/// assert_eq!(clamp_delay(Duration::from_secs(5)), Duration::from_secs(5));
+/// assert_eq!(clamp_delay(Duration::MAX), MAX_DELAY);
+/// ```
+pub fn clamp_delay(delay: Duration) -> Duration {
+    delay.min(MAX_DELAY)
+}
 
 /// `now + d`, saturating far in the future instead of overflowing.
 fn later(d: Duration) -> SystemTime {
@@ -463,6 +479,17 @@ impl<'de> Deserialize<'de> for QueueName {
     }
 }
 
+/// What a nack of a delivery comes to ([`Message::nacked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nacked {
+    /// Deliver this copy ([`Message::retry_copy`]) again: the next
+    /// attempt, due after the delay.
+    Retry(Message),
+    /// That was the last attempt: dead-letter this message, reason
+    /// `max_attempts`, after its `attempt` attempts, carrying the error.
+    DeadLetter(Message),
+}
+
 /// A message: payload bytes plus the metadata every backend carries.
 ///
 /// Build one with [`Message::new`] and the `with_*` methods; the producer
@@ -625,6 +652,79 @@ impl Message {
         self.attempt >= self.max_attempts
     }
 
+    /// What a nack of this delivery after `delay`, failed with
+    /// `last_error`, comes to at `now`: the rule every backend's nack (and
+    /// lease expiry) follows. On the last attempt
+    /// ([`is_last_attempt`](Message::is_last_attempt)) the message is
+    /// dead-lettered, reason `max_attempts`, after `attempt` attempts,
+    /// with the error; otherwise its [`retry_copy`](Message::retry_copy)
+    /// is delivered again.
+    ///
+    /// ```
+    /// use queue_core::message::Nacked;
+    /// use queue_core::Message;
+    /// use std::time::{Duration, SystemTime};
+    /// let now = SystemTime::now();
+    /// let job = Message::new("job").with_max_attempts(2);
+    /// let Nacked::Retry(again) = job.nacked(Duration::ZERO, Some("boom"), now) else {
+    ///     panic!("attempt 1 of 2 is retried");
+    /// };
+    /// assert_eq!(again.attempt, 2);
+    /// let Nacked::DeadLetter(last) = again.nacked(Duration::ZERO, Some("boom again"), now) else {
+    ///     panic!("attempt 2 of 2 is the last");
+    /// };
+    /// assert_eq!((last.attempt, last.last_error.as_deref()), (2, Some("boom again")));
+    /// ```
+    pub fn nacked(&self, delay: Duration, last_error: Option<&str>, now: SystemTime) -> Nacked {
+        if self.is_last_attempt() {
+            let mut last = self.clone();
+            if let Some(error) = last_error {
+                last.last_error = Some(cap_error_text(error).into_owned());
+            }
+            Nacked::DeadLetter(last)
+        } else {
+            Nacked::Retry(self.retry_copy(delay, last_error, now))
+        }
+    }
+
+    /// The copy of this message a nack after `delay` puts back at `now`:
+    /// the next attempt (`attempt + 1`, saturating at `u32::MAX`), the
+    /// error of this one as `last_error` (cut to
+    /// [`MAX_ERROR_TEXT`](crate::error::MAX_ERROR_TEXT) bytes; `None`
+    /// keeps the previous one), and due `delay` from `now`, held to at
+    /// most [`MAX_DELAY`] (a zero delay: due at once, no `not_before`).
+    /// Whether there is a next attempt at all is
+    /// [`nacked`](Message::nacked)'s decision.
+    ///
+    /// ```
+    /// use queue_core::message::MAX_DELAY;
+    /// use queue_core::Message;
+    /// use std::time::{Duration, SystemTime};
+    /// let now = SystemTime::now();
+    /// let first = Message::new("job");
+    /// let again = first.retry_copy(Duration::from_secs(30), Some("timeout"), now);
+    /// assert_eq!((again.id, again.attempt), (first.id, 2));
+    /// assert_eq!(again.last_error.as_deref(), Some("timeout"));
+    /// assert_eq!(again.not_before, Some(now + Duration::from_secs(30)));
+    /// assert_eq!(first.retry_copy(Duration::ZERO, None, now).not_before, None);
+    /// let far = first.retry_copy(Duration::MAX, None, now);
+    /// assert_eq!(far.not_before, Some(now + MAX_DELAY));
+    /// ```
+    pub fn retry_copy(
+        &self,
+        delay: Duration,
+        last_error: Option<&str>,
+        now: SystemTime,
+    ) -> Message {
+        let mut copy = self.clone();
+        copy.attempt = self.attempt.saturating_add(1);
+        if let Some(error) = last_error {
+            copy.last_error = Some(cap_error_text(error).into_owned());
+        }
+        copy.not_before = (!delay.is_zero()).then(|| now + clamp_delay(delay));
+        copy
+    }
+
     /// The size a backend counts against its payload limit: the payload
     /// with all the metadata that travels with it (id, times, attempts,
     /// keys, last error, trace context, headers), exactly as many bytes as
@@ -677,6 +777,112 @@ mod tests {
         assert_eq!(ranks, [0, 1, 2, 3]);
         assert_eq!("HIGH".parse::<Priority>().unwrap(), Priority::High);
         assert!("medium".parse::<Priority>().is_err());
+    }
+
+    #[test]
+    fn a_nack_retries_with_the_next_attempt_until_the_last() {
+        let now = SystemTime::now();
+        let mut message = Message::new("job").with_max_attempts(3);
+        message.last_error = Some("earlier".to_owned());
+        let Nacked::Retry(copy) = message.nacked(Duration::from_millis(250), None, now) else {
+            panic!("attempt 1 of 3 is retried");
+        };
+        assert_eq!(
+            (copy.id, copy.attempt, copy.max_attempts),
+            (message.id, 2, 3)
+        );
+        assert_eq!(copy.payload, message.payload);
+        assert_eq!(copy.not_before, Some(now + Duration::from_millis(250)));
+        assert_eq!(
+            copy.last_error.as_deref(),
+            Some("earlier"),
+            "no new error keeps the old"
+        );
+        let copy = copy.retry_copy(Duration::ZERO, Some("boom"), now);
+        assert_eq!((copy.attempt, copy.not_before), (3, None));
+        assert_eq!(copy.last_error.as_deref(), Some("boom"));
+        match copy.nacked(Duration::from_secs(1), Some("last"), now) {
+            Nacked::DeadLetter(last) => {
+                assert_eq!((last.attempt, last.not_before), (3, None));
+                assert_eq!(last.last_error.as_deref(), Some("last"));
+            }
+            other => panic!("attempt 3 of 3 is the last: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_attempt_never_overflows() {
+        let now = SystemTime::now();
+        let mut message = Message::new("job").with_max_attempts(u32::MAX);
+        message.attempt = u32::MAX - 1;
+        let Nacked::Retry(copy) = message.nacked(Duration::ZERO, None, now) else {
+            panic!("attempt u32::MAX - 1 is retried");
+        };
+        assert_eq!(copy.attempt, u32::MAX);
+        assert!(matches!(
+            copy.nacked(Duration::ZERO, None, now),
+            Nacked::DeadLetter(m) if m.attempt == u32::MAX
+        ));
+        assert_eq!(copy.retry_copy(Duration::ZERO, None, now).attempt, u32::MAX);
+        // A message with no attempts left at all is dead-lettered too.
+        message.max_attempts = 1;
+        message.attempt = u32::MAX;
+        assert!(matches!(
+            message.nacked(Duration::ZERO, None, now),
+            Nacked::DeadLetter(_)
+        ));
+    }
+
+    #[test]
+    fn a_nack_delay_is_held_to_the_maximum() {
+        let now = SystemTime::now();
+        let message = Message::new("job");
+        for delay in [
+            Duration::MAX,
+            MAX_DELAY * 10,
+            MAX_DELAY + Duration::from_nanos(1),
+        ] {
+            let copy = message.retry_copy(delay, None, now);
+            assert_eq!(copy.not_before, Some(now + MAX_DELAY), "{delay:?}");
+        }
+        assert_eq!(
+            message.retry_copy(MAX_DELAY, None, now).not_before,
+            Some(now + MAX_DELAY)
+        );
+        assert_eq!(
+            message.retry_copy(Duration::ZERO, None, now).not_before,
+            None
+        );
+        assert_eq!(
+            message
+                .retry_copy(Duration::from_nanos(1), None, now)
+                .not_before,
+            Some(now + Duration::from_nanos(1)),
+            "any delay above zero delays"
+        );
+    }
+
+    #[test]
+    fn a_nack_error_is_capped() {
+        let now = SystemTime::now();
+        let huge = "é".repeat(512 * 1024);
+        let message = Message::new("job").with_max_attempts(2);
+        let copy = message.retry_copy(Duration::ZERO, Some(&huge), now);
+        let kept = copy.last_error.expect("the error travels");
+        assert!(kept.len() <= crate::error::MAX_ERROR_TEXT);
+        assert!(kept.contains("truncated from 1048576 bytes"));
+        let Nacked::DeadLetter(last) =
+            copy_at_last(&message).nacked(Duration::ZERO, Some(&huge), now)
+        else {
+            panic!("the last attempt");
+        };
+        assert!(last.last_error.expect("kept").len() <= crate::error::MAX_ERROR_TEXT);
+    }
+
+    fn copy_at_last(message: &Message) -> Message {
+        let mut last = message.clone();
+        last.attempt = last.max_attempts;
+        last
     }
 
     #[test]

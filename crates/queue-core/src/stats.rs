@@ -198,25 +198,62 @@ impl QueueStats {
     }
 }
 
+/// One of the totals of [`ProcessTotals`] (and of [`QueueStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Counter {
+    /// Messages accepted by `send` (`enqueued_total`).
+    Enqueued,
+    /// Deliveries acked (`acked_total`).
+    Acked,
+    /// Deliveries nacked or whose lease expired (`retried_total`),
+    /// counted for the last attempt too, which is also dead-lettered.
+    Retried,
+    /// Messages moved to the dead-letter queue, for any reason
+    /// (`dead_lettered_total`).
+    DeadLettered,
+    /// Messages that expired before pickup (`expired_total`); they are
+    /// dead-lettered too.
+    Expired,
+}
+
 /// Totals of one queue counted by this process, for brokers that keep no
-/// totals of their own (`Totals::Process`): producers and ackers add to
-/// them, `Admin::stats` copies them into [`QueueStats`] with
-/// [`fill`](ProcessTotals::fill).
+/// totals of their own (`Totals::Process`): producers and ackers
+/// [`add`](ProcessTotals::add) to them, `Admin::stats` copies them into
+/// [`QueueStats`] with [`fill`](ProcessTotals::fill).
+///
+/// ```
+/// use queue_core::stats::Counter;
+/// use queue_core::{ProcessTotals, QueueStats};
+/// let totals = ProcessTotals::default();
+/// totals.add(Counter::Enqueued, 3);
+/// totals.add(Counter::Acked, 1);
+/// let mut stats = QueueStats::default();
+/// totals.fill(&mut stats);
+/// assert_eq!((stats.enqueued_total, stats.acked_total), (3, 1));
+/// ```
 #[derive(Debug, Default)]
 pub struct ProcessTotals {
-    /// Messages accepted by `send`.
-    pub enqueued: std::sync::atomic::AtomicU64,
-    /// Deliveries acked.
-    pub acked: std::sync::atomic::AtomicU64,
-    /// Deliveries nacked or whose lease expired.
-    pub retried: std::sync::atomic::AtomicU64,
-    /// Messages moved to the dead-letter queue.
-    pub dead_lettered: std::sync::atomic::AtomicU64,
-    /// Messages that expired before pickup.
-    pub expired: std::sync::atomic::AtomicU64,
+    enqueued: std::sync::atomic::AtomicU64,
+    acked: std::sync::atomic::AtomicU64,
+    retried: std::sync::atomic::AtomicU64,
+    dead_lettered: std::sync::atomic::AtomicU64,
+    expired: std::sync::atomic::AtomicU64,
 }
 
 impl ProcessTotals {
+    /// Count `n` more of `counter`.
+    pub fn add(&self, counter: Counter, n: u64) {
+        let total = match counter {
+            Counter::Enqueued => &self.enqueued,
+            Counter::Acked => &self.acked,
+            Counter::Retried => &self.retried,
+            Counter::DeadLettered => &self.dead_lettered,
+            Counter::Expired => &self.expired,
+        };
+        total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Copy the totals into `stats`.
     pub fn fill(&self, stats: &mut QueueStats) {
         use std::sync::atomic::Ordering::Relaxed;

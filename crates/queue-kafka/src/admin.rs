@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use queue_core::{
-    dead_letters::TimeOrderedPage, Admin, Backend, Capabilities, Consumer, ConsumerOptions,
-    DeadLetter, DeadLetterPage, DeadLetterQuery, Error, ErrorKind, HealthStatus, MessageId,
-    Producer, QueueName, QueueOptions, QueueStats, Redrive, Result,
+    dead_letters::TimeOrderedPage, Admin, DeadLetter, DeadLetterPage, DeadLetterQuery, Error,
+    ErrorKind, HealthStatus, MessageId, QueueName, QueueOptions, QueueStats, Redrive, Result,
 };
 use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
@@ -22,10 +21,10 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use crate::backend::{KafkaBackend, Shared};
+use crate::backend::KafkaBackend;
 use crate::error::classify;
+use crate::shared::Shared;
 use crate::wire;
-use crate::{KafkaConsumer, KafkaProducer};
 
 /// Header of a redrive marker in a dead-letter topic: the redriven id.
 const HEADER_REDRIVEN: &str = "queue-redriven";
@@ -485,38 +484,5 @@ impl Admin for KafkaBackend {
         queues.sort();
         queues.dedup();
         Ok(queues)
-    }
-}
-
-#[async_trait]
-impl Backend for KafkaBackend {
-    fn capabilities(&self) -> &Capabilities {
-        &self.shared.capabilities
-    }
-
-    async fn producer(&self, queue: &QueueName) -> Result<Box<dyn Producer>> {
-        Ok(Box::new(
-            KafkaProducer::open(self.shared.clone(), queue).await?,
-        ))
-    }
-
-    async fn consumer(
-        &self,
-        queue: &QueueName,
-        options: ConsumerOptions,
-    ) -> Result<Box<dyn Consumer>> {
-        options.check()?;
-        Ok(Box::new(
-            KafkaConsumer::open(self.shared.clone(), queue, options.lease).await?,
-        ))
-    }
-
-    fn admin(&self) -> &dyn Admin {
-        self
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.shared.closed.close();
-        Ok(())
     }
 }

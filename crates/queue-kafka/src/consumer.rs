@@ -12,17 +12,18 @@
 //! - `release`: the record is buffered again locally with the same attempt;
 //! - `extend`: the local lease deadline moves (Kafka has no lease).
 
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use queue_core::stats::Counter;
 use queue_core::{
-    Acker, Consumer, DeadLetterReason, Delivery, Error, ErrorKind, Message, QueueName, Result,
+    Acker, Consumer, DeadLetterReason, Delivery, Error, ErrorKind, Message, Nacked, QueueName,
+    Result,
 };
 
-use crate::backend::Shared;
 use crate::member::{Lease, Member, Pending};
+use crate::shared::Shared;
 use crate::wire;
 
 /// Receives from one queue through the backend's shared group member.
@@ -124,10 +125,7 @@ impl Consumer for KafkaConsumer {
                             _ => pending.message.attempt,
                         };
                         if reason == DeadLetterReason::Expired {
-                            self.shared
-                                .counters(&self.queue)
-                                .expired
-                                .fetch_add(1, AtomicOrdering::Relaxed);
+                            acker.count(Counter::Expired);
                         }
                         if let Err(e) = acker.bury(&pending.message, &reason, attempts).await {
                             tracing::warn!(queue = %self.queue, error = %e, "could not dead-letter a message");
@@ -173,6 +171,11 @@ pub(crate) struct KafkaAcker {
 }
 
 impl KafkaAcker {
+    /// Count one more of `counter` in this process's totals of the queue.
+    fn count(&self, counter: Counter) {
+        self.shared.counters(&self.queue).add(counter, 1);
+    }
+
     /// Fail with `LeaseLost` before producing anything if the lease is gone.
     fn check(&self) -> Result<()> {
         self.member.check(&self.lease)
@@ -199,10 +202,7 @@ impl KafkaAcker {
             .produce(&wire::dlq(&self.queue), message, Some(headers))
             .await?;
         self.member.settle(&self.lease)?;
-        self.shared
-            .counters(&self.queue)
-            .dead_lettered
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.count(Counter::DeadLettered);
         Ok(())
     }
 }
@@ -211,10 +211,7 @@ impl KafkaAcker {
 impl Acker for KafkaAcker {
     async fn ack(&self, _message: &Message) -> Result<()> {
         self.member.settle(&self.lease)?;
-        self.shared
-            .counters(&self.queue)
-            .acked
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.count(Counter::Acked);
         Ok(())
     }
 
@@ -224,26 +221,14 @@ impl Acker for KafkaAcker {
         delay: Duration,
         last_error: Option<&str>,
     ) -> Result<()> {
-        if message.is_last_attempt() {
-            let mut last = message.clone();
-            if let Some(error) = last_error {
-                last.last_error = Some(error.to_owned());
+        match message.nacked(delay, last_error, SystemTime::now()) {
+            Nacked::DeadLetter(last) => {
+                self.bury(&last, &DeadLetterReason::MaxAttempts, last.attempt)
+                    .await?;
             }
-            return self
-                .bury(&last, &DeadLetterReason::MaxAttempts, message.attempt)
-                .await;
+            Nacked::Retry(copy) => self.forward(&copy).await?,
         }
-        let mut copy = message.clone();
-        copy.attempt = message.attempt.saturating_add(1);
-        if let Some(error) = last_error {
-            copy.last_error = Some(error.to_owned());
-        }
-        copy.not_before = (!delay.is_zero()).then(|| SystemTime::now() + delay);
-        self.forward(&copy).await?;
-        self.shared
-            .counters(&self.queue)
-            .retried
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.count(Counter::Retried);
         Ok(())
     }
 

@@ -31,9 +31,10 @@
 //! ```
 //!
 //! The crate has the shape of every backend crate: `config.rs` (URL and
-//! options), `backend.rs` (clients, topics, capabilities), `producer.rs`,
-//! `consumer.rs` (with settlement), `admin.rs` (with the `Backend`
-//! implementation), `error.rs` (`classify`), plus `member.rs` (the shared
+//! options), `backend.rs` (the clients, capabilities, the `Backend`
+//! implementation), `shared.rs` (what its handles share: topics, group
+//! members, sending), `producer.rs`, `consumer.rs` (with settlement),
+//! `admin.rs`, `error.rs` (`classify`), plus `member.rs` (the shared
 //! group member), `tracker.rs` (offsets of one partition), `mover.rs`
 //! (the retry tiers' mover) and `wire.rs` (topic names, tiers, records).
 
@@ -47,6 +48,7 @@ mod error;
 mod member;
 mod mover;
 mod producer;
+mod shared;
 mod tracker;
 mod wire;
 

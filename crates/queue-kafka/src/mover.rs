@@ -29,8 +29,8 @@ use std::time::{Duration, SystemTime};
 
 use queue_core::{QueueName, Result};
 
-use crate::backend::Shared;
 use crate::member::{Lease, Member, Part, Pending};
+use crate::shared::Shared;
 use crate::wire;
 
 /// How many records the mover takes at a time.

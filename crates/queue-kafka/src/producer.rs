@@ -2,13 +2,13 @@
 //! in-sync replicas before a send returns.
 
 use std::borrow::Cow;
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use queue_core::stats::Counter;
 use queue_core::{BatchError, Message, MessageId, Producer, QueueName, Result};
 
-use crate::backend::{Produced, Shared};
+use crate::shared::{Produced, Shared};
 use crate::wire;
 
 /// Sends to one queue's topic (a due message) or to its retry tier (a
@@ -31,10 +31,7 @@ impl KafkaProducer {
 
     async fn send_one(&self, message: &Message) -> Result<MessageId> {
         self.shared.send(&self.queue, message).await?;
-        self.shared
-            .counters(&self.queue)
-            .enqueued
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.shared.counters(&self.queue).add(Counter::Enqueued, 1);
         Ok(message.id)
     }
 }
@@ -89,8 +86,7 @@ impl Producer for KafkaProducer {
         let sent = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
         self.shared
             .counters(&self.queue)
-            .enqueued
-            .fetch_add(sent, AtomicOrdering::Relaxed);
+            .add(Counter::Enqueued, sent);
         match outcomes.iter().find_map(|o| o.as_ref().err()) {
             None => Ok(outcomes.into_iter().flatten().collect()),
             Some(first) => {

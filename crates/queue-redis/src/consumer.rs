@@ -13,10 +13,10 @@ use queue_core::{
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use crate::backend::Shared;
 use crate::ctx::{settle, QueueCtx, Settle};
 use crate::error::unexpected;
 use crate::scripts::{int_of, invocation, lost_positions, ms_after, NOTIFY, SCRIPTS, SCRIPT_BATCH};
+use crate::shared::Shared;
 
 /// What one claim took.
 struct Claimed {
@@ -331,9 +331,14 @@ impl Acker for RedisAcker {
         delay: Duration,
         last_error: Option<&str>,
     ) -> Result<()> {
-        // The script writes the last error into the stored envelope.
-        let delay = ms_after(delay.min(queue_core::message::MAX_DELAY));
-        let error = last_error.unwrap_or_default().to_owned();
+        // The script follows `Message::nacked`: dead-letter on the last
+        // attempt, else `attempt + 1` due after the delay (held to the
+        // maximum here), the error written into the stored envelope.
+        let delay = ms_after(queue_core::message::clamp_delay(delay));
+        let error = last_error
+            .map(queue_core::error::cap_error_text)
+            .unwrap_or_default()
+            .into_owned();
         match settle(&self.ctx, Settle::Nack(self.member.clone(), delay, error)).await? {
             true => Ok(()),
             false => Err(Error::lease_lost(message.id)),

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use queue_core::{Error, ErrorKind, QueueName, Result};
 use redis::Value;
 
-use crate::backend::Shared;
 use crate::error::unexpected;
 use crate::scripts::{
     array, bytes_of, invocation, lost_positions, now_ms, queue_keys, META, SCRIPTS, SCRIPT_BATCH,
 };
+use crate::shared::Shared;
 
 /// One queue's keys and the backend they belong to.
 #[derive(Debug)]

@@ -32,8 +32,9 @@
 //! <prefix>:{<queue>}:notify 1` after it wakes a waiting consumer at once).
 //!
 //! The crate has the shape of every backend crate: `config.rs` (URL and
-//! options), `backend.rs` (the backend and its capabilities), `producer.rs`,
-//! `consumer.rs` (with settlement), `admin.rs`, `error.rs` (`classify`),
+//! options), `backend.rs` (the backend and its capabilities), `shared.rs`
+//! (the connection its handles share), `producer.rs`, `consumer.rs` (with
+//! settlement), `admin.rs`, `error.rs` (`classify`),
 //! plus `scripts.rs` (the Lua scripts and the key layout) and `store.rs`
 //! (the job store).
 
@@ -47,6 +48,7 @@ mod ctx;
 mod error;
 mod producer;
 mod scripts;
+mod shared;
 mod store;
 
 use queue_core::QueueName;

@@ -8,10 +8,10 @@ use queue_core::{
     envelope, BatchError, Error, ErrorKind, Message, MessageId, Producer, QueueName, Result,
 };
 
-use crate::backend::Shared;
 use crate::ctx::QueueCtx;
 use crate::error::unexpected;
 use crate::scripts::{array, bytes_of, int_of, invocation, ms_after, SCRIPTS};
+use crate::shared::Shared;
 
 /// Sends to one Redis queue.
 #[derive(Debug)]

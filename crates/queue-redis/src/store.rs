@@ -11,9 +11,9 @@ use queue_core::{
 };
 use redis::{Script, Value};
 
-use crate::backend::Shared;
 use crate::error::unexpected;
 use crate::scripts::{bytes_of, int_of, SCRIPT_BATCH};
+use crate::shared::Shared;
 
 struct StoreScripts {
     insert: Script,

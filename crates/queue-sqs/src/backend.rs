@@ -1,112 +1,25 @@
-//! [`SqsBackend`]: the client, capabilities, per-process totals, health.
+//! [`SqsBackend`]: connecting, capabilities, health.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use queue_core::{
-    Admin, Backend, Capabilities, CloseFlag, Consumer, ConsumerOptions, Error, ErrorKind,
-    HealthStatus, LeaseLossDetection, Message, Ordering, ProcessTotals, ProcessTotalsMap, Producer,
-    QueueConfig, QueueName, RedeliveryCount, Result, StatsAccuracy, Support, Totals,
+    Admin, Backend, Capabilities, Consumer, ConsumerOptions, Error, ErrorKind, HealthStatus,
+    LeaseLossDetection, Ordering, Producer, QueueConfig, QueueName, RedeliveryCount, Result,
+    StatsAccuracy, Support, Totals,
 };
 
 use crate::batcher::Batcher;
 use crate::client::{RequestCounter, Sqs};
 use crate::config::{QueueType, Settings};
-use crate::wire::{self, Outgoing};
+use crate::shared::Shared;
 use crate::{SqsConsumer, SqsProducer, MAX_BATCH, MAX_VISIBILITY, SQS_BATCH};
 
 /// The SQS backend. Clones share one client.
 #[derive(Clone, Debug)]
 pub struct SqsBackend {
     pub(crate) shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) capabilities: Capabilities,
-    pub(crate) sqs: Arc<Sqs>,
-    pub(crate) batcher: Batcher,
-    pub(crate) closed: CloseFlag,
-    /// Totals counted by this process, per queue.
-    counters: ProcessTotalsMap,
-    /// Purges made by this process, per queue: a delivery received before
-    /// one lost its message to it.
-    purges: Mutex<HashMap<QueueName, u64>>,
-}
-
-impl Shared {
-    pub(crate) fn check_open(&self) -> Result<()> {
-        self.closed.check("the sqs backend")
-    }
-
-    pub(crate) fn settings(&self) -> &Settings {
-        &self.sqs.settings
-    }
-
-    pub(crate) fn address(&self) -> &str {
-        self.sqs.address()
-    }
-
-    pub(crate) fn counters(&self, queue: &QueueName) -> Arc<ProcessTotals> {
-        self.counters.of(queue)
-    }
-
-    pub(crate) fn purge_epoch(&self, queue: &QueueName) -> u64 {
-        self.purges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(queue)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    pub(crate) fn purged(&self, queue: &QueueName) {
-        *self
-            .purges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(queue.clone())
-            .or_default() += 1;
-    }
-
-    /// `message` ready to send now: the delay (up to the native limit;
-    /// the rest hops) and the size SQS will count, checked.
-    pub(crate) fn outgoing(&self, message: &Message) -> Result<Outgoing> {
-        let settings = self.settings();
-        let delay = message.delay_from(SystemTime::now());
-        // FIFO queues refuse a per-message delay: a copy that is due later
-        // (a nack with a delay) is held by its visibility when it arrives.
-        let native = match settings.queue_type {
-            QueueType::Standard => {
-                wire::whole_seconds(delay).min(settings.max_native_delay.as_secs())
-            }
-            QueueType::Fifo => 0,
-        };
-        let out = Outgoing::new(
-            message,
-            i32::try_from(native).unwrap_or(0),
-            settings.queue_type,
-        );
-        let size = out.size();
-        if size > settings.max_message {
-            return Err(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "message {} is {size} bytes as SQS counts it (body and attributes; a payload that is not text travels base64-encoded, 4/3 its size); the queue takes at most {} bytes",
-                    message.id, settings.max_message
-                ),
-            ));
-        }
-        Ok(out)
-    }
-
-    /// [`Shared::outgoing`] for a copy of a message SQS holds
-    /// ([`Outgoing::fresh`]).
-    pub(crate) fn outgoing_copy(&self, message: &Message) -> Result<Outgoing> {
-        Ok(self.outgoing(message)?.fresh())
-    }
 }
 
 impl SqsBackend {
@@ -123,14 +36,7 @@ impl SqsBackend {
         let sqs = Arc::new(Sqs::new(settings).await?);
         let batcher = Batcher::start(&sqs);
         Ok(SqsBackend {
-            shared: Arc::new(Shared {
-                capabilities,
-                sqs,
-                batcher,
-                closed: CloseFlag::default(),
-                counters: ProcessTotalsMap::default(),
-                purges: Mutex::new(HashMap::new()),
-            }),
+            shared: Arc::new(Shared::new(capabilities, sqs, batcher)),
         })
     }
 

@@ -1,24 +1,24 @@
 //! [`SqsConsumer`]: receives with long polling, and settles through the
 //! batcher, checking the local lease deadline before any request.
 
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use futures_util::future::join_all;
+use queue_core::stats::Counter;
 use queue_core::traits::{ack_each, split_own};
 use queue_core::{
-    Acker, Consumer, DeadLetterReason, Delivery, DeliveryError, Error, ErrorKind, Message,
+    Acker, Consumer, DeadLetterReason, Delivery, DeliveryError, Error, ErrorKind, Message, Nacked,
     QueueName, Result,
 };
 
-use crate::backend::Shared;
 use crate::batcher::{self, Op};
 use crate::client::QueueUrls;
 use crate::config::QueueType;
 use crate::error::classify;
+use crate::shared::Shared;
 use crate::wire::{self, Incoming};
 use crate::{MAX_VISIBILITY, MAX_WAIT, SQS_BATCH};
 
@@ -194,11 +194,7 @@ impl Chore {
             }
             Chore::Expired(message) => {
                 acker.bury(&message, &DeadLetterReason::Expired, 0).await?;
-                acker
-                    .shared
-                    .counters(&acker.queue)
-                    .expired
-                    .fetch_add(1, AtomicOrdering::Relaxed);
+                acker.count(Counter::Expired);
                 Ok(())
             }
             Chore::Exhausted(message) => {
@@ -282,13 +278,7 @@ impl Consumer for SqsConsumer {
             results.extend(rest);
             for ((acker, delivery), result) in group.into_iter().zip(results) {
                 match result {
-                    Ok(()) => {
-                        acker
-                            .shared
-                            .counters(&acker.queue)
-                            .acked
-                            .fetch_add(1, AtomicOrdering::Relaxed);
-                    }
+                    Ok(()) => acker.count(Counter::Acked),
                     Err(e) => failed.push(DeliveryError::new(e, delivery)),
                 }
             }
@@ -313,6 +303,11 @@ pub(crate) struct SqsAcker {
 }
 
 impl SqsAcker {
+    /// Count one more of `counter` in this process's totals of the queue.
+    fn count(&self, counter: Counter) {
+        self.shared.counters(&self.queue).add(counter, 1);
+    }
+
     /// `LeaseLost` without a request when the lease ran out (or a purge
     /// by this process took the message).
     fn check_lease(&self, message: &Message) -> Result<()> {
@@ -358,10 +353,7 @@ impl SqsAcker {
             .submit(&self.urls.dlq, Op::Send(Box::new(out)))
             .await?;
         self.delete().await?;
-        self.shared
-            .counters(&self.queue)
-            .dead_lettered
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.count(Counter::DeadLettered);
         Ok(())
     }
 
@@ -382,10 +374,7 @@ impl Acker for SqsAcker {
     async fn ack(&self, message: &Message) -> Result<()> {
         self.check_lease(message)?;
         self.delete().await?;
-        self.shared
-            .counters(&self.queue)
-            .acked
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.count(Counter::Acked);
         Ok(())
     }
 
@@ -396,35 +385,26 @@ impl Acker for SqsAcker {
         last_error: Option<&str>,
     ) -> Result<()> {
         self.check_lease(message)?;
-        if message.is_last_attempt() {
-            let mut last = message.clone();
-            if let Some(error) = last_error {
-                last.last_error = Some(error.to_owned());
+        let now = SystemTime::now();
+        match message.nacked(delay, last_error, now) {
+            Nacked::DeadLetter(last) => {
+                self.bury(&last, &DeadLetterReason::MaxAttempts, last.attempt)
+                    .await?;
             }
-            return self
-                .bury(&last, &DeadLetterReason::MaxAttempts, message.attempt)
-                .await;
-        }
-        let held = SystemTime::now()
-            .duration_since(self.received_at)
-            .unwrap_or_default();
-        if last_error.is_none() && held + delay < MAX_VISIBILITY {
-            // The same SQS message comes back: its receive count is the
-            // next attempt.
-            self.set_visibility(delay).await?;
-        } else {
-            let mut copy = message.clone();
-            copy.attempt += 1;
-            if let Some(error) = last_error {
-                copy.last_error = Some(error.to_owned());
+            Nacked::Retry(copy) => {
+                // The delay as the rule holds it (at most the maximum).
+                let delay = copy.delay_from(now);
+                let held = now.duration_since(self.received_at).unwrap_or_default();
+                if last_error.is_none() && held + delay < MAX_VISIBILITY {
+                    // The same SQS message comes back: its receive count
+                    // is the next attempt.
+                    self.set_visibility(delay).await?;
+                } else {
+                    self.replace(&self.urls.main.clone(), &copy).await?;
+                }
             }
-            copy.not_before = (!delay.is_zero()).then(|| SystemTime::now() + delay);
-            self.replace(&self.urls.main.clone(), &copy).await?;
         }
-        self.shared
-            .counters(&self.queue)
-            .retried
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.count(Counter::Retried);
         Ok(())
     }
 

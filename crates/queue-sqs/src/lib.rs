@@ -32,8 +32,8 @@
 //! ```
 //!
 //! The crate has the shape of every backend crate: `config.rs` (URL and
-//! options), `backend.rs` (the backend and its capabilities),
-//! `producer.rs`, `consumer.rs` (with settlement), `admin.rs`, `error.rs`
+//! options), `backend.rs` (the backend and its capabilities), `shared.rs`
+//! (what its handles share, and outgoing messages), `producer.rs`, `consumer.rs` (with settlement), `admin.rs`, `error.rs`
 //! (`classify`), plus `client.rs` (the SDK client, queue URLs and the
 //! request counter), `batcher.rs` (gathering settles into batch calls) and
 //! `wire.rs` (names, and messages to and from SQS). `docs/backends/sqs.md`
@@ -49,6 +49,7 @@ mod config;
 mod consumer;
 mod error;
 mod producer;
+mod shared;
 mod wire;
 
 use std::time::Duration;

@@ -1,15 +1,15 @@
 //! [`SqsProducer`]: `SendMessage`, and `SendMessageBatch` in tens.
 
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use queue_core::stats::Counter;
 use queue_core::{BatchError, Error, Message, MessageId, Producer, QueueName, Result};
 
-use crate::backend::Shared;
 use crate::batcher::{self, Op};
 use crate::client::QueueUrls;
 use crate::error::classify;
+use crate::shared::Shared;
 
 /// Sends to one SQS queue.
 #[derive(Debug, Clone)]
@@ -59,10 +59,7 @@ impl Producer for SqsProducer {
                 self.shared.address(),
             )
         })?;
-        self.shared
-            .counters(&self.queue)
-            .enqueued
-            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.shared.counters(&self.queue).add(Counter::Enqueued, 1);
         Ok(message.id)
     }
 
@@ -85,8 +82,7 @@ impl Producer for SqsProducer {
         let sent = results.iter().filter(|r| r.is_ok()).count();
         self.shared
             .counters(&self.queue)
-            .enqueued
-            .fetch_add(sent as u64, AtomicOrdering::Relaxed);
+            .add(Counter::Enqueued, sent as u64);
         if sent == len {
             return Ok(messages.iter().map(|m| m.id).collect());
         }

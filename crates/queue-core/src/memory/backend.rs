@@ -1,4 +1,4 @@
-//! [`MemoryBackend`]: the queues of one process, capabilities and close.
+//! [`MemoryBackend`]: building it, capabilities and close.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,32 +9,20 @@ use async_trait::async_trait;
 use super::config::Settings;
 use super::consumer::{LocalQueue, MemoryConsumer};
 use super::producer::MemoryProducer;
-use super::state::{lock, MemQueue, State};
+use super::shared::Shared;
+use super::state::lock;
 use super::{MAX_BATCH, MAX_RECEIVE};
 use crate::capabilities::Capabilities;
 use crate::config::QueueConfig;
 use crate::error::Result;
 use crate::message::QueueName;
-use crate::stats::{ConsumerOptions, QueueOptions};
+use crate::stats::ConsumerOptions;
 use crate::traits::{Admin, Backend, CloseFlag, Consumer, Producer};
-use tokio::sync::Notify;
 
 /// The embedded backend. Clones share the same queues.
 #[derive(Clone, Debug)]
 pub struct MemoryBackend {
     pub(super) shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-pub(super) struct Shared {
-    pub(super) capabilities: Capabilities,
-    pub(super) lease: Duration,
-    pub(super) queues: Mutex<HashMap<QueueName, Arc<MemQueue>>>,
-    /// The worker registry: each worker with the instant it goes stale.
-    pub(super) workers: Mutex<HashMap<String, (crate::stats::WorkerInfo, tokio::time::Instant)>>,
-    /// The job store of [`Backend::default_job_store`].
-    pub(super) job_store: Arc<crate::store::MemoryJobStore>,
-    pub(super) closed: CloseFlag,
 }
 
 impl Default for MemoryBackend {
@@ -104,45 +92,6 @@ impl MemoryBackend {
             lease,
             shared: self.shared.clone(),
         })
-    }
-}
-
-impl Shared {
-    pub(super) fn check_open(&self) -> Result<()> {
-        self.closed.check("the memory backend")
-    }
-
-    /// The queue `name`, created with `options` (or defaults) if missing.
-    pub(super) fn queue(
-        &self,
-        name: &QueueName,
-        options: Option<&QueueOptions>,
-    ) -> Result<Arc<MemQueue>> {
-        self.check_open()?;
-        let mut queues = lock(&self.queues);
-        let queue = queues.entry(name.clone()).or_insert_with(|| {
-            Arc::new(MemQueue {
-                name: name.clone(),
-                state: Mutex::new(State::default()),
-                notify: Notify::new(),
-                idempotency_window: self
-                    .capabilities
-                    .idempotency_window
-                    .unwrap_or(crate::config::DEFAULT_IDEMPOTENCY_WINDOW),
-            })
-        });
-        if let Some(options) = options {
-            lock(&queue.state).options = options.clone();
-        }
-        Ok(queue.clone())
-    }
-
-    pub(super) fn existing(&self, name: &QueueName) -> Result<Arc<MemQueue>> {
-        self.check_open()?;
-        lock(&self.queues)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| super::error::no_such_queue(name))
     }
 }
 

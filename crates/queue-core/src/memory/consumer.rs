@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::backend::Shared;
+use super::shared::Shared;
 use super::state::{MemQueue, State, TimeKey, WaiterGuard};
 use crate::error::{Error, Result};
 use crate::message::{Message, QueueName};
@@ -223,11 +223,14 @@ impl Acker for MemoryAcker {
         delay: Duration,
         last_error: Option<&str>,
     ) -> Result<()> {
-        self.settle(message, |state, mut stored| {
-            if let Some(error) = last_error {
-                stored.last_error = Some(error.to_owned());
-            }
-            state.retry(stored, delay, SystemTime::now(), Instant::now());
+        self.settle(message, |state, stored| {
+            state.retry(
+                &stored,
+                delay,
+                last_error,
+                SystemTime::now(),
+                Instant::now(),
+            );
         })
     }
 

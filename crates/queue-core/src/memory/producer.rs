@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::backend::Shared;
+use super::shared::Shared;
 use super::state::MemQueue;
 use crate::error::{BatchError, Error, ErrorKind, Result};
 use crate::message::{Message, MessageId, QueueName};

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::Result;
-use crate::message::{Message, MessageId, QueueName};
+use crate::message::{Message, MessageId, Nacked, QueueName};
 use crate::stats::{DeadLetter, DeadLetterReason, QueueOptions, QueueStats};
 
 #[derive(Debug)]
@@ -245,25 +245,24 @@ impl State {
             .push_back(DeadLetter::new(message, reason, attempts));
     }
 
-    /// A failed attempt: deliver again after `delay`, or dead-letter on the last attempt.
+    /// A failed attempt ([`Message::nacked`]): deliver again after
+    /// `delay`, or dead-letter on the last attempt.
     pub(super) fn retry(
         &mut self,
-        mut message: Message,
+        message: &Message,
         delay: Duration,
+        last_error: Option<&str>,
         sys_now: SystemTime,
         now: Instant,
     ) {
         self.stats.retried_total += 1;
-        if message.is_last_attempt() {
-            let attempts = message.attempt;
-            self.bury(message, DeadLetterReason::MaxAttempts, attempts);
-            return;
+        match message.nacked(delay, last_error, sys_now) {
+            Nacked::Retry(copy) => self.enqueue(copy, sys_now, now),
+            Nacked::DeadLetter(last) => {
+                let attempts = last.attempt;
+                self.bury(last, DeadLetterReason::MaxAttempts, attempts);
+            }
         }
-        message.attempt += 1;
-        message.not_before = (delay > Duration::ZERO)
-            .then(|| sys_now.checked_add(delay.min(crate::message::MAX_DELAY)))
-            .flatten();
-        self.enqueue(message, sys_now, now);
     }
 
     /// Move due delayed messages to ready and take back expired leases.
@@ -280,11 +279,11 @@ impl State {
             if key.0 > now {
                 break;
             }
-            let mut message = self
+            let message = self
                 .unlease(&key)
                 .expect("lease index matches in-flight map");
-            message.last_error = Some("lease expired before the delivery was settled".to_owned());
-            self.retry(message, Duration::ZERO, sys_now, now);
+            let error = "lease expired before the delivery was settled";
+            self.retry(&message, Duration::ZERO, Some(error), sys_now, now);
         }
     }
 

@@ -1,5 +1,6 @@
 //! Failed attempts: dead letters after the last attempt or on request,
-//! redrive, and error texts kept to a bounded size.
+//! redrive, error texts kept to a bounded size, and attempts at the top
+//! of their range.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -231,4 +232,67 @@ pub async fn error_text_capped(ctx: &Ctx) {
         }
         other => panic!("reason {other:?}"),
     }
+}
+
+/// Case 56: attempts at the top of their range. A producer's `attempt`
+/// and `max_attempts` travel on every backend: a message sent at attempt
+/// `u32::MAX - 1` (of `u32::MAX`) comes back from a nack at `u32::MAX`;
+/// nacked there, and one sent at `u32::MAX`, are dead-lettered
+/// (`max_attempts`, `u32::MAX` attempts), with no overflow and no further
+/// delivery.
+pub async fn attempt_at_max(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let at = |attempt: u32, payload: &'static str| {
+        let mut message = Message::new(payload).with_max_attempts(u32::MAX);
+        message.attempt = attempt;
+        message
+    };
+    let one_left = send(ctx, &queue, at(u32::MAX - 1, "one left")).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let first = receive_one(&*consumer, "delivery at u32::MAX - 1").await;
+    assert_eq!(first.message().id, one_left);
+    assert_eq!(
+        first.attempt(),
+        u32::MAX - 1,
+        "the producer's attempt travels"
+    );
+    assert_eq!(first.message().max_attempts, u32::MAX);
+    first
+        .nack(Duration::ZERO)
+        .await
+        .expect("nack at u32::MAX - 1");
+    let last = receive_one(&*consumer, "redelivery at u32::MAX").await;
+    assert_eq!(last.message().id, one_left);
+    assert_eq!(last.attempt(), u32::MAX, "the next attempt is u32::MAX");
+    last.nack_with_error(Duration::ZERO, "out of attempts")
+        .await
+        .expect("nack at u32::MAX");
+    let none_left = send(ctx, &queue, at(u32::MAX, "none left")).await;
+    let top = receive_one(&*consumer, "delivery at u32::MAX").await;
+    assert_eq!((top.message().id, top.attempt()), (none_left, u32::MAX));
+    top.nack(Duration::from_secs(1))
+        .await
+        .expect("nack at u32::MAX");
+    let rest = consumer.receive(10, QUIET).await.expect("receive");
+    assert!(
+        rest.is_empty(),
+        "nothing comes back after the last attempt: {:?}",
+        rest.iter().map(|d| d.attempt()).collect::<Vec<_>>()
+    );
+    let dead = dead_letters(ctx, &queue).await;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for id in [one_left, none_left] {
+        let letter = dead
+            .iter()
+            .find(|l| l.message.id == id)
+            .unwrap_or_else(|| panic!("{id} is dead-lettered: {dead:?}"));
+        assert_eq!(letter.reason, DeadLetterReason::MaxAttempts);
+        assert_eq!(letter.attempts, u32::MAX);
+        assert_eq!(letter.message.attempt, u32::MAX);
+    }
+    let one_left = dead
+        .iter()
+        .find(|l| l.message.id == one_left)
+        .expect("found");
+    assert_eq!(one_left.last_error.as_deref(), Some("out of attempts"));
 }

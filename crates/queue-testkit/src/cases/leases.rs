@@ -1,9 +1,11 @@
 //! What brings a delivery back (a nack, a release, an expired lease, a
-//! dropped consumer), how a lease is extended, and what a lost lease refuses.
+//! dropped consumer), how long a nack may hold it, how a lease is
+//! extended, and what a lost lease refuses.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use queue_core::message::MAX_DELAY;
 use queue_core::{ErrorKind, Message, MessageId, Ordering, RedeliveryCount};
 
 use super::{assert_unsupported, receive_one, send, send_numbered, LEASE, QUIET, SOON};
@@ -225,4 +227,67 @@ pub async fn release_keeps_attempt(ctx: &Ctx) {
     }
     assert_eq!(current.message().id, id);
     current.ack().await.expect("the current holder acks");
+}
+
+/// Case 57: a nack delay past the maximum (`MAX_DELAY`, 365 days).
+/// `Delivery::nack(Duration::MAX)` is refused with `InvalidInput` and
+/// hands the delivery back; the backend's own `Acker::nack` given
+/// `Duration::MAX`, or ten times the maximum, takes it without overflow
+/// and holds the message for the maximum, as a nack of exactly the
+/// maximum does: all three are delayed (stats where exact), none is
+/// delivered.
+pub async fn nack_delay_over_max(ctx: &Ctx) {
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    let ids = send_numbered(&*producer, "far", 3).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let mut got = receive_n(&*consumer, 3, SOON).await;
+    assert_eq!(got.len(), 3, "the three messages arrive");
+    let received: HashSet<MessageId> = got.iter().map(|d| d.message().id).collect();
+    assert_eq!(received, ids.iter().copied().collect::<HashSet<_>>());
+
+    let refused = got
+        .pop()
+        .expect("three")
+        .nack(Duration::MAX)
+        .await
+        .expect_err("Delivery::nack(Duration::MAX) is refused");
+    assert_eq!(
+        refused.error.kind(),
+        ErrorKind::InvalidInput,
+        "{}",
+        refused.error
+    );
+    let held = *refused.delivery;
+    held.acker()
+        .nack(held.message(), Duration::MAX, None)
+        .await
+        .expect("Acker::nack(Duration::MAX) holds the message for the maximum");
+    drop(held);
+    let far = got.pop().expect("three");
+    far.acker()
+        .nack(far.message(), MAX_DELAY * 10, Some("far above the maximum"))
+        .await
+        .expect("Acker::nack(10 x MAX_DELAY) holds the message for the maximum");
+    drop(far);
+    got.pop()
+        .expect("three")
+        .nack(MAX_DELAY)
+        .await
+        .expect("a nack of exactly the maximum is taken");
+
+    let early = consumer.receive(10, QUIET).await.expect("receive");
+    assert!(
+        early.is_empty(),
+        "a message nacked for a year came back: {:?}",
+        early.iter().map(|d| d.message().id).collect::<Vec<_>>()
+    );
+    if ctx.caps().exact_stats() {
+        let stats = ctx.backend().admin().stats(&queue).await.expect("stats");
+        assert_eq!(
+            (stats.ready, stats.delayed, stats.in_flight, stats.dead),
+            (0, 3, 0, 0),
+            "all three wait for their delay: {stats:?}"
+        );
+    }
 }

@@ -4,11 +4,12 @@
 //! - `messages`: sending, receiving and acking, batches, isolation,
 //!   idempotency keys, competing consumers;
 //! - `leases`: what brings a delivery back (nack, release, an expired
-//!   lease, a dropped consumer) and what a lost lease refuses;
+//!   lease, a dropped consumer), nack delays past the maximum, and what a
+//!   lost lease refuses;
 //! - `delays`: delays, scheduled times and TTL;
 //! - `ordering`: priority order and send order;
-//! - `failures`: attempts running out, dead letters and redrive, capped
-//!   error texts;
+//! - `failures`: attempts running out (up to `u32::MAX`), dead letters
+//!   and redrive, capped error texts;
 //! - `admin`: stats, purge, health, queue listing, pause, oldest ready
 //!   age, the worker registry;
 //! - `bad_input`: oversize payloads, invalid names, foreign bytes, bad
@@ -125,6 +126,8 @@ macro_rules! conformance_case_list {
             job_retry,
             worker_registry,
             dead_letter_pages,
+            attempt_at_max,
+            nack_delay_over_max,
         }
     };
 }
