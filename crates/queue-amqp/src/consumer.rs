@@ -22,7 +22,7 @@ use lapin::{BasicProperties, Channel};
 use queue_core::traits::split_own;
 use queue_core::{
     Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery, DeliveryError, Error, ErrorKind,
-    Message, QueueName, Result,
+    Message, QueueName, Result, StopFlag,
 };
 use tokio::sync::Notify;
 
@@ -37,6 +37,8 @@ use crate::wire::{self, Incoming};
 pub struct AmqpConsumer {
     state: Arc<ConsumerState>,
     pump: tokio::task::JoinHandle<()>,
+    /// Set by [`Consumer::stop_waiting`]: a wait ends at once.
+    stop: StopFlag,
 }
 
 /// A delivery pushed by the broker, not yet handed out.
@@ -551,7 +553,11 @@ impl AmqpConsumer {
         let (session, stream) = state.subscribe().await?;
         shared.register(queue, &state);
         let pump = tokio::spawn(pump(state.clone(), (session, stream)));
-        Ok(AmqpConsumer { state, pump })
+        Ok(AmqpConsumer {
+            state,
+            pump,
+            stop: StopFlag::default(),
+        })
     }
 
     /// Deliveries the broker pushed that wait here, not yet handed out.
@@ -801,6 +807,12 @@ impl Consumer for AmqpConsumer {
         &self.state.queue
     }
 
+    /// The wait is for the local buffer the broker pushes into: it ends
+    /// at once.
+    fn stop_waiting(&self) {
+        self.stop.stop();
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let shared = &self.state.shared;
         shared.check_open()?;
@@ -927,7 +939,11 @@ impl Consumer for AmqpConsumer {
                 }
             }
             self.state.adjust_window();
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let waited_out = tokio::select! {
+                woken = tokio::time::timeout_at(deadline, notified) => woken.is_err(),
+                () = self.stop.stopped() => true,
+            };
+            if waited_out {
                 // While the channel is down, a receive that got nothing
                 // says why (after waiting for it to come back: returning
                 // at once would let a caller's retry loop spin).

@@ -47,5 +47,5 @@ pub use store::{
 };
 pub use traits::{
     AckAndReceive, Acker, Admin, Backend, CloseFlag, Consumer, Delivery, DeliveryError, Producer,
-    ProducerExt,
+    ProducerExt, StopFlag,
 };

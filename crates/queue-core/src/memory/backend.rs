@@ -16,7 +16,7 @@ use crate::config::QueueConfig;
 use crate::error::Result;
 use crate::message::QueueName;
 use crate::stats::{ConsumerOptions, QueueOptions};
-use crate::traits::{Admin, Backend, CloseFlag, Consumer, Producer};
+use crate::traits::{Admin, Backend, CloseFlag, Consumer, Producer, StopFlag};
 use tokio::sync::Notify;
 
 /// The embedded backend. Clones share the same queues.
@@ -103,6 +103,7 @@ impl MemoryBackend {
             queue,
             lease,
             shared: self.shared.clone(),
+            stop: StopFlag::default(),
         })
     }
 }

@@ -13,8 +13,8 @@
 //!   age, the worker registry;
 //! - `bad_input`: oversize payloads, invalid names, foreign bytes, bad
 //!   configuration, reserved headers;
-//! - `worker`: the worker runtime (retries, timeouts, panics, shutdown,
-//!   trace context);
+//! - `worker`: the worker runtime (retries, timeouts, panics, shutdown
+//!   and how promptly it returns, trace context);
 //! - `jobs`: job status and the job store;
 //! - `faults`: connections cut, a blackholed broker, a broker restart.
 //!
@@ -124,6 +124,7 @@ macro_rules! conformance_case_list {
             job_listing,
             job_retry,
             worker_registry,
+            shutdown_is_prompt,
         }
     };
 }
