@@ -7,6 +7,8 @@
 //!   each message.
 //! - backend: 50,000 jobs of 100 bytes through the worker pool
 //!   (concurrency 100, no-op handler): enqueue and processing rates.
+//!   Each worker run is also timed end to end, from its start until
+//!   `shutdown()` returned (what a test, a deploy or a CLI run waits for).
 //! - raw pickup: lapin publishes 2,000 messages/s (confirms on, open load)
 //!   to one consumer (prefetch 100, ack each); publish-to-delivery latency.
 //! - pickup latency: a producer offers 2,000 single sends/s (open load) to a
@@ -260,8 +262,10 @@ fn main() {
             .expect("worker run");
         backend.admin().delete_queue(&q).await.expect("delete");
         eprintln!(
-            "backend: enqueue {:.0}/s, processed {:.0}/s",
-            run.enqueue_per_second, run.processed_per_second
+            "backend: enqueue {:.0}/s, processed {:.0}/s; {}",
+            run.enqueue_per_second,
+            run.processed_per_second,
+            run.end_to_end()
         );
 
         let raw_latency = raw_pickup(&url).await;
@@ -328,6 +332,7 @@ fn main() {
             run.processed_per_second,
             run.processed_per_second / raw_processed
         );
+        println!("queue-amqp worker pool: {}", run.end_to_end());
         println!(
             "raw lapin pickup p50 {:.2} ms, p99 {:.2} ms at 2,000 msgs/s",
             raw_latency.p50_us / 1000.0,

@@ -49,5 +49,5 @@ pub use store::{
 };
 pub use traits::{
     AckAndReceive, Acker, Admin, Backend, CloseFlag, Consumer, Delivery, DeliveryError, Producer,
-    ProducerExt,
+    ProducerExt, StopFlag,
 };

@@ -127,6 +127,75 @@ pub trait Consumer: Send + Sync + fmt::Debug {
             received: self.receive(max, wait).await,
         }
     }
+
+    /// Stop waiting: a [`receive`](Consumer::receive) (or
+    /// [`ack_and_receive`](Consumer::ack_and_receive)) of this consumer
+    /// that is waiting returns at once with what it has (often nothing),
+    /// and every later one looks once and returns, as with a zero `wait`.
+    /// Sticky: a consumer does not wait again. A worker calls it when it
+    /// stops, then awaits its pending call instead of dropping it, so the
+    /// acks that call carries land and the deliveries it claimed are handed
+    /// back rather than left claimed until their lease runs out.
+    ///
+    /// Only the wait is cut short: a call in the middle of a broker round
+    /// trip finishes that round trip, and a delivery it took is returned,
+    /// never lost. [`StopFlag`] is the building block the backends use.
+    ///
+    /// The provided method does nothing, so a consumer that does not
+    /// override it keeps waiting up to its `wait`, and a worker's shutdown
+    /// waits with it.
+    fn stop_waiting(&self) {}
+}
+
+/// A sticky "stop waiting" signal: how a backend implements
+/// [`Consumer::stop_waiting`]. Its waits race [`stopped`](StopFlag::stopped)
+/// against whatever they wait for.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use queue_core::StopFlag;
+/// use std::time::Duration;
+///
+/// let flag = StopFlag::default();
+/// flag.stop();
+/// tokio::select! {
+///     () = flag.stopped() => {}
+///     () = tokio::time::sleep(Duration::from_secs(30)) => unreachable!(),
+/// }
+/// assert!(flag.is_stopped());
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct StopFlag {
+    stopped: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl StopFlag {
+    /// Stop: every wait on [`stopped`](StopFlag::stopped), now or later,
+    /// ends.
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    /// Whether [`stop`](StopFlag::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once [`stop`](StopFlag::stop) was called (at once if it
+    /// was already).
+    pub async fn stopped(&self) {
+        let woken = self.wake.notified();
+        tokio::pin!(woken);
+        // Registered before the check, so a stop in between still wakes it.
+        woken.as_mut().enable();
+        if !self.is_stopped() {
+            woken.await;
+        }
+    }
 }
 
 /// What [`Consumer::ack_and_receive`] did: the acks, then the receive.
@@ -655,6 +724,9 @@ macro_rules! forward_pointer {
                 wait: Duration,
             ) -> AckAndReceive {
                 (**self).ack_and_receive(acks, max, wait).await
+            }
+            fn stop_waiting(&self) {
+                (**self).stop_waiting()
             }
         }
     )*};

@@ -12,7 +12,8 @@
 //! - backend: as many jobs of 100 bytes with `send_batch` of 1,000 (the
 //!   backend's idempotent producer, `acks=all`), then the worker pool
 //!   (concurrency 100, no-op handler), timed from its start (group join
-//!   included) to the last completion.
+//!   included) to the last completion, and end to end, until `shutdown()`
+//!   returned (what a test, a deploy or a CLI run waits for).
 //! - raw pickup: the same producer offers 2,000 records/s (open load) to
 //!   one `StreamConsumer`; latency from send to receipt.
 //! - pickup: a producer offers 2,000 single sends/s to a worker; p50/p99
@@ -233,8 +234,10 @@ fn main() {
             .expect("worker run");
         backend.admin().delete_queue(&q).await.expect("delete");
         eprintln!(
-            "backend: enqueue {:.0}/s, processed {:.0}/s",
-            run.enqueue_per_second, run.processed_per_second
+            "backend: enqueue {:.0}/s, processed {:.0}/s; {}",
+            run.enqueue_per_second,
+            run.processed_per_second,
+            run.end_to_end()
         );
 
         let raw_latency = raw_pickup(&servers).await;
@@ -271,6 +274,7 @@ fn main() {
             run.enqueue_per_second / raw_enqueue,
             run.processed_per_second / raw_processed
         );
+        println!("queue-kafka worker pool: {}", run.end_to_end());
         println!(
             "raw rdkafka pickup p50 {:.2} ms, p99 {:.2} ms at 2,000 records/s; worker pickup p50 {:.2} ms, p99 {:.2} ms at 2,000 jobs/s",
             raw_latency.p50_us / 1000.0,

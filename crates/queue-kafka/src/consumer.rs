@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use queue_core::stats::Counter;
 use queue_core::{
     Acker, Consumer, DeadLetterReason, Delivery, Error, ErrorKind, Message, Nacked, QueueName,
-    Result,
+    Result, StopFlag,
 };
 
 use crate::member::{Lease, Member, Pending};
@@ -33,6 +33,8 @@ pub struct KafkaConsumer {
     queue: QueueName,
     member: Arc<Member>,
     lease: Duration,
+    /// Set by [`Consumer::stop_waiting`]: a wait ends at once.
+    stop: StopFlag,
 }
 
 impl KafkaConsumer {
@@ -56,6 +58,7 @@ impl KafkaConsumer {
             queue: queue.clone(),
             member,
             lease,
+            stop: StopFlag::default(),
         })
     }
 
@@ -75,6 +78,11 @@ impl Consumer for KafkaConsumer {
         &self.queue
     }
 
+    /// The wait is on the member's local buffer: it ends at once.
+    fn stop_waiting(&self) {
+        self.stop.stop();
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         self.shared.check_open()?;
         if max == 0 {
@@ -82,8 +90,18 @@ impl Consumer for KafkaConsumer {
         }
         let until = tokio::time::Instant::now() + wait;
         loop {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            let taken = self.member.take(max, left, self.lease).await;
+            let left = match self.stop.is_stopped() {
+                true => Duration::ZERO,
+                false => until.saturating_duration_since(tokio::time::Instant::now()),
+            };
+            // Taking from the member's buffer is synchronous: a take cut
+            // short by a stop has taken nothing. It goes first, so a
+            // stopped consumer still looks once.
+            let taken = tokio::select! {
+                biased;
+                taken = self.member.take(max, left, self.lease) => taken,
+                () = self.stop.stopped() => Vec::new(),
+            };
             if taken.is_empty() {
                 if let Some(quiet) = self.member.silent() {
                     return Err(Error::new(
@@ -133,7 +151,10 @@ impl Consumer for KafkaConsumer {
                     }
                 }
             }
-            if !deliveries.is_empty() || tokio::time::Instant::now() >= until {
+            if !deliveries.is_empty()
+                || tokio::time::Instant::now() >= until
+                || self.stop.is_stopped()
+            {
                 return Ok(deliveries);
             }
         }

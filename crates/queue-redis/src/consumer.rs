@@ -8,7 +8,7 @@ use bytes::Bytes;
 use queue_core::traits::{ack_each, split_own};
 use queue_core::{
     envelope, AckAndReceive, Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery,
-    DeliveryError, Error, ErrorKind, Message, QueueName, Result,
+    DeliveryError, Error, ErrorKind, Message, QueueName, Result, StopFlag,
 };
 use redis::aio::MultiplexedConnection;
 use redis::Value;
@@ -37,6 +37,8 @@ pub struct RedisConsumer {
     /// opened on first need; taken out while in use, so a cancelled wait
     /// drops (and closes) it rather than leaving a BLPOP queued on it.
     blocking: std::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Set by [`Consumer::stop_waiting`]: a wait ends at once.
+    stop: StopFlag,
 }
 
 impl RedisConsumer {
@@ -54,6 +56,7 @@ impl RedisConsumer {
             ctx,
             lease,
             blocking: std::sync::Mutex::new(None),
+            stop: StopFlag::default(),
         })
     }
 
@@ -118,8 +121,9 @@ impl RedisConsumer {
         Ok((claimed, lost))
     }
 
-    /// Claim until something is delivered or `give_up_at`, blocking on the
-    /// notification list in between; `first` is a claim already made.
+    /// Claim until something is delivered, `give_up_at` or a stop,
+    /// blocking on the notification list in between; `first` is a claim
+    /// already made.
     async fn receive_from(
         &self,
         max: usize,
@@ -131,7 +135,7 @@ impl RedisConsumer {
                 return Ok(claimed.deliveries);
             }
             let now = tokio::time::Instant::now();
-            if now >= give_up_at {
+            if now >= give_up_at || self.stop.is_stopped() {
                 return Ok(claimed.deliveries);
             }
             // Only undecodable or expired messages came: claim again at once.
@@ -141,15 +145,18 @@ impl RedisConsumer {
                     limit = limit.min(next);
                 }
                 self.wait_for_notification(limit).await?;
+                if self.stop.is_stopped() {
+                    return Ok(Vec::new());
+                }
             }
             claimed = self.claim(max, &[]).await?.0;
         }
     }
 
-    /// Block until a message may be ready (a notification) or `limit`
-    /// passes. Only the notification list is popped: bytes a plain client
-    /// pushes to the inbox stay there until a claim moves them, so nothing
-    /// lives only in this process's memory.
+    /// Block until a message may be ready (a notification), `limit`
+    /// passes or the consumer stops waiting. Only the notification list is
+    /// popped: bytes a plain client pushes to the inbox stay there until a
+    /// claim moves them, so nothing lives only in this process's memory.
     async fn wait_for_notification(&self, limit: Duration) -> Result<()> {
         let taken = self
             .blocking
@@ -166,7 +173,15 @@ impl RedisConsumer {
         let blpop = cmd.query_async::<Value>(&mut conn);
         // The server answers by its own timeout; the margin covers a
         // connection that stopped answering.
-        match tokio::time::timeout(limit + self.ctx.shared.connect_timeout, blpop).await {
+        let blpop = tokio::time::timeout(limit + self.ctx.shared.connect_timeout, blpop);
+        let waited = tokio::select! {
+            waited = blpop => waited,
+            // The connection, its BLPOP still queued, is dropped (closed)
+            // here: the server forgets the wait. Nothing is claimed by a
+            // wait, so nothing is left behind.
+            () = self.stop.stopped() => return Ok(()),
+        };
+        match waited {
             Ok(Ok(_)) => {}
             // A broken connection is dropped here; the next wait opens another.
             Ok(Err(e)) => return Err(self.ctx.shared.error(e, "waiting for messages")),
@@ -196,6 +211,12 @@ impl Consumer for RedisConsumer {
         let give_up_at = tokio::time::Instant::now() + wait;
         let first = self.claim(max, &[]).await?.0;
         self.receive_from(max, give_up_at, first).await
+    }
+
+    /// Ends the BLPOP a receive is blocked on by closing its connection:
+    /// the receive returns at once (what a claim took is never cut short).
+    fn stop_waiting(&self) {
+        self.stop.stop();
     }
 
     /// One script settles the acks and claims the next deliveries.

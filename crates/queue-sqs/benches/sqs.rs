@@ -12,7 +12,9 @@
 //! - backend: `QUEUE_BENCH_SQS_JOBS` jobs (default 5,000) of 100 bytes
 //!   sent with `send_batch`, then run by the worker pool (concurrency 40,
 //!   `QUEUE_BENCH_SQS_CONCURRENCY` to change it: the raw pollers hold 40
-//!   messages at a time; no-op handler).
+//!   messages at a time; no-op handler). Also timed end to end, from its
+//!   start until `shutdown()` returned (what a test, a deploy or a CLI run
+//!   waits for).
 //!
 //! Both raw runs use the backend's own SDK client, so the HTTP stack is
 //! the same and only the way of calling SQS differs.
@@ -258,6 +260,7 @@ fn main() {
             run.processed_per_second / raw.processed_per_second,
             ours_requests
         );
+        println!("queue-sqs worker: {}", run.end_to_end());
         println!();
         println!("queue-sqs worker, requests per job by operation:");
         for (op, per_job) in &per_operation {

@@ -11,7 +11,7 @@ use queue_core::stats::Counter;
 use queue_core::traits::{ack_each, split_own};
 use queue_core::{
     Acker, Consumer, DeadLetterReason, Delivery, DeliveryError, Error, ErrorKind, Message, Nacked,
-    QueueName, Result,
+    QueueName, Result, StopFlag,
 };
 
 use crate::batcher::{self, Op};
@@ -33,6 +33,8 @@ pub struct SqsConsumer {
     queue: QueueName,
     urls: QueueUrls,
     lease: Duration,
+    /// Set by [`Consumer::stop_waiting`]: a wait ends at once.
+    stop: Arc<StopFlag>,
 }
 
 impl SqsConsumer {
@@ -47,6 +49,40 @@ impl SqsConsumer {
             queue,
             urls,
             lease,
+            stop: Arc::default(),
+        }
+    }
+
+    /// [`fetch`](SqsConsumer::fetch), unless the consumer stops waiting
+    /// first. SQS cannot cancel a long poll: a request dropped while it
+    /// waits may still take messages out of sight for their visibility
+    /// timeout (and count a receive, so an attempt). So the poll runs in a
+    /// task of its own, which, when the caller stopped waiting and went,
+    /// finishes it and hands back whatever it brings (a release: a copy
+    /// with the same attempt). Only a process that exits before that poll
+    /// ends leaves such messages to their visibility timeout.
+    async fn fetch_unless_stopped(&self, max: usize, wait_secs: u64) -> Result<Vec<Delivery>> {
+        if wait_secs == 0 || self.stop.is_stopped() {
+            return self.fetch(max, 0).await;
+        }
+        let (reply, mut fetched) = tokio::sync::oneshot::channel();
+        let poll = self.clone();
+        tokio::spawn(async move {
+            let result = poll.fetch(max, wait_secs).await;
+            if let Err(Ok(unwanted)) = reply.send(result) {
+                release_unwanted(unwanted).await;
+            }
+        });
+        tokio::select! {
+            result = &mut fetched => result.unwrap_or_else(|_| {
+                Err(Error::new(ErrorKind::Other, format!("receiving from {}: the poll task failed", self.queue)))
+            }),
+            () = self.stop.stopped() => {
+                // Closed first: the poll either finished already (its
+                // deliveries are here) or hands back what it brings.
+                fetched.close();
+                fetched.try_recv().unwrap_or(Ok(Vec::new()))
+            }
         }
     }
 
@@ -121,6 +157,15 @@ impl SqsConsumer {
             }
         }
         Ok(deliveries)
+    }
+}
+
+/// Hand back deliveries of a poll nobody waits for any more.
+async fn release_unwanted(deliveries: Vec<Delivery>) {
+    for result in join_all(deliveries.into_iter().map(Delivery::release)).await {
+        if let Err(e) = result {
+            tracing::warn!(job_id = %e.delivery.message().id, error = %e.error, "could not hand back a message received after the consumer stopped; it returns after its visibility timeout");
+        }
     }
 }
 
@@ -215,6 +260,12 @@ impl Consumer for SqsConsumer {
         &self.queue
     }
 
+    /// A long poll in flight is left to a task that hands back what it
+    /// brings (see `fetch_unless_stopped`); the receive returns at once.
+    fn stop_waiting(&self) {
+        self.stop.stop();
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         self.shared.check_open()?;
         if max == 0 {
@@ -225,13 +276,13 @@ impl Consumer for SqsConsumer {
         loop {
             let left = until.saturating_duration_since(Instant::now());
             let got = self
-                .fetch(max, left.as_secs().min(MAX_WAIT.as_secs()))
+                .fetch_unless_stopped(max, left.as_secs().min(MAX_WAIT.as_secs()))
                 .await?;
             if !got.is_empty() {
                 return Ok(got);
             }
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || self.stop.is_stopped() {
                 return Ok(got);
             }
             if left < Duration::from_secs(1) {
@@ -240,7 +291,10 @@ impl Consumer for SqsConsumer {
                 if slept {
                     return Ok(got);
                 }
-                tokio::time::sleep(left).await;
+                tokio::select! {
+                    () = tokio::time::sleep(left) => {}
+                    () = self.stop.stopped() => return Ok(got),
+                }
                 slept = true;
             }
         }

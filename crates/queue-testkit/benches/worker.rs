@@ -1,4 +1,5 @@
-//! `cargo xtask bench worker`: no-op jobs through the worker pool on the memory backend.
+//! `cargo xtask bench worker`: no-op jobs through the worker pool on the memory backend,
+//! timed to the last completion and end to end (until `shutdown()` returned).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ fn main() {
             "memory  worker pool  concurrency {}  {} no-op jobs  {:.2} s  {:.0} jobs/s",
             result.concurrency, result.jobs, result.seconds, result.jobs_per_second
         );
+        println!("memory  worker pool  {}", result.end_to_end());
         bench::write_json(
             "worker",
             &serde_json::json!({ "backend": "memory", "worker": result }),

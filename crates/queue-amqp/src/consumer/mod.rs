@@ -30,7 +30,7 @@ use queue_core::stats::Counter;
 use queue_core::traits::split_own;
 use queue_core::{
     Consumer, ConsumerOptions, DeadLetterReason, Delivery, DeliveryError, Error, Message,
-    QueueName, Result,
+    QueueName, Result, StopFlag,
 };
 use tokio::sync::Notify;
 
@@ -48,6 +48,8 @@ use self::state::{lease_lost, Buffered, Inner, Lease, Waiting};
 pub struct AmqpConsumer {
     state: Arc<ConsumerState>,
     pump: tokio::task::JoinHandle<()>,
+    /// Set by [`Consumer::stop_waiting`]: a wait ends at once.
+    stop: StopFlag,
 }
 
 impl AmqpConsumer {
@@ -73,7 +75,11 @@ impl AmqpConsumer {
         let (session, stream) = state.subscribe().await?;
         shared.register(queue, &state);
         let pump = tokio::spawn(pump::pump(state.clone(), (session, stream)));
-        Ok(AmqpConsumer { state, pump })
+        Ok(AmqpConsumer {
+            state,
+            pump,
+            stop: StopFlag::default(),
+        })
     }
 
     /// Deliveries the broker pushed that wait here, not yet handed out.
@@ -127,6 +133,12 @@ impl Drop for AmqpConsumer {
 impl Consumer for AmqpConsumer {
     fn queue(&self) -> &QueueName {
         &self.state.queue
+    }
+
+    /// The wait is for the local buffer the broker pushes into: it ends
+    /// at once.
+    fn stop_waiting(&self) {
+        self.stop.stop();
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
@@ -251,7 +263,11 @@ impl Consumer for AmqpConsumer {
                 }
             }
             self.state.adjust_window();
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let waited_out = tokio::select! {
+                woken = tokio::time::timeout_at(deadline, notified) => woken.is_err(),
+                () = self.stop.stopped() => true,
+            };
+            if waited_out {
                 // While the channel is down, a receive that got nothing
                 // says why (after waiting for it to come back: returning
                 // at once would let a caller's retry loop spin).

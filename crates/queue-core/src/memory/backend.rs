@@ -17,7 +17,7 @@ use crate::config::QueueConfig;
 use crate::error::Result;
 use crate::message::QueueName;
 use crate::stats::ConsumerOptions;
-use crate::traits::{Admin, Backend, CloseFlag, Consumer, Producer};
+use crate::traits::{Admin, Backend, CloseFlag, Consumer, Producer, StopFlag};
 
 /// The embedded backend. Clones share the same queues.
 #[derive(Clone, Debug)]
@@ -91,6 +91,7 @@ impl MemoryBackend {
             queue,
             lease,
             shared: self.shared.clone(),
+            stop: StopFlag::default(),
         })
     }
 }

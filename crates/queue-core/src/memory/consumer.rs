@@ -13,7 +13,7 @@ use super::state::{MemQueue, State, TimeKey, WaiterGuard};
 use crate::error::{Error, Result};
 use crate::message::{Message, QueueName};
 use crate::stats::DeadLetterReason;
-use crate::traits::{ack_each, own_key, Acker, Consumer, Delivery, DeliveryError};
+use crate::traits::{ack_each, own_key, Acker, Consumer, Delivery, DeliveryError, StopFlag};
 
 /// Receives from one memory queue.
 #[derive(Debug)]
@@ -25,6 +25,8 @@ pub struct MemoryConsumer {
     /// threads never contend on one reference count.
     pub(super) local: Arc<LocalQueue>,
     pub(super) lease: Duration,
+    /// Set by [`Consumer::stop_waiting`]: receives stop waiting.
+    pub(super) stop: StopFlag,
 }
 
 #[derive(Debug)]
@@ -105,7 +107,7 @@ impl Consumer for MemoryConsumer {
                 let now = Instant::now();
                 state.maintain(sys_now, now);
                 let batch = self.take(&mut state, max, sys_now, now);
-                if !batch.is_empty() || now >= give_up_at {
+                if !batch.is_empty() || now >= give_up_at || self.stop.is_stopped() {
                     if !batch.is_empty() && state.ready.iter().any(|list| !list.is_empty()) {
                         state.note_ready();
                     }
@@ -135,8 +137,15 @@ impl Consumer for MemoryConsumer {
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
+                () = self.stop.stopped() => {}
             }
         }
+    }
+
+    /// Wakes this consumer's waiting receive (and no other consumer's):
+    /// it looks once more and returns.
+    fn stop_waiting(&self) {
+        self.stop.stop();
     }
 
     /// Acks every delivery of this queue under one lock.

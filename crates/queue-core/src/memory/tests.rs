@@ -109,6 +109,60 @@ async fn a_waiting_consumer_wakes_on_send_not_on_its_timer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_waiting_ends_this_consumers_wait_only() {
+    let backend = MemoryBackend::new();
+    let q = queue("stop-waiting");
+    let stopping = std::sync::Arc::new(
+        backend
+            .memory_consumer(&q, ConsumerOptions::default())
+            .unwrap(),
+    );
+    let other = backend
+        .memory_consumer(&q, ConsumerOptions::default())
+        .unwrap();
+    let started = Instant::now();
+    let waiting = {
+        let stopping = stopping.clone();
+        tokio::spawn(async move { stopping.receive(10, Duration::from_secs(30)).await })
+    };
+    let other_waiting = tokio::spawn(async move {
+        let got = other.receive(10, Duration::from_secs(30)).await;
+        (got, other)
+    });
+    until_waiting(&backend, &q, 2).await;
+    stopping.stop_waiting();
+    assert!(waiting.await.unwrap().unwrap().is_empty());
+    // Sticky: a later receive looks once (taking what is ready) and
+    // returns without waiting.
+    let producer = backend.memory_producer(&q).unwrap();
+    assert!(stopping
+        .receive(10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+    // The other consumer still waits, and gets the next message.
+    assert!(!other_waiting.is_finished());
+    producer.send(Message::new("for the other")).await.unwrap();
+    let (got, _other) = other_waiting.await.unwrap();
+    assert_eq!(got.unwrap().len(), 1);
+    producer.send(Message::new("ready")).await.unwrap();
+    assert_eq!(
+        stopping
+            .receive(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // No receive above waited out its 30 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_waiting_consumer_gets_a_share_of_a_large_batch() {
     let backend = MemoryBackend::new();
     let q = queue("share");

@@ -14,8 +14,8 @@
 //!   age, the worker registry;
 //! - `bad_input`: oversize payloads, invalid names, foreign bytes, bad
 //!   configuration, reserved headers;
-//! - `worker`: the worker runtime (retries, timeouts, panics, shutdown,
-//!   trace context);
+//! - `worker`: the worker runtime (retries, timeouts, panics, shutdown
+//!   and how promptly it returns, trace context);
 //! - `jobs`: job status and the job store;
 //! - `faults`: connections cut, a blackholed broker, a broker restart.
 //!
@@ -128,6 +128,7 @@ macro_rules! conformance_case_list {
             dead_letter_pages,
             attempt_at_max,
             nack_delay_over_max,
+            shutdown_is_prompt,
         }
     };
 }

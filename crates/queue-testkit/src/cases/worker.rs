@@ -10,7 +10,7 @@ use queue_core::trace::{self, TraceContext};
 use queue_core::{Job, JobOptions, Message};
 use queue_worker::Worker;
 
-use super::{dead_letters, test_backoff, until, SOON};
+use super::{dead_letters, receive_one, send, test_backoff, until, LEASE, QUIET, SOON};
 use crate::harness::Ctx;
 
 /// Case 31: 10,000 jobs, concurrency 32: all completed once, statistics match.
@@ -296,6 +296,110 @@ pub async fn graceful_shutdown(ctx: &Ctx) {
     assert!(
         runs.values().all(|&n| n == 1),
         "nothing run twice: {runs:?}"
+    );
+}
+
+/// Case 58: shutdown does not wait out a receive's poll wait. With a 30 s
+/// poll wait, an idle worker and one whose last job has just finished
+/// (its ack rides with the next receive where the backend fuses them)
+/// both shut down well within 5 s; every job ran once and its ack landed,
+/// and a message sent after the shutdown goes to the next consumer at
+/// once, with attempt 1 (no receive of the stopped worker kept it).
+pub async fn shutdown_is_prompt(ctx: &Ctx) {
+    // Long enough that waiting it out is unmistakable; the bound is far
+    // from both it and a prompt shutdown, so load never decides the case.
+    const POLL_WAIT: Duration = Duration::from_secs(30);
+    const PROMPT: Duration = Duration::from_secs(5);
+    let queue = ctx.queue();
+    let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let start_worker = |runs: Arc<Mutex<HashMap<u32, u32>>>| {
+        Worker::builder(ctx.backend().clone(), queue.clone())
+            .concurrency(1)
+            .poll_wait(POLL_WAIT)
+            .lease(LEASE)
+            .handler(move |job: Job<u32>| {
+                let runs = runs.clone();
+                async move {
+                    *runs.lock().expect("lock").entry(job.payload).or_default() += 1;
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .start()
+    };
+
+    let idle = start_worker(runs.clone()).await.expect("start idle worker");
+    // Not a timing assertion: lets the lane's receive reach its wait on
+    // the broker, which is what shutdown has to cut short.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = Instant::now();
+    let report = idle.shutdown().await.expect("shutdown of an idle worker");
+    let idle_took = began.elapsed();
+    eprintln!("{}: idle worker shut down in {idle_took:?}", ctx.case());
+    assert!(
+        idle_took < PROMPT,
+        "an idle worker took {idle_took:?} to shut down (poll wait {POLL_WAIT:?})"
+    );
+    assert_eq!((report.finished_in_grace, report.returned), (0, 0));
+
+    let total = 3u32;
+    let worker = start_worker(runs.clone()).await.expect("start worker");
+    let mut events = worker.subscribe();
+    let producer = ctx.producer(&queue).await;
+    for i in 0..total {
+        producer
+            .send(Job::encode(&i, &JobOptions::default()).expect("encode"))
+            .await
+            .expect("send");
+    }
+    let done = until(&mut events, SOON, || {
+        worker.stats().completed == u64::from(total)
+    })
+    .await;
+    let stats = worker.stats();
+    let began = Instant::now();
+    let report = worker.shutdown().await.expect("shutdown");
+    let busy_took = began.elapsed();
+    eprintln!(
+        "{}: worker shut down {busy_took:?} after its last job",
+        ctx.case()
+    );
+    assert!(done, "not all completed: {stats:?}");
+    assert!(
+        busy_took < PROMPT,
+        "shutdown took {busy_took:?} after the last job (poll wait {POLL_WAIT:?})"
+    );
+    assert_eq!(report.returned, 0, "{report:?}");
+    {
+        let runs = runs.lock().expect("lock");
+        assert_eq!(runs.len(), total as usize, "every job ran: {runs:?}");
+        assert!(runs.values().all(|&n| n == 1), "no job ran twice: {runs:?}");
+    }
+    if ctx.caps().exact_stats() {
+        let q = ctx.backend().admin().stats(&queue).await.expect("stats");
+        assert_eq!(
+            (q.acked_total, q.in_flight, q.depth()),
+            (u64::from(total), 0, 0),
+            "every ack landed: {q:?}"
+        );
+    }
+
+    // Nothing the stopped workers received is held back: a message sent
+    // now goes to a new consumer at once, on its first attempt; and no
+    // job comes back once its lease (LEASE) has passed: every ack landed.
+    let after = send(ctx, &queue, Message::new("after shutdown")).await;
+    let consumer = ctx.consumer(&queue, None).await;
+    let delivery = receive_one(&*consumer, "message sent after the shutdown").await;
+    assert_eq!(
+        (delivery.message().id, delivery.attempt()),
+        (after, 1),
+        "the message sent after the shutdown"
+    );
+    delivery.ack().await.expect("ack");
+    let again = consumer.receive(10, LEASE + QUIET).await.expect("receive");
+    assert!(
+        again.is_empty(),
+        "a job of the stopped workers came back: {:?}",
+        again.iter().map(|d| d.payload()).collect::<Vec<_>>()
     );
 }
 

@@ -32,15 +32,44 @@ pub(super) async fn run(
         info.completed = stats.completed;
         info.failed = stats.failed;
         info.last_heartbeat = std::time::SystemTime::now();
-        if let Err(e) = backend.admin().register_worker(&info).await {
-            tracing::debug!(worker = %info.id, error = %e, "could not report to the worker registry");
+        // A report still on its way when the worker finishes is given up:
+        // shutdown does not wait on the registry. (Were it to land after
+        // the removal below, the entry would drop out after three
+        // intervals, as any silent worker's does.)
+        let report = tokio::time::timeout(
+            REGISTRY_CALL_LIMIT.min(interval),
+            backend.admin().register_worker(&info),
+        );
+        tokio::select! {
+            reported = report => match reported {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(worker = %info.id, error = %e, "could not report to the worker registry"),
+                Err(_) => tracing::debug!(worker = %info.id, "no answer from the worker registry"),
+            },
+            _ = finished.wait_for(|done| *done) => break,
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = finished.wait_for(|done| *done) => break,
         }
     }
-    if let Err(e) = backend.admin().deregister_worker(&info.id).await {
-        tracing::debug!(worker = %info.id, error = %e, "could not leave the worker registry");
+    match tokio::time::timeout(
+        REGISTRY_CALL_LIMIT,
+        backend.admin().deregister_worker(&info.id),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(worker = %info.id, error = %e, "could not leave the worker registry");
+        }
+        Err(_) => {
+            tracing::debug!(worker = %info.id, "no answer from the worker registry: the worker drops out of it after three intervals");
+        }
     }
 }
+
+/// The longest a registry call may hold up the heartbeat, and so
+/// shutdown: the registry is for operators, and an entry left behind
+/// drops out by itself after three silent intervals.
+const REGISTRY_CALL_LIMIT: Duration = Duration::from_secs(1);

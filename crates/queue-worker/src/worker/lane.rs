@@ -68,6 +68,17 @@ fn log_failed_acks(acked: std::result::Result<(), Vec<DeliveryError>>) {
     }
 }
 
+/// Hand back deliveries received but never started, without spending an
+/// attempt.
+async fn release_all(deliveries: Vec<Delivery>) {
+    let released = deliveries.into_iter().map(Delivery::release);
+    for result in futures_util::future::join_all(released).await {
+        if let Err(e) = result {
+            tracing::warn!(job_id = %e.delivery.message().id, error = %e.error, "could not hand back an unstarted job; it returns when its lease expires");
+        }
+    }
+}
+
 /// Ack `batch` in one call, logging what could not be acked.
 fn ack_batch(consumer: &Arc<dyn Consumer>, batch: Vec<Delivery>) -> AckFuture {
     let consumer = consumer.clone();
@@ -124,7 +135,8 @@ async fn run_lane(
 /// backend they go on their own beside a pending receive, so a new job is
 /// picked up while the ack is on its way. A receive or ack
 /// call stays pending across job completions rather than being dropped,
-/// so a broker call is never cancelled half-way while the worker runs.
+/// so a broker call is never cancelled half-way, not even at shutdown
+/// (which cuts short only a receive's wait: [`Consumer::stop_waiting`]).
 struct Lane<'a, StartJob, RunningJob> {
     /// The ack call on its way, and how many acks it carries.
     acking: Option<(AckFuture, usize)>,
@@ -355,33 +367,34 @@ where
         }
     }
 
-    /// Stop fetching. A pending receive that carries acks is finished, so
-    /// the acks land, and what it received goes back without spending an
-    /// attempt; one without acks is dropped (memory returns nothing it had
-    /// not handed out; a broker's unreturned deliveries come back when their
-    /// lease expires). Running jobs finish (or stop at the end of the grace
-    /// period, when `hard_stop` is set), then the last acks go.
+    /// Stop fetching: tell the consumer to stop waiting
+    /// ([`Consumer::stop_waiting`]), so a pending receive returns at once
+    /// rather than after its poll wait. It is awaited, never dropped: the
+    /// acks riding with it land, and what it received goes back without
+    /// spending an attempt (dropping it in the middle of a claim would
+    /// leave the claimed deliveries to sit out their lease). Meanwhile
+    /// running jobs go on (stopping at the end of the grace period when
+    /// `hard_stop` is set), and each that finishes is acked as it does,
+    /// in batches, so its lease never runs out waiting for the others.
     async fn shut_down(mut self, at_stop: &AtomicU64) {
-        if let Some((pending, riding)) = self.receiving.take() {
-            if riding > 0 {
-                let done = pending.await;
-                log_failed_acks(done.acked);
-                for delivery in done.received.unwrap_or_default() {
-                    if let Err(e) = delivery.release().await {
-                        tracing::warn!(job_id = %e.delivery.message().id, error = %e.error, "could not hand back an unstarted job; it returns when its lease expires");
-                    }
+        self.consumer.stop_waiting();
+        at_stop.fetch_add(self.running.len() as u64, AtomicOrdering::Relaxed);
+        loop {
+            self.send_acks();
+            if self.running.is_empty() && self.acking.is_none() && self.receiving.is_none() {
+                break;
+            }
+            let (running, acking, receiving) =
+                (&mut self.running, &mut self.acking, &mut self.receiving);
+            tokio::select! {
+                Some(finished) = running.next(), if !running.is_empty() => self.collect_finished(finished),
+                () = async { acking.as_mut().expect("guarded").0.as_mut().await }, if acking.is_some() => self.acking = None,
+                done = async { receiving.as_mut().expect("guarded").0.as_mut().await }, if receiving.is_some() => {
+                    self.receiving = None;
+                    log_failed_acks(done.acked);
+                    release_all(done.received.unwrap_or_default()).await;
                 }
             }
-        }
-        at_stop.fetch_add(self.running.len() as u64, AtomicOrdering::Relaxed);
-        while let Some(finished) = self.running.next().await {
-            self.to_ack.extend(finished);
-        }
-        if let Some((ack, _)) = self.acking.take() {
-            ack.await;
-        }
-        if !self.to_ack.is_empty() {
-            ack_batch(&self.consumer, std::mem::take(&mut self.to_ack)).await;
         }
         self.shared.counters[self.index]
             .saturated

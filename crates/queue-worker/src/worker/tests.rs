@@ -221,3 +221,57 @@ async fn a_jobs_own_timeout_is_clamped_to_the_workers_maximum() {
     until(&handle, |s| s.dead_lettered == 2 && s.in_flight == 0).await;
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_finishing_in_the_grace_period_are_acked_as_they_finish() {
+    let backend = MemoryBackend::new();
+    let queue = QueueName::new("grace-acks").unwrap();
+    // One permit each lets "quick", then "slow", finish.
+    let quick = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = Arc::new(tokio::sync::Semaphore::new(0));
+    let (quick_gate, slow_gate) = (quick.clone(), slow.clone());
+    let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+        .concurrency(2)
+        .lanes(1)
+        .poll_wait(Duration::from_secs(30))
+        .handler(move |job: Job<String>| {
+            let gate = match job.payload.as_str() {
+                "quick" => quick_gate.clone(),
+                _ => slow_gate.clone(),
+            };
+            async move {
+                gate.acquire().await.expect("gate").forget();
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for payload in ["quick", "slow"] {
+        send(&backend, &queue, payload, &JobOptions::default()).await;
+    }
+    until(&handle, |s| s.started == 2).await;
+    let acked = || async {
+        queue_core::traits::Admin::stats(&backend, &queue)
+            .await
+            .unwrap()
+            .acked_total
+    };
+    let shutdown = tokio::spawn(handle.shutdown());
+    // Not an assertion: lets the lane take the stop before "quick" ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    quick.add_permits(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acked().await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the job that finished during the grace period was not acked while another ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!shutdown.is_finished(), "shutdown waits for the slow job");
+    slow.add_permits(1);
+    let report = shutdown.await.unwrap().unwrap();
+    assert_eq!((report.finished_in_grace, report.returned), (2, 0));
+    assert_eq!(acked().await, 2);
+}
