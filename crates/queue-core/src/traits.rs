@@ -145,6 +145,18 @@ pub trait Consumer: Send + Sync + fmt::Debug {
     /// override it keeps waiting up to its `wait`, and a worker's shutdown
     /// waits with it.
     fn stop_waiting(&self) {}
+
+    /// End this consumer's subscription at the broker and wait until the
+    /// broker knows, so nothing sent from now on is pushed to it: a
+    /// worker calls it last in its shutdown, after every delivery is
+    /// settled or released. Deliveries still unsettled go back to the
+    /// queue as when the consumer is dropped. Bounded by the backend's
+    /// request timeout; never an error (a broker that cannot be told
+    /// takes the deliveries back when the connection goes).
+    ///
+    /// The provided method does nothing: a backend whose consumers are
+    /// not subscribed (they fetch on request) has nothing to end.
+    async fn close(&self) {}
 }
 
 /// A sticky "stop waiting" signal: how a backend implements
@@ -727,6 +739,9 @@ macro_rules! forward_pointer {
             }
             fn stop_waiting(&self) {
                 (**self).stop_waiting()
+            }
+            async fn close(&self) {
+                (**self).close().await
             }
         }
     )*};

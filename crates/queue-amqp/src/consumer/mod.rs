@@ -141,6 +141,35 @@ impl Consumer for AmqpConsumer {
         self.stop.stop();
     }
 
+    /// Closes the channel and waits for the broker's answer: the
+    /// subscription ends, and deliveries pushed but not handed out go
+    /// back to the queue for other consumers (as on drop, which does not
+    /// wait). A message sent after a worker's shutdown then never reaches
+    /// the stopped worker's channel, where it would have been delivered
+    /// once more before coming back.
+    async fn close(&self) {
+        self.stop.stop();
+        self.pump.abort();
+        let channel = {
+            let mut inner = self.state.lock();
+            inner.closed = true;
+            let channel = inner.channel.take();
+            inner.new_session(None);
+            channel
+        };
+        if let Some(channel) = channel {
+            let _ = self
+                .state
+                .shared
+                .link
+                .call(
+                    "closing a consumer's channel",
+                    channel.close(200, "consumer closed".into()),
+                )
+                .await;
+        }
+    }
+
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let shared = &self.state.shared;
         shared.check_open()?;

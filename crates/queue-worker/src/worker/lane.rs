@@ -399,5 +399,7 @@ where
         self.shared.counters[self.index]
             .saturated
             .store(false, AtomicOrdering::Relaxed);
+        // Nothing sent from now on goes to this worker's subscription.
+        self.consumer.close().await;
     }
 }
