@@ -700,6 +700,9 @@ macro_rules! forward_pointer {
             async fn close(&self) -> Result<()> {
                 (**self).close().await
             }
+            fn default_job_store(&self) -> Option<Arc<dyn crate::store::JobStore>> {
+                (**self).default_job_store()
+            }
         }
 
         #[async_trait]

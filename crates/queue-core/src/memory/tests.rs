@@ -282,3 +282,12 @@ async fn closed_and_deleted_queues_release_waiters_with_typed_errors() {
         ErrorKind::Closed
     );
 }
+
+#[test]
+fn a_shared_backend_keeps_its_job_store() {
+    use crate::traits::Backend;
+    let backend = std::sync::Arc::new(MemoryBackend::new());
+    assert!(Backend::default_job_store(&backend).is_some());
+    let boxed: Box<MemoryBackend> = Box::new(MemoryBackend::new());
+    assert!(Backend::default_job_store(&boxed).is_some());
+}
