@@ -217,6 +217,7 @@ impl Admin for AmqpBackend {
         queue: &QueueName,
         query: &DeadLetterQuery,
     ) -> Result<DeadLetterPage> {
+        query.check()?;
         self.shared.check_open()?;
         let skip = query
             .after

@@ -66,8 +66,15 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Bidirectional-text controls: a terminal would show the text after them
+/// reordered (a payload could make `rm -rf` read as something else).
+fn reorders_text(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// At most `max` characters of `text` on one line, control characters
-/// shown as escapes (a payload or an error must not drive the terminal).
+/// and bidirectional-text controls shown as escapes (a payload or an
+/// error must not drive the terminal or reorder what it shows).
 pub(crate) fn preview(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (n, c) in text.chars().enumerate() {
@@ -75,7 +82,7 @@ pub(crate) fn preview(text: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || reorders_text(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -117,5 +124,6 @@ mod tests {
     fn previews_escape_control_characters_and_cut() {
         assert_eq!(preview("a\nb\x1b[2J", 80), "a\\nb\\u{1b}[2J");
         assert_eq!(preview("abcdef", 3), "abc…");
+        assert_eq!(preview("a\u{202e}b", 10), "a\\u{202e}b");
     }
 }

@@ -14,6 +14,11 @@ use crate::message::MessageId;
 use crate::stats::DeadLetter;
 use crate::store::millis_since_epoch;
 
+/// The most bytes of headers a preview keeps: a letter whose headers
+/// (names and values) come to more is previewed without them, so no page
+/// grows with what a producer put in its headers.
+pub const PREVIEW_HEADER_BYTES: usize = 64 * 1024;
+
 /// The longest cursor text accepted (backends' cursors are far shorter).
 const MAX_CURSOR_LEN: usize = 128;
 
@@ -33,11 +38,39 @@ pub struct DeadLetterQuery {
     /// Letters at most.
     pub limit: usize,
     /// Keep at most this many bytes of each payload (`None`: all of it).
-    /// A cut letter says so: [`DeadLetter::truncated`].
+    /// A cut letter says so: [`DeadLetter::truncated`]. A preview also
+    /// drops headers that come to more than [`PREVIEW_HEADER_BYTES`].
     pub preview: Option<usize>,
 }
 
 impl DeadLetterQuery {
+    /// The largest page.
+    pub const MAX_LIMIT: usize = 10_000;
+
+    /// Refuse a limit outside 1 to [`MAX_LIMIT`](DeadLetterQuery::MAX_LIMIT)
+    /// (a page of none would never move its cursor): every backend checks
+    /// it before reading.
+    ///
+    /// ```
+    /// use queue_core::{DeadLetterQuery, ErrorKind};
+    /// assert_eq!(DeadLetterQuery::new(0).check().unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// assert!(DeadLetterQuery::new(20).check().is_ok());
+    /// ```
+    pub fn check(&self) -> Result<()> {
+        if (1..=DeadLetterQuery::MAX_LIMIT).contains(&self.limit) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "limit: must be 1 to {}, got {}",
+                    DeadLetterQuery::MAX_LIMIT,
+                    self.limit
+                ),
+            ))
+        }
+    }
+
     /// The first `limit` letters, oldest first, whole.
     pub fn new(limit: usize) -> Self {
         DeadLetterQuery {
@@ -160,11 +193,22 @@ impl DeadLetterPage {
 
 impl DeadLetter {
     /// The letter with its payload cut to at most `max` bytes (copied, so
-    /// the whole payload's memory can go); [`truncated`](DeadLetter::truncated)
-    /// tells whether anything was cut. `payload_len` keeps the real length.
+    /// the whole payload's memory can go), and without its headers if they
+    /// come to more than [`PREVIEW_HEADER_BYTES`];
+    /// [`truncated`](DeadLetter::truncated) tells whether the payload was
+    /// cut. `payload_len` keeps the real length.
     pub fn preview(mut self, max: usize) -> Self {
         if self.message.payload.len() > max {
             self.message.payload = Bytes::copy_from_slice(&self.message.payload[..max]);
+        }
+        let header_bytes: usize = self
+            .message
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        if header_bytes > PREVIEW_HEADER_BYTES {
+            self.message.headers = Default::default();
         }
         self
     }
@@ -239,9 +283,10 @@ impl Ord for Kept {
 }
 
 impl TimeOrderedPage {
-    /// Collect the page `query` asks for; a cursor that is not a time
-    /// cursor is an `InvalidInput` error.
+    /// Collect the page `query` asks for; a bad limit, or a cursor that
+    /// is not a time cursor, is an `InvalidInput` error.
     pub fn new(query: &DeadLetterQuery) -> Result<Self> {
+        query.check()?;
         Ok(TimeOrderedPage {
             after: query
                 .after

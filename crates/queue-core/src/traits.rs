@@ -361,13 +361,22 @@ pub trait Admin: Send + Sync + fmt::Debug {
         query: &DeadLetterQuery,
     ) -> Result<DeadLetterPage>;
 
-    /// Up to `limit` dead letters of `queue`, oldest first, whole: the
-    /// first page of [`dead_letter_page`](Admin::dead_letter_page).
+    /// Up to `limit` dead letters of `queue`, oldest first, whole (any
+    /// limit: pages of [`dead_letter_page`](Admin::dead_letter_page)
+    /// followed until there are `limit` or no more).
     async fn dead_letters(&self, queue: &QueueName, limit: usize) -> Result<Vec<DeadLetter>> {
-        Ok(self
-            .dead_letter_page(queue, &DeadLetterQuery::new(limit))
-            .await?
-            .letters)
+        let mut letters = Vec::new();
+        let mut query = DeadLetterQuery::new(limit.clamp(1, DeadLetterQuery::MAX_LIMIT));
+        while letters.len() < limit {
+            query.limit = (limit - letters.len()).min(DeadLetterQuery::MAX_LIMIT);
+            let page = self.dead_letter_page(queue, &query).await?;
+            letters.extend(page.letters);
+            match page.next {
+                Some(next) => query = query.after(next),
+                None => break,
+            }
+        }
+        Ok(letters)
     }
 
     /// Move dead letters back to `queue` with a fresh attempt count. Returns

@@ -357,6 +357,7 @@ impl Admin for RedisBackend {
         queue: &QueueName,
         query: &DeadLetterQuery,
     ) -> Result<DeadLetterPage> {
+        query.check()?;
         let ctx = self.ctx(queue);
         let mut after = query
             .after

@@ -835,6 +835,19 @@ async fn one_stats_call_moves_a_bounded_number_of_due_jobs_and_still_counts_them
     f.cleanup().await;
 }
 
+/// Bytes Redis has sent to its clients since it started.
+async fn redis_output_bytes(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(admin)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_net_output_bytes")
+}
+
 #[tokio::test]
 async fn dead_letter_previews_are_cut_inside_redis_after_every_header_field() {
     let Some(f) = Fixture::new("dead-preview", "").await else {
@@ -870,15 +883,27 @@ async fn dead_letter_previews_are_cut_inside_redis_after_every_header_field() {
         .dead_letter(DeadLetterReason::Rejected("no".into()))
         .await
         .expect("dead letter");
-    let page = f
-        .backend
-        .admin()
-        .dead_letter_page(
-            &f.queue,
-            &queue_core::DeadLetterQuery::new(10).with_preview(10),
-        )
-        .await
-        .expect("a page");
+    // Cut inside Redis: the reply holds the header and 10 bytes of the
+    // payload, not the 50,000 (a misread header would fall back to
+    // reading the letter whole). Other tests share the server's byte
+    // count, so the least of a few reads is the one that counts.
+    let mut admin = f.admin.clone();
+    let query = queue_core::DeadLetterQuery::new(10).with_preview(10);
+    let mut least = u64::MAX;
+    let mut page = None;
+    for _ in 0..5 {
+        let before = redis_output_bytes(&mut admin).await;
+        page = Some(
+            f.backend
+                .admin()
+                .dead_letter_page(&f.queue, &query)
+                .await
+                .expect("a page"),
+        );
+        least = least.min(redis_output_bytes(&mut admin).await - before);
+    }
+    assert!(least < 20_000, "Redis sent {least} bytes for one preview");
+    let page = page.expect("a page");
     let letter = &page.letters[0];
     assert_eq!(letter.message.id, id);
     assert_eq!(letter.message.payload.as_ref(), b"pppppppppp");
@@ -891,5 +916,47 @@ async fn dead_letter_previews_are_cut_inside_redis_after_every_header_field() {
     assert_eq!(letter.message.ordering_key.as_deref(), Some("order-1"));
     assert!(letter.message.trace.is_some() && letter.message.expires_at.is_some());
     assert_eq!(letter.message.last_error.as_deref(), Some("first failure"));
+    f.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_preview_drops_a_header_block_over_64_kib() {
+    let Some(f) = Fixture::new("dead-big-headers", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    let message =
+        Message::new("payload after big headers").with_header("x-big", "h".repeat(100_000));
+    let id = producer.send(message).await.expect("send");
+    let consumer = f.consumer().await;
+    consumer
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("the message")
+        .dead_letter(DeadLetterReason::Rejected("no".into()))
+        .await
+        .expect("dead letter");
+    let admin = f.backend.admin();
+    let page = admin
+        .dead_letter_page(
+            &f.queue,
+            &queue_core::DeadLetterQuery::new(10).with_preview(7),
+        )
+        .await
+        .expect("a page");
+    let letter = &page.letters[0];
+    assert_eq!(letter.message.id, id);
+    assert_eq!(letter.message.payload.as_ref(), b"payload");
+    assert!(
+        letter.message.headers.get("x-big").is_none(),
+        "headers dropped"
+    );
+    let whole = admin.dead_letters(&f.queue, 10).await.expect("whole");
+    assert_eq!(
+        whole[0].message.headers.get("x-big").map(String::len),
+        Some(100_000)
+    );
     f.cleanup().await;
 }

@@ -2,6 +2,7 @@
 //! listed and redriven by receiving from the dead-letter queue.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -12,6 +13,7 @@ use queue_core::{
 
 use crate::backend::SqsBackend;
 use crate::batcher::{self, Op};
+use crate::client::Sqs;
 use crate::config::QueueType;
 use crate::error::classify;
 use crate::wire::{self, Incoming};
@@ -60,15 +62,7 @@ impl SqsBackend {
 
     /// Make dead letters visible again, by their receipts.
     async fn hand_back(&self, dlq: &str, receipts: Vec<String>) -> Result<()> {
-        let ops = receipts
-            .into_iter()
-            .map(|receipt| Op::Visibility(receipt, 0))
-            .collect();
-        batcher::run(&self.shared.sqs, dlq, ops)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<()>>>()
-            .map(|_| ())
+        hand_back(&self.shared.sqs, dlq, receipts).await
     }
 
     async fn attributes(
@@ -95,6 +89,58 @@ impl SqsBackend {
                 )
             })?;
         Ok(out.attributes().cloned().unwrap_or_default())
+    }
+}
+
+/// Make dead letters of `dlq` visible again, by their receipts.
+async fn hand_back(sqs: &Sqs, dlq: &str, receipts: Vec<String>) -> Result<()> {
+    let ops = receipts
+        .into_iter()
+        .map(|receipt| Op::Visibility(receipt, 0))
+        .collect();
+    batcher::run(sqs, dlq, ops)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()
+        .map(|_| ())
+}
+
+/// Receipts of dead letters a listing holds out of sight: handed back by
+/// [`finish`](HandBack::finish), or, if the listing is dropped half-way
+/// (a caller that stopped waiting), by a task of their own.
+struct HandBack {
+    sqs: Arc<Sqs>,
+    dlq: String,
+    receipts: Vec<String>,
+}
+
+impl HandBack {
+    fn new(sqs: Arc<Sqs>, dlq: String) -> Self {
+        HandBack {
+            sqs,
+            dlq,
+            receipts: Vec::new(),
+        }
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        let receipts = std::mem::take(&mut self.receipts);
+        hand_back(&self.sqs, &self.dlq, receipts).await
+    }
+}
+
+impl Drop for HandBack {
+    fn drop(&mut self) {
+        if self.receipts.is_empty() {
+            return;
+        }
+        let (sqs, dlq) = (self.sqs.clone(), std::mem::take(&mut self.dlq));
+        let receipts = std::mem::take(&mut self.receipts);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = hand_back(&sqs, &dlq, receipts).await;
+            });
+        }
     }
 }
 
@@ -203,10 +249,14 @@ impl Admin for SqsBackend {
     }
 
     /// SQS hands messages out in no order and cannot be read from a
-    /// position: a page reads the whole dead-letter queue (each letter
+    /// position: a page reads the dead-letter queue through (each letter
     /// invisible while it is read, then made visible again) and keeps the
     /// first `limit` in time order after the cursor, cut to the preview as
-    /// they arrive, so this process holds one page.
+    /// they arrive, so this process holds one page of letters (and a
+    /// receipt of each letter read). The read ends at an empty receive, or
+    /// at a receive that brings only letters already read: a queue too deep
+    /// to read within the listing visibility starts handing out its first
+    /// letters again. Receipts go back even when the caller stops waiting.
     async fn dead_letter_page(
         &self,
         queue: &QueueName,
@@ -215,21 +265,26 @@ impl Admin for SqsBackend {
         self.shared.check_open()?;
         let mut page = TimeOrderedPage::new(query)?;
         let urls = self.shared.sqs.existing(queue).await?;
-        let mut receipts: Vec<String> = Vec::new();
+        let mut held = HandBack::new(self.shared.sqs.clone(), urls.dlq.to_string());
+        let mut seen: HashSet<MessageId> = HashSet::new();
         let listed = async {
             loop {
                 let got = self.receive_dead(queue, &urls.dlq).await?;
-                if got.is_empty() {
-                    return Ok::<(), Error>(());
-                }
+                let mut fresh = false;
                 for incoming in got {
-                    page.offer(incoming.dead_letter());
-                    receipts.push(incoming.receipt);
+                    if seen.insert(incoming.message.id) {
+                        fresh = true;
+                        page.offer(incoming.dead_letter());
+                    }
+                    held.receipts.push(incoming.receipt);
+                }
+                if !fresh {
+                    return Ok::<(), Error>(());
                 }
             }
         }
         .await;
-        let handed_back = self.hand_back(&urls.dlq, receipts).await;
+        let handed_back = held.finish().await;
         listed?;
         handed_back?;
         Ok(page.finish())

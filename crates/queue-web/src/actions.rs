@@ -2,12 +2,13 @@
 //! job. Each is a POST with the CSRF token, refused in read-only mode,
 //! from a page form (answered with a redirect back) or from the JSON API.
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Form, Path, State as Extract};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use queue_core::store::not_tracked;
@@ -77,15 +78,29 @@ struct ActionBody {
     ids: Option<Vec<String>>,
 }
 
+/// Run `work` to its end even if the request's caller stops waiting (a
+/// timeout, a closed connection): a redrive between its copy and its
+/// delete must not stop half-way. The request waits for its answer.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Failure>> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::spawn(work).await.map_err(|e| {
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the action stopped: {e}"),
+        )
+    })?
+}
+
 /// Run `action` on a queue; what it did, as JSON.
 async fn run_queue_action(
-    state: &State,
-    backend: &str,
-    queue: &str,
+    state: Arc<State>,
+    backend: String,
+    queue: String,
     action: QueueAction,
     ids: Option<Vec<String>>,
 ) -> Result<serde_json::Value, Failure> {
-    let (b, q) = queue_of(state, backend, queue)?;
+    let (b, q) = queue_of(&state, &backend, &queue)?;
     let admin = b.admin();
     let done = match action {
         QueueAction::Pause => {
@@ -110,23 +125,24 @@ async fn run_queue_action(
         }
     };
     state.sampler.invalidate().await;
+    state.dead_pages.invalidate().await;
     Ok(done)
 }
 
 /// Run `action` on a tracked job; what it did, as JSON.
 async fn run_job_action(
-    state: &State,
+    state: Arc<State>,
     id: MessageId,
     action: JobAction,
 ) -> Result<serde_json::Value, Failure> {
-    let store = store_of(state)?.clone();
+    let store = store_of(&state)?.clone();
     match action {
         JobAction::Retry => {
             if let Some(manager) = &state.manager {
                 manager.retry_job(id).await?;
             } else {
                 let record = store.get(id).await?.ok_or_else(|| not_tracked(id))?;
-                let backend = backend_holding(state, &record.queue).await;
+                let backend = backend_holding(&state, &record.queue).await;
                 JobScheduler::new(backend, store).retry(id).await?;
             }
             Ok(serde_json::json!({ "retried": id }))
@@ -164,14 +180,14 @@ pub(crate) async fn queue_form(
     security::allow_change(&state, form.csrf.as_deref())?;
     let action: QueueAction = action.parse()?;
     let ids = form.id.map(|id| vec![id]);
-    run_queue_action(&state, &backend, &queue, action, ids).await?;
-    Ok(Redirect::to(&format!(
+    let back = format!(
         "{}/queues/{}/{}",
         ctx.base,
         url_part(&backend),
         url_part(&queue)
-    ))
-    .into_response())
+    );
+    detached(run_queue_action(state, backend, queue, action, ids)).await?;
+    Ok(Redirect::to(&back).into_response())
 }
 
 pub(crate) async fn job_form(
@@ -182,7 +198,7 @@ pub(crate) async fn job_form(
 ) -> Result<Response, Failure> {
     security::allow_change(&state, form.csrf.as_deref())?;
     let action: JobAction = action.parse()?;
-    run_job_action(&state, job_id(&id)?, action).await?;
+    detached(run_job_action(state, job_id(&id)?, action)).await?;
     let back = match action {
         JobAction::Delete => format!("{}/jobs", ctx.base),
         JobAction::Retry => format!("{}/jobs/{}", ctx.base, url_part(&id)),
@@ -208,7 +224,7 @@ pub(crate) async fn queue_api(
         serde_json::from_slice(&body)
             .map_err(|e| Failure::bad_request(format!("the body is not {{\"ids\": [...]}}: {e}")))?
     };
-    let done = run_queue_action(&state, &backend, &queue, action, body.ids).await?;
+    let done = detached(run_queue_action(state, backend, queue, action, body.ids)).await?;
     Ok(Json(done).into_response())
 }
 
@@ -219,6 +235,6 @@ pub(crate) async fn job_api(
 ) -> Result<Response, Failure> {
     security::allow_change(&state, csrf_header(&headers))?;
     let action: JobAction = action.parse()?;
-    let done = run_job_action(&state, job_id(&id)?, action).await?;
+    let done = detached(run_job_action(state, job_id(&id)?, action)).await?;
     Ok(Json(done).into_response())
 }

@@ -49,6 +49,7 @@ use queue_worker::QueueManager;
 
 mod actions;
 mod assets;
+mod dead_pages;
 mod html;
 mod request;
 mod routes;
@@ -224,8 +225,9 @@ impl Dashboard {
         self
     }
 
-    /// Serve at most `max` requests at once (default 64, at least 1);
-    /// others wait their turn, within the request timeout.
+    /// Serve at most `max` requests at once (default 64, at least 1); a
+    /// request beyond them is answered `503` at once (load shedding), so
+    /// none waits unbounded for a slot.
     pub fn max_concurrent_requests(mut self, max: usize) -> Self {
         self.max_concurrent_requests = max.max(1);
         self
@@ -276,6 +278,7 @@ impl Dashboard {
             csrf: uuid::Uuid::new_v4().simple().to_string(),
             refresh: self.refresh,
             sampler: sampler::Sampler::new(self.sample_every),
+            dead_pages: dead_pages::DeadPages::default(),
         });
         sampler::spawn_background(&state);
         routes::router(
@@ -303,6 +306,7 @@ pub(crate) struct State {
     pub(crate) csrf: String,
     pub(crate) refresh: Duration,
     pub(crate) sampler: sampler::Sampler,
+    pub(crate) dead_pages: dead_pages::DeadPages,
 }
 
 impl State {

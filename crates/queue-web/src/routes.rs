@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 
@@ -16,7 +18,8 @@ use crate::screens::{job, jobs, overview, queue, workers};
 use crate::{actions, assets, security, State};
 
 /// What bounds the cost of requests: each is answered within
-/// `request_timeout`, and at most `max_concurrent_requests` run at once.
+/// `request_timeout`, and at most `max_concurrent_requests` run at once
+/// (one more is answered 503).
 pub(crate) struct Limits {
     pub(crate) request_timeout: Duration,
     pub(crate) max_concurrent_requests: usize,
@@ -64,8 +67,9 @@ pub(crate) fn router(
     let api = extra.into_iter().fold(api, |api, (path, route)| {
         api.route(&path, route.with_state(()))
     });
-    // Outermost first: the guard, then the timeout (which counts a wait
-    // for a slot), then the limit on requests at once.
+    // Outermost first: the guard, the timeout, then the limit on requests
+    // at once, which answers 503 at once when every slot is taken (a
+    // request never waits for a slot, so the timeout bounds all of it).
     api.merge(pages)
         .layer(
             ServiceBuilder::new()
@@ -77,11 +81,21 @@ pub(crate) fn router(
                     StatusCode::REQUEST_TIMEOUT,
                     limits.request_timeout,
                 ))
+                .layer(HandleErrorLayer::new(busy))
+                .layer(LoadShedLayer::new())
                 .layer(GlobalConcurrencyLimitLayer::new(
                     limits.max_concurrent_requests,
                 )),
         )
         .with_state(state)
+}
+
+/// Every slot is taken (or a layer failed): come back shortly.
+async fn busy(_: tower::BoxError) -> Failure {
+    Failure::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the dashboard is serving as many requests as it takes at once: try again shortly",
+    )
 }
 
 async fn not_found() -> Failure {

@@ -122,48 +122,66 @@ pub(crate) struct HostRule {
     pub(crate) any: bool,
 }
 
-/// The host part of a `Host` or `Origin` authority, lowercase, and the
-/// whole authority lowercase.
-fn host_of(authority: &str) -> (String, String) {
-    let authority = authority.trim().to_ascii_lowercase();
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        // [::1]:8080
-        rest.split(']')
-            .next()
-            .map(|h| format!("[{h}]"))
-            .unwrap_or_default()
-    } else {
-        authority
-            .rsplit_once(':')
-            .map_or(authority.as_str(), |(h, _)| h)
-            .to_owned()
+/// A `Host` or `Origin` authority, lowercase: its host (an IPv6 address
+/// in brackets) and its whole text. `None` unless it is a host with at
+/// most a numeric port.
+fn host_of(authority: &str) -> Option<(String, String)> {
+    let whole = authority.trim().to_ascii_lowercase();
+    let (host, port) = match whole.strip_prefix('[') {
+        Some(rest) => {
+            let (address, after) = rest.split_once(']')?;
+            (format!("[{address}]"), after)
+        }
+        None => {
+            let end = whole.find(':').unwrap_or(whole.len());
+            (whole[..end].to_owned(), &whole[end..])
+        }
     };
-    (host, authority)
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    (!host.is_empty() && port_ok).then_some((host, whole))
+}
+
+/// The authority a request was sent to: its `Host` header, or for HTTP/2
+/// (which carries no `Host`) the URI's authority.
+fn authority_of(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
 }
 
 impl HostRule {
-    fn allows_authority(&self, authority: &str) -> bool {
-        let (host, whole) = host_of(authority);
-        matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]")
-            || self.allowed.iter().any(|a| *a == host || *a == whole)
+    /// Whether `authority` is one of the hosts the application listed.
+    fn listed(&self, authority: &str) -> bool {
+        host_of(authority)
+            .is_some_and(|(host, whole)| self.allowed.iter().any(|a| *a == host || *a == whole))
     }
 
-    /// Whether a request with these headers is answered.
-    fn allows(&self, headers: &HeaderMap) -> bool {
-        if self.any {
-            return true;
-        }
-        headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|host| self.allows_authority(host))
+    /// Whether `authority` may be answered: a loopback name (any port) or
+    /// a listed host.
+    fn allows_authority(&self, authority: &str) -> bool {
+        let loopback = host_of(authority)
+            .is_some_and(|(host, _)| matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]"));
+        loopback || self.listed(authority)
+    }
+
+    /// Whether `request` is answered.
+    fn allows(&self, request: &Request) -> bool {
+        self.any || authority_of(request).is_some_and(|a| self.allows_authority(a))
     }
 }
 
 /// Why a change (a `POST`) coming from a browser is refused: another
-/// site sent it. Requests without an `Origin` (scripts, curl) pass here
-/// and still need the CSRF token.
-fn cross_site(headers: &HeaderMap, rule: &HostRule) -> Option<&'static str> {
+/// site sent it. Its `Origin` must be the authority the request was sent
+/// to (host and port), or a listed host (behind a proxy that rewrites
+/// `Host`). Requests without an `Origin` (scripts, curl) pass here and
+/// still need the CSRF token.
+fn cross_site(request: &Request, rule: &HostRule) -> Option<&'static str> {
+    let headers = request.headers();
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
         return Some("a cross-site request cannot change anything (Sec-Fetch-Site: cross-site)");
@@ -177,11 +195,8 @@ fn cross_site(headers: &HeaderMap, rule: &HostRule) -> Option<&'static str> {
     else {
         return Some("a request from an opaque origin cannot change anything");
     };
-    let own = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|host| host.eq_ignore_ascii_case(authority));
-    if own || (!rule.allowed.is_empty() && rule.allows_authority(authority)) {
+    let own = authority_of(request).is_some_and(|to| to.eq_ignore_ascii_case(authority));
+    if own || rule.listed(authority) {
         None
     } else {
         Some("a request from another origin cannot change anything")
@@ -325,14 +340,14 @@ pub(crate) async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
-    let mut response = if !state.hosts.allows(request.headers()) {
+    let mut response = if !state.hosts.allows(&request) {
         (
             StatusCode::MISDIRECTED_REQUEST,
             "this dashboard does not answer for that host name (Dashboard::allowed_hosts)\n",
         )
             .into_response()
     } else if let Some(why) = (!matches!(*request.method(), Method::GET | Method::HEAD))
-        .then(|| cross_site(request.headers(), &state.hosts))
+        .then(|| cross_site(&request, &state.hosts))
         .flatten()
     {
         Failure::forbidden(why).into_response()

@@ -235,6 +235,9 @@ async fn every_endpoint_on_redis() {
 
     // Redrive one dead letter by id, retry the other job by id: both run.
     failing.store(false, Ordering::SeqCst);
+    // The stats count a dead letter before its event is sent: events of
+    // the first runs may still be queued.
+    while events.try_recv().is_ok() {}
     let json = [
         ("x-csrf-token", csrf.as_str()),
         ("content-type", "application/json"),
@@ -409,9 +412,16 @@ async fn dead_letters_are_previews_paged_by_a_cursor() {
     .await;
     for name in ["redis", "memory"] {
         let first = format!("/admin/queues/api/queues/{name}/{queue}/dead-letters");
-        let sent_before = redis_output_bytes(&url).await;
-        let page = get(addr, &format!("{first}?limit=500")).await;
-        let sent = redis_output_bytes(&url).await - sent_before;
+        // Other tests share the server's byte count: the least of a few
+        // reads is the one that counts.
+        let mut sent = u64::MAX;
+        let mut page = None;
+        for _ in 0..3 {
+            let before = redis_output_bytes(&url).await;
+            page = Some(get(addr, &format!("{first}?limit=500")).await);
+            sent = sent.min(redis_output_bytes(&url).await - before);
+        }
+        let page = page.expect("a page");
         assert_eq!(page.status, 200, "{}", page.body);
         assert!(
             page.body.len() < 1024 * 1024,

@@ -249,15 +249,17 @@ async fn slow_requests_time_out_and_requests_at_once_are_bounded() {
     // A route that waits until the test lets it go, behind the
     // dashboard's own limits.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = gate.clone();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let (held, inside) = (gate.clone(), entered.clone());
     let dashboard = Dashboard::for_backend("mem", backend)
         .request_timeout(Duration::from_secs(2))
         .max_concurrent_requests(1)
         .route(
             "/hold",
             get(move || {
-                let held = held.clone();
+                let (held, inside) = (held.clone(), inside.clone());
                 async move {
+                    inside.notify_one();
                     held.acquire().await.expect("open").forget();
                     "released"
                 }
@@ -270,18 +272,18 @@ async fn slow_requests_time_out_and_requests_at_once_are_bounded() {
     let reply = http_get(addr, "/hold").await;
     assert_eq!(reply.status, 408, "{}", reply.body);
     assert!(started.elapsed() < Duration::from_secs(10));
+    // Its handler said it was holding (a notification kept for us).
+    entered.notified().await;
 
-    // One request holds the only slot: a second waits for it.
+    // One request holds the only slot: a second is answered 503 at once
+    // (it never waits unbounded for a slot), and once the slot is free
+    // requests are served again.
     let first = tokio::spawn(async move { http_get(addr, "/hold").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut second = tokio::spawn(async move { http_get(addr, "/api/session").await });
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut second)
-            .await
-            .is_err(),
-        "the second request was served while the first held the only slot"
-    );
+    entered.notified().await;
+    let busy = http_get(addr, "/api/session").await;
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert!(busy.header("content-security-policy").is_some());
     gate.add_permits(1);
     assert_eq!(first.await.expect("first").status, 200);
-    assert_eq!(second.await.expect("second").status, 200);
+    assert_eq!(http_get(addr, "/api/session").await.status, 200);
 }

@@ -288,6 +288,6 @@ fn a_shared_backend_keeps_its_job_store() {
     use crate::traits::Backend;
     let backend = std::sync::Arc::new(MemoryBackend::new());
     assert!(Backend::default_job_store(&backend).is_some());
-    let boxed: Box<MemoryBackend> = Box::new(MemoryBackend::new());
+    let boxed: Box<MemoryBackend> = Box::default();
     assert!(Backend::default_job_store(&boxed).is_some());
 }

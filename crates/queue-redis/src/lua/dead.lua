@@ -7,6 +7,9 @@
 -- the whole envelope's.
 -- On the first page, expired TTLs are swept first (at most 1,000, as a
 -- claim does).
+-- The most header bytes a preview keeps (`PREVIEW_HEADER_BYTES` in Rust).
+local HEAD_ROOM = 65536
+
 -- Where the payload starts in `env` (1-based), or 1 for bytes that are
 -- not an envelope this build reads (they are all payload).
 local function payload_start(env)
@@ -49,8 +52,16 @@ for i = 1, n do
   local env = redis.call('HGET', K_DMSG, id) or ''
   local length = #env
   if keep >= 0 then
-    local cut = payload_start(env) + keep - 1
-    if length > cut then env = string.sub(env, 1, cut) end
+    local start = payload_start(env)
+    if start > HEAD_ROOM + 1 then
+      -- A header block over 64 KiB (headers a producer set): the preview
+      -- keeps the fixed fields and drops the rest, so no page grows with
+      -- them.
+      env = string.sub(env, 1, 3) .. '\0' .. string.sub(env, 5, 37) .. '\0\0'
+        .. string.sub(env, start, start + keep - 1)
+    elseif length > start + keep - 1 then
+      env = string.sub(env, 1, start + keep - 1)
+    end
   end
   out[#out + 1] = seq
   out[#out + 1] = id

@@ -1,7 +1,9 @@
 -- Counts, after one bounded round of the maintenance a claim does (at
 -- most 1,000 of each kind moved: one call never blocks Redis for long,
 -- however many jobs are due; the workers' claims move the rest). Delayed
--- jobs already due but not yet moved are counted as ready. Returns
+-- jobs already due but not yet moved, and inbox pushes not yet taken, are
+-- counted as ready (expired leases beyond the bound stay in flight until
+-- moved). Returns
 -- {'missing'} or {'ok', ready, delayed, in_flight, dead, enqueued, acked,
 -- retried, dead_lettered, expired, deduplicated, paused (1 or 0),
 -- oldest_ready_ms (-1: nothing ready)}.
@@ -42,8 +44,10 @@ if missing() then return { 'missing' } end
 local now = now_ms()
 maintain(now, 1000)
 local due = redis.call('ZCOUNT', K_DELAYED, '-inf', now)
+-- Plain clients' pushes not yet taken from the inbox are ready too.
+local pushed = redis.call('LLEN', K_INBOX)
 local c = redis.call('HMGET', K_STATS, 'enqueued', 'acked', 'retried', 'dead_lettered', 'expired', 'deduplicated')
-return { 'ok', redis.call('ZCARD', K_READY) + due, redis.call('ZCARD', K_DELAYED) - due,
+return { 'ok', redis.call('ZCARD', K_READY) + due + pushed, redis.call('ZCARD', K_DELAYED) - due,
   redis.call('ZCARD', K_LEASED),
   redis.call('ZCARD', K_DEAD), tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0,
   tonumber(c[4]) or 0, tonumber(c[5]) or 0, tonumber(c[6]) or 0,

@@ -181,6 +181,14 @@ pub async fn dead_letter_pages(ctx: &Ctx) {
     assert!(whole
         .iter()
         .all(|l| l.message.payload.len() == PAYLOAD && !l.truncated()));
+    let none = admin
+        .dead_letter_page(&queue, &DeadLetterQuery::new(0))
+        .await;
+    assert_eq!(
+        none.map(|p| p.letters.len()).map_err(|e| e.kind()),
+        Err(ErrorKind::InvalidInput),
+        "a page of no letters never moves its cursor"
+    );
     let foreign = DeadLetterQuery::new(2).after(DeadLetterCursor::new("not-a-cursor"));
     let refused = admin.dead_letter_page(&queue, &foreign).await;
     assert_eq!(

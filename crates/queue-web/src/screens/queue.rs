@@ -86,13 +86,16 @@ fn dead_letter_view(d: &DeadLetter) -> DeadLetterView {
 
 /// One page of dead letters, as previews, and where it started.
 struct DeadPage {
-    page: DeadLetterPage,
+    page: Arc<DeadLetterPage>,
     cursor: Option<DeadLetterCursor>,
     limit: usize,
 }
 
-/// Never more than one page of previews from the broker.
+/// Never more than one page of previews from the broker, read at most
+/// once every few seconds however many viewers refresh it.
 async fn dead_page(
+    state: &State,
+    backend_name: &str,
     backend: &dyn queue_core::Backend,
     queue: &QueueName,
     paging: &Paging,
@@ -108,7 +111,10 @@ async fn dead_page(
     if let Some(cursor) = &cursor {
         query = query.after(cursor.clone());
     }
-    let page = backend.admin().dead_letter_page(queue, &query).await?;
+    let page = state
+        .dead_pages
+        .get(backend_name, backend, queue, &query)
+        .await?;
     Ok(DeadPage {
         page,
         cursor,
@@ -270,7 +276,7 @@ async fn queue_data(
     let (b, q) = queue_of(state, backend, queue)?;
     let stats = queue_stats(state, backend, &*b, &q).await?;
     let history = state.sampler.history(backend, &q).await;
-    let dead = dead_page(&*b, &q, paging).await?;
+    let dead = dead_page(state, backend, &*b, &q, paging).await?;
     Ok((q, stats, history, dead))
 }
 
@@ -315,6 +321,6 @@ pub(crate) async fn api_dead_letters(
     Query(paging): Query<Paging>,
 ) -> Result<Response, Failure> {
     let (b, q) = queue_of(&state, &backend, &queue)?;
-    let dead = dead_page(&*b, &q, &paging).await?;
+    let dead = dead_page(&state, &backend, &*b, &q, &paging).await?;
     Ok(Json(dead_json(&dead)).into_response())
 }

@@ -218,7 +218,7 @@ async fn begin(shared: &Shared, counters: &Counters, delivery: Delivery) -> Begu
     // The job's own timeout comes from the wire: never longer than the
     // worker allows.
     let timeout = queue_core::job::timeout_of(message)
-        .map(|own| own.min(shared.settings.max_timeout))
+        .map(|own| own.min(shared.settings.longest_timeout()))
         .or(shared.settings.timeout);
     let own_backoff = queue_core::job::backoff_of(message);
     let scope = JobScope {

@@ -59,7 +59,7 @@ impl Worker {
                 prefetch: 100,
                 retry: BackoffPolicy::default(),
                 timeout: None,
-                max_timeout: queue_core::job::MAX_TIMEOUT,
+                max_timeout: None,
                 lease: None,
                 poll_wait: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(30),
@@ -102,13 +102,14 @@ impl WorkerBuilder {
         self
     }
 
-    /// The longest timeout a job may set for itself (default 24 h, the
-    /// most allowed). A job's timeout travels in a header that whoever
-    /// sends the job writes (`JobOptions::with_timeout`), so this bounds
-    /// how long a producer can make this worker's attempts run: a job
-    /// asking for more gets this much.
+    /// The longest timeout a job may set for itself (1 ms to 24 h). A
+    /// job's timeout travels in a header that whoever sends the job writes
+    /// (`JobOptions::with_timeout`), so this bounds how long a producer
+    /// can make this worker's attempts run: a job asking for more gets
+    /// this much. Default: the worker's own [`timeout`](Self::timeout)
+    /// when set (a job may ask for less, not more), else 24 h.
     pub fn max_timeout(mut self, max: Duration) -> Self {
-        self.settings.max_timeout = max;
+        self.settings.max_timeout = Some(max);
         self
     }
 

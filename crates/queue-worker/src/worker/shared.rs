@@ -28,7 +28,7 @@ pub(super) struct Settings {
     #[validate(custom(function = "validate_timeout"))]
     pub(super) timeout: Option<Duration>,
     #[validate(custom(function = "validate_timeout"))]
-    pub(super) max_timeout: Duration,
+    pub(super) max_timeout: Option<Duration>,
     #[validate(custom(function = "queue_core::config::validate_lease"))]
     pub(super) lease: Option<Duration>,
     #[validate(custom(function = "validate_poll_wait"))]
@@ -42,6 +42,16 @@ pub(super) struct Settings {
     pub(super) depth_interval: Option<Duration>,
     #[validate(custom(function = "validate_heartbeat"))]
     pub(super) heartbeat: Option<Duration>,
+}
+
+impl Settings {
+    /// The longest timeout a job may set for itself: the configured
+    /// maximum, else the worker's own timeout, else the most allowed.
+    pub(super) fn longest_timeout(&self) -> Duration {
+        self.max_timeout
+            .or(self.timeout)
+            .unwrap_or(queue_core::job::MAX_TIMEOUT)
+    }
 }
 
 fn range(

@@ -275,3 +275,35 @@ async fn jobs_finishing_in_the_grace_period_are_acked_as_they_finish() {
     assert_eq!((report.finished_in_grace, report.returned), (2, 0));
     assert_eq!(acked().await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_maximum_a_job_may_not_outlast_the_workers_own_timeout() {
+    let backend = MemoryBackend::new();
+    let queue = QueueName::new("own-timeout-bounds").unwrap();
+    let handle = Worker::builder(Arc::new(backend.clone()), queue.clone())
+        .timeout(Duration::from_millis(200))
+        .handler(|_: Job<String>| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<(), anyhow::Error>(())
+        })
+        .start()
+        .await
+        .unwrap();
+    let producer = backend.memory_producer(&queue).unwrap();
+    let asks_an_hour = JobOptions::default()
+        .with_max_retries(0)
+        .with_timeout(Duration::from_secs(3600));
+    producer
+        .send(Job::encode(&"slow".to_owned(), &asks_an_hour).unwrap())
+        .await
+        .unwrap();
+    until(&handle, |s| s.dead_lettered == 1 && s.in_flight == 0).await;
+    handle.shutdown().await.unwrap();
+    let zero = Worker::builder(Arc::new(backend.clone()), queue)
+        .max_timeout(Duration::ZERO)
+        .handler(|_: Job<String>| async move { Ok::<(), anyhow::Error>(()) })
+        .start()
+        .await;
+    let error = zero.expect_err("a zero maximum is refused");
+    assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+}
