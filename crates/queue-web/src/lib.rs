@@ -22,22 +22,33 @@
 //! or run it standalone with `queue serve` (crate `queue-cli`), which adds
 //! `/metrics` and `/healthz`.
 //!
-//! **Safety.** Every page and answer carries a strict
-//! Content-Security-Policy (scripts and styles only from the dashboard's
-//! own two assets, no inline code, no frames) and `nosniff`; payloads,
-//! errors and names are HTML-escaped everywhere. Every change is a `POST`
-//! that carries the dashboard's CSRF token (a form field, or the
-//! `x-csrf-token` header for the API), and the pages ask for confirmation
-//! first. [`Dashboard::read_only`] hides every action and refuses every
-//! `POST`. [`Dashboard::token`] demands a token on every request (a
-//! `Bearer` header, or `?token=` once, which sets a cookie); `queue serve`
-//! refuses to bind anything but loopback without one.
+//! **Safety.** Without a token only loopback host names (`127.0.0.1`,
+//! `localhost`, `[::1]`) and those of [`Dashboard::allowed_hosts`] are
+//! answered (`421` otherwise), so a page that rebinds its name to
+//! 127.0.0.1 cannot read the dashboard. Every page and answer carries a
+//! strict Content-Security-Policy (scripts and styles only from the
+//! dashboard's own two assets, no inline code, no frames) and `nosniff`;
+//! payloads, errors and names are HTML-escaped everywhere. Every change is
+//! a `POST` that carries the dashboard's CSRF token (a form field, or the
+//! `x-csrf-token` header for the API) and comes from the dashboard's own
+//! origin (a foreign `Origin` or `Sec-Fetch-Site: cross-site` is refused),
+//! and the pages ask for confirmation first. [`Dashboard::read_only`]
+//! hides every action and refuses every `POST`. [`Dashboard::token`]
+//! (at least 16 bytes) demands a token on every request: a `Bearer`
+//! header, or `?token=` once, which opens a session whose cookie holds a
+//! random id scoped to the mount point. Requests are answered within
+//! [`Dashboard::request_timeout`], and at most
+//! [`Dashboard::max_concurrent_requests`] are served at once. `queue
+//! serve` refuses to bind anything but loopback without a token.
+//! docs/operations.md has the whole security table and what to do when
+//! mounting.
 //!
 //! **Cost to the broker.** Samples are shared by every viewer and taken at
 //! most once a second: a refresh costs one stats call per queue (one round
 //! trip on Redis); queue lists and health checks are cached for ten
-//! seconds. While nobody looks, a sample every ten seconds keeps the
-//! hour's chart going.
+//! seconds. Dead letters are read a page of previews at a time, and a page
+//! is shared by every viewer for three seconds. While nobody looks, a
+//! sample every ten seconds keeps the hour's chart going.
 
 #![forbid(unsafe_code)]
 
