@@ -179,7 +179,11 @@ impl HostRule {
 /// site sent it. Its `Origin` must be the authority the request was sent
 /// to (host and port), or a listed host (behind a proxy that rewrites
 /// `Host`). Requests without an `Origin` (scripts, curl) pass here and
-/// still need the CSRF token.
+/// still need the CSRF token. An opaque origin (`Origin: null`, which a
+/// browser sends for a form posted under `Referrer-Policy: no-referrer`,
+/// say one a proxy adds) passes only when the browser itself vouches
+/// that the page is the dashboard's own (`Sec-Fetch-Site: same-origin`,
+/// a header no page can set).
 fn cross_site(request: &Request, rule: &HostRule) -> Option<&'static str> {
     let headers = request.headers();
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
@@ -193,6 +197,9 @@ fn cross_site(request: &Request, rule: &HostRule) -> Option<&'static str> {
         .and_then(|o| o.split_once("://"))
         .map(|(_, authority)| authority)
     else {
+        if site.is_some_and(|s| s.eq_ignore_ascii_case("same-origin")) {
+            return None;
+        }
         return Some("a request from an opaque origin cannot change anything");
     };
     let own = authority_of(request).is_some_and(|to| to.eq_ignore_ascii_case(authority));
@@ -380,7 +387,7 @@ pub fn set_safety_headers(headers: &mut HeaderMap) {
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -93,9 +93,10 @@ async fn a_change_from_another_site_is_refused_even_with_the_csrf_token() {
     let token = csrf(addr, "/api/session").await;
     let pause = "/api/queues/mem/origins/pause";
     let form = "/queues/mem/origins/pause";
-    let foreign: [&[(&str, &str)]; 4] = [
+    let foreign: [&[(&str, &str)]; 5] = [
         &[("origin", "http://evil.example")],
         &[("origin", "null")],
+        &[("origin", "null"), ("sec-fetch-site", "same-site")],
         &[("origin", "http://127.0.0.1:1")],
         &[("sec-fetch-site", "cross-site")],
     ];
@@ -130,6 +131,22 @@ async fn a_change_from_another_site_is_refused_even_with_the_csrf_token() {
     let resume = "/api/queues/mem/origins/resume";
     let reply = request(addr, "POST", resume, &[("x-csrf-token", &token)], "").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    // An opaque origin the browser vouches for (a form posted under a
+    // proxy's `Referrer-Policy: no-referrer`).
+    let reply = request(
+        addr,
+        "POST",
+        pause,
+        &[
+            ("x-csrf-token", token.as_str()),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(backend.admin().stats(&queue).await.expect("stats").paused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
