@@ -12,11 +12,13 @@
 //! - Errors: [`Error`] with an [`ErrorKind`] and `is_retryable()`; [`HandlerError`] for user code.
 //! - Configuration: [`config::QueueConfig`] from a URL or `QUEUE_*` variables.
 //! - Wire format: [`envelope`] for brokers without native headers.
+//! - State shared by every worker (leases, rate windows, semaphores): [`coordination`].
 
 #![forbid(unsafe_code)]
 
 pub mod capabilities;
 pub mod config;
+pub mod coordination;
 pub mod dead_letters;
 pub mod envelope;
 pub mod error;
@@ -34,6 +36,7 @@ pub use capabilities::{
     Capabilities, LeaseLossDetection, Ordering, RedeliveryCount, StatsAccuracy, Support, Totals,
 };
 pub use config::{QueueConfig, SecretUrl};
+pub use coordination::{Coordination, Lease, MemoryCoordination, Permits, Rate, Slot};
 pub use dead_letters::{DeadLetterCursor, DeadLetterPage, DeadLetterQuery};
 pub use error::{BatchError, BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
 pub use job::{short_type_name, BackoffPolicy, Job, JobOptions, JobStatus};

@@ -55,6 +55,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn default_job_store(&self) -> Option<std::sync::Arc<dyn crate::store::JobStore>> {
         None
     }
+
+    /// The coordination store this backend keeps (leases, rate windows,
+    /// semaphores: what cron, rate limits and fleet-wide concurrency
+    /// need): the memory backend's in-process one, Redis's. `None` (the
+    /// default) for brokers that keep no such state: features that need
+    /// one then take a store by URL, or are refused with an error naming
+    /// what to configure
+    /// ([`coordination::needs_store`](crate::coordination::needs_store)).
+    fn coordination(&self) -> Option<std::sync::Arc<dyn crate::coordination::Coordination>> {
+        None
+    }
 }
 
 /// Sends messages to one queue.
@@ -711,6 +722,9 @@ macro_rules! forward_pointer {
             }
             fn default_job_store(&self) -> Option<Arc<dyn crate::store::JobStore>> {
                 (**self).default_job_store()
+            }
+            fn coordination(&self) -> Option<Arc<dyn crate::coordination::Coordination>> {
+                (**self).coordination()
             }
         }
 

@@ -56,6 +56,7 @@ impl MemoryBackend {
                 queues: Mutex::new(HashMap::new()),
                 workers: Mutex::new(HashMap::new()),
                 job_store: Arc::default(),
+                coordination: crate::coordination::MemoryCoordination::new(),
                 closed: CloseFlag::default(),
             }),
         }
@@ -118,6 +119,10 @@ impl Backend for MemoryBackend {
     /// every clone of this backend.
     fn default_job_store(&self) -> Option<Arc<dyn crate::store::JobStore>> {
         Some(self.shared.job_store.clone())
+    }
+
+    fn coordination(&self) -> Option<Arc<dyn crate::coordination::Coordination>> {
+        Some(Arc::new(self.shared.coordination.clone()))
     }
 
     fn admin(&self) -> &dyn Admin {

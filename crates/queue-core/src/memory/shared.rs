@@ -24,6 +24,8 @@ pub(super) struct Shared {
     pub(super) workers: Mutex<HashMap<String, (crate::stats::WorkerInfo, tokio::time::Instant)>>,
     /// The job store of [`Backend::default_job_store`].
     pub(super) job_store: Arc<crate::store::MemoryJobStore>,
+    /// The coordination store of [`Backend::coordination`] (clones share it).
+    pub(super) coordination: crate::coordination::MemoryCoordination,
     pub(super) closed: CloseFlag,
 }
 

@@ -1,0 +1,61 @@
+//! The sliding window behind [`Rate`]: permits counted in buckets of a
+//! 64th of the period, each counted until a whole period has passed
+//! since its bucket ended, so no window of `period` ever holds more than
+//! `limit` permits (a permit may be held back up to one bucket longer
+//! than strictly needed: under 2% of the rate).
+//!
+//! Redis's script keeps the same buckets in a hash; this is the
+//! reference, used by the memory store and the tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Permits, Rate};
+
+/// Buckets per period.
+pub(crate) const BUCKETS: u64 = 64;
+
+/// One key's window: permits per bucket index.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    buckets: BTreeMap<u64, u32>,
+}
+
+/// A bucket's width in microseconds for `rate` (at least 1 µs).
+pub(crate) fn bucket_width(rate: Rate) -> u64 {
+    let period = u64::try_from(rate.period().as_micros()).unwrap_or(u64::MAX);
+    (period / BUCKETS).max(1)
+}
+
+impl Window {
+    /// Take up to `want` permits at `now` (microseconds on the store's
+    /// clock).
+    pub fn take(&mut self, rate: Rate, now: u64, want: u32) -> Permits {
+        let width = bucket_width(rate);
+        let period = u64::try_from(rate.period().as_micros()).unwrap_or(u64::MAX);
+        let span = period.div_ceil(width);
+        let current = now / width;
+        let first = current.saturating_sub(span);
+        self.buckets.retain(|index, _| *index >= first);
+        let used: u64 = self.buckets.values().map(|n| u64::from(*n)).sum();
+        let room = u64::from(rate.limit()).saturating_sub(used);
+        let granted = u32::try_from(room.min(u64::from(want))).unwrap_or(want);
+        if granted > 0 {
+            *self.buckets.entry(current).or_default() += granted;
+        }
+        let retry_after = (granted < want).then(|| {
+            let oldest = self.buckets.keys().next().copied().unwrap_or(current);
+            let free_at = (oldest + span + 1) * width;
+            Duration::from_micros(free_at.saturating_sub(now).max(1))
+        });
+        Permits::new(granted, retry_after)
+    }
+
+    /// Whether the window holds no permit that still counts at `now`.
+    pub fn is_idle(&self, rate: Rate, now: u64) -> bool {
+        let width = bucket_width(rate);
+        let period = u64::try_from(rate.period().as_micros()).unwrap_or(u64::MAX);
+        let first = (now / width).saturating_sub(period.div_ceil(width));
+        self.buckets.keys().all(|index| *index < first)
+    }
+}
