@@ -338,6 +338,10 @@ pub enum HandlerAction {
     Permanent,
     /// The job is no longer wanted: settle it as cancelled, without retry.
     Cancel,
+    /// A remote API said "too many requests, retry after this long": the
+    /// job goes back without spending an attempt, and the whole queue
+    /// backs off that long (every worker sharing a coordination store).
+    RateLimited(Duration),
 }
 
 /// The error a user's job handler returns.
@@ -389,6 +393,23 @@ impl HandlerError {
         HandlerError {
             action: HandlerAction::Cancel,
             error: reason.into(),
+        }
+    }
+
+    /// The remote API this job calls limits its rate: hand the job back
+    /// without spending an attempt and pause the whole queue for
+    /// `retry_after` (BullMQ's manual rate limit).
+    ///
+    /// ```
+    /// use queue_core::{HandlerAction, HandlerError};
+    /// use std::time::Duration;
+    /// let e = HandlerError::rate_limited("HTTP 429", Duration::from_secs(2));
+    /// assert_eq!(e.action(), HandlerAction::RateLimited(Duration::from_secs(2)));
+    /// ```
+    pub fn rate_limited(error: impl Into<BoxError>, retry_after: Duration) -> Self {
+        HandlerError {
+            action: HandlerAction::RateLimited(retry_after),
+            error: error.into(),
         }
     }
 

@@ -22,6 +22,7 @@ use queue_core::trace::{TraceContext, TRACEPARENT};
 use queue_core::traits::Delivery;
 use tokio::sync::watch;
 
+use super::flow::Admitted;
 use super::handler::{HandlerFuture, JobScope};
 use super::shared::{Counters, Shared};
 use crate::events::{JobEvent, JobEventKind};
@@ -30,6 +31,14 @@ use crate::events::{JobEvent, JobEventKind};
 /// is handed back to the lane, which acks in batches.
 pub(super) async fn run_job(shared: &Shared, lane: usize, delivery: Delivery) -> Option<Delivery> {
     let counters = &shared.counters[lane];
+    let (delivery, slot) = if shared.flow.holds_back() {
+        match admit(shared, counters, delivery).await {
+            Some(admitted) => admitted,
+            None => return None,
+        }
+    } else {
+        (delivery, None)
+    };
     let to_ack = match begin(shared, counters, delivery).await {
         Begun::Running(job) => {
             let (outcome, delivery, run_time) =
@@ -46,8 +55,48 @@ pub(super) async fn run_job(shared: &Shared, lane: usize, delivery: Delivery) ->
         }
         Begun::Settled(to_ack) => to_ack,
     };
+    shared.flow.release(slot);
     counters.finished.fetch_add(1, AtomicOrdering::Relaxed);
     to_ack
+}
+
+/// Wait for the job's turn under the worker's flow control: `None` when
+/// it was handed back (the worker stopped) or dead-lettered (its rate
+/// limit key is invalid) instead.
+async fn admit(
+    shared: &Shared,
+    counters: &Counters,
+    delivery: Delivery,
+) -> Option<(Delivery, Option<String>)> {
+    let mut stop = shared.stop.clone();
+    match shared
+        .flow
+        .admit(delivery, &mut stop, shared.settings.lease)
+        .await
+    {
+        Admitted::Go { delivery, slot } => Some((delivery, slot)),
+        Admitted::Stopped { delivery, slot } => {
+            shared.flow.release(slot);
+            let id = delivery.message().id;
+            if let Err(e) = delivery.release().await {
+                tracing::warn!(job_id = %id, error = %e.error, "could not return a waiting job; it returns when its lease expires");
+            }
+            counters.returned.fetch_add(1, AtomicOrdering::Relaxed);
+            None
+        }
+        Admitted::Invalid { delivery, error } => {
+            let text = error.to_string();
+            dead_letter(
+                shared,
+                counters,
+                delivery,
+                DeadLetterReason::Rejected(text.clone()),
+                text,
+            )
+            .await;
+            None
+        }
+    }
 }
 
 /// What an attempt came to, as the worker counts, measures and announces it.
@@ -372,6 +421,20 @@ async fn settle(
         }
         Outcome::TimedOut(after) => (format!("timed out after {after:?}"), HandlerAction::Retry),
     };
+    if let HandlerAction::RateLimited(retry_after) = action {
+        // The remote API's limit, not the job's failure: back off the
+        // whole queue and hand the job back without spending an attempt.
+        shared.flow.back_off(retry_after);
+        if let Err(e) = delivery.release().await {
+            tracing::warn!(job_id = %id, error = %e.error, "could not return a rate-limited job; it returns when its lease expires");
+        }
+        let tally = Tally::Retried {
+            delay: retry_after,
+            error,
+        };
+        record(shared, counters, id, attempt, tally).await;
+        return None;
+    }
     if action == HandlerAction::Cancel {
         record(
             shared,

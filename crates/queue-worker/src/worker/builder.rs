@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use queue_core::config::validation_error;
+use queue_core::coordination::{Coordination, Rate};
 use queue_core::error::{BoxError, Result};
 use queue_core::job::{BackoffPolicy, Job};
 use queue_core::message::QueueName;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use validator::Validate;
 
+use super::flow::{Flow, FlowSettings, RateKey};
 use super::handle::WorkerHandle;
 use super::handler::{self, ErasedHandler};
 use super::shared::{Settings, Shared};
@@ -33,6 +35,7 @@ pub struct WorkerBuilder {
     settings: Settings,
     events: EventBus,
     store: Option<Arc<dyn JobStore>>,
+    flow: FlowSettings,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -40,6 +43,7 @@ impl std::fmt::Debug for WorkerBuilder {
         f.debug_struct("WorkerBuilder")
             .field("queue", &self.queue)
             .field("settings", &self.settings)
+            .field("flow", &self.flow)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +74,7 @@ impl Worker {
             },
             events: EventBus::default(),
             store: None,
+            flow: FlowSettings::default(),
         }
     }
 }
@@ -182,6 +187,52 @@ impl WorkerBuilder {
     /// The handler: `async fn(Job<T>) -> Result<R, E>`, where `R` is any
     /// serializable result (kept in the job store) and `E` any
     /// `std::error::Error`, `anyhow::Error` or
+    /// Start at most `rate` jobs of this queue across every worker that
+    /// shares the coordination store (`Rate::per_second(50)?`: never more
+    /// than 50 starts in any one-second window). A job waits for its
+    /// permit holding its delivery, without spending an attempt. Needs a
+    /// coordination store: the backend's own (memory, Redis) or
+    /// [`coordination`](Self::coordination); without one,
+    /// [`start`](WorkerWithHandler::start) fails naming what to configure.
+    pub fn rate_limit(mut self, rate: Rate) -> Self {
+        self.flow.rate = Some(rate);
+        self
+    }
+
+    /// Start at most `rate` jobs per key across every worker, the key
+    /// taken from each job by `key` (its ordering key, a header, or a
+    /// function); jobs without a key are not limited by key. Keys are
+    /// 1..=[`MAX_RATE_KEY`](super::MAX_RATE_KEY) bytes: a job with a longer
+    /// one is dead-lettered with the reason.
+    pub fn rate_limit_per_key(mut self, rate: Rate, key: RateKey) -> Self {
+        self.flow.key_rate = Some((rate, key));
+        self
+    }
+
+    /// Run at most `limit` jobs of this queue at once across every worker
+    /// that shares the coordination store (1 to 1,000,000). A slot is a
+    /// lease: renewed while its job runs, freed when it ends, and freed
+    /// by expiry when its process dies ([`slot_lease`](Self::slot_lease)).
+    pub fn global_concurrency(mut self, limit: u32) -> Self {
+        self.flow.global_concurrency = Some(limit);
+        self
+    }
+
+    /// How long a fleet-wide slot outlives a holder that died (default
+    /// [`DEFAULT_SLOT_LEASE`](super::DEFAULT_SLOT_LEASE), 100 ms to 24 h).
+    pub fn slot_lease(mut self, lease: Duration) -> Self {
+        self.flow.slot_lease = Some(lease);
+        self
+    }
+
+    /// The coordination store rate limits and fleet-wide concurrency
+    /// use, instead of the backend's own (for RabbitMQ, SQS and Kafka,
+    /// which keep none: a Redis one, say).
+    pub fn coordination(mut self, store: Arc<dyn Coordination>) -> Self {
+        self.flow.store = Some(store);
+        self
+    }
+
     /// [`HandlerError`](queue_core::error::HandlerError) (to ask for
     /// a specific retry, a permanent failure or a cancel).
     pub fn handler<T, F, Fut, R, E>(self, handler: F) -> WorkerWithHandler
@@ -232,6 +283,16 @@ impl WorkerWithHandler {
             .settings
             .lanes
             .clamp(1, builder.settings.concurrency);
+        let (stop, stop_rx) = watch::channel(false);
+        let id = queue_core::MessageId::new().to_string();
+        let flow = Flow::new(
+            builder.flow,
+            builder.backend.coordination(),
+            builder.backend.capabilities().backend,
+            &builder.queue,
+            &id,
+            &stop_rx,
+        )?;
         let mut consumers: Vec<Arc<dyn Consumer>> = Vec::with_capacity(lanes);
         for _ in 0..lanes {
             let consumer = builder
@@ -248,13 +309,15 @@ impl WorkerWithHandler {
             builder.events,
             builder.store,
             lanes,
-            hard_stop_rx,
+            (stop_rx, hard_stop_rx),
+            flow,
+            id,
         ));
         Ok(WorkerHandle::launch(
             builder.backend,
             shared,
             consumers,
-            hard_stop,
+            (stop, hard_stop),
         ))
     }
 }

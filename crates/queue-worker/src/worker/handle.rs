@@ -92,9 +92,9 @@ impl WorkerHandle {
         backend: Arc<dyn Backend>,
         shared: Arc<Shared>,
         consumers: Vec<Arc<dyn Consumer>>,
-        hard_stop: watch::Sender<bool>,
+        (stop, hard_stop): (watch::Sender<bool>, watch::Sender<bool>),
     ) -> WorkerHandle {
-        let (stop, stop_rx) = watch::channel(false);
+        let stop_rx = stop.subscribe();
         if let Some(interval) = shared.settings.depth_interval {
             tokio::spawn(depth::run(
                 backend.clone(),

@@ -45,12 +45,16 @@
 // running worker and what it reports), `shared` (the state the lanes and
 // tasks share), `handler` (the type-erased handler), `lane` (fetch, drive,
 // ack), `attempt` (one attempt of one job: begin, drive, settle, record),
-// and the tasks beside the lanes: `heartbeat` (the worker registry) and
+// `flow` (rate limits, fleet-wide concurrency, back-off: the wait before
+// an attempt begins), and the tasks beside the lanes: `heartbeat` (the worker registry) and
 // `depth` (the queue depth gauges).
 
 mod attempt;
 mod builder;
 mod depth;
+mod flow;
+#[cfg(test)]
+mod flow_tests;
 mod handle;
 mod handler;
 mod heartbeat;
@@ -60,4 +64,5 @@ mod shared;
 mod tests;
 
 pub use builder::{Worker, WorkerBuilder, WorkerWithHandler};
+pub use flow::{KeyFn, RateKey, DEFAULT_SLOT_LEASE, MAX_RATE_KEY, SLOT_POLL};
 pub use handle::{ShutdownReport, WorkerHandle, WorkerHealth, WorkerStats};

@@ -12,6 +12,7 @@ use queue_core::store::JobStore;
 use tokio::sync::watch;
 use validator::Validate;
 
+use super::flow::Flow;
 use super::handle::WorkerStats;
 use super::handler::ErasedHandler;
 use crate::events::EventBus;
@@ -141,6 +142,11 @@ pub(super) struct Shared {
     pub(super) counters: Box<[Counters]>,
     /// Jobs stop at once when this turns true (end of the grace period).
     pub(super) hard_stop: watch::Receiver<bool>,
+    /// Turns true when the worker is told to stop (jobs waiting for
+    /// admission go back).
+    pub(super) stop: watch::Receiver<bool>,
+    /// Rate limits, fleet-wide concurrency and the queue's back-off.
+    pub(super) flow: Flow,
     pub(super) last_fetch: Mutex<(Instant, Option<String>)>,
     pub(super) metrics: Metrics,
     /// This worker's id in the worker registry.
@@ -150,6 +156,7 @@ pub(super) struct Shared {
 impl Shared {
     /// The state of a worker of `lanes` lanes whose jobs stop when
     /// `hard_stop` turns true.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         queue: QueueName,
         settings: Settings,
@@ -157,9 +164,13 @@ impl Shared {
         events: EventBus,
         store: Option<Arc<dyn JobStore>>,
         lanes: usize,
-        hard_stop: watch::Receiver<bool>,
+        (stop, hard_stop): (watch::Receiver<bool>, watch::Receiver<bool>),
+        flow: Flow,
+        id: String,
     ) -> Self {
         Shared {
+            stop,
+            flow,
             metrics: Metrics::new(&queue),
             queue,
             settings,
@@ -169,7 +180,7 @@ impl Shared {
             counters: (0..lanes).map(|_| Counters::default()).collect(),
             hard_stop,
             last_fetch: Mutex::new((Instant::now(), None)),
-            id: queue_core::MessageId::new().to_string(),
+            id,
         }
     }
 
