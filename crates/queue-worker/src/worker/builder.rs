@@ -203,7 +203,10 @@ impl WorkerBuilder {
     /// taken from each job by `key` (its ordering key, a header, or a
     /// function); jobs without a key are not limited by key. Keys are
     /// 1..=[`MAX_RATE_KEY`](super::MAX_RATE_KEY) bytes: a job with a longer
-    /// one is dead-lettered with the reason.
+    /// one is dead-lettered with the reason. A job waiting for its key's
+    /// permit holds one of this worker's slots: give the worker more
+    /// slots than keys expected to wait at once, or one key's backlog
+    /// holds the others' jobs back.
     pub fn rate_limit_per_key(mut self, rate: Rate, key: RateKey) -> Self {
         self.flow.key_rate = Some((rate, key));
         self
