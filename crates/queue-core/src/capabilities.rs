@@ -42,6 +42,30 @@ impl fmt::Display for Support {
     }
 }
 
+/// Where a feature that needs state shared by every worker process
+/// (periodic jobs, rate limits, fleet-wide concurrency) keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Coordinated {
+    /// In the backend itself ([`Backend::coordination`](crate::Backend::coordination)).
+    Native,
+    /// In a coordination store given by URL (a Redis one, say): without
+    /// one, the feature is refused with an error naming what to configure.
+    NeedsStore,
+    /// Not available.
+    Unsupported,
+}
+
+impl fmt::Display for Coordinated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Coordinated::Native => "native",
+            Coordinated::NeedsStore => "needs a store",
+            Coordinated::Unsupported => "unsupported",
+        })
+    }
+}
+
 /// The message order a consumer observes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,6 +173,14 @@ pub struct Capabilities {
     /// Holding the registry of running workers (`Admin::register_worker`,
     /// `Admin::workers`), so tools list them across processes.
     pub worker_registry: Support,
+    /// Periodic jobs (cron and interval schedules, one leader).
+    pub periodic_jobs: Coordinated,
+    /// Rate limits per queue and per key across every worker.
+    pub rate_limits: Coordinated,
+    /// At most N jobs of a queue running across every worker.
+    pub global_concurrency: Coordinated,
+    /// Round-robin between the groups of a queue's jobs, with a limit per group.
+    pub group_fairness: Coordinated,
     /// How exact `stats` counts are.
     pub stats: StatsAccuracy,
     /// Where `stats` totals are kept.
@@ -213,6 +245,10 @@ impl Capabilities {
             purge_in_flight: false,
             pause: Support::Unsupported,
             worker_registry: Support::Unsupported,
+            periodic_jobs: Coordinated::NeedsStore,
+            rate_limits: Coordinated::NeedsStore,
+            global_concurrency: Coordinated::NeedsStore,
+            group_fairness: Coordinated::Unsupported,
             stats: StatsAccuracy::Approximate,
             totals: Totals::Process,
             redeliveries: RedeliveryCount::None,
@@ -253,6 +289,9 @@ impl Capabilities {
         caps.purge_in_flight = true;
         caps.pause = Support::Native;
         caps.worker_registry = Support::Native;
+        caps.periodic_jobs = Coordinated::Native;
+        caps.rate_limits = Coordinated::Native;
+        caps.global_concurrency = Coordinated::Native;
         caps.stats = StatsAccuracy::Exact;
         caps.totals = Totals::Queue;
         caps.redeliveries = RedeliveryCount::Exact;
@@ -498,6 +537,13 @@ impl Capabilities {
             ),
             ("pause".into(), self.pause.to_string()),
             ("worker registry".into(), self.worker_registry.to_string()),
+            ("periodic jobs".into(), self.periodic_jobs.to_string()),
+            ("rate limits".into(), self.rate_limits.to_string()),
+            (
+                "global concurrency".into(),
+                self.global_concurrency.to_string(),
+            ),
+            ("group fairness".into(), self.group_fairness.to_string()),
             ("stats".into(), snake(&self.stats)),
             ("totals".into(), snake(&self.totals)),
             ("redeliveries counted".into(), snake(&self.redeliveries)),

@@ -33,7 +33,8 @@ pub mod trace;
 pub mod traits;
 
 pub use capabilities::{
-    Capabilities, LeaseLossDetection, Ordering, RedeliveryCount, StatsAccuracy, Support, Totals,
+    Capabilities, Coordinated, LeaseLossDetection, Ordering, RedeliveryCount, StatsAccuracy,
+    Support, Totals,
 };
 pub use config::{QueueConfig, SecretUrl};
 pub use coordination::{Coordination, Lease, MemoryCoordination, Permits, Rate, Slot};
