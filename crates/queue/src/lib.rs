@@ -94,6 +94,45 @@ pub async fn connect_config(config: &QueueConfig) -> Result<Arc<dyn Backend>> {
     }
 }
 
+/// The environment variable naming the coordination store of backends
+/// that keep none (RabbitMQ, SQS, Kafka): a Redis URL.
+pub const COORDINATION_URL_VAR: &str = "QUEUE_COORDINATION_URL";
+
+/// Connect the coordination store a URL names (leases, rate windows,
+/// fleet-wide slots: what periodic jobs, rate limits and global
+/// concurrency need; see [`coordination`]): the store of the backend at
+/// that URL (`redis://`, `rediss://`; `memory://` gives a store of this
+/// process only). A backend that keeps no such state (RabbitMQ, SQS,
+/// Kafka) is a [`ErrorKind::Config`] error naming what to give instead.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> queue::Result<()> {
+/// let store = queue::connect_coordination("memory://").await?;
+/// assert!(store.try_lease("leader", "me", std::time::Duration::from_secs(5)).await?.is_some());
+/// # Ok(()) }
+/// ```
+pub async fn connect_coordination(url: &str) -> Result<Arc<dyn Coordination>> {
+    let backend = connect(url).await?;
+    backend.coordination().ok_or_else(|| {
+        Error::config(format!(
+            "{COORDINATION_URL_VAR}: the {} backend keeps no coordination state: give a redis:// URL",
+            backend.capabilities().backend
+        ))
+    })
+}
+
+/// The coordination store for `backend`: the one `QUEUE_COORDINATION_URL`
+/// names when it is set, else the backend's own; `None` when neither
+/// exists (features that need one then refuse with an error naming the
+/// variable).
+pub async fn coordination_for(backend: &dyn Backend) -> Result<Option<Arc<dyn Coordination>>> {
+    match std::env::var(COORDINATION_URL_VAR) {
+        Ok(url) if !url.is_empty() => connect_coordination(&url).await.map(Some),
+        _ => Ok(backend.coordination()),
+    }
+}
+
 /// The error for a scheme whose backend this build lacks: the feature to
 /// enable, or the unknown scheme.
 fn not_compiled_in(scheme: &str) -> Error {
