@@ -24,6 +24,6 @@ pub use events::{EventBus, EventStream, JobEvent, JobEventKind};
 pub use manager::{ManagedQueueStats, ManagerHealth, QueueManager, QueueManagerBuilder};
 pub use scheduler::JobScheduler;
 pub use worker::{
-    ShutdownReport, Worker, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerStats,
+    RateKey, ShutdownReport, Worker, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerStats,
     WorkerWithHandler,
 };
