@@ -18,9 +18,18 @@
 //! - backlog: 1,000,000 queued jobs processed, against 10,000 (the median
 //!   of five runs, since one lasts only about 0.1 s).
 //! - memory: Redis `used_memory` before and after 100,000 queued jobs.
+//! - rate limiter: the concurrency-100 run again, with a fleet-wide rate
+//!   limit far above the load (1,000,000 jobs/s), beside the same run
+//!   without one (three pairs, the median ratio), and the permit calls
+//!   (one script call each) per job.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use queue_core::coordination::{Coordination, Lease, Permits, Rate, Slot};
 
 use futures_util::future::join_all;
 use queue_core::{Backend, Job, JobOptions, QueueName};
@@ -165,6 +174,121 @@ async fn backlog(backend: &Arc<dyn Backend>, jobs: u64) -> f64 {
     run.processed_per_second
 }
 
+/// The backend's coordination store, counting permit calls (each one
+/// script call, one round trip).
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Coordination>,
+    permit_calls: AtomicU64,
+}
+
+#[async_trait]
+impl Coordination for Counting {
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> queue_core::Result<Option<Lease>> {
+        self.inner.try_lease(name, holder, ttl).await
+    }
+    async fn renew_lease(&self, lease: &Lease) -> queue_core::Result<bool> {
+        self.inner.renew_lease(lease).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> queue_core::Result<()> {
+        self.inner.release_lease(lease).await
+    }
+    async fn lease_holder(&self, name: &str) -> queue_core::Result<Option<Lease>> {
+        self.inner.lease_holder(name).await
+    }
+    async fn take_permits(&self, key: &str, rate: Rate, want: u32) -> queue_core::Result<Permits> {
+        self.permit_calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.take_permits(key, rate, want).await
+    }
+    async fn acquire_slot(
+        &self,
+        name: &str,
+        holder: &str,
+        limit: u32,
+        ttl: Duration,
+    ) -> queue_core::Result<Slot> {
+        self.inner.acquire_slot(name, holder, limit, ttl).await
+    }
+    async fn release_slot(&self, name: &str, holder: &str) -> queue_core::Result<()> {
+        self.inner.release_slot(name, holder).await
+    }
+    async fn slots_held(&self, name: &str) -> queue_core::Result<u32> {
+        self.inner.slots_held(name).await
+    }
+    async fn put(&self, space: &str, key: &str, value: Bytes) -> queue_core::Result<()> {
+        self.inner.put(space, key, value).await
+    }
+    async fn fenced_put(
+        &self,
+        lease: &Lease,
+        space: &str,
+        key: &str,
+        value: Bytes,
+    ) -> queue_core::Result<bool> {
+        self.inner.fenced_put(lease, space, key, value).await
+    }
+    async fn get(&self, space: &str, key: &str) -> queue_core::Result<Option<Bytes>> {
+        self.inner.get(space, key).await
+    }
+    async fn list(&self, space: &str) -> queue_core::Result<Vec<(String, Bytes)>> {
+        self.inner.list(space).await
+    }
+    async fn remove(&self, space: &str, key: &str) -> queue_core::Result<bool> {
+        self.inner.remove(space, key).await
+    }
+}
+
+/// Three pairs of concurrency-100 runs, without and with a rate limit far
+/// above the load: the median ratio of their rates, and permit calls per
+/// job.
+async fn limiter(backend: &Arc<dyn Backend>) -> (f64, f64, f64, f64) {
+    let store = Arc::new(Counting {
+        inner: backend
+            .coordination()
+            .expect("Redis keeps a coordination store"),
+        permit_calls: AtomicU64::new(0),
+    });
+    let (mut plain, mut limited, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3 {
+        let q = queue("limiter");
+        backend.admin().delete_queue(&q).await.expect("delete");
+        let without = bench::worker_run(backend.clone(), &q, JOBS, PAYLOAD, CONCURRENCY)
+            .await
+            .expect("run without a limiter");
+        backend.admin().delete_queue(&q).await.expect("delete");
+        let q = queue(&format!("limiter-{round}"));
+        backend.admin().delete_queue(&q).await.expect("delete");
+        let coordination: Arc<dyn Coordination> = store.clone();
+        let with = bench::worker_run_with(
+            backend.clone(),
+            &q,
+            JOBS,
+            PAYLOAD,
+            CONCURRENCY,
+            Box::new(move |b| {
+                b.rate_limit(Rate::per_second(1_000_000).expect("rate"))
+                    .coordination(coordination)
+            }),
+        )
+        .await
+        .expect("run with a limiter");
+        backend.admin().delete_queue(&q).await.expect("delete");
+        plain.push(without.processed_per_second);
+        limited.push(with.processed_per_second);
+        ratios.push(with.processed_per_second / without.processed_per_second);
+    }
+    for v in [&mut plain, &mut limited, &mut ratios] {
+        v.sort_by(f64::total_cmp);
+    }
+    let calls = store.permit_calls.load(Ordering::Relaxed) as f64 / (3 * JOBS) as f64;
+    (plain[1], limited[1], ratios[1], calls)
+}
+
 fn main() {
     let url = std::env::var("QUEUE_BENCH_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
@@ -262,6 +386,11 @@ fn main() {
         let ratio = large / small;
         eprintln!("backlog ratio (1,000,000 vs 10,000): {ratio:.2}");
 
+        let (plain, limited, limiter_ratio, permit_calls) = limiter(&backend).await;
+        eprintln!(
+            "rate limiter far above the load: {limited:.0}/s against {plain:.0}/s without (median ratio {limiter_ratio:.2}); {permit_calls:.3} permit calls per job"
+        );
+
         println!();
         println!("| run | enqueue jobs/s | processed jobs/s | vs raw |");
         println!("| --- | ---: | ---: | ---: |");
@@ -288,6 +417,9 @@ fn main() {
             latency.p50_us / 1000.0,
             latency.p99_us / 1000.0
         );
+        println!(
+            "rate limiter (1,000,000/s, far above the load): processed {limited:.0} jobs/s against {plain:.0} without, median ratio {limiter_ratio:.2}; {permit_calls:.3} permit calls (one script call each) per job"
+        );
         // The targets, checked here so a run says plainly if it missed one.
         let checks = [
             (
@@ -308,6 +440,14 @@ fn main() {
                 "concurrency 1 >= 1.2 x the raw one-at-a-time loop",
                 one >= 1.2 * raw_one,
             ),
+            (
+                "with a rate limiter far above the load >= 0.8 x without",
+                limiter_ratio >= 0.8,
+            ),
+            (
+                "at most one permit call (one round trip) per job",
+                permit_calls <= 1.0,
+            ),
         ];
         for (target, met) in &checks {
             println!("target {target}: {}", if *met { "met" } else { "MISSED" });
@@ -321,6 +461,7 @@ fn main() {
                 "pickup": latency,
                 "backlog": { "jobs_10k_per_second": small, "jobs_1m_per_second": large, "ratio": ratio },
                 "memory_bytes_per_job": per_job,
+                "rate_limiter": { "without_per_second": plain, "with_per_second": limited, "ratio": limiter_ratio, "permit_calls_per_job": permit_calls },
                 "one_at_a_time": { "raw_per_second": raw_one, "worker_per_second": one, "ratio": one / raw_one, "worker_end_to_end_per_second": one_end_to_end },
                 "targets_met": checks.iter().all(|(_, met)| *met),
             }),

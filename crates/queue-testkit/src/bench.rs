@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use queue_core::{Backend, ConsumerOptions, Message, QueueName};
+use queue_worker::WorkerBuilder;
 use serde::Serialize;
 
 /// Throughput of send -> receive -> ack.
@@ -259,6 +260,9 @@ async fn offer(
     Ok((ticks * per_tick, sending.elapsed()))
 }
 
+/// Settings a bench adds to its worker (a rate limit, say).
+pub type Configure = Box<dyn FnOnce(WorkerBuilder) -> WorkerBuilder + Send>;
+
 /// The times of one no-op worker run, in seconds from its start.
 struct NoopRun {
     /// When the last job was seen completed (the handler-completion time).
@@ -274,12 +278,14 @@ async fn time_noop_worker<T: serde::de::DeserializeOwned + Send + 'static>(
     queue: &QueueName,
     jobs: u64,
     concurrency: usize,
+    configure: Configure,
 ) -> queue_core::Result<NoopRun> {
     let started = Instant::now();
-    let worker = queue_worker::Worker::builder(backend, queue.clone())
+    let builder = queue_worker::Worker::builder(backend, queue.clone())
         .concurrency(concurrency)
         .prefetch(concurrency)
-        .depth_interval(None)
+        .depth_interval(None);
+    let worker = configure(builder)
         .handler(|_job: queue_core::Job<T>| async { Ok::<_, std::io::Error>(()) })
         .start()
         .await?;
@@ -349,7 +355,7 @@ pub async fn worker_throughput(
         producer.send_batch(batch).await?;
         sent += n;
     }
-    let run = time_noop_worker::<u64>(backend, queue, jobs, concurrency).await?;
+    let run = time_noop_worker::<u64>(backend, queue, jobs, concurrency, Box::new(|b| b)).await?;
     Ok(WorkerThroughput {
         jobs,
         concurrency,
@@ -401,6 +407,26 @@ pub async fn worker_run(
     payload_bytes: usize,
     concurrency: usize,
 ) -> queue_core::Result<WorkerRun> {
+    worker_run_with(
+        backend,
+        queue,
+        jobs,
+        payload_bytes,
+        concurrency,
+        Box::new(|b| b),
+    )
+    .await
+}
+
+/// [`worker_run`] with settings added to the worker (`configure`).
+pub async fn worker_run_with(
+    backend: Arc<dyn Backend>,
+    queue: &QueueName,
+    jobs: u64,
+    payload_bytes: usize,
+    concurrency: usize,
+    configure: Configure,
+) -> queue_core::Result<WorkerRun> {
     let batch = 1000usize;
     let producer = backend.producer(queue).await?;
     // A JSON string of `payload_bytes` bytes in all (quotes included).
@@ -417,7 +443,7 @@ pub async fn worker_run(
         sent += n;
     }
     let enqueue_seconds = started.elapsed().as_secs_f64();
-    let run = time_noop_worker::<String>(backend, queue, jobs, concurrency).await?;
+    let run = time_noop_worker::<String>(backend, queue, jobs, concurrency, configure).await?;
     Ok(WorkerRun {
         jobs,
         payload_bytes,
