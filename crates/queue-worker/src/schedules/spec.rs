@@ -134,7 +134,7 @@ impl Spec {
                 ),
             ));
         }
-        if interval.subsec_nanos() % 1_000_000 != 0 {
+        if !interval.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("every: the interval must be whole milliseconds, not {interval:?}"),

@@ -204,7 +204,7 @@ mod payload {
             Stored::Text(text) => Ok(Bytes::from(text.into_owned())),
             Stored::Hex(hex) => {
                 let digits = hex.as_bytes();
-                if digits.len() % 2 != 0 {
+                if !digits.len().is_multiple_of(2) {
                     return Err(serde::de::Error::custom("odd number of hex digits"));
                 }
                 digits
