@@ -37,7 +37,8 @@ pub struct ScheduleInfo {
 /// Changes are plain writes: two processes changing the same schedule at
 /// once keep the last write. A running leader reads the schedules at
 /// every tick and renewal, so a change made elsewhere applies within a
-/// third of the lease TTL (at once in the process that made it).
+/// third of the lease TTL (at once for runners started from this
+/// `Schedules` or a clone of it).
 #[derive(Clone)]
 pub struct Schedules {
     pub(super) inner: Arc<Inner>,

@@ -152,10 +152,8 @@ async fn run(
     let step = ttl / 3;
     let mut lease: Option<Lease> = None;
     let mut renew_at = Instant::now();
-    loop {
-        if *stop.borrow() {
-            break;
-        }
+    // A dropped handle stops the loop as a shutdown does.
+    while !*stop.borrow() && stop.has_changed().is_ok() {
         // Registered before the round reads the schedules, so a change
         // made during the round still wakes the sleep after it.
         let changed = schedules.inner.changed.notified();

@@ -247,6 +247,23 @@ async fn shutdown_is_prompt_and_releases_the_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_stops_the_runner_and_releases_the_lease() {
+    let backend = MemoryBackend::new();
+    let store = backend.coordination().unwrap();
+    let schedules = Schedules::new(Arc::new(backend.clone())).unwrap();
+    let runner = schedules.runner().start().await.unwrap();
+    while store.lease_holder(LEADER_LEASE).await.unwrap().is_none() {
+        tokio::task::yield_now().await;
+    }
+    drop(runner);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while store.lease_holder(LEADER_LEASE).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the lease was kept");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_firing_and_resume_goes_on() {
     let backend = MemoryBackend::new();
     let queue = QueueName::new("sched-pause").unwrap();
