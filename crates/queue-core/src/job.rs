@@ -20,6 +20,11 @@ pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// Header carrying a job's own backoff: `initial_ms,max_ms,multiplier,jitter(0|1)`.
 pub const HEADER_BACKOFF: &str = "x-queue-backoff";
+/// Header naming the schedule a periodic job comes from.
+pub const HEADER_SCHEDULE: &str = "x-queue-schedule";
+/// Header carrying the tick a periodic job stands for, in Unix milliseconds
+/// (absent on a job triggered by hand).
+pub const HEADER_SCHEDULE_TICK: &str = "x-queue-schedule-tick";
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -136,8 +136,14 @@ impl<'de> Deserialize<'de> for Headers {
 pub const RESERVED_HEADER_PREFIX: &str = "x-queue-";
 
 /// The headers of the reserved namespace the library itself writes (job
-/// options that travel with a message).
-pub const LIBRARY_HEADERS: [&str; 2] = [crate::job::HEADER_TIMEOUT_MS, crate::job::HEADER_BACKOFF];
+/// options that travel with a message, and the schedule and tick of a
+/// periodic job).
+pub const LIBRARY_HEADERS: [&str; 4] = [
+    crate::job::HEADER_TIMEOUT_MS,
+    crate::job::HEADER_BACKOFF,
+    crate::job::HEADER_SCHEDULE,
+    crate::job::HEADER_SCHEDULE_TICK,
+];
 
 /// Whether header `name` is in the reserved namespace without being one
 /// of the library's own headers.

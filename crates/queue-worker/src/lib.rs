@@ -8,6 +8,9 @@
 //! - [`QueueManager`]: several named backends at once, routing, health,
 //!   aggregated stats and one event stream.
 //! - [`EventBus`]: lifecycle events of jobs ([`JobEvent`]).
+//! - [`schedules`]: periodic jobs (cron expressions in a time zone, or
+//!   fixed intervals) fired once per tick by one leader among every
+//!   process ([`Schedules`], [`Schedule`]).
 //!
 //! Backend crates depend on `queue-core` only; this crate depends on the
 //! contract, never on a backend. Most users depend on the umbrella crate
@@ -18,11 +21,13 @@
 pub mod events;
 pub mod manager;
 pub mod scheduler;
+pub mod schedules;
 pub mod worker;
 
 pub use events::{EventBus, EventStream, JobEvent, JobEventKind};
 pub use manager::{ManagedQueueStats, ManagerHealth, QueueManager, QueueManagerBuilder};
 pub use scheduler::JobScheduler;
+pub use schedules::{Schedule, Schedules};
 pub use worker::{
     RateKey, ShutdownReport, Worker, WorkerBuilder, WorkerHandle, WorkerHealth, WorkerStats,
     WorkerWithHandler,
