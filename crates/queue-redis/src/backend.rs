@@ -14,8 +14,8 @@ use crate::config::Settings;
 use crate::error::classify;
 use crate::shared::Shared;
 use crate::{
-    inbox_key, RedisConsumer, RedisJobStore, RedisProducer, DEFAULT_MAX_PAYLOAD, MAX_BATCH,
-    MAX_BATCH_BYTES, MAX_RECEIVE,
+    inbox_key, RedisConsumer, RedisCoordination, RedisJobStore, RedisProducer, DEFAULT_MAX_PAYLOAD,
+    MAX_BATCH, MAX_BATCH_BYTES, MAX_RECEIVE,
 };
 
 /// The Redis backend. Clones share one connection.
@@ -114,6 +114,19 @@ impl RedisBackend {
         RedisJobStore::new(self.shared.clone(), "jobs")
     }
 
+    /// The coordination store kept in this Redis under
+    /// `<prefix>:{coord}:coord:*` (leases with fencing tokens, rate
+    /// windows, semaphores, records; see [`RedisCoordination`]), shared
+    /// by every process that opens it. Periodic jobs, rate limits and
+    /// fleet-wide concurrency stand on it;
+    /// [`RedisCoordination::with_namespace`] gives a separate one.
+    ///
+    /// [`Backend::coordination`] hands out the same store as
+    /// `Arc<dyn Coordination>`.
+    pub fn coordination_store(&self) -> RedisCoordination {
+        RedisCoordination::default_for(self.shared.clone())
+    }
+
     /// The key prefix (`prefix` URL parameter).
     pub fn prefix(&self) -> &str {
         &self.shared.prefix
@@ -151,6 +164,12 @@ impl Backend for RedisBackend {
     /// [`RedisBackend::job_store`]: the shared store under namespace `jobs`.
     fn default_job_store(&self) -> Option<std::sync::Arc<dyn queue_core::JobStore>> {
         Some(std::sync::Arc::new(self.job_store()))
+    }
+
+    /// [`RedisBackend::coordination_store`]: the shared store under
+    /// namespace `coord`.
+    fn coordination(&self) -> Option<Arc<dyn queue_core::Coordination>> {
+        Some(Arc::new(self.coordination_store()))
     }
 
     async fn close(&self) -> Result<()> {

@@ -35,8 +35,15 @@
 //! options), `backend.rs` (the backend and its capabilities), `shared.rs`
 //! (the connection its handles share), `producer.rs`, `consumer.rs` (with
 //! settlement), `admin.rs`, `error.rs` (`classify`),
-//! plus `scripts.rs` (the Lua scripts and the key layout) and `store.rs`
-//! (the job store).
+//! plus `scripts.rs` (the Lua scripts and the key layout), `store.rs`
+//! (the job store) and `coordination.rs` (the coordination store).
+//!
+//! [`RedisBackend::coordination_store`] (also `Backend::coordination`) is
+//! a [`RedisCoordination`]: the leases with fencing tokens, rate windows,
+//! semaphores and records that periodic jobs, rate limits and fleet-wide
+//! concurrency need, shared by every process on the same Redis. Each
+//! decision is one script call that reads Redis's own clock (`TIME`), so
+//! hosts whose clocks drift still agree.
 
 #![forbid(unsafe_code)]
 
@@ -44,6 +51,7 @@ mod admin;
 mod backend;
 mod config;
 mod consumer;
+mod coordination;
 mod ctx;
 mod error;
 mod producer;
@@ -55,6 +63,7 @@ use queue_core::QueueName;
 
 pub use crate::backend::RedisBackend;
 pub use crate::consumer::RedisConsumer;
+pub use crate::coordination::RedisCoordination;
 pub use crate::producer::RedisProducer;
 pub use crate::store::RedisJobStore;
 

@@ -25,6 +25,10 @@
 //! Capability flags decide what a case asserts, never whether it runs: a case
 //! needing a feature the backend lacks asserts the typed `Unsupported` error.
 //!
+//! The cases of any coordination store (leases, rate windows, semaphores,
+//! records) are in [`coordination`], run by their own macro,
+//! [`coordination_cases!`].
+//!
 //! This crate is exempt from semver: cases are added as the contract grows.
 
 #![forbid(unsafe_code)]
@@ -32,6 +36,7 @@
 pub mod bench;
 pub mod cases;
 pub mod certs;
+pub mod coordination;
 mod harness;
 pub mod host;
 pub mod proxy;
