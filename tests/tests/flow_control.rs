@@ -228,8 +228,10 @@ async fn rate_limit_per_key(url: &str, store: Option<&str>) {
 }
 
 /// The most jobs running at once, from start and end times; and the
-/// first moment (µs) after `from` at which `want` ran at once.
-fn overlap(events: &[Event], from: u64, want: usize) -> (usize, Option<u64>) {
+/// first moment (µs) after `from` at which `want` ran at once. Jobs that
+/// never printed their end ran until `cut` (their process was killed
+/// then).
+fn overlap(events: &[Event], from: u64, want: usize, cut: u64) -> (usize, Option<u64>) {
     let mut edges: Vec<(u64, i32)> = Vec::new();
     let mut begun: HashMap<(usize, u32), u64> = HashMap::new();
     for e in events {
@@ -246,9 +248,11 @@ fn overlap(events: &[Event], from: u64, want: usize) -> (usize, Option<u64>) {
             _ => {}
         }
     }
-    // Jobs that never ended (their process was killed) ran until the end.
     for start in begun.values() {
-        edges.push((*start, 1));
+        if *start < cut {
+            edges.push((*start, 1));
+            edges.push((cut, -1));
+        }
     }
     // An end before a start at the same instant.
     edges.sort_unstable();
@@ -304,13 +308,17 @@ async fn global_concurrency(url: &str, store: Option<&str>) {
         .map(|(_, child)| child)
         .collect();
     stop(survivors).await;
-    let (most, _) = overlap(&all, 0, 3);
+    // What the processes printed until they exited.
+    while let Some(event) = events.recv().await {
+        all.push(event);
+    }
+    let (most, _) = overlap(&all, 0, 3, killed_at);
     assert!(most <= 3, "{most} jobs ran at once");
     assert_eq!(most, 3, "the limit was reached");
     // The killed process's slot came back within its lease (plus a
     // second for the survivors to ask again and the job to print).
     let survivors_only: Vec<Event> = all.iter().filter(|e| e.who != victim).cloned().collect();
-    let (_, back) = overlap(&survivors_only, killed_at, 3);
+    let (_, back) = overlap(&survivors_only, killed_at, 3, killed_at);
     let back = back.expect("three jobs ran at once again after the kill");
     let after = Duration::from_micros(back.saturating_sub(killed_at));
     eprintln!("the killed holder's slot came back after {after:?}");

@@ -214,6 +214,14 @@ impl Coordination for Counting {
     ) -> queue_core::Result<Slot> {
         self.inner.acquire_slot(name, holder, limit, ttl).await
     }
+    async fn renew_slot(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> queue_core::Result<bool> {
+        self.inner.renew_slot(name, holder, ttl).await
+    }
     async fn release_slot(&self, name: &str, holder: &str) -> queue_core::Result<()> {
         self.inner.release_slot(name, holder).await
     }

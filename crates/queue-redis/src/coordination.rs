@@ -27,6 +27,7 @@ struct CoordScripts {
     lease_holder: Script,
     permits: Script,
     slot_acquire: Script,
+    slot_renew: Script,
     slots_held: Script,
     record_put: Script,
 }
@@ -42,6 +43,7 @@ static SCRIPTS: LazyLock<CoordScripts> = LazyLock::new(|| CoordScripts {
     lease_holder: with_prelude(include_str!("lua/coord/lease_holder.lua")),
     permits: with_prelude(include_str!("lua/coord/permits.lua")),
     slot_acquire: with_prelude(include_str!("lua/coord/slot_acquire.lua")),
+    slot_renew: with_prelude(include_str!("lua/coord/slot_renew.lua")),
     slots_held: with_prelude(include_str!("lua/coord/slots_held.lua")),
     record_put: with_prelude(include_str!("lua/coord/record_put.lua")),
 });
@@ -350,6 +352,18 @@ impl Coordination for RedisCoordination {
                 retry_after: Duration::from_micros(count_of(&retry, "a retry time")?),
             })
         }
+    }
+
+    async fn renew_slot(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        check_name("semaphore name", name)?;
+        check_name("slot holder", holder)?;
+        check_ttl(ttl)?;
+        let mut call = SCRIPTS.slot_renew.prepare_invoke();
+        call.key(self.key("sem", name))
+            .arg(holder)
+            .arg(micros(ttl, MAX_TTL));
+        let reply = self.invoke(call, "renewing a slot").await?;
+        Ok(count_of(&reply, "a renewal")? == 1)
     }
 
     async fn release_slot(&self, name: &str, holder: &str) -> Result<()> {

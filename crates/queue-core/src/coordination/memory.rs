@@ -185,6 +185,26 @@ impl Coordination for MemoryCoordination {
         })
     }
 
+    async fn renew_slot(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool> {
+        check_name("semaphore name", name)?;
+        check_name("slot holder", holder)?;
+        check_ttl(ttl)?;
+        let now = Instant::now();
+        let mut state = self.state();
+        let Some(expires) = state
+            .semaphores
+            .get_mut(name)
+            .and_then(|slots| slots.get_mut(holder))
+        else {
+            return Ok(false);
+        };
+        if *expires <= now {
+            return Ok(false);
+        }
+        *expires = now + ttl;
+        Ok(true)
+    }
+
     async fn release_slot(&self, name: &str, holder: &str) -> Result<()> {
         let mut state = self.state();
         if let Some(slots) = state.semaphores.get_mut(name) {

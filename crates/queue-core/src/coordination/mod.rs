@@ -244,6 +244,11 @@ pub trait Coordination: Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> Result<Slot>;
 
+    /// Extend `holder`'s slot if it still holds one: `false`, and no slot
+    /// taken, when it does not (released, or expired). A renewal racing a
+    /// release never brings the slot back.
+    async fn renew_slot(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool>;
+
     /// Give a slot back (nothing if it had expired).
     async fn release_slot(&self, name: &str, holder: &str) -> Result<()>;
 

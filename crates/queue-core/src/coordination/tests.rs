@@ -28,8 +28,9 @@ fn a_window_never_holds_more_than_its_limit() {
             .count();
         assert!(in_window <= 50, "{in_window} permits in one second");
     }
-    // The rate reached: at least 98% of the limit over 5 s.
-    assert!(starts.len() >= 245, "{} permits in 5 s", starts.len());
+    // The rate reached: at least 90% of the limit over 5 s (the margin
+    // and a bucket keep it under the limit).
+    assert!(starts.len() >= 225, "{} permits in 5 s", starts.len());
 }
 
 #[test]

@@ -1,8 +1,13 @@
 //! The sliding window behind [`Rate`]: permits counted in buckets of a
-//! 64th of the period, each counted until a whole period has passed
-//! since its bucket ended, so no window of `period` ever holds more than
-//! `limit` permits (a permit may be held back up to one bucket longer
-//! than strictly needed: under 2% of the rate).
+//! 64th of the period, each counted until a period and a margin have
+//! passed since its bucket ended, so no window of `period` ever holds
+//! more than `limit` permits. The margin ([`slack`]: a 16th of the
+//! period, at most 100 ms) covers the time between a permit's grant and
+//! its job's start, which varies from job to job (scheduling, a loaded
+//! machine): jobs that start up to that much later than their permit
+//! still never put more than `limit` starts in any window. The rate
+//! reached is `limit` per `period + slack + one bucket` (about 93% of
+//! the limit for periods of a second and less, more for longer ones).
 //!
 //! Redis's script keeps the same buckets in a hash; this is the
 //! reference, used by the memory store and the tests.
@@ -14,6 +19,12 @@ use super::{Permits, Rate};
 
 /// Buckets per period.
 pub(crate) const BUCKETS: u64 = 64;
+
+/// How much longer than its period a permit counts, in microseconds: a
+/// 16th of the period, at most 100 ms.
+pub(crate) fn slack(period: u64) -> u64 {
+    (period / 16).min(100_000)
+}
 
 /// One key's window: permits per bucket index.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +44,7 @@ impl Window {
     pub fn take(&mut self, rate: Rate, now: u64, want: u32) -> Permits {
         let width = bucket_width(rate);
         let period = u64::try_from(rate.period().as_micros()).unwrap_or(u64::MAX);
-        let span = period.div_ceil(width);
+        let span = (period + slack(period)).div_ceil(width);
         let current = now / width;
         let first = current.saturating_sub(span);
         self.buckets.retain(|index, _| *index >= first);
@@ -55,7 +66,7 @@ impl Window {
     pub fn is_idle(&self, rate: Rate, now: u64) -> bool {
         let width = bucket_width(rate);
         let period = u64::try_from(rate.period().as_micros()).unwrap_or(u64::MAX);
-        let first = (now / width).saturating_sub(period.div_ceil(width));
+        let first = (now / width).saturating_sub((period + slack(period)).div_ceil(width));
         self.buckets.keys().all(|index| *index < first)
     }
 }

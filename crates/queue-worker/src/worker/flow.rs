@@ -186,7 +186,6 @@ impl Flow {
             tokio::spawn(renew_slots(
                 store.clone(),
                 c.name.clone(),
-                c.limit,
                 c.lease,
                 Arc::downgrade(&c.held),
                 stop.clone(),
@@ -423,7 +422,6 @@ impl Flow {
 async fn renew_slots(
     store: Arc<dyn Coordination>,
     name: String,
-    limit: u32,
     lease: Duration,
     held: std::sync::Weak<Mutex<HashSet<String>>>,
     mut stop: watch::Receiver<bool>,
@@ -448,8 +446,12 @@ async fn renew_slots(
             .collect();
         drop(held);
         for holder in holders {
-            if let Err(e) = store.acquire_slot(&name, &holder, limit, lease).await {
-                tracing::warn!(error = %e, "could not renew a concurrency slot");
+            match store.renew_slot(&name, &holder, lease).await {
+                Ok(true) => {}
+                // Released meanwhile (its job ended), or lost: a slot is
+                // never taken back by a renewal.
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not renew a concurrency slot"),
             }
         }
     }
