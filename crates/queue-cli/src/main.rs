@@ -15,6 +15,7 @@ mod demo;
 mod jobs;
 mod ops;
 mod output;
+mod schedules;
 mod serve;
 
 /// Background jobs over Redis, RabbitMQ, Kafka, SQS or an embedded memory
@@ -72,6 +73,11 @@ enum Command {
     /// Tracked jobs (the backend's job store): list with filters and a
     /// search, show one, retry a dead one now, forget one.
     Jobs(jobs::JobsArgs),
+    /// Periodic jobs (cron or interval schedules, kept in the coordination
+    /// store: the backend's own, or QUEUE_COORDINATION_URL): list, show,
+    /// add, update, pause, resume, trigger now, remove, and run a
+    /// scheduler process.
+    Schedules(schedules::SchedulesArgs),
     /// Run the web dashboard: every queue's depth, oldest job, rates and
     /// chart, dead letters, jobs and workers, with redrive, purge, pause and
     /// retry; plus /metrics (Prometheus) and /healthz. Binds 127.0.0.1:8080
@@ -93,6 +99,7 @@ async fn main() -> ExitCode {
         Command::Resume(args) => ops::resume(args).await,
         Command::Workers(args) => jobs::workers(args).await,
         Command::Jobs(args) => jobs::jobs(args).await,
+        Command::Schedules(args) => schedules::schedules(args).await,
         Command::Serve(args) => serve::serve(args).await,
     };
     match result {
