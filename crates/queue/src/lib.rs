@@ -207,3 +207,9 @@ mod tests {
         );
     }
 }
+
+/// The examples of `docs/scheduling.md`, compiled as doctests so the
+/// guide and the API never drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/scheduling.md")]
+pub struct SchedulingGuide;
