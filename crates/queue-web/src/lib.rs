@@ -49,7 +49,15 @@
 //! trip on Redis); queue lists and health checks are cached for ten
 //! seconds. Dead letters are read a page of previews at a time, and a page
 //! is shared by every viewer for three seconds. While nobody looks, a
-//! sample every ten seconds keeps the hour's chart going.
+//! sample every ten seconds keeps the hour's chart going. The Schedules
+//! page reads each coordination store's schedule and tick records on
+//! every refresh (two reads on Redis).
+//!
+//! **Schedules.** A backend that keeps a coordination store (memory,
+//! Redis) shows the periodic job schedules in it; [`Dashboard::schedules`]
+//! shows others (a store of another namespace, or one beside a broker
+//! that keeps none), and a backend with neither shows a line saying
+//! schedules need a store.
 
 #![forbid(unsafe_code)]
 
