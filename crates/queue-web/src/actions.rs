@@ -1,5 +1,5 @@
 //! Changes: pause, resume, purge and redrive a queue; retry and forget a
-//! job. Each is a POST with the CSRF token, refused in read-only mode,
+//! job; pause, resume, trigger and remove a schedule. Each is a POST with the CSRF token, refused in read-only mode,
 //! from a page form (answered with a redirect back) or from the JSON API.
 
 use std::future::Future;
@@ -17,7 +17,8 @@ use queue_worker::JobScheduler;
 use serde::Deserialize;
 
 use crate::html::url_part;
-use crate::request::{job_id, queue_of, store_of, Ctx, Failure};
+use crate::request::{job_id, queue_of, schedules_of, store_of, Ctx, Failure};
+use crate::screens::schedules::schedule_json;
 use crate::{security, State};
 
 /// What can be done to a queue.
@@ -61,6 +62,31 @@ impl FromStr for JobAction {
             "delete" => Ok(JobAction::Delete),
             other => Err(Failure::not_found(format!(
                 "no job action {other:?} (retry, delete)"
+            ))),
+        }
+    }
+}
+
+/// What can be done to a schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScheduleAction {
+    Pause,
+    Resume,
+    Trigger,
+    Remove,
+}
+
+impl FromStr for ScheduleAction {
+    type Err = Failure;
+
+    fn from_str(action: &str) -> Result<Self, Failure> {
+        match action {
+            "pause" => Ok(ScheduleAction::Pause),
+            "resume" => Ok(ScheduleAction::Resume),
+            "trigger" => Ok(ScheduleAction::Trigger),
+            "remove" => Ok(ScheduleAction::Remove),
+            other => Err(Failure::not_found(format!(
+                "no schedule action {other:?} (pause, resume, trigger, remove)"
             ))),
         }
     }
@@ -156,6 +182,40 @@ async fn run_job_action(
     }
 }
 
+/// Run `action` on a schedule; what it did, as JSON.
+async fn run_schedule_action(
+    state: Arc<State>,
+    backend: String,
+    name: String,
+    action: ScheduleAction,
+) -> Result<serde_json::Value, Failure> {
+    let schedules = schedules_of(&state, &backend)?;
+    Ok(match action {
+        ScheduleAction::Pause | ScheduleAction::Resume => {
+            let info = if action == ScheduleAction::Pause {
+                schedules.pause(&name).await?
+            } else {
+                schedules.resume(&name).await?
+            };
+            serde_json::json!({
+                "paused": info.schedule.is_paused(),
+                "schedule": schedule_json(&info),
+            })
+        }
+        ScheduleAction::Trigger => {
+            let id = schedules.trigger(&name).await?;
+            state.sampler.invalidate().await;
+            serde_json::json!({ "triggered": id })
+        }
+        ScheduleAction::Remove => {
+            if !schedules.remove(&name).await? {
+                return Err(Failure::not_found(format!("no schedule named {name:?}")));
+            }
+            serde_json::json!({ "removed": name })
+        }
+    })
+}
+
 /// The backend that lists `queue`, else the first.
 async fn backend_holding(
     state: &State,
@@ -206,6 +266,18 @@ pub(crate) async fn job_form(
     Ok(Redirect::to(&back).into_response())
 }
 
+pub(crate) async fn schedule_form(
+    ctx: Ctx,
+    Extract(state): Extract<Arc<State>>,
+    Path((backend, name, action)): Path<(String, String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, Failure> {
+    security::allow_change(&state, form.csrf.as_deref())?;
+    let action: ScheduleAction = action.parse()?;
+    detached(run_schedule_action(state, backend, name, action)).await?;
+    Ok(Redirect::to(&format!("{}/schedules", ctx.base)).into_response())
+}
+
 fn csrf_header(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-csrf-token").and_then(|v| v.to_str().ok())
 }
@@ -236,5 +308,16 @@ pub(crate) async fn job_api(
     security::allow_change(&state, csrf_header(&headers))?;
     let action: JobAction = action.parse()?;
     let done = detached(run_job_action(state, job_id(&id)?, action)).await?;
+    Ok(Json(done).into_response())
+}
+
+pub(crate) async fn schedule_api(
+    Extract(state): Extract<Arc<State>>,
+    Path((backend, name, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    security::allow_change(&state, csrf_header(&headers))?;
+    let action: ScheduleAction = action.parse()?;
+    let done = detached(run_schedule_action(state, backend, name, action)).await?;
     Ok(Json(done).into_response())
 }

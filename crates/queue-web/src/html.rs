@@ -55,18 +55,23 @@ impl Frame<'_> {
         // The overview is the mount point itself (axum's `nest` routes
         // `/admin/queues`, not `/admin/queues/`), or `/` at the root.
         let home = if self.base.is_empty() { "/" } else { "" };
-        let nav = [(home, "Queues"), ("/jobs", "Jobs"), ("/workers", "Workers")]
-            .iter()
-            .map(|(path, label)| {
-                let current = if *label == active {
-                    " aria-current=\"page\""
-                } else {
-                    ""
-                };
-                format!("<a href=\"{base}{path}\"{current}>{label}</a>")
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        let nav = [
+            (home, "Queues"),
+            ("/jobs", "Jobs"),
+            ("/workers", "Workers"),
+            ("/schedules", "Schedules"),
+        ]
+        .iter()
+        .map(|(path, label)| {
+            let current = if *label == active {
+                " aria-current=\"page\""
+            } else {
+                ""
+            };
+            format!("<a href=\"{base}{path}\"{current}>{label}</a>")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
         let mode = if self.read_only {
             "<span class=\"badge\">read-only</span>"
         } else {
@@ -135,6 +140,26 @@ pub(crate) fn duration(d: Duration) -> String {
         60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
         3600..=86_399 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
         _ => format!("{}d {}h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+/// How long until `at` (`in 5s`), or how long ago it was.
+pub(crate) fn from_now(at: SystemTime) -> String {
+    match at.duration_since(SystemTime::now()) {
+        Ok(ahead) => format!("in {}", duration(ahead)),
+        Err(_) => ago(at),
+    }
+}
+
+/// `at` in UTC, `2026-03-29 07:00:00 UTC` (with milliseconds when it
+/// has some), in a `<time>` element carrying its RFC 3339 form.
+pub(crate) fn utc(at: SystemTime) -> String {
+    match jiff::Timestamp::try_from(at) {
+        Ok(at) => format!(
+            "<time datetime=\"{at}\">{}</time>",
+            at.strftime("%Y-%m-%d %H:%M:%S%.f UTC")
+        ),
+        Err(_) => "–".to_owned(),
     }
 }
 

@@ -2,8 +2,9 @@
 //! state, the oldest job's wait, processed and failed per second with a
 //! chart over the last hour, paused or running, backend health), a queue's
 //! dead letters (redrive one or all, purge, pause and resume), tracked jobs
-//! (by status, with a search; retry a dead one, forget one) and the live
-//! workers, as HTML pages and as a JSON API under the same router.
+//! (by status, with a search; retry a dead one, forget one), the live
+//! workers and the periodic job schedules (pause, resume, trigger now,
+//! remove), as HTML pages and as a JSON API under the same router.
 //!
 //! Mount it in an axum app under any path, behind the app's own auth:
 //!
@@ -48,7 +49,15 @@
 //! trip on Redis); queue lists and health checks are cached for ten
 //! seconds. Dead letters are read a page of previews at a time, and a page
 //! is shared by every viewer for three seconds. While nobody looks, a
-//! sample every ten seconds keeps the hour's chart going.
+//! sample every ten seconds keeps the hour's chart going. The Schedules
+//! page reads each coordination store's schedule and tick records on
+//! every refresh (two reads on Redis).
+//!
+//! **Schedules.** A backend that keeps a coordination store (memory,
+//! Redis) shows the periodic job schedules in it; [`Dashboard::schedules`]
+//! shows others (a store of another namespace, or one beside a broker
+//! that keeps none), and a backend with neither shows a line saying
+//! schedules need a store.
 
 #![forbid(unsafe_code)]
 
@@ -56,6 +65,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use queue_core::{Backend, JobStore, QueueName};
+use queue_worker::schedules::Schedules;
 use queue_worker::QueueManager;
 
 mod actions;
@@ -81,6 +91,7 @@ pub struct Dashboard {
     manager: Option<Arc<QueueManager>>,
     store: Option<Arc<dyn JobStore>>,
     queues: Vec<(String, QueueName)>,
+    schedules: Vec<(String, Schedules)>,
     read_only: bool,
     token: Option<String>,
     allowed_hosts: Option<Vec<String>>,
@@ -109,6 +120,7 @@ impl Dashboard {
             manager,
             store,
             queues: Vec::new(),
+            schedules: Vec::new(),
             read_only: false,
             token: None,
             allowed_hosts: None,
@@ -157,6 +169,30 @@ impl Dashboard {
     /// list their queues (RabbitMQ).
     pub fn queue(mut self, backend: impl Into<String>, queue: QueueName) -> Self {
         self.queues.push((backend.into(), queue));
+        self
+    }
+
+    /// Show and manage `schedules` under the name `backend` on the
+    /// Schedules page, instead of the schedules kept in that backend's
+    /// own coordination store. Without this, each backend that keeps a
+    /// store (memory, Redis: `Backend::coordination`) shows the schedules
+    /// in it, and one that keeps none (RabbitMQ, SQS, Kafka) shows a line
+    /// saying schedules need a store. Give the `Schedules` the
+    /// application's runners were started from (or a clone of it) and a
+    /// change made on the dashboard reaches them at once; a name that is
+    /// none of the dashboard's backends gets a section of its own.
+    ///
+    /// ```
+    /// # let backend = std::sync::Arc::new(queue_core::MemoryBackend::new());
+    /// use queue_worker::schedules::Schedules;
+    /// let schedules = Schedules::new(backend.clone())?; // or Schedules::with_store(backend, store)
+    /// let dashboard = queue_web::Dashboard::for_backend("main", backend).schedules("main", schedules);
+    /// # Ok::<(), queue_core::Error>(())
+    /// ```
+    pub fn schedules(mut self, backend: impl Into<String>, schedules: Schedules) -> Self {
+        let backend = backend.into();
+        self.schedules.retain(|(name, _)| *name != backend);
+        self.schedules.push((backend, schedules));
         self
     }
 
@@ -268,12 +304,14 @@ impl Dashboard {
     }
 
     /// The router: pages at `/`, `/queues/{backend}/{queue}`, `/jobs`,
-    /// `/jobs/{id}` and `/workers`, the JSON API under `/api`, assets under
+    /// `/jobs/{id}`, `/workers` and `/schedules`, the JSON API under `/api`, assets under
     /// `/assets`. Mount it with `Router::nest` under any path; links follow
     /// the mount point. Call it inside a tokio runtime (it starts the
     /// background sampler, which stops when the router is dropped).
     pub fn router(self) -> axum::Router {
+        let schedules = screens::schedules::sets(&self.backends, self.schedules);
         let state = Arc::new(State {
+            schedules,
             backends: self.backends,
             manager: self.manager,
             store: self.store,
@@ -309,6 +347,7 @@ pub(crate) struct State {
     pub(crate) manager: Option<Arc<QueueManager>>,
     pub(crate) store: Option<Arc<dyn JobStore>>,
     pub(crate) queues: Vec<(String, QueueName)>,
+    pub(crate) schedules: Vec<screens::schedules::ScheduleSet>,
     pub(crate) read_only: bool,
     pub(crate) hosts: security::HostRule,
     pub(crate) token: Option<String>,

@@ -1,7 +1,8 @@
 //! What every handler shares about its request: where the dashboard is
 //! mounted and whether only `<main>` is wanted, the error every handler
 //! returns (an `IntoResponse` type, so handlers use `?`), and the lookups
-//! of a backend, queue, job id and job store from path segments.
+//! of a backend, queue, job id, job store and schedules from path
+//! segments.
 
 use std::sync::Arc;
 
@@ -189,4 +190,19 @@ pub(crate) fn store_of(state: &State) -> Result<&Arc<dyn queue_core::JobStore>, 
             "this dashboard has no job store (Dashboard::job_store); jobs are tracked by the application that submits them",
         )
     })
+}
+
+/// The schedules shown under the name `backend`.
+pub(crate) fn schedules_of<'a>(
+    state: &'a State,
+    backend: &str,
+) -> Result<&'a queue_worker::schedules::Schedules, Failure> {
+    let set = state
+        .schedules
+        .iter()
+        .find(|set| set.backend == backend)
+        .ok_or_else(|| Failure::not_found(format!("no backend named {backend:?}")))?;
+    set.schedules
+        .as_ref()
+        .ok_or_else(|| Failure::new(StatusCode::NOT_IMPLEMENTED, set.no_store_note()))
 }

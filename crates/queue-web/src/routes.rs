@@ -14,7 +14,7 @@ use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::request::{render_page_errors, Failure};
-use crate::screens::{job, jobs, overview, queue, workers};
+use crate::screens::{job, jobs, overview, queue, schedules, workers};
 use crate::{actions, assets, security, State};
 
 /// What bounds the cost of requests: each is answered within
@@ -41,6 +41,11 @@ pub(crate) fn router(
         .route("/jobs/{id}", get(job::job_page))
         .route("/jobs/{id}/{action}", post(actions::job_form))
         .route("/workers", get(workers::workers_page))
+        .route("/schedules", get(schedules::schedules_page))
+        .route(
+            "/schedules/{backend}/{name}/{action}",
+            post(actions::schedule_form),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -62,6 +67,11 @@ pub(crate) fn router(
         .route("/api/jobs/{id}", get(job::api_job))
         .route("/api/jobs/{id}/{action}", post(actions::job_api))
         .route("/api/workers", get(workers::api_workers))
+        .route("/api/schedules", get(schedules::api_schedules))
+        .route(
+            "/api/schedules/{backend}/{name}/{action}",
+            post(actions::schedule_api),
+        )
         .route("/assets/app.js", get(assets::app_js))
         .route("/assets/style.css", get(assets::style_css));
     let api = extra.into_iter().fold(api, |api, (path, route)| {

@@ -3,8 +3,10 @@
 //! depth changes on the overview while a producer sends (live refresh),
 //! its dead letters show hostile payloads and errors as text without
 //! running them, one is redriven and the counts move, a paused queue's
-//! worker stops taking jobs and starts again on resume. A screenshot of
-//! each page goes to `target/tmp/dashboard/` for review.
+//! worker stops taking jobs and starts again on resume, and a schedule
+//! with a hostile name and payload shows them as text, is paused and
+//! triggered from the Schedules page. A screenshot of each page goes to
+//! `target/tmp/dashboard/` for review.
 //!
 //! Needs `QUEUE_TEST_CHROMEDRIVER` (the chromedriver binary; `cargo xtask
 //! test` installs Chromium and sets it) and `QUEUE_TEST_REDIS_URL`.
@@ -21,6 +23,7 @@ use queue_core::{Backend, Job, JobOptions, JobStore, Message, QueueName};
 use queue_redis::RedisBackend;
 use queue_testkit::broker_url;
 use queue_web::Dashboard;
+use queue_worker::schedules::{JobTemplate, Schedule, Schedules, Spec};
 use queue_worker::{JobEventKind, JobScheduler};
 
 /// Markup that would set `window.__xss` if the page ran it.
@@ -187,17 +190,26 @@ async fn the_dashboard_in_a_browser() {
             .with_namespace(&unique("browser"))
             .expect("namespace"),
     );
+    // Schedules in a namespace of their own: no runner of another test
+    // fires them.
+    let coordination = redis
+        .coordination_store()
+        .with_namespace(&unique("browser"))
+        .expect("namespace");
     let backend: Arc<dyn Backend> = Arc::new(redis);
     let scheduler = JobScheduler::new(backend.clone(), store.clone());
-    let (busy, failing, paused) = (
+    let schedules = Schedules::with_store(backend.clone(), Arc::new(coordination.clone()));
+    let (busy, failing, paused, scheduled) = (
         QueueName::new(unique("busy")).expect("name"),
         QueueName::new(unique("failing")).expect("name"),
         QueueName::new(unique("paused")).expect("name"),
+        QueueName::new(unique("scheduled")).expect("name"),
     );
     let app = axum::Router::new().nest(
         "/admin/queues",
         Dashboard::for_backend("redis", backend.clone())
             .job_store(store.clone())
+            .schedules("redis", schedules.clone())
             .refresh(Duration::from_millis(500))
             .router(),
     );
@@ -367,8 +379,54 @@ async fn the_dashboard_in_a_browser() {
     until_text(&client, "#counts td.ready", "0").await;
     worker.shutdown().await.expect("shutdown");
 
+    // 6. A schedule named and sending hostile markup: shown as text,
+    // paused, then triggered (one job on its queue).
+    schedules
+        .add(
+            Schedule::new(
+                HOSTILE,
+                Spec::every(Duration::from_secs(3600)).expect("interval"),
+                JobTemplate::new(scheduled.clone(), HOSTILE),
+            )
+            .expect("schedule"),
+        )
+        .await
+        .expect("add");
+    client
+        .goto(&format!("{base}/schedules"))
+        .await
+        .expect("open schedules");
+    let row = "section[data-backend=\"redis\"] tr[data-schedule]";
+    assert_eq!(text_of(&client, &format!("{row} td.name")).await, HOSTILE);
+    let job = text_of(&client, &format!("{row} td.job code")).await;
+    assert!(job.contains("window.__xss=1"), "the payload as text: {job}");
+    assert!(text_of(&client, &format!("{row} td.next"))
+        .await
+        .contains("UTC"));
+    assert_nothing_ran(&client).await;
+    screenshot(&client, "schedules").await;
+    click_confirmed(&client, &format!("{row} button.pause")).await;
+    text_of(&client, &format!("{row} td.state .badge.paused")).await;
+    click_confirmed(&client, &format!("{row} button.trigger")).await;
+    // The queue exists once the job is sent.
+    let sent = tokio::time::timeout(Duration::from_secs(15), async {
+        while backend
+            .admin()
+            .stats(&scheduled)
+            .await
+            .map_or(0, |s| s.ready)
+            < 1
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(sent.is_ok(), "the triggered job is on its queue");
+    assert_nothing_ran(&client).await;
+
     client.close().await.expect("close the browser");
-    for queue in [&busy, &failing, &paused] {
+    coordination.clear().await.expect("clear the schedules");
+    for queue in [&busy, &failing, &paused, &scheduled] {
         backend.admin().delete_queue(queue).await.expect("delete");
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod job;
 pub(crate) mod jobs;
 pub(crate) mod overview;
 pub(crate) mod queue;
+pub(crate) mod schedules;
 pub(crate) mod workers;
 
 /// Paused or running.
