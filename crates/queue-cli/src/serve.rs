@@ -151,6 +151,15 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.allowed_hosts.is_empty() {
         dashboard = dashboard.allowed_hosts(args.allowed_hosts.iter().cloned());
     }
+    // The Schedules page: QUEUE_COORDINATION_URL's store when it is set
+    // (RabbitMQ, SQS and Kafka keep none of their own), else the backend's.
+    if let Some(store) = queue::coordination_for(&*backend)
+        .await
+        .context("could not connect to the coordination store")?
+    {
+        let schedules = queue::schedules::Schedules::with_store(backend.clone(), store);
+        dashboard = dashboard.schedules(name, schedules);
+    }
     for queue in queues {
         dashboard = dashboard.queue(name, queue);
     }
