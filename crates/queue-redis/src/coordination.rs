@@ -312,9 +312,10 @@ impl Coordination for RedisCoordination {
             .arg(micros(rate.period(), Rate::MAX_PERIOD))
             .arg(want);
         let reply = self.invoke(call, "taking permits").await?;
-        let [granted, retry] = array(reply)?
+        let [granted, retry, remaining] = array(reply)?
             .try_into()
             .map_err(|_| unexpected("permits"))?;
+        let remaining = u32::try_from(count_of(&remaining, "permits left")?).unwrap_or(u32::MAX);
         let granted = count_of(&granted, "permits granted")?;
         let granted = u32::try_from(granted)
             .ok()
@@ -324,7 +325,7 @@ impl Coordination for RedisCoordination {
             0 => None,
             us => Some(Duration::from_micros(us)),
         };
-        Ok(Permits::new(granted, retry_after))
+        Ok(Permits::new(granted, retry_after).with_remaining(remaining))
     }
 
     async fn acquire_slot(

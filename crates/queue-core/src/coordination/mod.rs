@@ -165,6 +165,16 @@ impl Rate {
     pub fn period(&self) -> Duration {
         self.period
     }
+
+    /// How much longer than its period a permit counts (a 16th of the
+    /// period, at most 100 ms): a job that starts up to this long after
+    /// its permit was granted still keeps every window of starts within
+    /// the limit. A worker may hold permits ahead of its jobs for up to
+    /// this long.
+    pub fn margin(&self) -> Duration {
+        let period = u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(window::slack(period))
+    }
 }
 
 impl fmt::Display for Rate {
@@ -182,15 +192,27 @@ pub struct Permits {
     /// When fewer were granted than asked: how long until the window has
     /// room again.
     pub retry_after: Option<Duration>,
+    /// Permits still free in the window after this grant (a worker asks
+    /// ahead of its jobs only while the window has plenty of room).
+    pub remaining: u32,
 }
 
 impl Permits {
-    /// A decision (for stores implementing [`Coordination`]).
+    /// A decision (for stores implementing [`Coordination`]), with no
+    /// permit left free (see [`with_remaining`](Self::with_remaining)).
     pub fn new(granted: u32, retry_after: Option<Duration>) -> Self {
         Permits {
             granted,
             retry_after,
+            remaining: 0,
         }
+    }
+
+    /// The permits still free in the window after this grant.
+    #[must_use]
+    pub fn with_remaining(mut self, remaining: u32) -> Self {
+        self.remaining = remaining;
+        self
     }
 }
 

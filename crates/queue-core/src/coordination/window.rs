@@ -59,7 +59,8 @@ impl Window {
             let free_at = (oldest + span + 1) * width;
             Duration::from_micros(free_at.saturating_sub(now).max(1))
         });
-        Permits::new(granted, retry_after)
+        let remaining = u32::try_from(room - u64::from(granted)).unwrap_or(u32::MAX);
+        Permits::new(granted, retry_after).with_remaining(remaining)
     }
 
     /// Whether the window holds no permit that still counts at `now`.

@@ -68,12 +68,13 @@ async fn admit(
     counters: &Counters,
     delivery: Delivery,
 ) -> Option<(Delivery, Option<String>)> {
-    let mut stop = shared.stop.clone();
-    match shared
-        .flow
-        .admit(delivery, &mut stop, shared.settings.lease)
-        .await
-    {
+    // Boxed: the jobs that never wait keep a small future.
+    let admitted = Box::pin(
+        shared
+            .flow
+            .admit(delivery, &shared.stop, shared.settings.lease),
+    );
+    match admitted.await {
         Admitted::Go { delivery, slot } => Some((delivery, slot)),
         Admitted::Stopped { delivery, slot } => {
             shared.flow.release(slot);

@@ -15,6 +15,7 @@
 //! [`HandlerError::rate_limited`]: queue_core::HandlerError::rate_limited
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -117,9 +118,13 @@ pub(super) struct Flow {
     concurrency: Option<Concurrency>,
     /// The queue's back-off (a handler said "rate limited"): no job of
     /// this worker starts before it ends.
-    backoff: watch::Sender<Option<Instant>>,
+    /// When the queue's back-off ends, in µs since `epoch` (0: none).
+    backoff_until: AtomicU64,
+    /// When a back-off another worker shared was last looked for, in µs
+    /// since `epoch`.
+    backoff_checked: AtomicU64,
+    epoch: Instant,
     backoff_lease: String,
-    backoff_checked: Mutex<Option<Instant>>,
     holder: String,
 }
 
@@ -193,7 +198,8 @@ impl Flow {
         }
         let queue_gate = settings
             .rate
-            .map(|rate| Arc::new(Gate::new(format!("queue:{queue}:rate"), rate)));
+            .zip(store.clone())
+            .map(|(rate, store)| Arc::new(Gate::new(format!("queue:{queue}:rate"), rate, store)));
         Ok(Flow {
             store,
             queue_gate,
@@ -201,9 +207,10 @@ impl Flow {
             key_gates: Mutex::default(),
             key_prefix: format!("queue:{queue}:rate-key:"),
             concurrency,
-            backoff: watch::Sender::new(None),
+            backoff_until: AtomicU64::new(0),
+            backoff_checked: AtomicU64::new(0),
+            epoch: Instant::now(),
             backoff_lease: format!("queue:{queue}:backoff"),
-            backoff_checked: Mutex::new(None),
             holder: worker_id.to_owned(),
         })
     }
@@ -216,11 +223,17 @@ impl Flow {
     /// Whether a job must go through [`admit`](Self::admit): a limit is
     /// set, or the queue is backing off.
     pub(super) fn holds_back(&self) -> bool {
-        self.is_active()
-            || self
-                .backoff
-                .borrow()
-                .is_some_and(|until| until > Instant::now())
+        self.is_active() || self.backing_off()
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Back off until `until` unless a later back-off is set.
+    fn back_off_until(&self, until: Instant) {
+        self.backoff_until
+            .fetch_max(self.micros(until).max(1), Ordering::Relaxed);
     }
 
     /// Wait until `delivery` may start: the queue's back-off over, a
@@ -229,10 +242,13 @@ impl Flow {
     pub(super) async fn admit(
         &self,
         mut delivery: Delivery,
-        stop: &mut watch::Receiver<bool>,
+        stop: &watch::Receiver<bool>,
         lease: Option<Duration>,
     ) -> Admitted {
-        let mut keeper = LeaseKeeper::new(&delivery, lease);
+        // What only a job that really waits needs (a clock read, a timer,
+        // a watch on the stop signal) is set up at its first wait: most
+        // jobs take a permit of the reserve and go.
+        let mut waiting: Option<(LeaseKeeper, watch::Receiver<bool>)> = None;
         let mut slot: Option<String> = None;
         let key_gate = match self.key_gate(delivery.message()) {
             Ok(gate) => gate,
@@ -240,6 +256,8 @@ impl Flow {
         };
         macro_rules! wait {
             ($fut:expr) => {{
+                let (keeper, stop) = waiting
+                    .get_or_insert_with(|| (LeaseKeeper::new(&delivery, lease), stop.clone()));
                 let fut = $fut;
                 tokio::pin!(fut);
                 loop {
@@ -254,7 +272,9 @@ impl Flow {
                 }
             }};
         }
-        wait!(self.backoff_over());
+        if self.backing_off() {
+            wait!(self.backoff_over());
+        }
         if let Some(c) = &self.concurrency {
             let holder = format!(
                 "{}:{}:{}",
@@ -265,12 +285,16 @@ impl Flow {
             wait!(self.acquire(c, &holder));
             slot = Some(holder);
         }
-        if let Some(store) = &self.store {
+        {
             if let Some(gate) = &self.queue_gate {
-                wait!(gate.wait(store));
+                if !gate.try_take() {
+                    wait!(gate.wait(self));
+                }
             }
             if let Some(gate) = &key_gate {
-                wait!(gate.wait(store));
+                if !gate.try_take() {
+                    wait!(gate.wait(self));
+                }
             }
         }
         Admitted::Go { delivery, slot }
@@ -297,11 +321,14 @@ impl Flow {
         if gates.len() >= 10_000 {
             gates.retain(|_, gate| Arc::strong_count(gate) > 1 || gate.busy());
         }
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
         let name = format!("{}{key}", self.key_prefix);
         Ok(Some(
             gates
                 .entry(key)
-                .or_insert_with(|| Arc::new(Gate::new(name, *rate)))
+                .or_insert_with(|| Arc::new(Gate::new(name, *rate, store.clone())))
                 .clone(),
         ))
     }
@@ -327,15 +354,7 @@ impl Flow {
     /// A handler said the remote API limits its rate: pause this worker's
     /// starts for `retry_after`, and every worker's that shares the store.
     pub(super) fn back_off(&self, retry_after: Duration) {
-        let until = Instant::now() + retry_after;
-        self.backoff.send_if_modified(|current| {
-            if current.is_none_or(|c| c < until) {
-                *current = Some(until);
-                true
-            } else {
-                false
-            }
-        });
+        self.back_off_until(Instant::now() + retry_after);
         let Some(store) = self.store.clone() else {
             return;
         };
@@ -351,48 +370,49 @@ impl Flow {
         });
     }
 
-    /// Wait for the queue's back-off, this worker's and (when a limit is
-    /// set) the one another worker shared.
+    /// Whether the queue backs off now (no clock read when it does not).
+    fn backing_off(&self) -> bool {
+        let until = self.backoff_until.load(Ordering::Relaxed);
+        until != 0 && until > self.micros(Instant::now())
+    }
+
+    /// Wait for the queue's back-off to end.
     async fn backoff_over(&self) {
         loop {
-            let until = *self.backoff.borrow();
-            match until {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
-                _ => break,
+            let until = self.backoff_until.load(Ordering::Relaxed);
+            if until == 0 || until <= self.micros(Instant::now()) {
+                break;
             }
+            tokio::time::sleep_until(self.epoch + Duration::from_micros(until)).await;
         }
-        if !self.is_active() {
-            return;
-        }
-        let Some(store) = &self.store else { return };
-        {
-            let now = Instant::now();
-            let mut checked = self
+    }
+
+    /// Look for a back-off another worker shared, at most every
+    /// [`BACKOFF_CHECK`] (one lease read), and take it on. Called where a
+    /// round trip is made anyway: before asking for permits or a slot.
+    async fn look_for_shared_backoff(&self, store: &Arc<dyn Coordination>) {
+        let now = self.micros(Instant::now());
+        let checked = self.backoff_checked.load(Ordering::Relaxed);
+        let every = u64::try_from(BACKOFF_CHECK.as_micros()).unwrap_or(u64::MAX);
+        if now < checked.saturating_add(every)
+            || self
                 .backoff_checked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if checked.is_some_and(|at| now < at + BACKOFF_CHECK) {
-                return;
-            }
-            *checked = Some(now);
+                .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
         }
         if let Ok(Some(lease)) = store.lease_holder(&self.backoff_lease).await {
             if lease.holder != self.holder {
-                let until = Instant::now() + lease.ttl;
-                self.backoff.send_if_modified(|current| {
-                    let later = current.is_none_or(|c| c < until);
-                    if later {
-                        *current = Some(until);
-                    }
-                    later
-                });
-                tokio::time::sleep_until(until).await;
+                self.back_off_until(Instant::now() + lease.ttl);
             }
         }
+        self.backoff_over().await;
     }
 
     async fn acquire(&self, c: &Concurrency, holder: &str) {
         let Some(store) = &self.store else { return };
+        self.look_for_shared_backoff(store).await;
         loop {
             let freed = c.freed.notified();
             match store.acquire_slot(&c.name, holder, c.limit, c.lease).await {
@@ -459,10 +479,21 @@ async fn renew_slots(
 
 /// One rate window and the jobs waiting on it: one task asks for the
 /// permits of every job waiting, in one call, then sleeps until the window
-/// has room.
+/// has room. It asks for the jobs waiting and as many again as the jobs
+/// that started since its last call: the permits left over stay in a
+/// local reserve for half the window's margin
+/// ([`Rate::margin`]), so the next jobs start without a round trip while
+/// every job still starts within the margin of its permit's grant (which
+/// keeps windows of starts under the limit).
 struct Gate {
     key: String,
     rate: Rate,
+    store: Arc<dyn Coordination>,
+    /// Wakes the asking task when a job starts waiting while it keeps a
+    /// reserve.
+    waiter: Notify,
+    /// How long a permit of the reserve stays good after its call was sent.
+    fresh_for: Duration,
     state: Mutex<GateState>,
 }
 
@@ -470,13 +501,77 @@ struct Gate {
 struct GateState {
     waiting: VecDeque<oneshot::Sender<()>>,
     asking: bool,
+    /// Permits granted beyond the jobs that waited (the asking task
+    /// empties it when it goes stale).
+    reserve: Reserve,
+    /// Permits the reserve handed out since the last call: the demand the
+    /// next call asks for beyond the jobs waiting.
+    used: u32,
+    /// The reserve the last call left.
+    granted: u32,
+    /// The window had plenty of room at the last call (at least half its
+    /// limit free after the grant): only then are permits asked for ahead
+    /// of need, so permits that go stale unused never crowd a window
+    /// near its limit.
+    roomy: bool,
+    /// The reserve ran low: ask for more before it runs out.
+    refill: bool,
+}
+
+/// Permits granted ahead of need, by the call that granted them, oldest
+/// first, each batch good until its stale time (the asking task drops a
+/// batch when it goes stale, so taking one reads no clock).
+#[derive(Default)]
+struct Reserve {
+    batches: VecDeque<(u32, Instant)>,
+    total: u32,
+}
+
+impl Reserve {
+    fn take(&mut self) -> bool {
+        let Some((count, _)) = self.batches.front_mut() else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.batches.pop_front();
+        }
+        self.total -= 1;
+        true
+    }
+
+    fn add(&mut self, count: u32, stale_at: Instant) {
+        if count > 0 {
+            self.batches.push_back((count, stale_at));
+            self.total += count;
+        }
+    }
+
+    /// The stale time of the oldest batch.
+    fn next_stale(&self) -> Option<Instant> {
+        self.batches.front().map(|(_, at)| *at)
+    }
+
+    /// Drop the batches stale at `now`.
+    fn drop_stale(&mut self, now: Instant) {
+        while let Some(&(count, at)) = self.batches.front() {
+            if at > now {
+                break;
+            }
+            self.batches.pop_front();
+            self.total -= count;
+        }
+    }
 }
 
 impl Gate {
-    fn new(key: String, rate: Rate) -> Self {
+    fn new(key: String, rate: Rate, store: Arc<dyn Coordination>) -> Self {
         Gate {
             key,
             rate,
+            store,
+            waiter: Notify::new(),
+            fresh_for: rate.margin() / 2,
             state: Mutex::default(),
         }
     }
@@ -490,39 +585,108 @@ impl Gate {
         state.asking || !state.waiting.is_empty()
     }
 
+    /// Take a permit of the reserve, if one is left (no clock read: the
+    /// asking task empties the reserve when it goes stale). When it is down
+    /// to half of what the last call left, ask for more ahead of need.
+    fn try_take(self: &Arc<Self>) -> bool {
+        let (taken, spawn, wake) = {
+            let mut state = self.lock();
+            if !state.reserve.take() {
+                return false;
+            }
+            state.used = state.used.saturating_add(1);
+            if !state.refill && state.reserve.total <= state.granted / 2 {
+                state.refill = true;
+                let spawn = !std::mem::replace(&mut state.asking, true);
+                (true, spawn, !spawn)
+            } else {
+                (true, false, false)
+            }
+        };
+        if spawn {
+            tokio::spawn(self.clone().ask());
+        } else if wake {
+            self.waiter.notify_one();
+        }
+        taken
+    }
+
     /// Wait for one permit.
-    async fn wait(self: &Arc<Self>, store: &Arc<dyn Coordination>) {
+    async fn wait(self: &Arc<Self>, flow: &Flow) {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut state = self.lock();
+            if state.reserve.take() {
+                state.used = state.used.saturating_add(1);
+                return;
+            }
             state.waiting.push_back(tx);
             !std::mem::replace(&mut state.asking, true)
         };
         if start {
-            tokio::spawn(self.clone().ask(store.clone()));
+            flow.look_for_shared_backoff(&self.store).await;
+            tokio::spawn(self.clone().ask());
+        } else {
+            self.waiter.notify_one();
         }
         // The asking task ends only when no one waits, so the sender is
         // never dropped while this waits.
         let _ = rx.await;
     }
 
-    /// Ask for permits for everyone waiting until no one is.
-    async fn ask(self: Arc<Self>, store: Arc<dyn Coordination>) {
+    /// Ask for permits for everyone waiting until no one is; then keep
+    /// the reserve until it goes stale, and empty it.
+    async fn ask(self: Arc<Self>) {
         loop {
-            let want = {
+            enum Next {
+                Ask(u32),
+                KeepReserve(Instant),
+                Done,
+            }
+            let next = {
                 let mut state = self.lock();
                 state.waiting.retain(|tx| !tx.is_closed());
-                if state.waiting.is_empty() {
+                if !state.waiting.is_empty() || std::mem::take(&mut state.refill) {
+                    // The jobs waiting, and, while the window has plenty
+                    // of room, twice as many as the reserve served since
+                    // the last call (at least as many as wait), so the
+                    // next jobs find permits ready.
+                    let waiting = state.waiting.len().min(MAX_ASK);
+                    let demand =
+                        usize::try_from(std::mem::take(&mut state.used)).unwrap_or(MAX_ASK);
+                    let ahead = if state.roomy {
+                        demand.saturating_mul(2).clamp(waiting.max(1), MAX_ASK)
+                    } else {
+                        0
+                    };
+                    Next::Ask(u32::try_from((waiting + ahead).max(1)).unwrap_or(u32::MAX))
+                } else if let Some(at) = state.reserve.next_stale() {
+                    Next::KeepReserve(at)
+                } else {
                     state.asking = false;
-                    return;
+                    Next::Done
                 }
-                state.waiting.len().min(MAX_ASK)
             };
-            let want = u32::try_from(want).unwrap_or(u32::MAX);
-            match store.take_permits(&self.key, self.rate, want).await {
+            let want = match next {
+                Next::Ask(want) => want,
+                Next::Done => return,
+                Next::KeepReserve(at) => {
+                    // Keep the reserve until it goes stale, or until a job
+                    // waits (the reserve ran out): then ask again.
+                    if tokio::time::timeout_at(at, self.waiter.notified())
+                        .await
+                        .is_err()
+                    {
+                        self.lock().reserve.drop_stale(Instant::now());
+                    }
+                    continue;
+                }
+            };
+            let sent = Instant::now();
+            match self.store.take_permits(&self.key, self.rate, want).await {
                 Ok(permits) => {
                     let mut granted = permits.granted;
-                    {
+                    let unserved = {
                         let mut state = self.lock();
                         while granted > 0 {
                             let Some(tx) = state.waiting.pop_front() else {
@@ -532,8 +696,14 @@ impl Gate {
                                 granted -= 1;
                             }
                         }
-                    }
-                    if let Some(wait) = permits.retry_after {
+                        state.reserve.drop_stale(Instant::now());
+                        state.reserve.add(granted, sent + self.fresh_for);
+                        state.granted = granted;
+                        state.roomy = permits.remaining >= self.rate.limit() / 2;
+                        !state.waiting.is_empty()
+                    };
+                    // Jobs still waiting: the window is full until then.
+                    if let (true, Some(wait)) = (unserved, permits.retry_after) {
                         tokio::time::sleep(wait).await;
                     }
                 }

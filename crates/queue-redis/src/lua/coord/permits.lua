@@ -37,4 +37,4 @@ if granted < want then
   local free_at = ((oldest or current) + span + 1) * width
   retry = math.max(1, free_at - now)
 end
-return { granted, retry }
+return { granted, retry, math.max(0, limit - used - granted) }
