@@ -5,8 +5,8 @@
 //! scheduler (leader lease of `lease-ms`) over the schedules of a Redis
 //! coordination store (`store-url`, keys under `namespace`), and a worker
 //! on `<queue>` whose handler prints `run <tick-ms> <job-id> <attempt>
-//! <now-ms>` for every job it runs (the tick the job stands for, from its
-//! schedule header). It prints `ready` once both run, and `leader` each
+//! <now-ms> <sent-ms>` for every job it runs (the tick the job stands
+//! for, from its schedule header, and when the scheduler sent it). It prints `ready` once both run, and `leader` each
 //! time its scheduler becomes the leader. It runs until killed, or until
 //! stdin closes, when it shuts down gracefully and prints `stopped`.
 
@@ -52,7 +52,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_millis();
-            line(&format!("run {tick} {} {} {now}", job.id, job.attempt))
+            let created = job
+                .created_at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            line(&format!(
+                "run {tick} {} {} {now} {created}",
+                job.id, job.attempt
+            ))
         })
         .start()
         .await?;
