@@ -292,6 +292,7 @@ impl Capabilities {
         caps.periodic_jobs = Coordinated::Native;
         caps.rate_limits = Coordinated::Native;
         caps.global_concurrency = Coordinated::Native;
+        caps.group_fairness = Coordinated::Native;
         caps.stats = StatsAccuracy::Exact;
         caps.totals = Totals::Queue;
         caps.redeliveries = RedeliveryCount::Exact;
@@ -377,6 +378,16 @@ impl Capabilities {
         };
         if too_long(&message.idempotency_key) || too_long(&message.ordering_key) {
             return invalid(format!("keys are at most {} bytes", u16::MAX));
+        }
+        if let Some(group) = message.group() {
+            if let Err(e) = crate::message::check_group_key(group) {
+                return invalid(e.message().to_owned());
+            }
+            if self.group_fairness != Coordinated::Native {
+                return Err(self.unsupported(
+                    "group fairness (Message::with_group): it delivers in its own order, so a group's backlog would hold the others back",
+                ));
+            }
         }
         Ok(())
     }
@@ -489,6 +500,16 @@ impl Capabilities {
         let step = self.lease_granularity.as_nanos().max(1);
         let rounded = lease.as_nanos().div_ceil(step) * step;
         Ok(Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX)).min(self.max_lease))
+    }
+
+    /// Check a consumer's options against the table: a group limit needs
+    /// native group fairness.
+    pub fn check_consumer(&self, options: &crate::stats::ConsumerOptions) -> Result<()> {
+        options.check()?;
+        if options.group_limit.is_some() && self.group_fairness != Coordinated::Native {
+            return Err(self.unsupported("group limits (ConsumerOptions::group_limit)"));
+        }
+        Ok(())
     }
 
     /// The typed error for using `feature` on this backend.

@@ -25,6 +25,8 @@ pub const HEADER_SCHEDULE: &str = "x-queue-schedule";
 /// Header carrying the tick a periodic job stands for, in Unix milliseconds
 /// (absent on a job triggered by hand).
 pub const HEADER_SCHEDULE_TICK: &str = "x-queue-schedule-tick";
+/// Header naming the group a job belongs to ([`Message::with_group`](crate::Message::with_group)).
+pub const HEADER_GROUP: &str = "x-queue-group";
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -136,14 +136,40 @@ impl<'de> Deserialize<'de> for Headers {
 pub const RESERVED_HEADER_PREFIX: &str = "x-queue-";
 
 /// The headers of the reserved namespace the library itself writes (job
-/// options that travel with a message, and the schedule and tick of a
-/// periodic job).
-pub const LIBRARY_HEADERS: [&str; 4] = [
+/// options that travel with a message, the schedule and tick of a
+/// periodic job, and a job's group).
+pub const LIBRARY_HEADERS: [&str; 5] = [
     crate::job::HEADER_TIMEOUT_MS,
     crate::job::HEADER_BACKOFF,
     crate::job::HEADER_SCHEDULE,
     crate::job::HEADER_SCHEDULE_TICK,
+    crate::job::HEADER_GROUP,
 ];
+
+/// Longest group key ([`Message::with_group`]), in bytes.
+pub const MAX_GROUP_KEY_LEN: usize = 128;
+
+/// Check a group key: 1 to [`MAX_GROUP_KEY_LEN`] bytes, no control
+/// characters. The error names the field.
+///
+/// ```
+/// use queue_core::message::check_group_key;
+/// assert!(check_group_key("tenant-42").is_ok());
+/// let err = check_group_key(&"x".repeat(200)).unwrap_err();
+/// assert!(err.to_string().contains("group key"), "{err}");
+/// ```
+pub fn check_group_key(key: &str) -> crate::error::Result<()> {
+    if key.is_empty() || key.len() > MAX_GROUP_KEY_LEN || key.chars().any(char::is_control) {
+        return Err(crate::error::Error::new(
+            crate::error::ErrorKind::InvalidInput,
+            format!(
+                "group key must be 1..={MAX_GROUP_KEY_LEN} bytes without control characters, not {} bytes",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Whether header `name` is in the reserved namespace without being one
 /// of the library's own headers.
@@ -590,6 +616,29 @@ impl Message {
     pub fn with_priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
         self
+    }
+
+    /// Put the message in group `key` (a tenant, a customer): where the
+    /// backend supports group fairness
+    /// ([`Capabilities::group_fairness`](crate::Capabilities::group_fairness)),
+    /// consumers take the ready messages of a queue round-robin between
+    /// groups, so a group with a long backlog does not hold back the others,
+    /// and a consumer may cap how many of one group it runs at once
+    /// ([`ConsumerOptions::with_group_limit`](crate::ConsumerOptions::with_group_limit)).
+    /// The key travels as the header `x-queue-group`; it is 1 to
+    /// [`MAX_GROUP_KEY_LEN`] bytes without control characters (checked at
+    /// send).
+    #[must_use]
+    pub fn with_group(mut self, key: impl AsRef<str>) -> Self {
+        self.headers.insert(crate::job::HEADER_GROUP, key.as_ref());
+        self
+    }
+
+    /// The message's group ([`with_group`](Self::with_group)), if any.
+    pub fn group(&self) -> Option<&str> {
+        self.headers
+            .get(crate::job::HEADER_GROUP)
+            .map(String::as_str)
     }
 
     /// Add a header.

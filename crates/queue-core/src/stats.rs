@@ -465,9 +465,26 @@ pub struct ConsumerOptions {
     /// backend's configured lease (`lease` in the URL, default 30s).
     #[validate(custom(function = "crate::config::validate_lease"))]
     pub lease: Option<Duration>,
+    /// At most this many deliveries of one group
+    /// ([`Message::with_group`](crate::Message::with_group)) leased at
+    /// once: a group at its limit is passed over until one of its
+    /// deliveries is settled. The count is the queue's, across every
+    /// consumer and process; give every consumer of a queue the same limit.
+    /// Needs native group fairness
+    /// ([`Capabilities::group_fairness`](crate::Capabilities::group_fairness));
+    /// elsewhere the consumer is refused.
+    #[validate(range(min = 1, message = "must be at least 1"))]
+    pub group_limit: Option<u32>,
 }
 
 impl ConsumerOptions {
+    /// Lease at most `limit` deliveries of one group at once.
+    #[must_use]
+    pub fn with_group_limit(mut self, limit: u32) -> Self {
+        self.group_limit = Some(limit);
+        self
+    }
+
     /// Set the lease.
     #[must_use]
     pub fn with_lease(mut self, lease: Duration) -> Self {

@@ -104,7 +104,7 @@ impl Backend for KafkaBackend {
         queue: &QueueName,
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>> {
-        options.check()?;
+        self.capabilities().check_consumer(&options)?;
         Ok(Box::new(
             KafkaConsumer::open(self.shared.clone(), queue, options.lease).await?,
         ))

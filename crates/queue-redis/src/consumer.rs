@@ -33,6 +33,8 @@ struct Claimed {
 pub struct RedisConsumer {
     ctx: Arc<QueueCtx>,
     lease: Duration,
+    /// At most this many deliveries of one group leased at once (0: no limit).
+    group_limit: u32,
     /// The connection this consumer blocks on while the queue is empty,
     /// opened on first need; taken out while in use, so a cancelled wait
     /// drops (and closes) it rather than leaving a BLPOP queued on it.
@@ -47,6 +49,7 @@ impl RedisConsumer {
         queue: &QueueName,
         options: ConsumerOptions,
     ) -> Result<Self> {
+        shared.capabilities.check_consumer(&options)?;
         let lease = shared
             .capabilities
             .check_lease(options.lease.unwrap_or(shared.lease))?;
@@ -55,6 +58,7 @@ impl RedisConsumer {
         Ok(RedisConsumer {
             ctx,
             lease,
+            group_limit: options.group_limit.unwrap_or(0),
             blocking: std::sync::Mutex::new(None),
             stop: StopFlag::default(),
         })
@@ -65,7 +69,9 @@ impl RedisConsumer {
     /// the 1-based positions of the acks whose lease was lost.
     async fn claim(&self, max: usize, acks: &[Bytes]) -> Result<(Claimed, Vec<usize>)> {
         let mut call = invocation(&SCRIPTS.claim, &self.ctx.keys);
-        call.arg(max).arg(self.lease.as_millis() as u64);
+        call.arg(max)
+            .arg(self.lease.as_millis() as u64)
+            .arg(self.group_limit);
         for member in acks {
             call.arg(member.as_ref());
         }

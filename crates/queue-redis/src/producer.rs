@@ -45,7 +45,8 @@ impl RedisProducer {
                 .arg(message.priority.rank())
                 .arg(ms_after(delay))
                 .arg(ttl)
-                .arg(message.idempotency_key.as_deref().unwrap_or(""));
+                .arg(message.idempotency_key.as_deref().unwrap_or(""))
+                .arg(message.group().unwrap_or(""));
         }
         let reply = array(self.ctx.run(call, "sending").await?)?;
         let mut ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();

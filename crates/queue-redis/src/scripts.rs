@@ -49,9 +49,9 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 pub(crate) const SCRIPT_BATCH: usize = 1000;
 
 /// The suffixes of a queue's keys, in the order every script takes them.
-pub(crate) const KEY_SUFFIXES: [&str; 15] = [
+pub(crate) const KEY_SUFFIXES: [&str; 18] = [
     "meta", "ready", "delayed", "leased", "msg", "stats", "ttl", "exp", "dead", "dmsg", "dinfo",
-    "idem", "idemz", "inbox", "notify",
+    "idem", "idemz", "inbox", "notify", "gof", "gvt", "gact",
 ];
 
 /// Position of the inbox key (plain clients may LPUSH there).

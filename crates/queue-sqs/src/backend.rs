@@ -76,7 +76,7 @@ impl SqsBackend {
         options: ConsumerOptions,
     ) -> Result<SqsConsumer> {
         self.shared.check_open()?;
-        options.check()?;
+        self.capabilities().check_consumer(&options)?;
         let lease = options.lease.unwrap_or(self.shared.settings().lease);
         if lease > MAX_VISIBILITY {
             return Err(Error::new(

@@ -9,6 +9,11 @@
 //! a worker of concurrency 10 that runs at most `limit` jobs at once
 //! across every process, each taking `work-ms`.
 //!
+//! `flow-worker <url> <queue> groups <limit> <work-ms>`: a worker of
+//! concurrency 10 that runs at most `limit` jobs of one group at once
+//! across every process (`0`: no limit; groups take turns either way),
+//! each taking `work-ms`.
+//!
 //! The coordination store is the one `QUEUE_COORDINATION_URL` names, else
 //! the backend's own. Each job prints `start <n> <µs>` when it begins and
 //! `done <n> <µs>` when it ends (microseconds since the Unix epoch, so
@@ -39,7 +44,7 @@ fn print(what: &str, job: u32) -> std::io::Result<()> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: flow-worker <url> <queue> rate <limit> <period-ms> [per-key] | \
-                 concurrency <limit> <slot-lease-ms> <work-ms>";
+                 concurrency <limit> <slot-lease-ms> <work-ms> | groups <limit> <work-ms>";
     let [url, queue, mode, rest @ ..] = &args[..] else {
         return Err(usage.into());
     };
@@ -64,6 +69,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             builder
                 .global_concurrency(limit.parse()?)
                 .slot_lease(Duration::from_millis(lease.parse()?))
+        }
+        ("groups", [limit, work_ms]) => {
+            work = Duration::from_millis(work_ms.parse()?);
+            match limit.parse()? {
+                0 => builder,
+                limit => builder.group_concurrency(limit),
+            }
         }
         _ => return Err(usage.into()),
     };

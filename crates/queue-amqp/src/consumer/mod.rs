@@ -58,6 +58,7 @@ impl AmqpConsumer {
         queue: &QueueName,
         options: ConsumerOptions,
     ) -> Result<Self> {
+        shared.capabilities.check_consumer(&options)?;
         let lease = shared
             .capabilities
             .check_lease(options.lease.unwrap_or(shared.settings().lease))?;

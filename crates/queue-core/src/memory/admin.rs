@@ -82,7 +82,8 @@ impl Admin for MemoryBackend {
         let queue = self.shared.existing(queue)?;
         let mut state = queue.state()?;
         let removed = state.depth();
-        state.ready.iter_mut().for_each(VecDeque::clear);
+        state.ready.clear();
+        state.group_active.clear();
         state.delayed.clear();
         state.in_flight.clear();
         state.leases.clear();
@@ -96,17 +97,16 @@ impl Admin for MemoryBackend {
         state.maintain(sys_now, Instant::now());
         state.sweep_expired(sys_now);
         let mut stats = state.stats;
-        stats.ready = state.ready.iter().map(VecDeque::len).sum::<usize>() as u64;
+        stats.ready = state.ready.len() as u64;
         stats.delayed = state.delayed.len() as u64;
         stats.in_flight = state.in_flight.len() as u64;
         stats.dead = state.dead.len() as u64;
         stats.paused = state.paused;
-        // Each priority's list is in the order messages became ready, so
-        // the oldest is at one of the heads.
+        // Each list (a priority's, or a group's in it) is in the order
+        // messages became ready, so the oldest is at one of the heads.
         stats.oldest_ready_age = state
             .ready
-            .iter()
-            .filter_map(VecDeque::front)
+            .heads()
             .map(|m| m.not_before.map_or(m.created_at, |at| at.max(m.created_at)))
             .min()
             .map(|since| sys_now.duration_since(since).unwrap_or_default());

@@ -76,7 +76,7 @@ impl MemoryBackend {
         queue: &QueueName,
         options: ConsumerOptions,
     ) -> Result<MemoryConsumer> {
-        options.check()?;
+        self.shared.capabilities.check_consumer(&options)?;
         let lease = self
             .shared
             .capabilities
@@ -91,6 +91,7 @@ impl MemoryBackend {
             }),
             queue,
             lease,
+            group_limit: options.group_limit,
             shared: self.shared.clone(),
             stop: StopFlag::default(),
         })

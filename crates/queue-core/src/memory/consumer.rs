@@ -1,13 +1,13 @@
 //! [`MemoryConsumer`]: takes ready messages as leased deliveries, waits
 //! without polling, and settles them ([`MemoryAcker`]).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::ready::GroupLimit;
 use super::shared::Shared;
 use super::state::{MemQueue, State, TimeKey, WaiterGuard};
 use crate::error::{Error, Result};
@@ -25,6 +25,8 @@ pub struct MemoryConsumer {
     /// threads never contend on one reference count.
     pub(super) local: Arc<LocalQueue>,
     pub(super) lease: Duration,
+    /// At most this many deliveries of one group leased at once.
+    pub(super) group_limit: Option<u32>,
     /// Set by [`Consumer::stop_waiting`]: receives stop waiting.
     pub(super) stop: StopFlag,
 }
@@ -48,13 +50,16 @@ impl MemoryConsumer {
         if state.paused {
             return Vec::new();
         }
-        let ready: usize = state.ready.iter().map(VecDeque::len).sum();
-        let mut out = Vec::with_capacity(max.min(ready));
+        let mut out = Vec::with_capacity(max.min(state.ready.len()));
         let deadline = now + self.lease;
         let sys_deadline = sys_now + self.lease;
-        for rank in 0..4 {
+        {
             while out.len() < max {
-                let Some(message) = state.ready[rank].pop_front() else {
+                let limit = self.group_limit.map(|limit| GroupLimit {
+                    active: &state.group_active,
+                    limit,
+                });
+                let Some(message) = state.ready.pop(limit.as_ref()) else {
                     break;
                 };
                 if message.is_expired_at(sys_now) {
@@ -108,7 +113,7 @@ impl Consumer for MemoryConsumer {
                 state.maintain(sys_now, now);
                 let batch = self.take(&mut state, max, sys_now, now);
                 if !batch.is_empty() || now >= give_up_at {
-                    if !batch.is_empty() && state.ready.iter().any(|list| !list.is_empty()) {
+                    if !batch.is_empty() && !state.ready.is_empty() {
                         state.note_ready();
                     }
                     self.queue.unlock(state);
@@ -193,7 +198,8 @@ impl Consumer for MemoryConsumer {
                         }
                     }
                 }
-                drop(state);
+                // A group at its limit may have freed a place.
+                self.queue.unlock(state);
                 drop(released);
                 drop(settled);
             }
@@ -229,7 +235,8 @@ impl Acker for MemoryAcker {
             return Err(Error::lease_lost(message.id));
         };
         state.stats.acked_total += 1;
-        drop(state);
+        // A group at its limit may have freed a place.
+        self.local.queue.unlock(state);
         drop(released);
         Ok(())
     }

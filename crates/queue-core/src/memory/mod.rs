@@ -31,6 +31,7 @@ mod config;
 mod consumer;
 mod error;
 mod producer;
+mod ready;
 mod shared;
 mod state;
 #[cfg(test)]

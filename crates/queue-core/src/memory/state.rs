@@ -3,12 +3,13 @@
 //! consumers, all behind one mutex.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::ready::Ready;
 use crate::error::Result;
 use crate::message::{Message, MessageId, Nacked, QueueName};
 use crate::stats::{DeadLetter, DeadLetterReason, QueueOptions, QueueStats};
@@ -27,7 +28,9 @@ pub(super) type TimeKey = (Instant, u64);
 #[derive(Debug, Default)]
 pub(super) struct State {
     pub(super) options: QueueOptions,
-    pub(super) ready: [VecDeque<Message>; 4],
+    pub(super) ready: Ready,
+    /// How many leased deliveries each group has (only groups with some).
+    pub(super) group_active: HashMap<Arc<str>, u32>,
     pub(super) delayed: BTreeMap<TimeKey, Message>,
     /// Leased messages by lease key. Messages live in a hash map and the
     /// ordered index holds only keys, so settling a delivery moves no message.
@@ -157,6 +160,9 @@ impl State {
 
     /// Lease `message` under `key`.
     pub(super) fn lease(&mut self, key: TimeKey, message: Message) {
+        if let Some(group) = message.group() {
+            *self.group_active.entry(Arc::from(group)).or_default() += 1;
+        }
         self.leases.insert(key);
         self.in_flight.insert(key.1, message);
     }
@@ -166,13 +172,25 @@ impl State {
     pub(super) fn unlease(&mut self, key: &TimeKey) -> Option<Message> {
         let message = self.in_flight.remove(&key.1)?;
         self.leases.remove(key);
+        if let Some(group) = message.group() {
+            if let Some(n) = self.group_active.get_mut(group) {
+                *n -= 1;
+                if *n == 0 {
+                    self.group_active.remove(group);
+                }
+            }
+            // The group may have been at its limit with messages waiting.
+            if !self.ready.is_empty() {
+                self.note_ready();
+            }
+        }
         Some(message)
     }
 
     /// Put a released message back at the head of its priority, with its
     /// attempt unchanged: it was never worked on.
     pub(super) fn requeue_front(&mut self, message: Message) {
-        self.ready[message.priority.rank()].push_front(message);
+        self.ready.push_front(message);
         self.note_ready();
     }
 
@@ -182,9 +200,7 @@ impl State {
     }
 
     pub(super) fn depth(&self) -> u64 {
-        (self.ready.iter().map(VecDeque::len).sum::<usize>()
-            + self.delayed.len()
-            + self.in_flight.len()) as u64
+        (self.ready.len() + self.delayed.len() + self.in_flight.len()) as u64
     }
 
     /// The id of the message first sent with `key` inside the window, if
@@ -230,7 +246,7 @@ impl State {
                 self.delayed.insert(key, message);
             }
             _ => {
-                self.ready[message.priority.rank()].push_back(message);
+                self.ready.push_back(message);
                 self.note_ready();
             }
         }
@@ -272,7 +288,7 @@ impl State {
                 break;
             }
             let message = entry.remove();
-            self.ready[message.priority.rank()].push_back(message);
+            self.ready.push_back(message);
             self.note_ready();
         }
         while let Some(&key) = self.leases.first() {
@@ -293,15 +309,13 @@ impl State {
             return;
         }
         let mut expired = Vec::new();
-        for list in &mut self.ready {
-            list.retain(|m| {
-                let keep = !m.is_expired_at(sys_now);
-                if !keep {
-                    expired.push(m.clone());
-                }
-                keep
-            });
-        }
+        self.ready.retain(|m| {
+            let keep = !m.is_expired_at(sys_now);
+            if !keep {
+                expired.push(m.clone());
+            }
+            keep
+        });
         self.delayed.retain(|_, m| {
             let keep = !m.is_expired_at(sys_now);
             if !keep {

@@ -1,4 +1,4 @@
--- ARGV: max, lease_ms, then lease members to ack first (a worker's
+-- ARGV: max, lease_ms, group limit (0: none), then lease members to ack first (a worker's
 -- finished jobs: finish and fetch in one call). Returns {status,
 -- next_event_ms, buried, lost, member1, env1, ...}: status is always 'ok'
 -- (a missing queue is created); lost lists the 1-based positions of the
@@ -7,22 +7,61 @@
 -- sent only when nothing was claimed; buried counts messages taken off the
 -- queue as expired instead of delivered. A member is the 16-byte id plus an 8-byte lease
 -- token, so a stale holder can never settle a newer lease.
-local lost = ack_members({ unpack(ARGV, 3) })
+local lost = ack_members({ unpack(ARGV, 4) })
 local now = now_ms()
 -- A queue is its keys: one deleted (or lost with a restart that kept no
 -- data) is created again, so bytes pushed to its inbox are still taken.
 if missing() then redis.call('HSETNX', K_META, 'created', now) end
 maintain(now, 1000)
-local max, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max, lease, group_limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = { 'ok', -1, 0, lost }
 -- A paused queue hands out nothing (acks above still settle); resume
 -- wakes the waiting consumers.
 local ids = {}
-if not redis.call('HGET', K_META, 'paused') then
+local meta = redis.call('HMGET', K_META, 'paused', 'vnow')
+local groups, scores = nil, nil
+if meta[1] then
+  ids = {}
+elseif not meta[2] then
   ids = redis.call('ZRANGE', K_READY, 0, max - 1)
+  if #ids > 0 then redis.call('ZREMRANGEBYRANK', K_READY, 0, #ids - 1) end
+else
+  -- A queue with groups: take in score order (the groups' turns),
+  -- passing over a group with `group_limit` deliveries leased. The scan
+  -- is bounded: groups at their limit further on wait for the next claim.
+  local scan = max
+  if group_limit > 0 then scan = max * 4 + 32 end
+  local rows = redis.call('ZRANGE', K_READY, 0, scan - 1, 'WITHSCORES')
+  local seen, seen_scores = {}, {}
+  for i = 1, #rows, 2 do
+    seen[#seen + 1] = rows[i]
+    seen_scores[#seen_scores + 1] = tonumber(rows[i + 1])
+  end
+  groups, scores = {}, {}
+  if #seen > 0 then
+    local of = redis.call('HMGET', K_GOF, unpack(seen))
+    local active = {}
+    for i, id in ipairs(seen) do
+      if #ids >= max then break end
+      local group = of[i]
+      local take = true
+      if group and group_limit > 0 then
+        if active[group] == nil then
+          active[group] = tonumber(redis.call('HGET', K_GACT, group) or 0)
+        end
+        take = active[group] < group_limit
+      end
+      if take then
+        ids[#ids + 1] = id
+        groups[#ids] = group
+        scores[#ids] = seen_scores[i]
+        if group then active[group] = (active[group] or 0) + 1 end
+      end
+    end
+    if #ids > 0 then redis.call('ZREM', K_READY, unpack(ids)) end
+  end
 end
 if #ids > 0 then
-  redis.call('ZREMRANGEBYRANK', K_READY, 0, #ids - 1)
   local envs = redis.call('HMGET', K_MSG, unpack(ids))
   local exps = nil
   if redis.call('EXISTS', K_EXP) == 1 then exps = redis.call('HMGET', K_EXP, unpack(ids)) end
@@ -44,6 +83,31 @@ if #ids > 0 then
     end
   end
   if #zargs > 0 then redis.call('ZADD', K_LEASED, unpack(zargs)) end
+  if groups then
+    -- Count each group's leases, and move the clock to the position
+    -- served (a message put back in front sits below its rank's band and
+    -- moves nothing).
+    local vnow = tonumber(meta[2])
+    for i, id in ipairs(ids) do
+      local env = envs[i]
+      if env then
+        local v = scores[i] - rank_of(env) * RANK_STEP
+        if v > vnow and v < RANK_STEP then vnow = v end
+        if groups[i] and redis.call('HEXISTS', K_MSG, id) == 1 then
+          redis.call('HINCRBY', K_GACT, groups[i], 1)
+        end
+      end
+    end
+    redis.call('HSET', K_META, 'vnow', vnow)
+    -- A group whose last position is served is as new: forget it.
+    for i = 1, #ids do
+      local group = groups[i]
+      if group then
+        local last = redis.call('HGET', K_GVT, group)
+        if last and tonumber(last) <= vnow then redis.call('HDEL', K_GVT, group) end
+      end
+    end
+  end
   -- Pass the wake-up on when messages are left for another consumer.
   if redis.call('EXISTS', K_READY) == 1 then notify() end
 end

@@ -4,6 +4,9 @@ local K_META, K_READY, K_DELAYED, K_LEASED, K_MSG, K_STATS, K_TTL, K_EXP,
       K_DEAD, K_DMSG, K_DINFO, K_IDEM, K_IDEMZ, K_INBOX, K_NOTIFY =
       KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
       KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+-- Group fairness: the group of each grouped message (id -> group), each
+-- group's last ready position, and each group's leased deliveries.
+local K_GOF, K_GVT, K_GACT = KEYS[16], KEYS[17], KEYS[18]
 
 -- Server time in ms: every process shares the server's clock.
 local function now_ms()
@@ -76,14 +79,79 @@ local function notify()
   end
 end
 
+-- Group fairness (Message::with_group). A queue that has seen a grouped
+-- message keeps a virtual clock in meta ('vnow'): the ready position last
+-- served. A message of group g becomes ready at max(g's last position,
+-- vnow) + 1, and one with no group at the next sequence, never below
+-- vnow + 1; so each group (and the messages with no group, as one more)
+-- holds one position per turn and claims in score order take them
+-- round-robin: a group with a long backlog sits far ahead in positions
+-- while a group that just arrived is served next. A queue that never saw a
+-- group pays one HGET for this.
+local function vclock()
+  local v = redis.call('HGET', K_META, 'vnow')
+  if v then return tonumber(v) end
+  -- The first group: service stands at the ready head, or past every
+  -- message sent when none is ready.
+  local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
+  if head[2] then
+    v = math.max(tonumber(head[2]) % RANK_STEP - 1, 0)
+  else
+    v = tonumber(redis.call('HGET', K_STATS, 'seq') or 0)
+  end
+  redis.call('HSET', K_META, 'vnow', v)
+  return v
+end
+
+-- The next ready position of `group` (its turn after its last one).
+local function group_position(group, vnow)
+  local last = tonumber(redis.call('HGET', K_GVT, group) or 0)
+  local v = math.max(last, vnow) + 1
+  redis.call('HSET', K_GVT, group, v)
+  return v
+end
+
 local function make_ready(id, rank)
-  local seq = redis.call('HINCRBY', K_STATS, 'seq', 1)
-  redis.call('ZADD', K_READY, rank * RANK_STEP + seq, id)
+  local pos = nil
+  if redis.call('HEXISTS', K_META, 'vnow') == 1 then
+    local vnow = vclock()
+    local group = redis.call('HGET', K_GOF, id)
+    if group then
+      pos = group_position(group, vnow)
+    else
+      pos = redis.call('HINCRBY', K_STATS, 'seq', 1)
+      if pos <= vnow then
+        pos = vnow + 1
+        redis.call('HSET', K_STATS, 'seq', pos)
+      end
+    end
+  else
+    pos = redis.call('HINCRBY', K_STATS, 'seq', 1)
+  end
+  redis.call('ZADD', K_READY, rank * RANK_STEP + pos, id)
+end
+
+-- The leases of `ids` ended (settled, handed back or expired): their
+-- groups' counts of leased deliveries drop, and a consumer that found
+-- every group at its limit is woken. Call before the message (and so its
+-- group) is removed.
+local function leases_ended(ids)
+  if #ids == 0 or redis.call('EXISTS', K_GACT) == 0 then return end
+  local groups = redis.call('HMGET', K_GOF, unpack(ids))
+  local freed = false
+  for _, group in ipairs(groups) do
+    if group then
+      if redis.call('HINCRBY', K_GACT, group, -1) <= 0 then redis.call('HDEL', K_GACT, group) end
+      freed = true
+    end
+  end
+  if freed and redis.call('EXISTS', K_READY) == 1 then notify() end
 end
 
 -- Move a message (already out of ready/delayed/leased) to the dead letters.
 local function bury(id, env, reason, attempts, last_error, now)
   redis.call('HDEL', K_MSG, id)
+  redis.call('HDEL', K_GOF, id)
   redis.call('HDEL', K_EXP, id)
   redis.call('ZREM', K_TTL, id)
   redis.call('HSET', K_DMSG, id, env)
@@ -153,6 +221,7 @@ local function reclaim(now, limit)
   for _, member in ipairs(expired) do
     redis.call('ZREM', K_LEASED, member)
     local id = string.sub(member, 1, 16)
+    leases_ended({ id })
     local env = redis.call('HGET', K_MSG, id)
     if env then
       local err = 'lease expired before the delivery was settled'
@@ -261,6 +330,10 @@ local function ack_members(members)
   end
   if #held > 0 then
     redis.call('ZREM', K_LEASED, unpack(held))
+    if redis.call('EXISTS', K_GOF) == 1 then
+      leases_ended(ids)
+      redis.call('HDEL', K_GOF, unpack(ids))
+    end
     redis.call('HDEL', K_MSG, unpack(ids))
     if redis.call('EXISTS', K_EXP) == 1 then
       redis.call('HDEL', K_EXP, unpack(ids))

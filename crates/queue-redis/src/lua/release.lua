@@ -5,6 +5,7 @@
 if redis.call('ZREM', K_LEASED, ARGV[1]) == 0 then return 0 end
 local now = now_ms()
 local id = string.sub(ARGV[1], 1, 16)
+leases_ended({ id })
 local env = redis.call('HGET', K_MSG, id)
 if not env then return 1 end
 local exp = redis.call('HGET', K_EXP, id)

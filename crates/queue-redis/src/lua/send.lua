@@ -1,4 +1,5 @@
--- ARGV: window_ms, n, then n groups of (id, envelope, rank, delay_ms, ttl_ms | -1, idempotency key | '').
+-- ARGV: window_ms, n, then n groups of (id, envelope, rank, delay_ms, ttl_ms | -1,
+-- idempotency key | '', group | '').
 -- Returns {'full', depth}, or {'ok', i1, first1, i2, first2, ...}
 -- listing the messages deduplicated (by key inside the window, or by an id
 -- already queued) with the id kept for them.
@@ -7,7 +8,8 @@ local now = now_ms()
 -- with a Redis restart that kept no data).
 if missing() then redis.call('HSETNX', K_META, 'created', now) end
 local window, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-local max_len = redis.call('HGET', K_META, 'max_length')
+local meta = redis.call('HMGET', K_META, 'max_length', 'vnow')
+local max_len = meta[1]
 if max_len then
   -- Expired leases and TTLs must not hold places in a full queue.
   maintain(now, 1000)
@@ -16,7 +18,7 @@ if max_len then
   -- fail as full because its first attempt filled the queue).
   local fresh = 0
   for i = 0, n - 1 do
-    local b = 3 + i * 6
+    local b = 3 + i * 7
     local dup = redis.call('HEXISTS', K_MSG, ARGV[b]) == 1
     if not dup and ARGV[b + 5] ~= '' then
       local until_ms = redis.call('ZSCORE', K_IDEMZ, ARGV[b + 5])
@@ -34,13 +36,30 @@ if redis.call('EXISTS', K_IDEMZ) == 1 then
   end
 end
 local out = { 'ok' }
-local seq = redis.call('HINCRBY', K_STATS, 'seq', n) - n
+-- A queue with groups (see vclock): no position below the clock.
+local vnow = meta[2] and tonumber(meta[2])
+if not vnow then
+  for i = 0, n - 1 do
+    if ARGV[3 + i * 7 + 6] ~= '' then
+      vnow = vclock()
+      break
+    end
+  end
+end
+-- Messages with no group take the next sequence numbers (grouped ones
+-- take their group's positions instead), never below the clock.
+local seq
+if vnow then
+  seq = math.max(tonumber(redis.call('HGET', K_STATS, 'seq') or 0), vnow)
+else
+  seq = redis.call('HINCRBY', K_STATS, 'seq', n) - n
+end
 local head_due = nil
 local wake = false
 local enqueued = 0
 for i = 0, n - 1 do
-  local b = 3 + i * 6
-  local id, env, key = ARGV[b], ARGV[b + 1], ARGV[b + 5]
+  local b = 3 + i * 7
+  local id, env, key, group = ARGV[b], ARGV[b + 1], ARGV[b + 5], ARGV[b + 6]
   local first = nil
   if key ~= '' then
     first = redis.call('HGET', K_IDEM, key)
@@ -66,6 +85,7 @@ for i = 0, n - 1 do
   end
   if not first then
     local rank, delay, ttl = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+    if group ~= '' then redis.call('HSET', K_GOF, id, group) end
     if ttl >= 0 then
       redis.call('HSET', K_EXP, id, now + ttl)
       redis.call('ZADD', K_TTL, now + ttl, id)
@@ -81,13 +101,18 @@ for i = 0, n - 1 do
         head_due = due
         wake = true
       end
+    elseif group ~= '' then
+      redis.call('ZADD', K_READY, rank * RANK_STEP + group_position(group, vnow), id)
+      wake = true
     else
-      redis.call('ZADD', K_READY, rank * RANK_STEP + seq + i + 1, id)
+      seq = seq + 1
+      redis.call('ZADD', K_READY, rank * RANK_STEP + seq, id)
       wake = true
     end
     enqueued = enqueued + 1
   end
 end
+if vnow then redis.call('HSET', K_STATS, 'seq', seq) end
 if enqueued < n then redis.call('HINCRBY', K_STATS, 'deduplicated', n - enqueued) end
 redis.call('HINCRBY', K_STATS, 'enqueued', enqueued)
 if wake then notify() end

@@ -129,6 +129,8 @@ macro_rules! conformance_case_list {
             attempt_at_max,
             nack_delay_over_max,
             shutdown_is_prompt,
+            groups_take_turns,
+            group_limit,
         }
     };
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use queue_core::{Message, Ordering, Priority};
 
-use super::{assert_unsupported, SOON};
+use super::{assert_kind, assert_unsupported, SOON};
 use crate::harness::Ctx;
 
 /// Case 15: all four priorities queued before a consumer starts come out
@@ -122,4 +122,147 @@ pub async fn fifo_within_priority(ctx: &Ctx) {
             }
         }
     }
+}
+
+/// Case 59: groups take turns. 300 messages of group `a` queued before 10
+/// of group `b` and 10 with no group: every `b` and every ungrouped one
+/// comes within the first 40 deliveries, and each group keeps its send
+/// order. A backend without group fairness refuses a grouped message.
+pub async fn groups_take_turns(ctx: &Ctx) {
+    use queue_core::Coordinated;
+    let queue = ctx.queue();
+    let producer = ctx.producer(&queue).await;
+    if ctx.caps().group_fairness != Coordinated::Native {
+        let result = producer.send(Message::new("x").with_group("a")).await;
+        return assert_unsupported(result, "group fairness");
+    }
+    let batch: Vec<Message> = (0..300u32)
+        .map(|i| Message::new(format!("a {i}")).with_group("a"))
+        .collect();
+    for chunk in batch.chunks(ctx.caps().max_batch.max(1)) {
+        producer.send_batch(chunk.to_vec()).await.expect("send a");
+    }
+    for i in 0..10u32 {
+        producer
+            .send(Message::new(format!("b {i}")).with_group("b"))
+            .await
+            .expect("send b");
+        producer
+            .send(Message::new(format!("- {i}")))
+            .await
+            .expect("send plain");
+    }
+    let consumer = ctx.consumer(&queue, None).await;
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < 320 {
+        let got = consumer
+            .receive(10, Duration::from_secs(5))
+            .await
+            .expect("receive");
+        assert!(!got.is_empty(), "all 320 arrive; got {}", order.len());
+        for d in &got {
+            order.push(String::from_utf8_lossy(d.payload()).into_owned());
+        }
+        if let Err(failed) = consumer.ack_batch(got).await {
+            panic!("ack_batch: {:?}", failed.first().map(|f| &f.error));
+        }
+    }
+    let first_40 = &order[..40];
+    for tag in ["b", "-"] {
+        let early = first_40
+            .iter()
+            .filter(|p| p.starts_with(&format!("{tag} ")))
+            .count();
+        assert_eq!(
+            early, 10,
+            "all 10 of {tag:?} within the first 40 deliveries: {first_40:?}"
+        );
+    }
+    for tag in ["a", "b", "-"] {
+        let of_tag: Vec<u32> = order
+            .iter()
+            .filter_map(|p| p.strip_prefix(&format!("{tag} ")))
+            .map(|n| n.parse().expect("number"))
+            .collect();
+        let mut sorted = of_tag.clone();
+        sorted.sort_unstable();
+        assert_eq!(of_tag, sorted, "group {tag:?} keeps its send order");
+    }
+}
+
+/// Case 60: a consumer with a group limit of 2 holds at most 2 of one
+/// group: with 2 of `a` leased, the next receive passes over `a`'s
+/// backlog for `b`, and once one `a` is acked, `a` is served again. A
+/// backend without group fairness refuses the consumer; a zero limit and
+/// an oversize group key are refused naming the field.
+pub async fn group_limit(ctx: &Ctx) {
+    use queue_core::{ConsumerOptions, Coordinated, ErrorKind};
+    let queue = ctx.queue();
+    let options = ConsumerOptions::default().with_group_limit(2);
+    if ctx.caps().group_fairness != Coordinated::Native {
+        let result = ctx.backend().consumer(&queue, options).await;
+        return assert_unsupported(result.map(|_| ()), "group limits");
+    }
+    let zero = ctx
+        .backend()
+        .consumer(&queue, ConsumerOptions::default().with_group_limit(0))
+        .await;
+    let text = assert_kind(zero.map(|_| ()), ErrorKind::Config, "group limit 0");
+    assert!(text.contains("group_limit"), "names the field: {text}");
+    let producer = ctx.producer(&queue).await;
+    let long = producer
+        .send(Message::new("x").with_group("g".repeat(200)))
+        .await;
+    let text = assert_kind(long, ErrorKind::InvalidInput, "oversize group key");
+    assert!(text.contains("group key"), "names the field: {text}");
+    for i in 0..6u32 {
+        producer
+            .send(Message::new(format!("a {i}")).with_group("a"))
+            .await
+            .expect("send a");
+    }
+    producer
+        .send(Message::new("b 0").with_group("b"))
+        .await
+        .expect("send b");
+    let consumer = ctx
+        .backend()
+        .consumer(&queue, options)
+        .await
+        .expect("consumer");
+    let payloads = |got: &[queue_core::Delivery]| -> Vec<String> {
+        got.iter()
+            .map(|d| String::from_utf8_lossy(d.payload()).into_owned())
+            .collect()
+    };
+    let first = crate::harness::receive_n(&*consumer, 3, SOON).await;
+    let mut names = payloads(&first);
+    names.sort();
+    assert_eq!(names, ["a 0", "a 1", "b 0"], "two of a, then b");
+    let more = consumer
+        .receive(10, Duration::from_millis(300))
+        .await
+        .expect("receive");
+    assert!(
+        more.is_empty(),
+        "a is at its limit: nothing more is handed out, got {:?}",
+        payloads(&more)
+    );
+    let a0 = first
+        .into_iter()
+        .find(|d| d.payload().starts_with(b"a "))
+        .expect("an a delivery");
+    a0.ack().await.expect("ack");
+    let next = consumer.receive(10, SOON).await.expect("receive");
+    assert_eq!(
+        payloads(&next).len(),
+        1,
+        "one place of a freed: {:?}",
+        payloads(&next)
+    );
+    assert!(
+        payloads(&next)[0].starts_with("a "),
+        "{:?}",
+        payloads(&next)
+    );
 }

@@ -221,6 +221,20 @@ impl WorkerBuilder {
         self
     }
 
+    /// Run at most `limit` jobs of one group
+    /// ([`Message::with_group`](queue_core::Message::with_group)) at once,
+    /// across every worker of the queue (at least 1; give every worker of
+    /// the queue the same limit). Groups take turns whether or not a limit
+    /// is set: a group's backlog never holds back the others' jobs. The
+    /// backend keeps the count, so this needs native group fairness
+    /// ([`Capabilities::group_fairness`](queue_core::Capabilities::group_fairness):
+    /// memory and Redis); elsewhere [`start`](WorkerWithHandler::start)
+    /// fails with [`ErrorKind::Unsupported`](queue_core::ErrorKind::Unsupported).
+    pub fn group_concurrency(mut self, limit: u32) -> Self {
+        self.flow.group_limit = Some(limit);
+        self
+    }
+
     /// How long a fleet-wide slot outlives a holder that died (default
     /// [`DEFAULT_SLOT_LEASE`](super::DEFAULT_SLOT_LEASE), 100 ms to 24 h).
     pub fn slot_lease(mut self, lease: Duration) -> Self {
@@ -281,7 +295,10 @@ impl WorkerWithHandler {
         if let Some(lease) = builder.settings.lease {
             options = options.with_lease(lease);
         }
-        options.check()?;
+        if let Some(limit) = builder.flow.group_limit {
+            options = options.with_group_limit(limit);
+        }
+        builder.backend.capabilities().check_consumer(&options)?;
         let lanes = builder
             .settings
             .lanes

@@ -77,6 +77,8 @@ pub(super) struct FlowSettings {
     pub(super) global_concurrency: Option<u32>,
     pub(super) slot_lease: Option<Duration>,
     pub(super) store: Option<Arc<dyn Coordination>>,
+    /// Most deliveries of one group leased at once (the backend enforces it).
+    pub(super) group_limit: Option<u32>,
 }
 
 impl std::fmt::Debug for FlowSettings {
@@ -86,6 +88,7 @@ impl std::fmt::Debug for FlowSettings {
             .field("key_rate", &self.key_rate)
             .field("global_concurrency", &self.global_concurrency)
             .field("slot_lease", &self.slot_lease)
+            .field("group_limit", &self.group_limit)
             .finish_non_exhaustive()
     }
 }

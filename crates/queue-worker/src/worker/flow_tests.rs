@@ -349,3 +349,121 @@ async fn limits_without_a_store_name_what_to_configure() {
         .expect_err("zero");
     assert!(error.message().contains("global_concurrency"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_concurrency_holds_across_workers_and_groups_take_turns() {
+    let backend = MemoryBackend::new();
+    let queue = QueueName::new("tenants").expect("name");
+    // Running jobs and the most at once, by group; the order jobs began.
+    type Counts = Arc<Mutex<(HashMap<String, (usize, usize)>, Vec<String>)>>;
+    let counts = Counts::default();
+    let done = Arc::new(AtomicUsize::new(0));
+    // 40 of "a" queued before 4 of "b".
+    let mut messages: Vec<Message> = (0..40).map(|_| job("a").with_group("a")).collect();
+    messages.extend((0..4).map(|_| job("b").with_group("b")));
+    send_all(&backend, &queue, messages).await;
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (counts, done) = (counts.clone(), done.clone());
+        let worker = Worker::builder(Arc::new(backend.clone()), queue.clone())
+            .concurrency(8)
+            .group_concurrency(2)
+            .handler(move |job: queue_core::Job<String>| {
+                let (counts, done) = (counts.clone(), done.clone());
+                async move {
+                    {
+                        let mut c = counts.lock().expect("counts");
+                        let (running, most) = c.0.entry(job.payload.clone()).or_default();
+                        *running += 1;
+                        *most = (*most).max(*running);
+                        c.1.push(job.payload.clone());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    counts
+                        .lock()
+                        .expect("counts")
+                        .0
+                        .get_mut(&job.payload)
+                        .expect("entry")
+                        .0 -= 1;
+                    done.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .start()
+            .await
+            .expect("start");
+        workers.push(worker);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.load(Ordering::SeqCst) < 44 {
+        assert!(
+            Instant::now() < deadline,
+            "{} done",
+            done.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for worker in workers {
+        worker.shutdown().await.expect("shutdown");
+    }
+    let (most, order) = {
+        let c = counts.lock().expect("counts");
+        (c.0.clone(), c.1.clone())
+    };
+    assert_eq!(most["a"].1, 2, "a: at most 2 at once, and 2 reached");
+    assert_eq!(most["b"].1, 2, "b: at most 2 at once, and 2 reached");
+    let last_b = order.iter().rposition(|g| g == "b").expect("b ran");
+    assert!(last_b < 12, "b's jobs began among the first: {order:?}");
+}
+
+#[tokio::test]
+async fn group_concurrency_is_refused_where_groups_are_not_native() {
+    #[derive(Debug)]
+    struct Unfair(MemoryBackend, queue_core::Capabilities);
+    #[async_trait::async_trait]
+    impl Backend for Unfair {
+        fn capabilities(&self) -> &queue_core::Capabilities {
+            &self.1
+        }
+        async fn producer(&self, queue: &QueueName) -> queue_core::Result<Box<dyn Producer>> {
+            self.0.producer(queue).await
+        }
+        async fn consumer(
+            &self,
+            queue: &QueueName,
+            options: queue_core::ConsumerOptions,
+        ) -> queue_core::Result<Box<dyn queue_core::Consumer>> {
+            self.1.check_consumer(&options)?;
+            self.0.consumer(queue, options).await
+        }
+        fn admin(&self) -> &dyn queue_core::Admin {
+            self.0.admin()
+        }
+        async fn close(&self) -> queue_core::Result<()> {
+            self.0.close().await
+        }
+    }
+    let memory = MemoryBackend::new();
+    let mut caps = memory.capabilities().clone();
+    caps.group_fairness = queue_core::Coordinated::Unsupported;
+    let backend = Arc::new(Unfair(memory, caps));
+    let error = Worker::builder(backend, QueueName::new("unfair").expect("name"))
+        .group_concurrency(2)
+        .handler(|_job: queue_core::Job<String>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await
+        .expect_err("refused");
+    assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
+    assert!(error.message().contains("group"), "{error}");
+    let error = Worker::builder(
+        Arc::new(MemoryBackend::new()),
+        QueueName::new("zero").expect("name"),
+    )
+    .group_concurrency(0)
+    .handler(|_job: queue_core::Job<String>| async { Ok::<_, std::io::Error>(()) })
+    .start()
+    .await
+    .expect_err("zero");
+    assert!(error.message().contains("group_limit"), "{error}");
+}
