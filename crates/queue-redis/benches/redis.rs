@@ -22,6 +22,9 @@
 //!   limit far above the load (1,000,000 jobs/s), beside the same run
 //!   without one (three pairs, the median ratio), and the permit calls
 //!   (one script call each) per job.
+//! - groups: the concurrency-100 run with its jobs spread over 100 groups
+//!   (`Message::with_group`), without and with a group limit of 10,
+//!   beside the same run without groups (three rounds, the median ratios).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -297,6 +300,56 @@ async fn limiter(backend: &Arc<dyn Backend>) -> (f64, f64, f64, f64) {
     (plain[1], limited[1], ratios[1], calls)
 }
 
+/// Three rounds of concurrency-100 runs: without groups, in 100 groups,
+/// and in 100 groups with a limit of 10 each: the median rates, and the
+/// median ratios of the grouped runs to the plain one.
+async fn groups(backend: &Arc<dyn Backend>) -> [f64; 5] {
+    let (mut plain, mut grouped, mut limited) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut grouped_ratio, mut limited_ratio) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let mut rates = [0.0; 3];
+        for (i, (groups, limit)) in [(0, None), (100, None), (100, Some(10))]
+            .into_iter()
+            .enumerate()
+        {
+            let q = queue(&format!("groups-{i}"));
+            backend.admin().delete_queue(&q).await.expect("delete");
+            let run = bench::worker_run_in_groups(
+                backend.clone(),
+                &q,
+                JOBS,
+                PAYLOAD,
+                CONCURRENCY,
+                groups,
+                Box::new(move |b| match limit {
+                    Some(limit) => b.group_concurrency(limit),
+                    None => b,
+                }),
+            )
+            .await
+            .expect("grouped run");
+            backend.admin().delete_queue(&q).await.expect("delete");
+            rates[i] = run.processed_per_second;
+        }
+        plain.push(rates[0]);
+        grouped.push(rates[1]);
+        limited.push(rates[2]);
+        grouped_ratio.push(rates[1] / rates[0]);
+        limited_ratio.push(rates[2] / rates[0]);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
+    [
+        median(plain),
+        median(grouped),
+        median(limited),
+        median(grouped_ratio),
+        median(limited_ratio),
+    ]
+}
+
 fn main() {
     let url = std::env::var("QUEUE_BENCH_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
@@ -399,6 +452,12 @@ fn main() {
             "rate limiter far above the load: {limited:.0}/s against {plain:.0}/s without (median ratio {limiter_ratio:.2}); {permit_calls:.3} permit calls per job"
         );
 
+        let [ungrouped, grouped, group_limited, grouped_ratio, group_limited_ratio] =
+            groups(&backend).await;
+        eprintln!(
+            "groups: {grouped:.0}/s in 100 groups ({grouped_ratio:.2} of {ungrouped:.0}/s without groups), {group_limited:.0}/s with a limit of 10 per group ({group_limited_ratio:.2})"
+        );
+
         println!();
         println!("| run | enqueue jobs/s | processed jobs/s | vs raw |");
         println!("| --- | ---: | ---: | ---: |");
@@ -427,6 +486,9 @@ fn main() {
         );
         println!(
             "rate limiter (1,000,000/s, far above the load): processed {limited:.0} jobs/s against {plain:.0} without, median ratio {limiter_ratio:.2}; {permit_calls:.3} permit calls (one script call each) per job"
+        );
+        println!(
+            "groups (concurrency 100): in 100 groups {grouped:.0} jobs/s, with a limit of 10 per group {group_limited:.0}, against {ungrouped:.0} without groups: median ratios {grouped_ratio:.2} and {group_limited_ratio:.2}"
         );
         // The targets, checked here so a run says plainly if it missed one.
         let checks = [
@@ -470,6 +532,7 @@ fn main() {
                 "backlog": { "jobs_10k_per_second": small, "jobs_1m_per_second": large, "ratio": ratio },
                 "memory_bytes_per_job": per_job,
                 "rate_limiter": { "without_per_second": plain, "with_per_second": limited, "ratio": limiter_ratio, "permit_calls_per_job": permit_calls },
+                "groups": { "without_per_second": ungrouped, "in_100_groups_per_second": grouped, "limit_10_per_second": group_limited, "ratio": grouped_ratio, "limit_ratio": group_limited_ratio },
                 "one_at_a_time": { "raw_per_second": raw_one, "worker_per_second": one, "ratio": one / raw_one, "worker_end_to_end_per_second": one_end_to_end },
                 "targets_met": checks.iter().all(|(_, met)| *met),
             }),

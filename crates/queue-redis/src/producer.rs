@@ -29,8 +29,11 @@ impl RedisProducer {
     async fn push(&self, messages: &[Message]) -> Result<Vec<MessageId>> {
         let shared = &self.ctx.shared;
         let mut call = invocation(&SCRIPTS.send, &self.ctx.keys);
+        // A batch with no grouped message leaves the group field out.
+        let grouped = messages.iter().any(|m| m.group().is_some());
         call.arg(shared.idempotency_window.as_millis() as u64)
-            .arg(messages.len());
+            .arg(messages.len())
+            .arg(if grouped { 7 } else { 6 });
         let now = SystemTime::now();
         for message in messages {
             let delay = message.delay_from(now);
@@ -45,8 +48,10 @@ impl RedisProducer {
                 .arg(message.priority.rank())
                 .arg(ms_after(delay))
                 .arg(ttl)
-                .arg(message.idempotency_key.as_deref().unwrap_or(""))
-                .arg(message.group().unwrap_or(""));
+                .arg(message.idempotency_key.as_deref().unwrap_or(""));
+            if grouped {
+                call.arg(message.group().unwrap_or(""));
+            }
         }
         let reply = array(self.ctx.run(call, "sending").await?)?;
         let mut ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();

@@ -161,6 +161,80 @@ async fn inbox_push_with_a_token_wakes_a_waiting_consumer_and_keeps_envelope_fie
 }
 
 #[tokio::test]
+async fn a_group_place_comes_back_when_a_lease_expires_and_its_bookkeeping_is_cleared() {
+    let Some(f) = Fixture::new("group-expiry", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    for i in 0..3 {
+        producer
+            .send(Message::new(format!("a {i}")).with_group("a"))
+            .await
+            .expect("send");
+    }
+    let options = ConsumerOptions::default()
+        .with_lease(Duration::from_millis(300))
+        .with_group_limit(1);
+    let consumer = f
+        .backend
+        .consumer(&f.queue, options)
+        .await
+        .expect("consumer");
+    let first = consumer
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(first.len(), 1, "one of a at a time");
+    let held = consumer
+        .receive(10, Duration::from_millis(100))
+        .await
+        .expect("receive");
+    assert!(held.is_empty(), "a is at its limit");
+    // Its lease runs out unsettled: the place comes back (the expired
+    // delivery is the one handed out again, its attempt spent).
+    let began = Instant::now();
+    let again = consumer
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(again.len(), 1, "one again after the lease expired");
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    drop(first);
+    let gof = format!("{}:{{{}}}:gof", f.backend.prefix(), f.queue);
+    let mut admin = f.admin.clone();
+    let grouped: u64 = redis::cmd("HLEN")
+        .arg(&gof)
+        .query_async(&mut admin)
+        .await
+        .expect("HLEN");
+    assert_eq!(grouped, 3, "each queued message's group is kept");
+    let mut rest = again;
+    while !rest.is_empty() {
+        for d in rest {
+            d.ack().await.expect("ack");
+        }
+        rest = consumer
+            .receive(10, Duration::from_millis(500))
+            .await
+            .expect("receive");
+    }
+    // Every message settled: no group bookkeeping is left behind.
+    for suffix in ["gof", "gact"] {
+        let len: u64 = redis::cmd("HLEN")
+            .arg(format!("{}:{{{}}}:{suffix}", f.backend.prefix(), f.queue))
+            .query_async(&mut admin)
+            .await
+            .expect("HLEN");
+        assert_eq!(len, 0, "{suffix} is empty");
+    }
+    f.cleanup().await;
+}
+
+#[tokio::test]
 async fn sending_the_same_id_again_is_a_duplicate() {
     let Some(f) = Fixture::new("same-id", "").await else {
         return;

@@ -427,6 +427,30 @@ pub async fn worker_run_with(
     concurrency: usize,
     configure: Configure,
 ) -> queue_core::Result<WorkerRun> {
+    worker_run_in_groups(
+        backend,
+        queue,
+        jobs,
+        payload_bytes,
+        concurrency,
+        0,
+        configure,
+    )
+    .await
+}
+
+/// [`worker_run_with`] with job `i` in group `g{i % groups}`
+/// ([`Message::with_group`](queue_core::Message::with_group); `groups` 0:
+/// no group).
+pub async fn worker_run_in_groups(
+    backend: Arc<dyn Backend>,
+    queue: &QueueName,
+    jobs: u64,
+    payload_bytes: usize,
+    concurrency: usize,
+    groups: u64,
+    configure: Configure,
+) -> queue_core::Result<WorkerRun> {
     let batch = 1000usize;
     let producer = backend.producer(queue).await?;
     // A JSON string of `payload_bytes` bytes in all (quotes included).
@@ -436,8 +460,14 @@ pub async fn worker_run_with(
     let mut sent = 0u64;
     while sent < jobs {
         let n = (jobs - sent).min(batch as u64);
-        let messages = (0..n)
-            .map(|_| queue_core::Job::encode(&body, &options))
+        let messages = (sent..sent + n)
+            .map(|i| {
+                let message = queue_core::Job::encode(&body, &options)?;
+                Ok(match groups {
+                    0 => message,
+                    groups => message.with_group(format!("g{}", i % groups)),
+                })
+            })
             .collect::<queue_core::Result<Vec<_>>>()?;
         producer.send_batch(messages).await?;
         sent += n;

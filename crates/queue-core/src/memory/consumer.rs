@@ -53,13 +53,13 @@ impl MemoryConsumer {
         let mut out = Vec::with_capacity(max.min(state.ready.len()));
         let deadline = now + self.lease;
         let sys_deadline = sys_now + self.lease;
-        {
+        for rank in 0..4 {
             while out.len() < max {
                 let limit = self.group_limit.map(|limit| GroupLimit {
                     active: &state.group_active,
                     limit,
                 });
-                let Some(message) = state.ready.pop(limit.as_ref()) else {
+                let Some(message) = state.ready.pop_rank(rank, limit.as_ref()) else {
                     break;
                 };
                 if message.is_expired_at(sys_now) {

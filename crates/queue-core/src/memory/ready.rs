@@ -13,6 +13,7 @@ use crate::message::Message;
 pub(super) struct Ready {
     lanes: [Lane; 4],
     len: usize,
+    saw_groups: bool,
 }
 
 /// The ready messages of one priority.
@@ -23,7 +24,8 @@ struct Lane {
     /// Each group's messages, in the order they became ready.
     groups: HashMap<Arc<str>, VecDeque<Message>>,
     /// Whose turn comes next: `None` for the messages with no group, else a
-    /// group. Each list that holds messages is here exactly once.
+    /// group. Empty while the lane has no group; otherwise each list that
+    /// holds messages is here exactly once.
     turns: VecDeque<Option<Arc<str>>>,
 }
 
@@ -48,54 +50,68 @@ impl Lane {
         }
     }
 
-    /// The list `message` belongs in, and whether it was empty (so its
-    /// turn must be added).
-    fn list_of(&mut self, message: &Message) -> (&mut VecDeque<Message>, Option<Option<Arc<str>>>) {
-        match message.group() {
-            None => {
-                let fresh = self.plain.is_empty();
-                (&mut self.plain, fresh.then_some(None))
-            }
-            Some(group) => {
-                let group: Arc<str> = Arc::from(group);
-                let list = self.groups.entry(group.clone()).or_default();
-                let fresh = list.is_empty();
-                (list, fresh.then_some(Some(group)))
-            }
+    /// While the lane has no group, `turns` is empty and the plain list is
+    /// a FIFO on its own. When the first group arrives, the plain list (if
+    /// it holds messages) takes a turn first.
+    fn start_turns(&mut self) {
+        if self.groups.is_empty() && self.turns.is_empty() && !self.plain.is_empty() {
+            self.turns.push_back(None);
         }
     }
 
-    fn push_back(&mut self, message: Message) {
-        let (list, fresh) = self.list_of(&message);
-        list.push_back(message);
-        if let Some(turn) = fresh {
-            self.turns.push_back(turn);
+    #[inline]
+    fn push_back(&mut self, message: Message, group: Option<Arc<str>>) {
+        match group {
+            None if self.groups.is_empty() => self.plain.push_back(message),
+            group => self.push_back_turns(message, group),
         }
+    }
+
+    /// [`push_back`](Self::push_back) where groups take turns.
+    fn push_back_turns(&mut self, message: Message, group: Option<Arc<str>>) {
+        let Some(group) = group else {
+            if self.plain.is_empty() {
+                self.turns.push_back(None);
+            }
+            self.plain.push_back(message);
+            return;
+        };
+        self.start_turns();
+        let list = self.groups.entry(group.clone()).or_default();
+        if list.is_empty() {
+            self.turns.push_back(Some(group));
+        }
+        list.push_back(message);
     }
 
     /// Put `message` first: its list's turn comes next.
-    fn push_front(&mut self, message: Message) {
-        let turn: Option<Arc<str>> = message.group().map(Arc::from);
-        let (list, fresh) = self.list_of(&message);
-        list.push_front(message);
-        if fresh.is_none() {
-            if let Some(at) = self.turns.iter().position(|t| *t == turn) {
-                self.turns.remove(at);
-            }
+    fn push_front(&mut self, message: Message, turn: Option<Arc<str>>) {
+        if turn.is_none() && self.groups.is_empty() {
+            self.plain.push_front(message);
+            return;
         }
+        if turn.is_some() {
+            self.start_turns();
+        }
+        if let Some(at) = self.turns.iter().position(|t| *t == turn) {
+            self.turns.remove(at);
+        }
+        self.list(turn.as_ref()).push_front(message);
         self.turns.push_front(turn);
     }
 
     /// The next message by turns, passing over groups at their limit.
+    #[inline]
     fn pop(&mut self, limit: Option<&GroupLimit<'_>>) -> Option<Message> {
-        // Only messages with no group: a plain FIFO.
         if self.groups.is_empty() {
-            let message = self.plain.pop_front();
-            if self.plain.is_empty() {
-                self.turns.clear();
-            }
-            return message;
+            self.plain.pop_front()
+        } else {
+            self.pop_turn(limit)
         }
+    }
+
+    /// [`pop`](Self::pop) where groups take turns.
+    fn pop_turn(&mut self, limit: Option<&GroupLimit<'_>>) -> Option<Message> {
         let at = self.turns.iter().position(|turn| match (turn, limit) {
             (Some(group), Some(limit)) => !limit.full(group),
             _ => true,
@@ -106,6 +122,10 @@ impl Lane {
         if list.is_empty() {
             if let Some(group) = &turn {
                 self.groups.remove(group);
+                if self.groups.is_empty() {
+                    // Back to a plain FIFO.
+                    self.turns.clear();
+                }
             }
         } else {
             self.turns.push_back(turn);
@@ -123,6 +143,10 @@ impl Lane {
             list.retain(&mut keep);
             !list.is_empty()
         });
+        if self.groups.is_empty() {
+            self.turns.clear();
+            return;
+        }
         let (plain, groups) = (&self.plain, &self.groups);
         self.turns.retain(|turn| match turn {
             None => !plain.is_empty(),
@@ -141,27 +165,59 @@ impl Ready {
         self.len == 0
     }
 
+    /// Whether a grouped message was ever queued here (until a purge):
+    /// until then no lease needs counting per group.
+    pub(super) fn saw_groups(&self) -> bool {
+        self.saw_groups
+    }
+
     /// Queue `message` last in its priority and group.
+    #[inline]
     pub(super) fn push_back(&mut self, message: Message) {
         self.len += 1;
-        self.lanes[message.priority.rank()].push_back(message);
+        let group = self.group_of(&message);
+        self.lanes[message.priority.rank()].push_back(message, group);
     }
 
     /// Queue `message` first in its priority, its group's turn next.
     pub(super) fn push_front(&mut self, message: Message) {
         self.len += 1;
-        self.lanes[message.priority.rank()].push_front(message);
+        let group = self.group_of(&message);
+        self.lanes[message.priority.rank()].push_front(message, group);
+    }
+
+    /// The group of `message` (one header lookup, none for a message
+    /// without headers), noting that groups are in use.
+    #[inline]
+    fn group_of(&mut self, message: &Message) -> Option<Arc<str>> {
+        if message.headers.is_empty() {
+            return None;
+        }
+        let group = message.group().map(Arc::from);
+        if group.is_some() {
+            self.saw_groups = true;
+        }
+        group
+    }
+
+    /// The next message of priority `rank`: by turns between groups,
+    /// passing over groups at their limit.
+    #[inline]
+    pub(super) fn pop_rank(
+        &mut self,
+        rank: usize,
+        limit: Option<&GroupLimit<'_>>,
+    ) -> Option<Message> {
+        let message = self.lanes[rank].pop(limit)?;
+        self.len -= 1;
+        Some(message)
     }
 
     /// The next message: highest priority first, then by turns between
     /// groups, passing over groups at their limit.
+    #[cfg(test)]
     pub(super) fn pop(&mut self, limit: Option<&GroupLimit<'_>>) -> Option<Message> {
-        if self.len == 0 {
-            return None;
-        }
-        let message = self.lanes.iter_mut().find_map(|lane| lane.pop(limit))?;
-        self.len -= 1;
-        Some(message)
+        (0..4).find_map(|rank| self.pop_rank(rank, limit))
     }
 
     /// The first message of each list (the oldest ready one is among them).

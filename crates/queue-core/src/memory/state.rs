@@ -159,9 +159,10 @@ impl State {
     }
 
     /// Lease `message` under `key`.
+    #[inline]
     pub(super) fn lease(&mut self, key: TimeKey, message: Message) {
-        if let Some(group) = message.group() {
-            *self.group_active.entry(Arc::from(group)).or_default() += 1;
+        if self.ready.saw_groups() {
+            self.group_leased(&message);
         }
         self.leases.insert(key);
         self.in_flight.insert(key.1, message);
@@ -169,9 +170,25 @@ impl State {
 
     /// End the lease `key`, returning its message; `None` if it is not held.
     /// Sequences are never reused, so a stale key finds nothing.
+    #[inline(always)]
     pub(super) fn unlease(&mut self, key: &TimeKey) -> Option<Message> {
         let message = self.in_flight.remove(&key.1)?;
         self.leases.remove(key);
+        if !self.group_active.is_empty() {
+            self.group_unleased(&message);
+        }
+        Some(message)
+    }
+
+    /// Count a lease of `message`'s group.
+    fn group_leased(&mut self, message: &Message) {
+        if let Some(group) = message.group() {
+            *self.group_active.entry(Arc::from(group)).or_default() += 1;
+        }
+    }
+
+    /// A lease of `message`'s group ended.
+    fn group_unleased(&mut self, message: &Message) {
         if let Some(group) = message.group() {
             if let Some(n) = self.group_active.get_mut(group) {
                 *n -= 1;
@@ -184,7 +201,6 @@ impl State {
                 self.note_ready();
             }
         }
-        Some(message)
     }
 
     /// Put a released message back at the head of its priority, with its

@@ -103,6 +103,24 @@ local function vclock()
   return v
 end
 
+-- HSET of `flat` (field, value, field, value, ...) in pieces, as `unpack`
+-- takes at most a few thousand values.
+local function hset_all(key, flat)
+  for i = 1, #flat, 2000 do
+    redis.call('HSET', key, unpack(flat, i, math.min(i + 1999, #flat)))
+  end
+end
+
+-- HMGET of `fields` in pieces (see hset_all).
+local function hmget_all(key, fields)
+  local out = {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
+    for _, v in ipairs(part) do out[#out + 1] = v end
+  end
+  return out
+end
+
 -- The next ready position of `group` (its turn after its last one).
 local function group_position(group, vnow)
   local last = tonumber(redis.call('HGET', K_GVT, group) or 0)
@@ -132,18 +150,28 @@ local function make_ready(id, rank)
 end
 
 -- The leases of `ids` ended (settled, handed back or expired): their
--- groups' counts of leased deliveries drop, and a consumer that found
--- every group at its limit is woken. Call before the message (and so its
--- group) is removed.
+-- groups' counts of leased deliveries drop (kept once a group limit was
+-- used on the queue; `glimit` in meta is the limit), and where a group
+-- was at the limit a waiting consumer is woken. Call before the message
+-- (and so its group) is removed.
 local function leases_ended(ids)
   if #ids == 0 or redis.call('EXISTS', K_GACT) == 0 then return end
-  local groups = redis.call('HMGET', K_GOF, unpack(ids))
-  local freed = false
-  for _, group in ipairs(groups) do
+  local ended, names = {}, {}
+  for _, group in ipairs(redis.call('HMGET', K_GOF, unpack(ids))) do
     if group then
-      if redis.call('HINCRBY', K_GACT, group, -1) <= 0 then redis.call('HDEL', K_GACT, group) end
-      freed = true
+      if ended[group] == nil then
+        ended[group] = 0
+        names[#names + 1] = group
+      end
+      ended[group] = ended[group] + 1
     end
+  end
+  local limit = tonumber(redis.call('HGET', K_META, 'glimit') or 0)
+  local freed = false
+  for _, group in ipairs(names) do
+    local left = redis.call('HINCRBY', K_GACT, group, -ended[group])
+    if left <= 0 then redis.call('HDEL', K_GACT, group) end
+    if left + ended[group] >= limit then freed = true end
   end
   if freed and redis.call('EXISTS', K_READY) == 1 then notify() end
 end

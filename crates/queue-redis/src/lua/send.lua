@@ -1,5 +1,6 @@
--- ARGV: window_ms, n, then n groups of (id, envelope, rank, delay_ms, ttl_ms | -1,
--- idempotency key | '', group | '').
+-- ARGV: window_ms, n, stride (6, or 7 when some message has a group), then
+-- n groups of (id, envelope, rank, delay_ms, ttl_ms | -1, idempotency key | '',
+-- and with stride 7 its group | '').
 -- Returns {'full', depth}, or {'ok', i1, first1, i2, first2, ...}
 -- listing the messages deduplicated (by key inside the window, or by an id
 -- already queued) with the id kept for them.
@@ -7,7 +8,7 @@ local now = now_ms()
 -- A queue is its keys: a send re-creates one that was deleted (or lost
 -- with a Redis restart that kept no data).
 if missing() then redis.call('HSETNX', K_META, 'created', now) end
-local window, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window, n, stride = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local meta = redis.call('HMGET', K_META, 'max_length', 'vnow')
 local max_len = meta[1]
 if max_len then
@@ -18,7 +19,7 @@ if max_len then
   -- fail as full because its first attempt filled the queue).
   local fresh = 0
   for i = 0, n - 1 do
-    local b = 3 + i * 7
+    local b = 4 + i * stride
     local dup = redis.call('HEXISTS', K_MSG, ARGV[b]) == 1
     if not dup and ARGV[b + 5] ~= '' then
       local until_ms = redis.call('ZSCORE', K_IDEMZ, ARGV[b + 5])
@@ -38,14 +39,7 @@ end
 local out = { 'ok' }
 -- A queue with groups (see vclock): no position below the clock.
 local vnow = meta[2] and tonumber(meta[2])
-if not vnow then
-  for i = 0, n - 1 do
-    if ARGV[3 + i * 7 + 6] ~= '' then
-      vnow = vclock()
-      break
-    end
-  end
-end
+if not vnow and stride == 7 then vnow = vclock() end
 -- Messages with no group take the next sequence numbers (grouped ones
 -- take their group's positions instead), never below the clock.
 local seq
@@ -54,12 +48,30 @@ if vnow then
 else
   seq = redis.call('HINCRBY', K_STATS, 'seq', n) - n
 end
+-- The groups' last positions, read once per batch and written back once.
+local group_last, group_of = nil, nil
+if stride == 7 then
+  group_last, group_of = {}, {}
+  local names = {}
+  for i = 0, n - 1 do
+    local group = ARGV[4 + i * stride + 6]
+    if group ~= '' and group_last[group] == nil then
+      group_last[group] = false
+      names[#names + 1] = group
+    end
+  end
+  if #names > 0 then
+    local lasts = hmget_all(K_GVT, names)
+    for i, group in ipairs(names) do group_last[group] = tonumber(lasts[i] or 0) end
+  end
+end
 local head_due = nil
 local wake = false
 local enqueued = 0
 for i = 0, n - 1 do
-  local b = 3 + i * 7
-  local id, env, key, group = ARGV[b], ARGV[b + 1], ARGV[b + 5], ARGV[b + 6]
+  local b = 4 + i * stride
+  local id, env, key, group = ARGV[b], ARGV[b + 1], ARGV[b + 5], ''
+  if stride == 7 then group = ARGV[b + 6] end
   local first = nil
   if key ~= '' then
     first = redis.call('HGET', K_IDEM, key)
@@ -85,7 +97,10 @@ for i = 0, n - 1 do
   end
   if not first then
     local rank, delay, ttl = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-    if group ~= '' then redis.call('HSET', K_GOF, id, group) end
+    if group ~= '' then
+      group_of[#group_of + 1] = id
+      group_of[#group_of + 1] = group
+    end
     if ttl >= 0 then
       redis.call('HSET', K_EXP, id, now + ttl)
       redis.call('ZADD', K_TTL, now + ttl, id)
@@ -102,7 +117,9 @@ for i = 0, n - 1 do
         wake = true
       end
     elseif group ~= '' then
-      redis.call('ZADD', K_READY, rank * RANK_STEP + group_position(group, vnow), id)
+      local v = math.max(group_last[group], vnow) + 1
+      group_last[group] = v
+      redis.call('ZADD', K_READY, rank * RANK_STEP + v, id)
       wake = true
     else
       seq = seq + 1
@@ -113,6 +130,17 @@ for i = 0, n - 1 do
   end
 end
 if vnow then redis.call('HSET', K_STATS, 'seq', seq) end
+if group_of and #group_of > 0 then
+  hset_all(K_GOF, group_of)
+  local lasts = {}
+  for group, last in pairs(group_last) do
+    if last > vnow then
+      lasts[#lasts + 1] = group
+      lasts[#lasts + 1] = last
+    end
+  end
+  if #lasts > 0 then hset_all(K_GVT, lasts) end
+end
 if enqueued < n then redis.call('HINCRBY', K_STATS, 'deduplicated', n - enqueued) end
 redis.call('HINCRBY', K_STATS, 'enqueued', enqueued)
 if wake then notify() end
