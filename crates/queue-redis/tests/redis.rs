@@ -235,6 +235,54 @@ async fn a_group_place_comes_back_when_a_lease_expires_and_its_bookkeeping_is_cl
 }
 
 #[tokio::test]
+async fn the_first_group_on_a_queue_with_a_released_head_keeps_priorities() {
+    let Some(f) = Fixture::new("group-front", "").await else {
+        return;
+    };
+    let producer = f.backend.producer(&f.queue).await.expect("producer");
+    for i in 0..3 {
+        producer
+            .send(Message::new(format!("normal {i}")))
+            .await
+            .expect("send");
+    }
+    let consumer = f.consumer().await;
+    let first = consumer
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    // Handed back: it sits in front of its priority.
+    for d in first {
+        d.release().await.expect("release");
+    }
+    // The queue's first group starts its clock with that head.
+    producer
+        .send(Message::new("grouped").with_group("a"))
+        .await
+        .expect("send");
+    for i in 0..20 {
+        producer
+            .send(Message::new(format!("high {i}")).with_priority(Priority::High))
+            .await
+            .expect("send");
+    }
+    let got = queue_testkit::receive_n(&*consumer, 24, Duration::from_secs(5)).await;
+    let order: Vec<String> = got
+        .iter()
+        .map(|d| String::from_utf8_lossy(d.payload()).into_owned())
+        .collect();
+    assert_eq!(order.len(), 24, "{order:?}");
+    assert!(
+        order[..20].iter().all(|p| p.starts_with("high ")),
+        "every High before the Normal backlog: {order:?}"
+    );
+    for d in got {
+        d.ack().await.expect("ack");
+    }
+    f.cleanup().await;
+}
+
+#[tokio::test]
 async fn sending_the_same_id_again_is_a_duplicate() {
     let Some(f) = Fixture::new("same-id", "").await else {
         return;

@@ -93,11 +93,16 @@ local function vclock()
   if v then return tonumber(v) end
   -- The first group: service stands at the ready head, or past every
   -- message sent when none is ready.
+  local seq = tonumber(redis.call('HGET', K_STATS, 'seq') or 0)
+  v = seq
   local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
   if head[2] then
-    v = math.max(tonumber(head[2]) % RANK_STEP - 1, 0)
-  else
-    v = tonumber(redis.call('HGET', K_STATS, 'seq') or 0)
+    -- A position is at most `seq`; a message put back in front sits
+    -- below its rank's band (a large remainder): then estimate from the
+    -- count ready.
+    v = tonumber(head[2]) % RANK_STEP - 1
+    if v >= seq then v = seq - redis.call('ZCARD', K_READY) end
+    v = math.max(v, 0)
   end
   redis.call('HSET', K_META, 'vnow', v)
   return v
