@@ -344,17 +344,21 @@ async fn global_concurrency(url: &str, store: Option<&str>) {
     assert!(after <= bound, "the slot came back after {after:?}");
 }
 
-/// Queue the jobs of each `(group, numbers)`, in that order, then run
-/// them through `processes` `flow-worker groups <args>` processes: every
-/// event they printed.
+/// On a fresh queue, queue the jobs of each `(group, numbers)`, in that
+/// order, then run them through `processes` `flow-worker groups <args>`
+/// processes: every event they printed.
 async fn groups_run(
     url: &str,
     store: Option<&str>,
-    queue: &QueueName,
     jobs: &[(&str, std::ops::Range<u32>)],
     processes: usize,
     args: &[&str],
 ) -> Vec<Event> {
+    let queue = &unique_queue("qt-groups");
+    let _cleanup = Cleanup {
+        url: url.to_owned(),
+        queue: queue.clone(),
+    };
     let backend = queue::connect(url).await.expect("connect");
     let producer = backend.producer(queue).await.expect("producer");
     let batch = backend.capabilities().max_batch.clamp(1, 500);
@@ -387,15 +391,10 @@ async fn groups_run(
 }
 
 async fn groups_take_turns(url: &str, store: Option<&str>) {
-    let queue = unique_queue("qt-groups");
-    let _cleanup = Cleanup {
-        url: url.to_owned(),
-        queue: queue.clone(),
-    };
     let jobs = [("A", 0..1_000), ("B", 1_000..1_010)];
     // One process: the order is the queue's (across processes the order
     // of completions also depends on which process runs faster).
-    let all = groups_run(url, store, &queue, &jobs, 1, &["0", "0"]).await;
+    let all = groups_run(url, store, &jobs, 1, &["0", "0"]).await;
     let mut done: Vec<&Event> = all.iter().filter(|e| e.what == "done").collect();
     done.sort_by_key(|e| e.at);
     let b_at: Vec<usize> = done
@@ -430,13 +429,8 @@ fn most_at_once(events: &[Event], group: std::ops::Range<u32>) -> usize {
 }
 
 async fn group_limit(url: &str, store: Option<&str>) {
-    let queue = unique_queue("qt-group-limit");
-    let _cleanup = Cleanup {
-        url: url.to_owned(),
-        queue: queue.clone(),
-    };
     let jobs = [("A", 0..100), ("B", 100..200)];
-    let all = groups_run(url, store, &queue, &jobs, 3, &["2", "30"]).await;
+    let all = groups_run(url, store, &jobs, 3, &["2", "30"]).await;
     for (name, jobs) in jobs {
         let most = most_at_once(&all, jobs);
         eprintln!("group {name}: at most {most} jobs at once");

@@ -51,6 +51,9 @@ impl MemoryConsumer {
             return Vec::new();
         }
         let mut out = Vec::with_capacity(max.min(state.ready.len()));
+        if let Some(limit) = self.group_limit {
+            state.group_limit = limit;
+        }
         let deadline = now + self.lease;
         let sys_deadline = sys_now + self.lease;
         for rank in 0..4 {

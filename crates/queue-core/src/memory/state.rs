@@ -31,6 +31,9 @@ pub(super) struct State {
     pub(super) ready: Ready,
     /// How many leased deliveries each group has (only groups with some).
     pub(super) group_active: HashMap<Arc<str>, u32>,
+    /// The group limit the last limited consumer took by (0: none yet),
+    /// so a settle wakes a consumer only where a group was at it.
+    pub(super) group_limit: u32,
     pub(super) delayed: BTreeMap<TimeKey, Message>,
     /// Leased messages by lease key. Messages live in a hash map and the
     /// ordered index holds only keys, so settling a delivery moves no message.
@@ -190,14 +193,16 @@ impl State {
     /// A lease of `message`'s group ended.
     fn group_unleased(&mut self, message: &Message) {
         if let Some(group) = message.group() {
-            if let Some(n) = self.group_active.get_mut(group) {
-                *n -= 1;
-                if *n == 0 {
-                    self.group_active.remove(group);
-                }
+            let Some(n) = self.group_active.get_mut(group) else {
+                return;
+            };
+            let was_full = self.group_limit > 0 && *n >= self.group_limit;
+            *n -= 1;
+            if *n == 0 {
+                self.group_active.remove(group);
             }
-            // The group may have been at its limit with messages waiting.
-            if !self.ready.is_empty() {
+            // The group was at its limit: a consumer may be waiting for it.
+            if was_full && !self.ready.is_empty() {
                 self.note_ready();
             }
         }

@@ -136,8 +136,9 @@ end
 
 local function make_ready(id, rank)
   local pos = nil
-  if redis.call('HEXISTS', K_META, 'vnow') == 1 then
-    local vnow = vclock()
+  local vnow = redis.call('HGET', K_META, 'vnow')
+  if vnow then
+    vnow = tonumber(vnow)
     local group = redis.call('HGET', K_GOF, id)
     if group then
       pos = group_position(group, vnow)

@@ -19,6 +19,71 @@ async fn send_all(backend: &MemoryBackend, queue: &QueueName, messages: Vec<Mess
     producer.send_batch(messages).await.expect("send");
 }
 
+/// Jobs finished, counted by handlers and awaited by the test.
+#[derive(Clone, Default)]
+struct Done(Arc<(AtomicUsize, tokio::sync::Notify)>);
+
+impl Done {
+    fn add(&self) {
+        self.0 .0.fetch_add(1, Ordering::SeqCst);
+        self.0 .1.notify_waiters();
+    }
+
+    /// Wait until `n` jobs are done (at most 20 s).
+    async fn wait_for(&self, n: usize) {
+        let reached = async {
+            loop {
+                let changed = self.0 .1.notified();
+                if self.0 .0.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), reached)
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} done", self.0 .0.load(Ordering::SeqCst)));
+    }
+}
+
+/// A memory backend behind `capabilities` that keeps no coordination
+/// store of its own, as RabbitMQ, SQS and Kafka do not.
+#[derive(Debug)]
+struct Bare(MemoryBackend, queue_core::Capabilities);
+
+impl Bare {
+    fn new(capabilities: impl FnOnce(&mut queue_core::Capabilities)) -> Bare {
+        let memory = MemoryBackend::new();
+        let mut caps = memory.capabilities().clone();
+        capabilities(&mut caps);
+        Bare(memory, caps)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Bare {
+    fn capabilities(&self) -> &queue_core::Capabilities {
+        &self.1
+    }
+    async fn producer(&self, queue: &QueueName) -> queue_core::Result<Box<dyn Producer>> {
+        self.0.producer(queue).await
+    }
+    async fn consumer(
+        &self,
+        queue: &QueueName,
+        options: queue_core::ConsumerOptions,
+    ) -> queue_core::Result<Box<dyn queue_core::Consumer>> {
+        self.1.check_consumer(&options)?;
+        self.0.consumer(queue, options).await
+    }
+    fn admin(&self) -> &dyn queue_core::Admin {
+        self.0.admin()
+    }
+    async fn close(&self) -> queue_core::Result<()> {
+        self.0.close().await
+    }
+}
+
 /// Start times of every job, by key (the `tenant` header, or "").
 type Starts = Arc<Mutex<HashMap<String, Vec<Instant>>>>;
 
@@ -146,7 +211,7 @@ async fn global_concurrency_holds_across_workers() {
     let queue = QueueName::new("fleet").expect("name");
     let running = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
+    let done = Done::default();
     let mut workers = Vec::new();
     for _ in 0..3 {
         let (running, most, done) = (running.clone(), most.clone(), done.clone());
@@ -160,7 +225,7 @@ async fn global_concurrency_holds_across_workers() {
                     most.fetch_max(now, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     running.fetch_sub(1, Ordering::SeqCst);
-                    done.fetch_add(1, Ordering::SeqCst);
+                    done.add();
                     Ok::<_, std::io::Error>(())
                 }
             })
@@ -170,15 +235,7 @@ async fn global_concurrency_holds_across_workers() {
         workers.push(worker);
     }
     send_all(&backend, &queue, (0..60).map(|_| job("")).collect()).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while done.load(Ordering::SeqCst) < 60 {
-        assert!(
-            Instant::now() < deadline,
-            "{} done",
-            done.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    done.wait_for(60).await;
     assert_eq!(
         most.load(Ordering::SeqCst),
         3,
@@ -296,32 +353,8 @@ async fn a_waiting_job_goes_back_at_shutdown_at_once() {
 
 #[tokio::test]
 async fn limits_without_a_store_name_what_to_configure() {
-    #[derive(Debug)]
-    struct NoStore(MemoryBackend);
-    #[async_trait::async_trait]
-    impl Backend for NoStore {
-        fn capabilities(&self) -> &queue_core::Capabilities {
-            self.0.capabilities()
-        }
-        async fn producer(&self, queue: &QueueName) -> queue_core::Result<Box<dyn Producer>> {
-            self.0.producer(queue).await
-        }
-        async fn consumer(
-            &self,
-            queue: &QueueName,
-            options: queue_core::ConsumerOptions,
-        ) -> queue_core::Result<Box<dyn queue_core::Consumer>> {
-            self.0.consumer(queue, options).await
-        }
-        fn admin(&self) -> &dyn queue_core::Admin {
-            self.0.admin()
-        }
-        async fn close(&self) -> queue_core::Result<()> {
-            self.0.close().await
-        }
-    }
     let queue = QueueName::new("nostore").expect("name");
-    let backend = Arc::new(NoStore(MemoryBackend::new()));
+    let backend = Arc::new(Bare::new(|_| {}));
     let error = Worker::builder(backend.clone(), queue.clone())
         .global_concurrency(2)
         .handler(|_job: queue_core::Job<String>| async { Ok::<_, std::io::Error>(()) })
@@ -357,7 +390,7 @@ async fn group_concurrency_holds_across_workers_and_groups_take_turns() {
     // Running jobs and the most at once, by group; the order jobs began.
     type Counts = Arc<Mutex<(HashMap<String, (usize, usize)>, Vec<String>)>>;
     let counts = Counts::default();
-    let done = Arc::new(AtomicUsize::new(0));
+    let done = Done::default();
     // 40 of "a" queued before 4 of "b".
     let mut messages: Vec<Message> = (0..40).map(|_| job("a").with_group("a")).collect();
     messages.extend((0..4).map(|_| job("b").with_group("b")));
@@ -386,7 +419,7 @@ async fn group_concurrency_holds_across_workers_and_groups_take_turns() {
                         .get_mut(&job.payload)
                         .expect("entry")
                         .0 -= 1;
-                    done.fetch_add(1, Ordering::SeqCst);
+                    done.add();
                     Ok::<_, std::io::Error>(())
                 }
             })
@@ -395,15 +428,7 @@ async fn group_concurrency_holds_across_workers_and_groups_take_turns() {
             .expect("start");
         workers.push(worker);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while done.load(Ordering::SeqCst) < 44 {
-        assert!(
-            Instant::now() < deadline,
-            "{} done",
-            done.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    done.wait_for(44).await;
     for worker in workers {
         worker.shutdown().await.expect("shutdown");
     }
@@ -419,35 +444,9 @@ async fn group_concurrency_holds_across_workers_and_groups_take_turns() {
 
 #[tokio::test]
 async fn group_concurrency_is_refused_where_groups_are_not_native() {
-    #[derive(Debug)]
-    struct Unfair(MemoryBackend, queue_core::Capabilities);
-    #[async_trait::async_trait]
-    impl Backend for Unfair {
-        fn capabilities(&self) -> &queue_core::Capabilities {
-            &self.1
-        }
-        async fn producer(&self, queue: &QueueName) -> queue_core::Result<Box<dyn Producer>> {
-            self.0.producer(queue).await
-        }
-        async fn consumer(
-            &self,
-            queue: &QueueName,
-            options: queue_core::ConsumerOptions,
-        ) -> queue_core::Result<Box<dyn queue_core::Consumer>> {
-            self.1.check_consumer(&options)?;
-            self.0.consumer(queue, options).await
-        }
-        fn admin(&self) -> &dyn queue_core::Admin {
-            self.0.admin()
-        }
-        async fn close(&self) -> queue_core::Result<()> {
-            self.0.close().await
-        }
-    }
-    let memory = MemoryBackend::new();
-    let mut caps = memory.capabilities().clone();
-    caps.group_fairness = queue_core::Coordinated::Unsupported;
-    let backend = Arc::new(Unfair(memory, caps));
+    let backend = Arc::new(Bare::new(|caps| {
+        caps.group_fairness = queue_core::Coordinated::Unsupported;
+    }));
     let error = Worker::builder(backend, QueueName::new("unfair").expect("name"))
         .group_concurrency(2)
         .handler(|_job: queue_core::Job<String>| async { Ok::<_, std::io::Error>(()) })
