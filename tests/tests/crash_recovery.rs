@@ -165,4 +165,5 @@ crash_recovery_on! {
     crash_recovery_amqp => "QUEUE_TEST_AMQP_URL",
     crash_recovery_sqs => "QUEUE_TEST_SQS_URL",
     crash_recovery_kafka => "QUEUE_TEST_KAFKA_URL",
+    crash_recovery_postgres => "QUEUE_TEST_POSTGRES_URL",
 }

@@ -1,6 +1,6 @@
 //! Periodic jobs across processes, on every backend with a broker (the
-//! schedules and the leader lease in Redis: the backend's own store on
-//! Redis, the test's Redis as the coordination store elsewhere). Three
+//! schedules and the leader lease in the backend's own store on Redis
+//! and PostgreSQL, the test's Redis as the coordination store elsewhere). Three
 //! `cron-worker` processes each run a scheduler and a worker; a schedule
 //! fires every second for about 60 s; the leader is SIGKILLed twice. Each
 //! tick is enqueued exactly once (one job id per tick: a job the broker
@@ -15,7 +15,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use queue::redis::RedisBackend;
 use queue::schedules::{JobTemplate, Schedule, Schedules, Spec};
 use queue::{Coordination, QueueName};
 use queue_testkit::broker_url;
@@ -109,13 +108,9 @@ async fn cron(url: &str, store_url: &str) {
         queue: queue.clone(),
     };
     let namespace = format!("cron-{}", queue.as_str());
-    let redis_store = RedisBackend::connect(store_url)
+    let store: Arc<dyn Coordination> = queue_tests::coordination_store(store_url, &namespace)
         .await
-        .expect("connect the store")
-        .coordination_store()
-        .with_namespace(&namespace)
-        .expect("namespace");
-    let store: Arc<dyn Coordination> = Arc::new(redis_store.clone());
+        .expect("connect the store");
     let backend = queue::connect(url).await.expect("connect");
     let (lines_tx, mut lines) = mpsc::unbounded_channel();
     // A short lease, so a job the killed process had taken comes back soon.
@@ -196,7 +191,7 @@ async fn cron(url: &str, store_url: &str) {
     for mut worker in workers {
         let _ = worker.child.wait().await;
     }
-    let _ = redis_store.clear().await;
+    queue_tests::clear_store(store_url, &namespace).await;
     assert_eq!(kills.len(), 2, "the leader was killed twice");
 
     // Every tick from the first after the schedule was added to three
@@ -275,4 +270,15 @@ cron_on! {
     cron_amqp => "QUEUE_TEST_AMQP_URL",
     cron_sqs => "QUEUE_TEST_SQS_URL",
     cron_kafka => "QUEUE_TEST_KAFKA_URL",
+}
+
+/// On PostgreSQL alone: the queue, the schedules and the leader lease in
+/// one schema of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_postgres() {
+    let Some(base) = broker_url("QUEUE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let schema = queue_tests::TempSchema::new(&base, "qt_cron");
+    cron(&schema.url(), &schema.url()).await;
 }

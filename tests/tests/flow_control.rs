@@ -1,6 +1,6 @@
 //! Rate limits and fleet-wide concurrency across worker processes, on
-//! every backend with a broker: Redis keeps the shared state itself;
-//! RabbitMQ, SQS and Kafka take the test's Redis as their coordination
+//! every backend with a broker: Redis and PostgreSQL keep the shared
+//! state themselves; RabbitMQ, SQS and Kafka take the test's Redis as their coordination
 //! store (`QUEUE_COORDINATION_URL`). Three `flow-worker` processes share
 //! one queue; each prints when a job starts and ends (µs since the Unix
 //! epoch), and the test checks the limits on those times.
@@ -470,6 +470,9 @@ flow_control_on! {
     global_concurrency_amqp => global_concurrency, "QUEUE_TEST_AMQP_URL", true,
     global_concurrency_sqs => global_concurrency, "QUEUE_TEST_SQS_URL", true,
     global_concurrency_kafka => global_concurrency, "QUEUE_TEST_KAFKA_URL", true,
+    rate_limit_postgres => rate_limit, "QUEUE_TEST_POSTGRES_URL", false,
+    rate_limit_per_key_postgres => rate_limit_per_key, "QUEUE_TEST_POSTGRES_URL", false,
+    global_concurrency_postgres => global_concurrency, "QUEUE_TEST_POSTGRES_URL", false,
     // Group fairness is native where the backend orders the queue itself;
     // RabbitMQ, SQS and Kafka deliver in their own order and refuse a
     // grouped message (the conformance cases `groups_take_turns` and

@@ -14,8 +14,8 @@ use sqlx::Connection as _;
 use crate::config::Settings;
 use crate::shared::Shared;
 use crate::{
-    PostgresConsumer, PostgresProducer, DEFAULT_MAX_PAYLOAD, MAX_BATCH, MAX_BATCH_BYTES,
-    MAX_PAYLOAD, MAX_RECEIVE,
+    PostgresConsumer, PostgresCoordination, PostgresProducer, DEFAULT_MAX_PAYLOAD, MAX_BATCH,
+    MAX_BATCH_BYTES, MAX_PAYLOAD, MAX_RECEIVE,
 };
 
 /// The migrations this build carries, embedded at compile time.
@@ -126,6 +126,14 @@ impl PostgresBackend {
         options.check()?;
         self.shared.capabilities.check_consumer(&options)?;
         PostgresConsumer::open(self.shared.clone(), queue, options).await
+    }
+
+    /// The coordination store in this backend's schema (leases with
+    /// fencing tokens, rate windows, semaphores, records; see
+    /// [`PostgresCoordination`]), shared by every process on the same
+    /// database. [`Backend::coordination`] hands out the same store.
+    pub fn coordination_store(&self) -> PostgresCoordination {
+        PostgresCoordination::new(self.shared.clone())
     }
 
     /// The schema the backend's tables live in (`schema` URL parameter).
@@ -265,6 +273,11 @@ impl Backend for PostgresBackend {
         self
     }
 
+    /// [`PostgresBackend::coordination_store`].
+    fn coordination(&self) -> Option<Arc<dyn queue_core::Coordination>> {
+        Some(Arc::new(self.coordination_store()))
+    }
+
     async fn close(&self) -> Result<()> {
         self.shared.close();
         self.shared.pool.close().await;
@@ -297,14 +310,9 @@ impl PostgresBackend {
 }
 
 /// The PostgreSQL table: everything the schema's functions do inside the
-/// database, exact, FIFO per priority. Cron, limits and fleet-wide
-/// concurrency still take a coordination store by URL for now.
+/// database (the coordination store included), exact, FIFO per priority.
 fn capabilities(max_payload: usize, idempotency_window: Duration) -> Capabilities {
     let mut caps = Capabilities::native("postgres");
-    caps.worker_registry = queue_core::Support::Native;
-    caps.periodic_jobs = Coordinated::NeedsStore;
-    caps.rate_limits = Coordinated::NeedsStore;
-    caps.global_concurrency = Coordinated::NeedsStore;
     caps.group_fairness = Coordinated::Unsupported;
     caps.ordering = Ordering::FifoPerPriority;
     caps.max_payload = max_payload.min(MAX_PAYLOAD);

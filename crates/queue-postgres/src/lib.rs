@@ -43,11 +43,18 @@
 //! The schema, every function and what each operation costs are
 //! described in `docs/backends/postgres.md`.
 //!
+//! [`PostgresBackend::coordination_store`] (also `Backend::coordination`)
+//! is a [`PostgresCoordination`]: the leases with fencing tokens, rate
+//! windows, semaphores and records that periodic jobs, rate limits and
+//! fleet-wide concurrency need, in the same schema, so those features
+//! work on PostgreSQL alone.
+//!
 //! The crate has the shape of every backend crate: `config.rs` (URL and
 //! options), `backend.rs` (the backend, its migrations and capabilities),
 //! `shared.rs` (the pool and the notification listener), `producer.rs`,
 //! `consumer.rs` (with settlement), `admin.rs`, `error.rs` (`classify`),
-//! plus `ctx.rs` (one queue's handle) and `migrations/` (the schema).
+//! plus `ctx.rs` (one queue's handle), `coordination.rs` (the
+//! coordination store) and `migrations/` (the schema).
 
 #![forbid(unsafe_code)]
 
@@ -55,6 +62,7 @@ mod admin;
 mod backend;
 mod config;
 mod consumer;
+mod coordination;
 mod ctx;
 mod error;
 mod producer;
@@ -63,6 +71,7 @@ mod shared;
 pub use crate::backend::PostgresBackend;
 pub use crate::config::DEFAULT_POOL_SIZE;
 pub use crate::consumer::PostgresConsumer;
+pub use crate::coordination::PostgresCoordination;
 pub use crate::producer::PostgresProducer;
 
 /// Default payload limit: 16 MiB (PostgreSQL takes up to 1 GiB in a

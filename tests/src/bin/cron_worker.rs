@@ -2,8 +2,9 @@
 //! (`tests/cron.rs`).
 //!
 //! `cron-worker <url> <queue> <lease-ms> <store-url> <namespace>`: runs a
-//! scheduler (leader lease of `lease-ms`) over the schedules of a Redis
-//! coordination store (`store-url`, keys under `namespace`), and a worker
+//! scheduler (leader lease of `lease-ms`) over the schedules of a
+//! coordination store (`store-url`: Redis, keys under `namespace`, or
+//! PostgreSQL, in the URL's schema), and a worker
 //! on `<queue>` whose handler prints `run <tick-ms> <job-id> <attempt>
 //! <now-ms> <sent-ms>` for every job it runs (the tick the job stands
 //! for, from its schedule header, and when the scheduler sent it). It prints `ready` once both run, and `leader` each
@@ -16,7 +17,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use queue::redis::RedisBackend;
 use queue::schedules::{Schedules, HEADER_SCHEDULE_TICK};
 use queue::{Coordination, Job, QueueName, Worker};
 use tokio::io::AsyncReadExt;
@@ -34,12 +34,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: cron-worker <url> <queue> <lease-ms> <store-url> <namespace>".into());
     };
     let backend = queue::connect(url).await?;
-    let store: Arc<dyn Coordination> = Arc::new(
-        RedisBackend::connect(store_url)
-            .await?
-            .coordination_store()
-            .with_namespace(namespace)?,
-    );
+    let store: Arc<dyn Coordination> =
+        queue_tests::coordination_store(store_url, namespace).await?;
     let worker = Worker::builder(backend.clone(), QueueName::new(queue)?)
         .concurrency(4)
         .handler(|job: Job<serde_json::Value>| async move {
