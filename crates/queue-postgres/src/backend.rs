@@ -14,8 +14,8 @@ use sqlx::Connection as _;
 use crate::config::Settings;
 use crate::shared::Shared;
 use crate::{
-    PostgresConsumer, PostgresCoordination, PostgresProducer, DEFAULT_MAX_PAYLOAD, MAX_BATCH,
-    MAX_BATCH_BYTES, MAX_PAYLOAD, MAX_RECEIVE,
+    PostgresConsumer, PostgresCoordination, PostgresJobStore, PostgresProducer,
+    DEFAULT_MAX_PAYLOAD, MAX_BATCH, MAX_BATCH_BYTES, MAX_PAYLOAD, MAX_RECEIVE,
 };
 
 /// The migrations this build carries, embedded at compile time.
@@ -134,6 +134,13 @@ impl PostgresBackend {
     /// database. [`Backend::coordination`] hands out the same store.
     pub fn coordination_store(&self) -> PostgresCoordination {
         PostgresCoordination::new(self.shared.clone())
+    }
+
+    /// The job store in this backend's schema (see [`PostgresJobStore`]),
+    /// shared by every process on the same database.
+    /// [`Backend::default_job_store`] hands out the same store.
+    pub fn job_store(&self) -> PostgresJobStore {
+        PostgresJobStore::new(self.shared.clone())
     }
 
     /// The schema the backend's tables live in (`schema` URL parameter).
@@ -271,6 +278,11 @@ impl Backend for PostgresBackend {
 
     fn admin(&self) -> &dyn Admin {
         self
+    }
+
+    /// [`PostgresBackend::job_store`].
+    fn default_job_store(&self) -> Option<Arc<dyn queue_core::JobStore>> {
+        Some(Arc::new(self.job_store()))
     }
 
     /// [`PostgresBackend::coordination_store`].

@@ -49,12 +49,17 @@
 //! fleet-wide concurrency need, in the same schema, so those features
 //! work on PostgreSQL alone.
 //!
+//! [`PostgresBackend::job_store`] (also `Backend::default_job_store`) is
+//! a [`PostgresJobStore`]: job records (status, attempts, result, errors)
+//! in the same schema, for the worker, `queue jobs` and the dashboard.
+//!
 //! The crate has the shape of every backend crate: `config.rs` (URL and
 //! options), `backend.rs` (the backend, its migrations and capabilities),
 //! `shared.rs` (the pool and the notification listener), `producer.rs`,
 //! `consumer.rs` (with settlement), `admin.rs`, `error.rs` (`classify`),
 //! plus `ctx.rs` (one queue's handle), `coordination.rs` (the
-//! coordination store) and `migrations/` (the schema).
+//! coordination store), `store.rs` (the job store) and `migrations/`
+//! (the schema).
 
 #![forbid(unsafe_code)]
 
@@ -67,12 +72,14 @@ mod ctx;
 mod error;
 mod producer;
 mod shared;
+mod store;
 
 pub use crate::backend::PostgresBackend;
 pub use crate::config::DEFAULT_POOL_SIZE;
 pub use crate::consumer::PostgresConsumer;
 pub use crate::coordination::PostgresCoordination;
 pub use crate::producer::PostgresProducer;
+pub use crate::store::PostgresJobStore;
 
 /// Default payload limit: 16 MiB (PostgreSQL takes up to 1 GiB in a
 /// `bytea`, but big rows slow every claim that reads them).

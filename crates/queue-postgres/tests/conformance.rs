@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use queue_core::{Backend, Error, ErrorKind, QueueName, Result};
+use queue_core::{Backend, Error, ErrorKind, JobStore, QueueName, Result};
 use queue_postgres::PostgresBackend;
 use queue_testkit::{broker_url, Harness};
 
@@ -78,6 +78,14 @@ impl Harness for PostgresHarness {
             .to_socket_addrs()
             .ok()?
             .next()
+    }
+
+    async fn job_store(&self) -> Option<Result<Arc<dyn JobStore>>> {
+        let store = async {
+            let backend = PostgresBackend::connect(&self.url()).await?;
+            Ok(Arc::new(backend.job_store()) as Arc<dyn JobStore>)
+        };
+        Some(store.await)
     }
 
     async fn inject_foreign(&self, queue: &QueueName, payload: &[u8]) -> Option<Result<()>> {
