@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use queue_core::{Backend, Error, ErrorKind, JobStore, QueueName, Result};
 use queue_postgres::PostgresBackend;
-use queue_testkit::{broker_url, Harness};
+use queue_testkit::{broker_url, BrokerProcess, Harness};
 
 struct PostgresHarness {
     /// The server's URL, without a schema.
@@ -80,6 +80,18 @@ impl Harness for PostgresHarness {
             .next()
     }
 
+    async fn persistent_broker(&self) -> Option<Result<Box<dyn BrokerProcess>>> {
+        let bin = std::path::Path::new(PG_BIN);
+        if !bin.join("initdb").exists() || !bin.join("pg_ctl").exists() {
+            return None;
+        }
+        Some(
+            PrivatePostgres::start_new()
+                .await
+                .map(|pg| Box::new(pg) as Box<dyn BrokerProcess>),
+        )
+    }
+
     async fn job_store(&self) -> Option<Result<Arc<dyn JobStore>>> {
         let store = async {
             let backend = PostgresBackend::connect(&self.url()).await?;
@@ -103,6 +115,178 @@ impl Harness for PostgresHarness {
             Ok(())
         };
         Some(written.await)
+    }
+}
+
+/// Where Debian keeps the server's programs.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A private PostgreSQL server (`initdb`, `pg_ctl`) on a free loopback
+/// port, its data directory in a temporary folder, run as the `postgres`
+/// user when the test runs as root (the server refuses root). Its
+/// defaults keep `fsync` and `synchronous_commit` on: a committed
+/// transaction is on disk before the commit returns.
+struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
+
+/// Run one of the server's programs (as `postgres` when root).
+async fn run_pg(program: &str, args: &[&str]) -> Result<()> {
+    let path = format!("{PG_BIN}/{program}");
+    let mut command = if is_root() {
+        let mut c = tokio::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        tokio::process::Command::new(&path)
+    };
+    let out = command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::new(ErrorKind::Connection, format!("cannot run {program}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Connection,
+            format!(
+                "{program} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ))
+    }
+}
+
+impl PrivatePostgres {
+    async fn start_new() -> Result<PrivatePostgres> {
+        let id = queue_core::MessageId::new().as_uuid().simple().to_string();
+        let dir = std::env::temp_dir().join(format!("queue-pg-{}", &id[id.len() - 12..]));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        if is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["postgres:postgres", &dir.to_string_lossy()])
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the data directory");
+        }
+        let data = dir.to_string_lossy().into_owned();
+        run_pg(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        )
+        .await?;
+        let mut pg = PrivatePostgres { dir, port: 0 };
+        // A port found free may be taken before the server binds it.
+        let mut last = None;
+        for _ in 0..3 {
+            pg.port = free_port();
+            match pg.start().await {
+                Ok(()) => return Ok(pg),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three tries"))
+    }
+
+    /// The postmaster's pid, from its pid file.
+    fn postmaster(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+}
+
+#[async_trait]
+impl BrokerProcess for PrivatePostgres {
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// SIGKILL the postmaster and every process it started, as a crash of
+    /// the machine would stop them.
+    async fn kill(&mut self) -> Result<()> {
+        let Some(postmaster) = self.postmaster() else {
+            return Ok(());
+        };
+        let mut victims = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent pid is the 4th field, after the ")" closing the name.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if parent == Some(postmaster) {
+                victims.push(pid);
+            }
+        }
+        let pids: Vec<String> = victims.iter().map(i32::to_string).collect();
+        let status = tokio::process::Command::new("kill")
+            .arg("-9")
+            .args(&pids)
+            .status()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Other, format!("kill -9: {e}")))?;
+        if !status.success() {
+            return Err(Error::new(ErrorKind::Other, "kill -9 the server failed"));
+        }
+        // Gone once /proc no longer lists the postmaster.
+        while std::path::Path::new(&format!("/proc/{postmaster}")).exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        let data = self.dir.to_string_lossy().into_owned();
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            self.port, data
+        );
+        let log = format!("{data}/server.log");
+        run_pg(
+            "pg_ctl",
+            &[
+                "-D", &data, "-o", &options, "-l", &log, "-w", "-t", "60", "start",
+            ],
+        )
+        .await
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.to_string_lossy().into_owned();
+        let path = format!("{PG_BIN}/pg_ctl");
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let _ = if is_root() {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--", &path])
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&path).args(args).output()
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
