@@ -15,7 +15,8 @@
 //! - `cargo xtask ci`: format check, clippy with `-D warnings`, docs with
 //!   `-D warnings`, then `test`.
 //! - `cargo xtask bench <name>`: run a benchmark (`memory`, `worker`, `redis`,
-//!   `amqp`, `sqs`, `kafka`; `sqs` starts `moto_server`, `kafka` tansu).
+//!   `postgres`, `amqp`, `sqs`, `kafka`; `sqs` starts `moto_server`,
+//!   `kafka` tansu).
 //! - `cargo xtask soak [--minutes N] [--url URL]`: random cuts, blackholes
 //!   and worker kills under load for N minutes (default 5), invariants
 //!   checked, a summary printed (not part of CI).
@@ -37,6 +38,7 @@ commands:
   ci               fmt --check, clippy -D warnings, doc -D warnings, then test
   bench <name>     run a benchmark: memory (backend), worker (worker pool on memory),
                    redis (backend and worker pool on Redis, beside a raw redis-crate baseline)
+                   postgres (worker pool on PostgreSQL, beside a raw sqlx SKIP LOCKED loop)
                    amqp (backend and worker pool on RabbitMQ, beside a raw lapin baseline)
                    sqs (worker on moto_server beside a raw aws-sdk-sqs baseline, API requests counted)
                    kafka (worker pool on tansu beside a raw rdkafka baseline)
@@ -575,6 +577,13 @@ fn bench(backend: Option<&str>) -> Result<(), String> {
                 &[("QUEUE_BENCH_REDIS_URL", &url)],
             )
         }
+        Some("postgres") => {
+            let url = postgres_url()?;
+            cargo(
+                &["bench", "-p", "queue-postgres", "--bench", "postgres"],
+                &[("QUEUE_BENCH_POSTGRES_URL", &url)],
+            )
+        }
         Some("amqp") => {
             let url = amqp_url()?;
             cargo(
@@ -604,7 +613,7 @@ fn bench(backend: Option<&str>) -> Result<(), String> {
             )
         }
         Some(other) => Err(format!(
-            "no benchmark named {other:?}; available: memory, worker, redis, amqp, sqs, kafka, web"
+            "no benchmark named {other:?}; available: memory, worker, redis, postgres, amqp, sqs, kafka, web"
         )),
         None => Err(format!("bench needs a backend\n\n{USAGE}")),
     }

@@ -60,11 +60,13 @@ CREATE TABLE dead (
 CREATE INDEX dead_queue ON dead (queue, seq);
 CREATE INDEX dead_ids ON dead (queue, id);
 
--- Running totals, spread over 16 rows per queue so that connections do
--- not queue up on one row lock; stats sum them.
+-- Running totals, one row per queue and database session (its backend
+-- pid), so no session ever waits for another's row lock (a job sent in a
+-- long transaction holds its row until that transaction ends); stats sum
+-- them, and fold the rows of sessions that are gone into slot 0.
 CREATE TABLE counters (
     queue         text NOT NULL,
-    slot          smallint NOT NULL,
+    slot          integer NOT NULL,
     enqueued      bigint NOT NULL DEFAULT 0,
     acked         bigint NOT NULL DEFAULT 0,
     retried       bigint NOT NULL DEFAULT 0,
@@ -123,7 +125,7 @@ CREATE FUNCTION count_up(q text, enq bigint, ack bigint, ret bigint, dl bigint, 
 RETURNS void
 LANGUAGE sql SET search_path FROM CURRENT AS $$
     INSERT INTO counters AS c (queue, slot, enqueued, acked, retried, dead_lettered, expired, deduplicated)
-    VALUES (q, pg_backend_pid() % 16, enq, ack, ret, dl, exp, dup)
+    VALUES (q, pg_backend_pid(), enq, ack, ret, dl, exp, dup)
     ON CONFLICT (queue, slot) DO UPDATE SET
         enqueued = c.enqueued + excluded.enqueued,
         acked = c.acked + excluded.acked,
@@ -191,7 +193,10 @@ BEGIN
     END IF;
     added := cardinality(ids) - cardinality(dups);
     IF qrow.max_length IS NOT NULL THEN
-        SELECT count(*) INTO depth FROM jobs WHERE queue = q;
+        SELECT (SELECT count(*) FROM jobs WHERE queue = q AND state = 0)
+             + (SELECT count(*) FROM jobs WHERE queue = q AND state = 1)
+             + (SELECT count(*) FROM jobs WHERE queue = q AND state = 2)
+        INTO depth;
         IF depth + added > qrow.max_length THEN
             RAISE EXCEPTION 'queue % is full', q USING ERRCODE = 'QUFUL', DETAIL = depth::text;
         END IF;
@@ -225,6 +230,13 @@ DECLARE
     buried bigint;
     expired bigint;
 BEGIN
+    -- Most calls find nothing to do: look first, with one statement.
+    IF NOT EXISTS (SELECT 1 FROM jobs d WHERE d.queue = q AND d.state = 2 AND d.ready_at <= now_ts)
+       AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.queue = q AND l.state = 1 AND l.lease_until <= now_ts)
+       AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.queue = q AND e.expires_at <= now_ts AND e.state <> 1)
+    THEN
+        RETURN;
+    END IF;
     UPDATE jobs j SET state = 0
     FROM (SELECT d.seq FROM jobs d
           WHERE d.queue = q AND d.state = 2 AND d.ready_at <= now_ts
@@ -278,12 +290,15 @@ BEGIN
     END IF;
 END $$;
 
--- Claim up to n ready jobs of q, highest priority first and oldest first
--- within one, leased for lease_ms. With nothing to claim, one row of
--- nulls whose next_ms says when a delayed job falls due or a lease runs
--- out (null: nothing will happen by itself).
-CREATE FUNCTION claim(q text, n integer, lease_ms bigint)
-RETURNS TABLE (seq bigint, id uuid, token bigint, attempt bigint, last_error text,
+-- Ack the leased jobs ack_seqs[i] under ack_tokens[i] (the deliveries a
+-- worker finished), then claim up to n ready jobs of q, highest
+-- priority first and oldest first within one, leased for lease_ms: one
+-- round trip for both. Rows by kind: 0 a job claimed; 1 a job acked
+-- (those missing had lost their lease); 2, when nothing was claimed, how
+-- many milliseconds from now a delayed job falls due or a lease runs out
+-- (next_ms, on the database's clock; null: nothing will happen by itself).
+CREATE FUNCTION claim(q text, n integer, lease_ms bigint, ack_seqs bigint[], ack_tokens bigint[])
+RETURNS TABLE (kind smallint, seq bigint, id uuid, token bigint, attempt bigint, last_error text,
                expires_ms bigint, lease_ms_until bigint, body bytea, next_ms bigint)
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
@@ -291,13 +306,22 @@ DECLARE
     qrow queues;
     now_ts timestamptz := clock_timestamp();
 BEGIN
-    qrow := existing(q);
+    IF cardinality(ack_seqs) > 0 THEN
+        RETURN QUERY SELECT 1::smallint, a.seq, NULL::uuid, a.token, NULL::bigint, NULL::text,
+            NULL::bigint, NULL::bigint, NULL::bytea, NULL::bigint
+        FROM ack(ack_seqs, ack_tokens) a;
+    END IF;
+    SELECT * INTO qrow FROM queues WHERE name = q;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'queue % does not exist', q USING ERRCODE = 'QUMIS';
+    END IF;
     PERFORM maintain(q, now_ts);
-    IF NOT qrow.paused THEN
+    IF n > 0 AND NOT qrow.paused THEN
         RETURN QUERY
         WITH picked AS (
             SELECT r.seq FROM jobs r
             WHERE r.queue = q AND r.state = 0
+              AND (r.expires_at IS NULL OR r.expires_at > now_ts)
             ORDER BY r.rank, r.ready_at, r.seq
             LIMIT n FOR UPDATE SKIP LOCKED
         ), taken AS (
@@ -307,18 +331,19 @@ BEGIN
             RETURNING j.seq, j.id, j.token, j.attempt, j.last_error, j.expires_at,
                       j.lease_until, j.body, j.rank, j.ready_at
         )
-        SELECT t.seq, t.id, t.token, t.attempt, t.last_error, epoch_ms(t.expires_at),
+        SELECT 0::smallint, t.seq, t.id, t.token, t.attempt, t.last_error, epoch_ms(t.expires_at),
                epoch_ms(t.lease_until), t.body, NULL::bigint
         FROM taken t ORDER BY t.rank, t.ready_at, t.seq;
         IF FOUND THEN
             RETURN;
         END IF;
     END IF;
-    RETURN QUERY SELECT NULL::bigint, NULL::uuid, NULL::bigint, NULL::bigint, NULL::text,
+    RETURN QUERY SELECT 2::smallint, NULL::bigint, NULL::uuid, NULL::bigint, NULL::bigint, NULL::text,
         NULL::bigint, NULL::bigint, NULL::bytea,
         epoch_ms(least(
             (SELECT min(d.ready_at) FROM jobs d WHERE d.queue = q AND d.state = 2),
-            (SELECT min(l.lease_until) FROM jobs l WHERE l.queue = q AND l.state = 1)));
+            (SELECT min(l.lease_until) FROM jobs l WHERE l.queue = q AND l.state = 1)))
+        - epoch_ms(now_ts);
 END $$;
 
 -- Ack leased jobs (seqs[i] under tokens[i]); returns the jobs acked, as
@@ -331,7 +356,7 @@ LANGUAGE sql SET search_path FROM CURRENT AS $$
         RETURNING j.seq, j.token, j.queue
     ), counted AS (
         INSERT INTO counters AS c (queue, slot, acked)
-        SELECT g.queue, pg_backend_pid() % 16, count(*) FROM gone g GROUP BY g.queue
+        SELECT g.queue, pg_backend_pid(), count(*) FROM gone g GROUP BY g.queue
         ON CONFLICT (queue, slot) DO UPDATE SET acked = c.acked + excluded.acked
     )
     SELECT g.seq, g.token FROM gone g
@@ -404,7 +429,9 @@ BEGIN
     RETURN true;
 END $$;
 
--- Counts of q (after housekeeping, so they are exact).
+-- Counts of q (after housekeeping, so they are exact). Each count reads
+-- one partial index. The counter rows of sessions that have ended are
+-- folded into slot 0 on the way.
 CREATE FUNCTION stats(q text)
 RETURNS TABLE (ready bigint, delayed bigint, in_flight bigint, dead bigint,
                enqueued bigint, acked bigint, retried bigint, dead_lettered bigint,
@@ -415,26 +442,42 @@ DECLARE
     qrow queues;
     now_ts timestamptz := clock_timestamp();
 BEGIN
-    qrow := existing(q);
+    SELECT * INTO qrow FROM queues WHERE name = q;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'queue % does not exist', q USING ERRCODE = 'QUMIS';
+    END IF;
     PERFORM maintain(q, now_ts);
-    RETURN QUERY
-    WITH depth AS (
-        SELECT count(*) FILTER (WHERE j.state = 0) AS ready,
-               count(*) FILTER (WHERE j.state = 2) AS delayed,
-               count(*) FILTER (WHERE j.state = 1) AS in_flight,
-               min(j.since) FILTER (WHERE j.state = 0) AS oldest
-        FROM jobs j WHERE j.queue = q
+    WITH gone AS (
+        DELETE FROM counters c
+        WHERE c.queue = q AND c.slot <> 0
+          AND c.slot NOT IN (SELECT a.pid FROM pg_stat_activity a WHERE a.pid IS NOT NULL)
+          AND c.ctid IN (SELECT x.ctid FROM counters x WHERE x.queue = q AND x.slot <> 0
+                         FOR UPDATE SKIP LOCKED)
+        RETURNING c.*
     )
+    INSERT INTO counters AS k (queue, slot, enqueued, acked, retried, dead_lettered, expired, deduplicated)
+    SELECT q, 0, sum(g.enqueued), sum(g.acked), sum(g.retried), sum(g.dead_lettered),
+           sum(g.expired), sum(g.deduplicated)
+    FROM gone g HAVING count(*) > 0
+    ON CONFLICT (queue, slot) DO UPDATE SET
+        enqueued = k.enqueued + excluded.enqueued,
+        acked = k.acked + excluded.acked,
+        retried = k.retried + excluded.retried,
+        dead_lettered = k.dead_lettered + excluded.dead_lettered,
+        expired = k.expired + excluded.expired,
+        deduplicated = k.deduplicated + excluded.deduplicated;
+    RETURN QUERY
     SELECT
-        (SELECT d.ready FROM depth d),
-        (SELECT d.delayed FROM depth d),
-        (SELECT d.in_flight FROM depth d),
+        (SELECT count(*) FROM jobs j WHERE j.queue = q AND j.state = 0),
+        (SELECT count(*) FROM jobs j WHERE j.queue = q AND j.state = 2),
+        (SELECT count(*) FROM jobs j WHERE j.queue = q AND j.state = 1),
         (SELECT count(*) FROM dead x WHERE x.queue = q),
         coalesce(sum(c.enqueued), 0)::bigint, coalesce(sum(c.acked), 0)::bigint,
         coalesce(sum(c.retried), 0)::bigint, coalesce(sum(c.dead_lettered), 0)::bigint,
         coalesce(sum(c.expired), 0)::bigint, coalesce(sum(c.deduplicated), 0)::bigint,
         qrow.paused,
-        (SELECT CASE WHEN d.oldest IS NOT NULL THEN greatest(epoch_ms(now_ts) - epoch_ms(d.oldest), 0) END FROM depth d)
+        (SELECT greatest(epoch_ms(now_ts) - epoch_ms(min(j.since)), 0)
+         FROM jobs j WHERE j.queue = q AND j.state = 0 HAVING count(*) > 0)
     FROM counters c WHERE c.queue = q;
 END $$;
 

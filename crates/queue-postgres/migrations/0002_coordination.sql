@@ -48,9 +48,11 @@ CREATE TABLE coord_records (
 CREATE FUNCTION coord_now_us() RETURNS bigint
 LANGUAGE sql VOLATILE AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint $$;
 
--- Serialize the rest of the transaction with every other caller on `what`.
+-- Serialize the rest of the transaction with every other caller on `what`
+-- in this schema.
 CREATE FUNCTION coord_lock(what text) RETURNS void
-LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(hashtextextended('queue.coord:' || what, 0)) $$;
+LANGUAGE sql SET search_path FROM CURRENT
+AS $$ SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':coord:' || what, 0)) $$;
 
 -- Take the lease on n for h (or renew h's own, same token) for ttl_us:
 -- the token, or 0 while someone else holds it.
@@ -167,4 +169,28 @@ BEGIN
     INSERT INTO coord_records AS r (space, key, value) VALUES (sp, k, v)
     ON CONFLICT (space, key) DO UPDATE SET value = excluded.value;
     RETURN 1;
+END $$;
+
+-- Extend the lease n held by h with token tok by ttl_us: whether it was
+-- still held (under the name's lock, so a taker never sees it expired
+-- while a renewal is on its way).
+CREATE FUNCTION coord_lease_renew(n text, h text, tok bigint, ttl_us bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    now_ts timestamptz;
+BEGIN
+    PERFORM coord_lock('lease:' || n);
+    now_ts := clock_timestamp();
+    UPDATE coord_leases SET expires_at = now_ts + ttl_us * interval '1 microsecond'
+    WHERE name = n AND holder = h AND token = tok AND expires_at > now_ts;
+    RETURN FOUND;
+END $$;
+
+-- Give the lease n up if h holds it with token tok.
+CREATE FUNCTION coord_lease_release(n text, h text, tok bigint) RETURNS void
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM coord_lock('lease:' || n);
+    DELETE FROM coord_leases
+    WHERE name = n AND holder = h AND token = tok AND expires_at > clock_timestamp();
 END $$;

@@ -1,6 +1,7 @@
 -- The job store: one row per tracked job, with its status, attempts,
 -- result and errors, for the worker, the CLI and the dashboard. Times are
--- milliseconds since the Unix epoch on the database's clock.
+-- milliseconds since the Unix epoch: the submission time as the
+-- submitting process gave it, every later one on the database's clock.
 CREATE TABLE job_records (
     id              uuid PRIMARY KEY,
     queue           text NOT NULL,

@@ -81,6 +81,10 @@ impl PostgresBackend {
                 SchemaError::Queue(e) => e,
             })?;
         let _ = conn.close().await;
+        // The pool pings a connection before handing it out (bounded by
+        // the acquire timeout): a server that stopped answering fails the
+        // call within it instead of leaving a statement waiting on a
+        // silent socket.
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .min_connections(0)

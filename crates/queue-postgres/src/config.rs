@@ -22,7 +22,6 @@ const PARAMS: [&str; 6] = [
 /// Most connections one backend opens (`pool_size`), by default.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 
-#[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) connect: PgConnectOptions,
     pub(crate) schema: String,
@@ -30,6 +29,18 @@ pub(crate) struct Settings {
     pub(crate) migrate: bool,
     /// `host:port`, for errors (never the credentials).
     pub(crate) address: String,
+}
+
+impl std::fmt::Debug for Settings {
+    // The connect options hold the password: only the address is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("address", &self.address)
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("migrate", &self.migrate)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {
@@ -124,10 +135,14 @@ impl Settings {
     }
 }
 
-/// A schema name: 1 to 63 lowercase ASCII letters, digits or `_`,
-/// starting with a letter or `_` (so it needs no quoting anywhere).
+/// The longest schema name: the notification channel `queue_jobs:<schema>`
+/// must fit PostgreSQL's 63-byte identifiers.
+pub const MAX_SCHEMA_LEN: usize = 52;
+
+/// A schema name: 1 to [`MAX_SCHEMA_LEN`] lowercase ASCII letters, digits
+/// or `_`, starting with a letter or `_` (so it needs no quoting anywhere).
 pub(crate) fn check_schema(name: &str) -> Result<String> {
-    let fits = (1..=63).contains(&name.len())
+    let fits = (1..=MAX_SCHEMA_LEN).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -137,7 +152,7 @@ pub(crate) fn check_schema(name: &str) -> Result<String> {
         Ok(name.to_owned())
     } else {
         Err(Error::config(format!(
-            "schema: must be 1 to 63 of [a-z0-9_], not starting with a digit or pg_, got {name:?}"
+            "schema: must be 1 to {MAX_SCHEMA_LEN} of [a-z0-9_], not starting with a digit or pg_, got {name:?}"
         )))
     }
 }
@@ -175,6 +190,10 @@ mod tests {
                 "schema: must be",
             ),
             ("postgres://u:hunter2@h/db?schema=pg_x", "schema: must be"),
+            (
+                "postgres://u:hunter2@h/db?schema=a_schema_name_longer_than_fifty_two_bytes_in_all_xyzw",
+                "schema: must be 1 to 52",
+            ),
             (
                 "postgres://u:hunter2@h/db?pool_size=0",
                 "pool_size: must be",

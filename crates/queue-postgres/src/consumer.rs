@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use queue_core::error::cap_error_text;
-use queue_core::traits::{ack_each, split_own};
+use queue_core::traits::{ack_each, split_own, AckAndReceive};
 use queue_core::{
     envelope, Acker, Consumer, ConsumerOptions, DeadLetterReason, Delivery, DeliveryError, Error,
     Message, MessageId, QueueName, Result, StopFlag,
@@ -28,6 +28,16 @@ pub struct PostgresConsumer {
     /// Woken by the backend's listener when jobs of this queue arrive.
     notify: Arc<Notify>,
     stop: StopFlag,
+}
+
+/// What one call of `claim` gave.
+#[derive(Default)]
+struct Claim {
+    jobs: Vec<Claimed>,
+    /// The acks that landed, as (row, token).
+    acked: std::collections::HashSet<(i64, i64)>,
+    /// When nothing was claimed: when something falls due (ms).
+    next: Option<i64>,
 }
 
 /// One claimed row.
@@ -66,43 +76,112 @@ impl PostgresConsumer {
         })
     }
 
-    /// One call of the schema's `claim`: the rows claimed, or (none) when
-    /// the next delayed job falls due or lease runs out.
-    async fn claim(&self, max: usize) -> Result<(Vec<Claimed>, Option<i64>)> {
+    /// One call of the schema's `claim`: ack `acks` (row, token), then
+    /// claim up to `max` rows.
+    async fn claim(&self, max: usize, acks: &[(i64, i64)]) -> Result<Claim> {
         let shared = &self.ctx.shared;
+        let seqs: Vec<i64> = acks.iter().map(|(seq, _)| *seq).collect();
+        let tokens: Vec<i64> = acks.iter().map(|(_, token)| *token).collect();
         let rows = sqlx::query(&shared.sql.claim)
             .bind(self.ctx.name.as_str())
             .bind(i32::try_from(max).unwrap_or(i32::MAX))
             .bind(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4))
+            .bind(&seqs)
+            .bind(&tokens)
             .fetch_all(&shared.pool)
             .await
             .map_err(|e| self.ctx.error(e, "claiming"))?;
         let decode = |e| self.ctx.error(e, "reading claimed jobs");
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut next = None;
+        let mut claim = Claim::default();
         for row in rows {
-            let seq: Option<i64> = row.try_get(0).map_err(decode)?;
-            let Some(seq) = seq else {
-                next = row.try_get(8).map_err(decode)?;
-                continue;
-            };
-            claimed.push(Claimed {
-                seq,
-                id: row.try_get(1).map_err(decode)?,
-                token: row.try_get(2).map_err(decode)?,
-                attempt: row.try_get(3).map_err(decode)?,
-                last_error: row.try_get(4).map_err(decode)?,
-                expires_ms: row.try_get(5).map_err(decode)?,
-                lease_until_ms: row.try_get(6).map_err(decode)?,
-                body: row.try_get(7).map_err(decode)?,
-            });
+            let kind: i16 = row.try_get(0).map_err(decode)?;
+            match kind {
+                0 => claim.jobs.push(Claimed {
+                    seq: row.try_get(1).map_err(decode)?,
+                    id: row.try_get(2).map_err(decode)?,
+                    token: row.try_get(3).map_err(decode)?,
+                    attempt: row.try_get(4).map_err(decode)?,
+                    last_error: row.try_get(5).map_err(decode)?,
+                    expires_ms: row.try_get(6).map_err(decode)?,
+                    lease_until_ms: row.try_get(7).map_err(decode)?,
+                    body: row.try_get(8).map_err(decode)?,
+                }),
+                1 => {
+                    claim.acked.insert((
+                        row.try_get(1).map_err(decode)?,
+                        row.try_get(3).map_err(decode)?,
+                    ));
+                }
+                _ => claim.next = row.try_get(9).map_err(decode)?,
+            }
         }
-        Ok((claimed, next))
+        Ok(claim)
+    }
+
+    /// Ack `acks` with the first claim, then receive as
+    /// [`Consumer::receive`] does.
+    async fn ack_then_receive(
+        &self,
+        acks: Vec<((i64, i64), Delivery)>,
+        max: usize,
+        wait: Duration,
+    ) -> (Vec<DeliveryError>, Result<Vec<Delivery>>) {
+        let give_up_at = Instant::now() + wait;
+        let mut pending: Vec<(i64, i64)> = acks.iter().map(|(key, _)| *key).collect();
+        let mut acks = Some(acks);
+        let mut failed = Vec::new();
+        loop {
+            // Registered before the claim, so a job committed between the
+            // claim and the wait still wakes this one.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let claimed = match self.ctx.shared.check_open() {
+                Ok(()) => self.claim(max, &pending).await,
+                Err(e) => Err(e),
+            };
+            let claim = match claimed {
+                Ok(claim) => claim,
+                Err(e) => {
+                    for (_, delivery) in acks.take().unwrap_or_default() {
+                        failed.push(DeliveryError::new(e.clone_kind(), delivery));
+                    }
+                    return (failed, Err(e));
+                }
+            };
+            // The acks are settled: later rounds carry none.
+            pending.clear();
+            for (key, delivery) in acks.take().unwrap_or_default() {
+                if !claim.acked.contains(&key) {
+                    let error = Error::lease_lost(delivery.message().id);
+                    failed.push(DeliveryError::new(error, delivery));
+                }
+            }
+            let any = !claim.jobs.is_empty();
+            let batch = self.deliver(claim.jobs).await;
+            let now = Instant::now();
+            if !batch.is_empty() || now >= give_up_at || self.stop.is_stopped() {
+                return (failed, Ok(batch));
+            }
+            if any {
+                // Everything claimed was undecodable: look again at once.
+                continue;
+            }
+            let mut wake_at = give_up_at.min(now + SAFETY_POLL);
+            if let Some(ms) = claim.next {
+                wake_at = wake_at.min(instant_in_ms(ms));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+                () = self.stop.stopped() => {}
+            }
+        }
     }
 
     /// The deliveries of claimed rows; a row whose body is an envelope
     /// that does not decode is dead-lettered (reason `decode`) instead.
-    async fn deliver(&self, claimed: Vec<Claimed>) -> Result<Vec<Delivery>> {
+    async fn deliver(&self, claimed: Vec<Claimed>) -> Vec<Delivery> {
         let mut out = Vec::with_capacity(claimed.len());
         for row in claimed {
             let acker = PostgresAcker {
@@ -118,15 +197,24 @@ impl PostgresConsumer {
                     Box::new(acker),
                 )),
                 Err(e) => {
-                    tracing::warn!(queue = %self.ctx.name, error = %e, "undecodable job dead-lettered");
                     let attempts = u32::try_from(row.attempt.saturating_sub(1)).unwrap_or(u32::MAX);
-                    acker
+                    match acker
                         .bury(&DeadLetterReason::Decode, attempts, Some(e.message()))
-                        .await?;
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::warn!(queue = %self.ctx.name, error = %e, "undecodable job dead-lettered");
+                        }
+                        // It stays leased and comes back when its lease runs
+                        // out; the rest of the batch is delivered.
+                        Err(bury) => {
+                            tracing::warn!(queue = %self.ctx.name, error = %e, bury = %bury, "undecodable job not dead-lettered yet");
+                        }
+                    }
                 }
             }
         }
-        Ok(out)
+        out
     }
 }
 
@@ -149,12 +237,11 @@ fn message_of(row: &Claimed) -> Result<Message> {
     Ok(message)
 }
 
-/// The `Instant` of database time `ms`, never in the past.
-fn instant_of_ms(ms: i64) -> Instant {
-    let wait = time_of_ms(ms)
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Instant::now() + wait + Duration::from_millis(1)
+/// The `Instant` `ms` milliseconds from now (as the database counted
+/// them: its clock, not this host's, says when something falls due), at
+/// least a millisecond ahead.
+fn instant_in_ms(ms: i64) -> Instant {
+    Instant::now() + Duration::from_millis(u64::try_from(ms).unwrap_or(0).max(1))
 }
 
 #[async_trait]
@@ -165,34 +252,34 @@ impl Consumer for PostgresConsumer {
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         self.ctx.shared.capabilities.check_receive(max)?;
-        let give_up_at = Instant::now() + wait;
-        loop {
-            // Registered before the claim, so a job committed between the
-            // claim and the wait still wakes this one.
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            self.ctx.shared.check_open()?;
-            let (claimed, next) = self.claim(max).await?;
-            let any = !claimed.is_empty();
-            let batch = self.deliver(claimed).await?;
-            let now = Instant::now();
-            if !batch.is_empty() || now >= give_up_at || self.stop.is_stopped() {
-                return Ok(batch);
-            }
-            if any {
-                // Everything claimed was undecodable: look again at once.
-                continue;
-            }
-            let mut wake_at = give_up_at.min(now + SAFETY_POLL);
-            if let Some(ms) = next {
-                wake_at = wake_at.min(instant_of_ms(ms));
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(wake_at) => {}
-                () = self.stop.stopped() => {}
-            }
+        self.ack_then_receive(Vec::new(), max, wait).await.1
+    }
+
+    /// Acks and claims in one call of the schema's `claim`.
+    fn fuses_ack_and_receive(&self) -> bool {
+        true
+    }
+
+    async fn ack_and_receive(
+        &self,
+        acks: Vec<Delivery>,
+        max: usize,
+        wait: Duration,
+    ) -> AckAndReceive {
+        if let Err(e) = self.ctx.shared.capabilities.check_receive(max) {
+            return AckAndReceive {
+                acked: self.ack_batch(acks).await,
+                received: Err(e),
+            };
+        }
+        let shared = &self.ctx.shared;
+        let (ours, foreign) = split_own(acks, |acker: &PostgresAcker| {
+            Arc::ptr_eq(&acker.ctx.shared, shared).then_some((acker.seq, acker.token))
+        });
+        let (failed, received) = self.ack_then_receive(ours, max, wait).await;
+        AckAndReceive {
+            acked: ack_each(foreign, failed).await,
+            received,
         }
     }
 

@@ -106,33 +106,25 @@ impl Coordination for PostgresCoordination {
 
     async fn renew_lease(&self, lease: &Lease) -> Result<bool> {
         self.shared.check_open()?;
-        let renewed = sqlx::query(&self.sql(
-            "UPDATE {s}.coord_leases \
-             SET expires_at = clock_timestamp() + $4 * interval '1 microsecond' \
-             WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp()",
-        ))
-        .bind(&lease.name)
-        .bind(&lease.holder)
-        .bind(i64::try_from(lease.token).unwrap_or(i64::MAX))
-        .bind(micros(lease.ttl, MAX_TTL))
-        .execute(&self.shared.pool)
-        .await
-        .map_err(self.fail("renewing a lease"))?;
-        Ok(renewed.rows_affected() == 1)
+        sqlx::query_scalar(&self.sql("SELECT {s}.coord_lease_renew($1, $2, $3, $4)"))
+            .bind(&lease.name)
+            .bind(&lease.holder)
+            .bind(i64::try_from(lease.token).unwrap_or(i64::MAX))
+            .bind(micros(lease.ttl, MAX_TTL))
+            .fetch_one(&self.shared.pool)
+            .await
+            .map_err(self.fail("renewing a lease"))
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         self.shared.check_open()?;
-        sqlx::query(&self.sql(
-            "DELETE FROM {s}.coord_leases \
-             WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > clock_timestamp()",
-        ))
-        .bind(&lease.name)
-        .bind(&lease.holder)
-        .bind(i64::try_from(lease.token).unwrap_or(i64::MAX))
-        .execute(&self.shared.pool)
-        .await
-        .map_err(self.fail("releasing a lease"))?;
+        sqlx::query(&self.sql("SELECT {s}.coord_lease_release($1, $2, $3)"))
+            .bind(&lease.name)
+            .bind(&lease.holder)
+            .bind(i64::try_from(lease.token).unwrap_or(i64::MAX))
+            .execute(&self.shared.pool)
+            .await
+            .map_err(self.fail("releasing a lease"))?;
         Ok(())
     }
 

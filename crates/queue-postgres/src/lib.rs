@@ -38,8 +38,9 @@
 //! ```
 //!
 //! A plain SQL client can enqueue too: `INSERT INTO queue.jobs (queue,
-//! body) VALUES ('emails', '...')` queues an envelope as it is and any
-//! other bytes as a raw payload, and wakes waiting consumers at commit.
+//! body) VALUES ('emails', '...')` queues the bytes as a raw payload (the
+//! row's columns, with their defaults, decide its priority, attempts and
+//! timing), and wakes waiting consumers at commit.
 //! The schema, every function and what each operation costs are
 //! described in `docs/backends/postgres.md`.
 //!
@@ -75,7 +76,7 @@ mod shared;
 mod store;
 
 pub use crate::backend::PostgresBackend;
-pub use crate::config::DEFAULT_POOL_SIZE;
+pub use crate::config::{DEFAULT_POOL_SIZE, MAX_SCHEMA_LEN};
 pub use crate::consumer::PostgresConsumer;
 pub use crate::coordination::PostgresCoordination;
 pub use crate::producer::PostgresProducer;

@@ -32,8 +32,8 @@ impl Sql {
                 "SELECT idx, first FROM {s}.send($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             ),
             claim: format!(
-                "SELECT seq, id, token, attempt, last_error, expires_ms, lease_ms_until, body, next_ms \
-                 FROM {s}.claim($1, $2, $3)"
+                "SELECT kind, seq, id, token, attempt, last_error, expires_ms, lease_ms_until, body, \
+                 next_ms FROM {s}.claim($1, $2, $3, $4, $5)"
             ),
             ack: format!("SELECT seq, token FROM {s}.ack($1, $2)"),
             retry: format!("SELECT {s}.retry($1, $2, $3, $4)"),
@@ -48,7 +48,6 @@ impl Sql {
     }
 }
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) capabilities: Capabilities,
     pub(crate) pool: PgPool,
@@ -72,6 +71,18 @@ pub(crate) struct Shared {
 /// before it looks again: a safety net for a notification lost while the
 /// listener reconnects, not a polling loop.
 pub(crate) const SAFETY_POLL: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for Shared {
+    // The pool's options hold the password: only the address is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("address", &self.address)
+            .field("schema", &self.schema)
+            .field("lease", &self.lease)
+            .field("closed", &self.closed.is_closed())
+            .finish_non_exhaustive()
+    }
+}
 
 impl Shared {
     #[allow(clippy::too_many_arguments)]

@@ -87,6 +87,9 @@ async fn a_job_belongs_to_its_transaction() {
         return;
     };
     let backend = &schema.backend;
+    // Its Debug form names no credentials (and no connect options).
+    let shown = format!("{backend:?} {:?}", backend.job_store());
+    assert!(!shown.contains("password"), "{shown}");
     let queue = QueueName::new("orders").expect("name");
     let producer = backend.postgres_producer(&queue).await.expect("producer");
     let (worker, mut runs) = worker(backend, &queue).await;
