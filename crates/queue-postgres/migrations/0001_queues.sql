@@ -321,7 +321,6 @@ BEGIN
         WITH picked AS (
             SELECT r.seq FROM jobs r
             WHERE r.queue = q AND r.state = 0
-              AND (r.expires_at IS NULL OR r.expires_at > now_ts)
             ORDER BY r.rank, r.ready_at, r.seq
             LIMIT n FOR UPDATE SKIP LOCKED
         ), taken AS (
@@ -379,7 +378,7 @@ BEGIN
     IF q IS NULL THEN
         RETURN false;
     END IF;
-    PERFORM count_up(q, 0, 0, 0, 1, 0, 0);
+    PERFORM count_up(q, 0, 0, 0, 1, CASE WHEN why = 'expired' THEN 1 ELSE 0 END, 0);
     RETURN true;
 END $$;
 
