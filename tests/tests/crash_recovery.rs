@@ -154,6 +154,10 @@ macro_rules! crash_recovery_on {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             if let Some(url) = broker_url($var) {
+                // PostgreSQL: a schema of the test's own, dropped afterwards.
+                let schema = ($var == "QUEUE_TEST_POSTGRES_URL")
+                    .then(|| queue_tests::TempSchema::new(&url, "qt_crash"));
+                let url = schema.as_ref().map_or(url, queue_tests::TempSchema::url);
                 crash_recovery(&url).await;
             }
         }

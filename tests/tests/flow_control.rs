@@ -446,6 +446,10 @@ macro_rules! flow_control_on {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             let Some(url) = broker_url($var) else { return };
+            // PostgreSQL: a schema of the test's own, dropped afterwards.
+            let schema = ($var == "QUEUE_TEST_POSTGRES_URL")
+                .then(|| queue_tests::TempSchema::new(&url, "qt_flow"));
+            let url = schema.as_ref().map_or(url, queue_tests::TempSchema::url);
             let store = if $needs_store {
                 let Some(redis) = broker_url("QUEUE_TEST_REDIS_URL") else { return };
                 Some(redis)

@@ -167,9 +167,16 @@ DECLARE
     depth bigint;
     added bigint;
 BEGIN
-    qrow := existing(q);
+    -- A key-share lock on the queue's row: a delete_queue waits for this
+    -- send's transaction, and a send after it finds the queue gone.
+    SELECT * INTO qrow FROM queues WHERE name = q FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'queue % does not exist', q USING ERRCODE = 'QUMIS';
+    END IF;
     IF window_ms > 0 THEN
-        FOR i IN SELECT s FROM generate_subscripts(ids, 1) s WHERE keys[s] <> '' ORDER BY s LOOP
+        -- Keys in one order for every session (not the batch's), so two
+        -- batches with the same keys never wait for each other in a cycle.
+        FOR i IN SELECT s FROM generate_subscripts(ids, 1) s WHERE keys[s] <> '' ORDER BY keys[s], s LOOP
             fresh := false;
             INSERT INTO idempotency AS k (queue, key, id, expires_at)
             VALUES (q, keys[i], ids[i], now_ts + window_ms * interval '1 millisecond')
@@ -412,13 +419,14 @@ BEGIN
     RETURN 'retried';
 END $$;
 
--- Hand a leased job back unchanged: ready at once, in its old place.
+-- Hand a leased job back unchanged: ready at once, ahead of its priority
+-- (it was never worked on).
 CREATE FUNCTION release(s bigint, t bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     q text;
 BEGIN
-    UPDATE jobs SET state = 0, lease_until = NULL
+    UPDATE jobs SET state = 0, lease_until = NULL, ready_at = '-infinity'
     WHERE seq = s AND token = t AND state = 1
     RETURNING queue INTO q;
     IF q IS NULL THEN

@@ -80,6 +80,14 @@ impl Admin for PostgresBackend {
         let s = &self.shared.schema;
         let error = self.queue_error(queue, "deleting the queue");
         let mut tx = self.shared.pool.begin().await.map_err(&error)?;
+        // The queue's row first: it waits for the sends still holding it
+        // (a key-share lock), and each later statement, reading afresh,
+        // sees what they wrote.
+        sqlx::query(&format!("DELETE FROM {s}.queues WHERE name = $1"))
+            .bind(queue.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(&error)?;
         for table in ["jobs", "dead", "counters", "idempotency"] {
             sqlx::query(&format!("DELETE FROM {s}.{table} WHERE queue = $1"))
                 .bind(queue.as_str())
@@ -87,11 +95,6 @@ impl Admin for PostgresBackend {
                 .await
                 .map_err(&error)?;
         }
-        sqlx::query(&format!("DELETE FROM {s}.queues WHERE name = $1"))
-            .bind(queue.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(&error)?;
         // Waiting consumers look again, and find the queue gone.
         sqlx::query(&format!("SELECT {s}.wake($1)"))
             .bind(queue.as_str())

@@ -188,6 +188,17 @@ async fn prepare_schema(
     migrate: bool,
 ) -> std::result::Result<(), SchemaError> {
     let ours = PostgresBackend::schema_version();
+    // A keyword (`user`, `order`) passes the character check but would
+    // need quoting in every statement.
+    let plain: bool = sqlx::query_scalar("SELECT quote_ident($1) = $1")
+        .bind(schema)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !plain {
+        return Err(SchemaError::Queue(Error::config(format!(
+            "schema: {schema:?} is an SQL keyword; choose another name"
+        ))));
+    }
     if migrate {
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATION_LOCK)

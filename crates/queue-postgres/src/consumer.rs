@@ -247,11 +247,20 @@ fn message_of(row: &Claimed) -> Result<Message> {
 }
 
 /// The `Instant` `ms` milliseconds from now (as the database counted
-/// them: its clock, not this host's, says when something falls due), at
-/// least a millisecond ahead.
+/// them: its clock, not this host's, says when something falls due). An
+/// event already due that the claim's housekeeping left (its row held by
+/// another session) is looked at again after [`HELD_RETRY`], not in a
+/// loop.
 fn instant_in_ms(ms: i64) -> Instant {
-    Instant::now() + Duration::from_millis(u64::try_from(ms).unwrap_or(0).max(1))
+    let wait = match u64::try_from(ms) {
+        Ok(ms) if ms > 0 => Duration::from_millis(ms),
+        _ => HELD_RETRY,
+    };
+    Instant::now() + wait
 }
+
+/// How soon a consumer looks again at an event that was due but held.
+const HELD_RETRY: Duration = Duration::from_millis(50);
 
 #[async_trait]
 impl Consumer for PostgresConsumer {

@@ -36,6 +36,8 @@ pub(crate) fn classify(e: sqlx::Error, doing: &str, address: &str) -> Error {
             Some("57014") => ErrorKind::Timeout,
             // Server shutting down, crash, cannot connect now.
             Some("57P01" | "57P02" | "57P03") => ErrorKind::Connection,
+            // Class 08: connection exceptions.
+            Some(code) if code.starts_with("08") => ErrorKind::Connection,
             // No such database.
             Some("3D000") => ErrorKind::Config,
             // Value too long, bad encoding.

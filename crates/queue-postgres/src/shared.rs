@@ -179,13 +179,13 @@ impl Drop for Shared {
 /// Pass each notification of the schema's channel to the consumers of its
 /// queue. When the connection breaks the listener reconnects on its own;
 /// notifications sent meanwhile are lost, so every consumer looks again.
-async fn listen(shared: Weak<Shared>, stop: Arc<StopFlag>, mut listener: PgListener) {
+async fn listen(shared_ref: Weak<Shared>, stop: Arc<StopFlag>, mut listener: PgListener) {
     loop {
         let next = tokio::select! {
             () = stop.stopped() => return,
             next = listener.try_recv() => next,
         };
-        let Some(shared) = shared.upgrade() else {
+        let Some(shared) = shared_ref.upgrade() else {
             return;
         };
         match next {
@@ -194,10 +194,18 @@ async fn listen(shared: Weak<Shared>, stop: Arc<StopFlag>, mut listener: PgListe
             Err(e) => {
                 tracing::warn!(error = %e, "postgres notification listener failed; retrying");
                 shared.wake_all();
+                let channel = shared.channel();
                 drop(shared);
                 tokio::select! {
                     () = stop.stopped() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                // Listening again reconnects; what was sent meanwhile was
+                // lost, so every consumer looks once more.
+                if listener.listen(&channel).await.is_ok() {
+                    if let Some(shared) = shared_ref.upgrade() {
+                        shared.wake_all();
+                    }
                 }
             }
         }

@@ -154,6 +154,19 @@ async fn a_job_belongs_to_its_transaction() {
     schema.drop_schema().await;
 }
 
+#[tokio::test]
+async fn a_schema_named_like_a_keyword_is_refused() {
+    let Some(base) = broker_url("QUEUE_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let joiner = if base.contains('?') { '&' } else { '?' };
+    let error = PostgresBackend::connect(&format!("{base}{joiner}schema=user"))
+        .await
+        .expect_err("a keyword");
+    assert_eq!(error.kind(), queue_core::ErrorKind::Config, "{error}");
+    assert!(error.message().contains("keyword"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_consumer_is_woken_by_the_commit() {
     let Some(schema) = Schema::new().await else {

@@ -104,14 +104,14 @@ pub async fn connect_config(config: &QueueConfig) -> Result<Arc<dyn Backend>> {
 }
 
 /// The environment variable naming the coordination store of backends
-/// that keep none (RabbitMQ, SQS, Kafka): a Redis URL.
+/// that keep none (RabbitMQ, SQS, Kafka): a Redis or PostgreSQL URL.
 pub const COORDINATION_URL_VAR: &str = "QUEUE_COORDINATION_URL";
 
 /// Connect the coordination store a URL names (leases, rate windows,
 /// fleet-wide slots: what periodic jobs, rate limits and global
 /// concurrency need; see [`coordination`]): the store of the backend at
-/// that URL (`redis://`, `rediss://`; `memory://` gives a store of this
-/// process only). A backend that keeps no such state (RabbitMQ, SQS,
+/// that URL (`redis://`, `rediss://`, `postgres://`; `memory://` gives a
+/// store of this process only). A backend that keeps no such state (RabbitMQ, SQS,
 /// Kafka) is a [`ErrorKind::Config`] error naming what to give instead.
 ///
 /// ```
@@ -125,7 +125,7 @@ pub async fn connect_coordination(url: &str) -> Result<Arc<dyn Coordination>> {
     let backend = connect(url).await?;
     backend.coordination().ok_or_else(|| {
         Error::config(format!(
-            "{COORDINATION_URL_VAR}: the {} backend keeps no coordination state: give a redis:// URL",
+            "{COORDINATION_URL_VAR}: the {} backend keeps no coordination state: give a redis:// or postgres:// URL",
             backend.capabilities().backend
         ))
     })

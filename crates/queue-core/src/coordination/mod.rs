@@ -362,7 +362,7 @@ pub fn needs_store(feature: &str, backend: &str) -> Error {
         ErrorKind::Unsupported,
         format!(
             "{feature} needs state shared by every worker, which {backend} does not keep: \
-             give a coordination store (`QUEUE_COORDINATION_URL=redis://...`, or \
+             give a coordination store (`QUEUE_COORDINATION_URL=redis://...` or `postgres://...`, or \
              `.coordination(store)` on the builder)"
         ),
     )
