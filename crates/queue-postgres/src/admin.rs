@@ -14,24 +14,24 @@ use sqlx::Row as _;
 
 use crate::backend::PostgresBackend;
 use crate::consumer::time_of_ms;
+use crate::ctx::missing;
 
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
 impl PostgresBackend {
-    /// Run `sql` with `queue` as `$1`, mapping errors (a missing queue is
-    /// named as such).
-    fn queue_error(&self, queue: &QueueName, doing: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
-        let name = queue.as_str().to_owned();
-        let doing = doing.to_owned();
+    /// The mapping of a driver error of an operation on `queue` (a
+    /// missing queue is named as such).
+    fn queue_error<'a>(
+        &'a self,
+        queue: &'a QueueName,
+        doing: &'a str,
+    ) -> impl Fn(sqlx::Error) -> Error + 'a {
         move |e| {
-            let error = self.shared.error(e, &doing);
+            let error = self.shared.error(e, doing);
             if error.kind() == ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!("queue {name:?} does not exist"),
-                )
+                missing(queue)
             } else {
                 error
             }
@@ -350,10 +350,7 @@ impl PostgresBackend {
         .await
         .map_err(self.queue_error(queue, "pausing"))?;
         if changed.rows_affected() == 0 {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("queue {:?} does not exist", queue.as_str()),
-            ));
+            return Err(missing(queue));
         }
         Ok(())
     }

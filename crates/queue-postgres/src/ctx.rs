@@ -33,10 +33,7 @@ impl QueueCtx {
     }
 
     pub(crate) fn missing(&self) -> Error {
-        Error::new(
-            ErrorKind::NotFound,
-            format!("queue {:?} does not exist", self.name.as_str()),
-        )
+        missing(&self.name)
     }
 
     /// A driver error of an operation on this queue: a missing queue is
@@ -49,4 +46,12 @@ impl QueueCtx {
             error
         }
     }
+}
+
+/// The error for an operation on `queue`, which does not exist.
+pub(crate) fn missing(queue: &QueueName) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("queue {:?} does not exist", queue.as_str()),
+    )
 }

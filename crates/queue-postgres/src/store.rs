@@ -2,7 +2,7 @@
 //! `job_records`), one statement or function call per operation.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use queue_core::store::{AttemptError, JobCursor, JobPage, JobQuery, JobStats};
@@ -13,6 +13,7 @@ use queue_core::{
 use sqlx::postgres::PgRow;
 use sqlx::Row as _;
 
+use crate::consumer::time_of_ms;
 use crate::shared::Shared;
 
 /// Job records kept in the backend's schema and shared by every process
@@ -33,10 +34,6 @@ const COLUMNS: &str = "id, queue, status, priority, attempts, max_attempts, resu
 fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn time_of(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 impl PostgresJobStore {
@@ -95,16 +92,16 @@ impl PostgresJobStore {
             serde_json::from_str(&errors).map_err(|_| corrupt("errors"))?;
         record.errors = errors
             .into_iter()
-            .map(|(attempt, at, error)| AttemptError::new(attempt, time_of(at), error))
+            .map(|(attempt, at, error)| AttemptError::new(attempt, time_of_ms(at), error))
             .collect();
         record.idempotency_key = row.try_get(9).map_err(&fail)?;
         record.name = row.try_get(10).map_err(&fail)?;
-        record.created_at = time_of(row.try_get(11).map_err(&fail)?);
-        record.updated_at = time_of(row.try_get(12).map_err(&fail)?);
+        record.created_at = time_of_ms(row.try_get(11).map_err(&fail)?);
+        record.updated_at = time_of_ms(row.try_get(12).map_err(&fail)?);
         let started: Option<i64> = row.try_get(13).map_err(&fail)?;
-        record.started_at = started.map(time_of);
+        record.started_at = started.map(time_of_ms);
         let finished: Option<i64> = row.try_get(14).map_err(&fail)?;
-        record.finished_at = finished.map(time_of);
+        record.finished_at = finished.map(time_of_ms);
         Ok(record)
     }
 
