@@ -12,7 +12,7 @@
 //! - Global concurrency 3 with concurrency 10 per process: never more than
 //!   3 jobs running at once; a process SIGKILLed while it holds a slot
 //!   gives it back within the slot's lease.
-//! - Group fairness (where it is native: Redis): 1,000 jobs of group A
+//! - Group fairness (where it is native: Redis, PostgreSQL): 1,000 jobs of group A
 //!   queued before 10 of group B, then a worker process starts: all of B
 //!   are done within the first 40 completions. With a group limit of 2
 //!   (jobs of 30 ms, groups A and B): never more than 2 of one group run
@@ -483,4 +483,6 @@ flow_control_on! {
     // `group_limit` check that on each).
     groups_take_turns_redis => groups_take_turns, "QUEUE_TEST_REDIS_URL", false,
     group_limit_redis => group_limit, "QUEUE_TEST_REDIS_URL", false,
+    groups_take_turns_postgres => groups_take_turns, "QUEUE_TEST_POSTGRES_URL", false,
+    group_limit_postgres => group_limit, "QUEUE_TEST_POSTGRES_URL", false,
 }

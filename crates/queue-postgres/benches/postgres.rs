@@ -18,6 +18,8 @@
 //!   tasks of single-row `INSERT`s.
 //! - pickup latency: a producer offers 1,000 single sends/s (open load)
 //!   to a worker; p50/p99 from send to handler start.
+//! - groups: three rounds of concurrency-100 runs without groups, in 100
+//!   groups, and in 100 groups with a limit of 10 per group (medians).
 //! - backlog: 1,000,000 queued jobs processed, against 10,000 (the median
 //!   of five runs); the jobs table's and its indexes' sizes after the
 //!   million have passed through, before and after a `VACUUM`.
@@ -279,6 +281,18 @@ fn main() {
             latency.achieved_rate, latency.p50_us, latency.p99_us, latency.max_us
         );
 
+        let groups = bench::group_runs(&backend, "bench-groups", JOBS, PAYLOAD, CONCURRENCY, 10)
+            .await
+            .expect("grouped runs");
+        eprintln!(
+            "groups: {:.0}/s in 100 groups ({:.2} of {:.0}/s without groups), {:.0}/s with a limit of 10 per group ({:.2})",
+            groups.in_100_groups_per_second,
+            groups.ratio,
+            groups.without_per_second,
+            groups.limited_per_second,
+            groups.limit_ratio
+        );
+
         let mut smalls = Vec::new();
         for _ in 0..5 {
             smalls.push(backlog(&backend, 10_000).await);
@@ -331,6 +345,14 @@ fn main() {
             latency.p99_us / 1000.0
         );
         println!(
+            "groups (concurrency 100): in 100 groups {:.0} jobs/s, with a limit of 10 per group {:.0}, against {:.0} without groups: median ratios {:.2} and {:.2}",
+            groups.in_100_groups_per_second,
+            groups.limited_per_second,
+            groups.without_per_second,
+            groups.ratio,
+            groups.limit_ratio
+        );
+        println!(
             "jobs table after 1,000,000 jobs passed through: heap {:.1} MiB, indexes {:.1} MiB; after VACUUM: {:.1} MiB and {:.1} MiB",
             mib(heap),
             mib(indexes),
@@ -357,6 +379,7 @@ fn main() {
                 "one_at_a_time": { "worker_per_second": one, "ratio": one / raw_one },
                 "single_sends_per_second": singles,
                 "pickup": latency,
+                "groups": groups,
                 "backlog": { "jobs_10k_per_second": small, "jobs_1m_per_second": large, "ratio": ratio },
                 "table_after_1m": { "heap_bytes": heap, "index_bytes": indexes, "heap_bytes_vacuumed": heap_vacuumed, "index_bytes_vacuumed": indexes_vacuumed },
                 "targets_met": checks.iter().all(|(_, met)| *met),

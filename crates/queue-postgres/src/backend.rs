@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use queue_core::{
-    Admin, Backend, Capabilities, Consumer, ConsumerOptions, Coordinated, Error, ErrorKind,
-    HealthStatus, Ordering, Producer, QueueConfig, QueueName, Result,
+    Admin, Backend, Capabilities, Consumer, ConsumerOptions, Error, ErrorKind, HealthStatus,
+    Ordering, Producer, QueueConfig, QueueName, Result,
 };
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::Connection as _;
@@ -102,6 +102,7 @@ impl PostgresBackend {
                 config.lease,
                 config.idempotency_window,
                 config.connect_timeout,
+                config.request_timeout,
                 address,
             )),
         })
@@ -340,7 +341,6 @@ impl PostgresBackend {
 /// database (the coordination store included), exact, FIFO per priority.
 fn capabilities(max_payload: usize, idempotency_window: Duration) -> Capabilities {
     let mut caps = Capabilities::native("postgres");
-    caps.group_fairness = Coordinated::Unsupported;
     caps.ordering = Ordering::FifoPerPriority;
     caps.max_payload = max_payload.min(MAX_PAYLOAD);
     caps.max_headers = Some(u16::MAX as usize);

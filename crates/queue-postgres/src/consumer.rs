@@ -25,6 +25,9 @@ use crate::shared::{Shared, SAFETY_POLL};
 pub struct PostgresConsumer {
     ctx: Arc<QueueCtx>,
     lease: Duration,
+    /// The most jobs of one group this consumer's queue has leased at
+    /// once (0: no limit).
+    group_limit: i32,
     /// Woken by the backend's listener when jobs of this queue arrive.
     notify: Arc<Notify>,
     stop: StopFlag,
@@ -71,6 +74,9 @@ impl PostgresConsumer {
         Ok(PostgresConsumer {
             ctx,
             lease,
+            group_limit: options
+                .group_limit
+                .map_or(0, |limit| i32::try_from(limit).unwrap_or(i32::MAX)),
             notify,
             stop: StopFlag::default(),
         })
@@ -82,14 +88,22 @@ impl PostgresConsumer {
         let shared = &self.ctx.shared;
         let seqs: Vec<i64> = acks.iter().map(|(seq, _)| *seq).collect();
         let tokens: Vec<i64> = acks.iter().map(|(_, token)| *token).collect();
-        let rows = sqlx::query(&shared.sql.claim)
+        let mut conn = shared
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.ctx.error(e, "claiming"))?;
+        let call = sqlx::query(&shared.sql.claim)
             .bind(self.ctx.name.as_str())
             .bind(i32::try_from(max).unwrap_or(i32::MAX))
             .bind(i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 4))
             .bind(&seqs)
             .bind(&tokens)
-            .fetch_all(&shared.pool)
-            .await
+            .bind(self.group_limit)
+            .fetch_all(&mut *conn);
+        let rows = shared
+            .bounded(call, "claiming")
+            .await?
             .map_err(|e| self.ctx.error(e, "claiming"))?;
         let decode = |e| self.ctx.error(e, "reading claimed jobs");
         let mut claim = Claim::default();

@@ -50,6 +50,12 @@
 //! fleet-wide concurrency need, in the same schema, so those features
 //! work on PostgreSQL alone.
 //!
+//! Jobs with groups (`Message::with_group`) take turns, as on Redis: a
+//! grouped job's position in the claim order is one after its group's
+//! last ready job, so a tenant's long backlog does not hold the others
+//! back, and a consumer may cap how many of one group it holds
+//! (`ConsumerOptions::with_group_limit`).
+//!
 //! [`PostgresBackend::job_store`] (also `Backend::default_job_store`) is
 //! a [`PostgresJobStore`]: job records (status, attempts, result, errors)
 //! in the same schema, for the worker, `queue jobs` and the dashboard.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use queue_core::{Capabilities, CloseFlag, Error, QueueName, Result, StopFlag};
+use queue_core::{Capabilities, CloseFlag, Error, ErrorKind, QueueName, Result, StopFlag};
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::{Notify, OnceCell};
 
@@ -33,7 +33,7 @@ impl Sql {
             ),
             claim: format!(
                 "SELECT kind, seq, id, token, attempt, last_error, expires_ms, lease_ms_until, body, \
-                 next_ms FROM {s}.claim($1, $2, $3, $4, $5)"
+                 next_ms FROM {s}.claim($1, $2, $3, $4, $5, $6)"
             ),
             ack: format!("SELECT seq, token FROM {s}.ack($1, $2)"),
             retry: format!("SELECT {s}.retry($1, $2, $3, $4)"),
@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) lease: Duration,
     pub(crate) idempotency_window: Duration,
     pub(crate) connect_timeout: Duration,
+    /// The server's `statement_timeout` ([`bounded`](Self::bounded)).
+    request_timeout: Duration,
     /// `host:port`, for errors (never the credentials).
     pub(crate) address: String,
     pub(crate) closed: CloseFlag,
@@ -93,6 +95,7 @@ impl Shared {
         lease: Duration,
         idempotency_window: Duration,
         connect_timeout: Duration,
+        request_timeout: Duration,
         address: String,
     ) -> Shared {
         Shared {
@@ -103,6 +106,7 @@ impl Shared {
             lease,
             idempotency_window,
             connect_timeout,
+            request_timeout,
             address,
             closed: CloseFlag::default(),
             wakers: Mutex::new(HashMap::new()),
@@ -113,6 +117,28 @@ impl Shared {
 
     pub(crate) fn check_open(&self) -> Result<()> {
         self.closed.check("the postgres backend")
+    }
+
+    /// Run one call on a connection already acquired, failing it as a
+    /// connection error when no reply comes within the statement timeout
+    /// and a quarter more: the server cancels a slow statement itself, but
+    /// on a connection whose packets are lost the call would otherwise
+    /// wait for its reply forever.
+    pub(crate) async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+        doing: &str,
+    ) -> Result<std::result::Result<T, sqlx::Error>> {
+        let limit = self.request_timeout + self.request_timeout / 4;
+        tokio::time::timeout(limit, call).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "postgres at {}: no reply within {limit:?} while {doing}",
+                    self.address
+                ),
+            )
+        })
     }
 
     /// Map a driver error onto the queue's error kinds, naming the address.

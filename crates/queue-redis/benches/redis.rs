@@ -300,56 +300,6 @@ async fn limiter(backend: &Arc<dyn Backend>) -> (f64, f64, f64, f64) {
     (plain[1], limited[1], ratios[1], calls)
 }
 
-/// Three rounds of concurrency-100 runs: without groups, in 100 groups,
-/// and in 100 groups with a limit of 10 each: the median rates, and the
-/// median ratios of the grouped runs to the plain one.
-async fn groups(backend: &Arc<dyn Backend>) -> [f64; 5] {
-    let (mut plain, mut grouped, mut limited) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut grouped_ratio, mut limited_ratio) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        let mut rates = [0.0; 3];
-        for (i, (groups, limit)) in [(0, None), (100, None), (100, Some(10))]
-            .into_iter()
-            .enumerate()
-        {
-            let q = queue(&format!("groups-{i}"));
-            backend.admin().delete_queue(&q).await.expect("delete");
-            let run = bench::worker_run_in_groups(
-                backend.clone(),
-                &q,
-                JOBS,
-                PAYLOAD,
-                CONCURRENCY,
-                groups,
-                Box::new(move |b| match limit {
-                    Some(limit) => b.group_concurrency(limit),
-                    None => b,
-                }),
-            )
-            .await
-            .expect("grouped run");
-            backend.admin().delete_queue(&q).await.expect("delete");
-            rates[i] = run.processed_per_second;
-        }
-        plain.push(rates[0]);
-        grouped.push(rates[1]);
-        limited.push(rates[2]);
-        grouped_ratio.push(rates[1] / rates[0]);
-        limited_ratio.push(rates[2] / rates[0]);
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[1]
-    };
-    [
-        median(plain),
-        median(grouped),
-        median(limited),
-        median(grouped_ratio),
-        median(limited_ratio),
-    ]
-}
-
 fn main() {
     let url = std::env::var("QUEUE_BENCH_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
@@ -452,8 +402,15 @@ fn main() {
             "rate limiter far above the load: {limited:.0}/s against {plain:.0}/s without (median ratio {limiter_ratio:.2}); {permit_calls:.3} permit calls per job"
         );
 
-        let [ungrouped, grouped, group_limited, grouped_ratio, group_limited_ratio] =
-            groups(&backend).await;
+        let bench::GroupRuns {
+            without_per_second: ungrouped,
+            in_100_groups_per_second: grouped,
+            limited_per_second: group_limited,
+            ratio: grouped_ratio,
+            limit_ratio: group_limited_ratio,
+        } = bench::group_runs(&backend, "bench-groups", JOBS, PAYLOAD, CONCURRENCY, 10)
+            .await
+            .expect("grouped runs");
         eprintln!(
             "groups: {grouped:.0}/s in 100 groups ({grouped_ratio:.2} of {ungrouped:.0}/s without groups), {group_limited:.0}/s with a limit of 10 per group ({group_limited_ratio:.2})"
         );

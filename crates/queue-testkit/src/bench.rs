@@ -487,6 +487,85 @@ pub async fn worker_run_in_groups(
     })
 }
 
+/// What groups cost a worker pool: the medians of three rounds, each a
+/// run without groups, one with its jobs in 100 groups, and one in 100
+/// groups with a limit per group ([`group_runs`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GroupRuns {
+    /// Processed jobs/s without groups.
+    pub without_per_second: f64,
+    /// Processed jobs/s in 100 groups.
+    pub in_100_groups_per_second: f64,
+    /// Processed jobs/s in 100 groups with the limit.
+    pub limited_per_second: f64,
+    /// The median of each round's grouped rate over its plain one.
+    pub ratio: f64,
+    /// The same for the limited runs.
+    pub limit_ratio: f64,
+}
+
+/// Three rounds of [`worker_run_in_groups`] on queues `{prefix}-0..2`
+/// (deleted before and after): without groups, in 100 groups, and in 100
+/// groups with `limit` per group (the worker's `group_concurrency`).
+pub async fn group_runs(
+    backend: &Arc<dyn Backend>,
+    prefix: &str,
+    jobs: u64,
+    payload_bytes: usize,
+    concurrency: usize,
+    limit: u32,
+) -> queue_core::Result<GroupRuns> {
+    let mut rounds: [Vec<f64>; 5] = Default::default();
+    for _ in 0..3 {
+        let mut rates = [0.0; 3];
+        for (i, (groups, limit)) in [(0, None), (100, None), (100, Some(limit))]
+            .into_iter()
+            .enumerate()
+        {
+            let queue = QueueName::new(format!("{prefix}-{i}"))?;
+            backend.admin().delete_queue(&queue).await?;
+            let run = worker_run_in_groups(
+                backend.clone(),
+                &queue,
+                jobs,
+                payload_bytes,
+                concurrency,
+                groups,
+                Box::new(move |b| match limit {
+                    Some(limit) => b.group_concurrency(limit),
+                    None => b,
+                }),
+            )
+            .await?;
+            backend.admin().delete_queue(&queue).await?;
+            rates[i] = run.processed_per_second;
+        }
+        for (k, value) in [
+            rates[0],
+            rates[1],
+            rates[2],
+            rates[1] / rates[0],
+            rates[2] / rates[0],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            rounds[k].push(value);
+        }
+    }
+    let [a, b, c, d, e] = rounds.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[1]
+    });
+    Ok(GroupRuns {
+        without_per_second: a,
+        in_100_groups_per_second: b,
+        limited_per_second: c,
+        ratio: d,
+        limit_ratio: e,
+    })
+}
+
 /// Offer `rate` jobs per second as single sends (open load) for
 /// `duration` to a worker with `concurrency` slots; report the time from
 /// send to handler start.
