@@ -17,6 +17,10 @@
 //!   worker; p50/p99 from send to handler start.
 //! - backlog: 1,000,000 queued jobs processed, against 10,000 (the median
 //!   of five runs, since one lasts only about 0.1 s).
+//! - Redis CPU per job (`used_cpu_sys` + `used_cpu_user` of `INFO cpu`
+//!   before and after, over each whole run, its enqueue included): the
+//!   raw loop and the worker at concurrency 100, and at concurrency 1 (the
+//!   medians of the three rounds).
 //! - memory: Redis `used_memory` before and after 100,000 queued jobs.
 //! - rate limiter: the concurrency-100 run again, with a fleet-wide rate
 //!   limit far above the load (1,000,000 jobs/s), beside the same run
@@ -160,6 +164,32 @@ async fn used_memory(conn: &MultiplexedConnection) -> u64 {
         .find_map(|line| line.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("used_memory in INFO")
+}
+
+/// The CPU time Redis has used (user and system), in seconds, from
+/// `INFO cpu`.
+async fn redis_cpu(conn: &MultiplexedConnection) -> f64 {
+    let mut c = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut c)
+        .await
+        .expect("INFO cpu");
+    ["used_cpu_sys:", "used_cpu_user:"]
+        .iter()
+        .map(|field| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{field} in INFO cpu"))
+        })
+        .sum()
+}
+
+/// Redis's CPU time per job, in µs, over a run of `jobs` jobs that
+/// started when Redis had used `before` seconds.
+async fn cpu_per_job(conn: &MultiplexedConnection, before: f64, jobs: u64) -> f64 {
+    (redis_cpu(conn).await - before) * 1e6 / jobs as f64
 }
 
 /// Queue `jobs` jobs of `PAYLOAD` bytes, then process them; returns jobs/s.
@@ -312,17 +342,23 @@ fn main() {
         let backend: Arc<dyn Backend> =
             Arc::new(RedisBackend::connect(&url).await.expect("connect backend"));
 
+        // Redis's CPU per job is read over each whole run, its enqueue
+        // included, for the raw loops and the worker alike.
+        let cpu = redis_cpu(&conn).await;
         let (raw_enqueue, raw_processed) = raw_baseline(&conn).await;
-        eprintln!("raw baseline: enqueue {raw_enqueue:.0}/s, processed {raw_processed:.0}/s");
+        let raw_cpu = cpu_per_job(&conn, cpu, JOBS).await;
+        eprintln!("raw baseline: enqueue {raw_enqueue:.0}/s, processed {raw_processed:.0}/s; Redis CPU {raw_cpu:.1} µs/job");
 
         let q = queue("worker");
         backend.admin().delete_queue(&q).await.expect("delete");
+        let cpu = redis_cpu(&conn).await;
         let run = bench::worker_run(backend.clone(), &q, JOBS, PAYLOAD, CONCURRENCY)
             .await
             .expect("worker run");
+        let worker_cpu = cpu_per_job(&conn, cpu, JOBS).await;
         backend.admin().delete_queue(&q).await.expect("delete");
         eprintln!(
-            "backend: enqueue {:.0}/s, processed {:.0}/s; {}",
+            "backend: enqueue {:.0}/s, processed {:.0}/s; Redis CPU {worker_cpu:.1} µs/job; {}",
             run.enqueue_per_second,
             run.processed_per_second,
             run.end_to_end()
@@ -331,13 +367,18 @@ fn main() {
         // One job at a time, the raw loop and the worker back to back, three
         // rounds (a 10,000-job run lasts one to two seconds): the medians.
         let (mut raw_ones, mut ones, mut ones_end_to_end) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw_one_cpus, mut one_cpus) = (Vec::new(), Vec::new());
         for _ in 0..3 {
+            let cpu = redis_cpu(&conn).await;
             raw_ones.push(raw_serial(&conn, SERIAL_JOBS).await);
+            raw_one_cpus.push(cpu_per_job(&conn, cpu, SERIAL_JOBS).await);
             let q = queue("serial");
             backend.admin().delete_queue(&q).await.expect("delete");
+            let cpu = redis_cpu(&conn).await;
             let one = bench::worker_run(backend.clone(), &q, SERIAL_JOBS, PAYLOAD, 1)
                 .await
                 .expect("concurrency 1 run");
+            one_cpus.push(cpu_per_job(&conn, cpu, SERIAL_JOBS).await);
             backend.admin().delete_queue(&q).await.expect("delete");
             ones.push(one.processed_per_second);
             ones_end_to_end.push(one.end_to_end_per_second);
@@ -345,9 +386,12 @@ fn main() {
         raw_ones.sort_by(f64::total_cmp);
         ones.sort_by(f64::total_cmp);
         ones_end_to_end.sort_by(f64::total_cmp);
+        raw_one_cpus.sort_by(f64::total_cmp);
+        one_cpus.sort_by(f64::total_cmp);
         let (raw_one, one, one_end_to_end) = (raw_ones[1], ones[1], ones_end_to_end[1]);
+        let (raw_one_cpu, one_cpu) = (raw_one_cpus[1], one_cpus[1]);
         eprintln!(
-            "one at a time: raw BLMOVE + LREM {raw_one:.0}/s, worker (concurrency 1) {one:.0}/s, ratio {:.2}; end to end {one_end_to_end:.0}/s",
+            "one at a time: raw BLMOVE + LREM {raw_one:.0}/s, worker (concurrency 1) {one:.0}/s, ratio {:.2}; end to end {one_end_to_end:.0}/s; Redis CPU {raw_one_cpu:.1} and {one_cpu:.1} µs/job",
             one / raw_one
         );
 
@@ -432,6 +476,11 @@ fn main() {
             "| queue-redis worker, concurrency 1 (ack and claim in one call) | | {one:.0} | {:.2} |",
             one / raw_one
         );
+        println!(
+            "Redis CPU per job (whole run, enqueue included): concurrency 100 {worker_cpu:.1} µs against the raw loop's {raw_cpu:.1} ({:.2}); concurrency 1 {one_cpu:.1} µs against {raw_one_cpu:.1} ({:.2})",
+            worker_cpu / raw_cpu,
+            one_cpu / raw_one_cpu
+        );
         println!("queue-redis worker pool: {}", run.end_to_end());
         println!(
             "queue-redis worker, concurrency 1: end to end (start to shutdown() returned) {one_end_to_end:.0} jobs/s"
@@ -488,6 +537,7 @@ fn main() {
                 "pickup": latency,
                 "backlog": { "jobs_10k_per_second": small, "jobs_1m_per_second": large, "ratio": ratio },
                 "memory_bytes_per_job": per_job,
+                "redis_cpu_us_per_job": { "raw": raw_cpu, "worker": worker_cpu, "raw_one_at_a_time": raw_one_cpu, "worker_one_at_a_time": one_cpu },
                 "rate_limiter": { "without_per_second": plain, "with_per_second": limited, "ratio": limiter_ratio, "permit_calls_per_job": permit_calls },
                 "groups": { "without_per_second": ungrouped, "in_100_groups_per_second": grouped, "limit_10_per_second": group_limited, "ratio": grouped_ratio, "limit_ratio": group_limited_ratio },
                 "one_at_a_time": { "raw_per_second": raw_one, "worker_per_second": one, "ratio": one / raw_one, "worker_end_to_end_per_second": one_end_to_end },
