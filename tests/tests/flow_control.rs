@@ -12,7 +12,8 @@
 //! - Global concurrency 3 with concurrency 10 per process: never more than
 //!   3 jobs running at once; a process SIGKILLed while it holds a slot
 //!   gives it back within the slot's lease.
-//! - Group fairness (where it is native: Redis, PostgreSQL): 1,000 jobs of group A
+//! - Group fairness (native on Redis and PostgreSQL, through the store
+//!   elsewhere: `queue::with_groups`): 1,000 jobs of group A
 //!   queued before 10 of group B, then a worker process starts: all of B
 //!   are done within the first 40 completions. With a group limit of 2
 //!   (jobs of 30 ms, groups A and B): never more than 2 of one group run
@@ -359,7 +360,12 @@ async fn groups_run(
         url: url.to_owned(),
         queue: queue.clone(),
     };
-    let backend = queue::connect(url).await.expect("connect");
+    let mut backend = queue::connect(url).await.expect("connect");
+    if let Some(store) = store {
+        // The workers' store: theirs is QUEUE_COORDINATION_URL's.
+        let store = queue::connect_coordination(store).await.expect("store");
+        backend = queue::with_groups(backend, store).expect("groups through the store");
+    }
     let producer = backend.producer(queue).await.expect("producer");
     let batch = backend.capabilities().max_batch.clamp(1, 500);
     for (group, numbers) in jobs {
@@ -387,6 +393,10 @@ async fn groups_run(
     let mut all = Vec::new();
     until_done(&mut events, total, &mut all).await;
     stop(children).await;
+    // The group queues too (the cleanup's plain backend knows only the queue).
+    if let Err(e) = backend.admin().delete_queue(queue).await {
+        eprintln!("could not delete {queue}: {e}");
+    }
     all
 }
 
@@ -478,11 +488,16 @@ flow_control_on! {
     rate_limit_per_key_postgres => rate_limit_per_key, "QUEUE_TEST_POSTGRES_URL", false,
     global_concurrency_postgres => global_concurrency, "QUEUE_TEST_POSTGRES_URL", false,
     // Group fairness is native where the backend orders the queue itself;
-    // RabbitMQ, SQS and Kafka deliver in their own order and refuse a
-    // grouped message (the conformance cases `groups_take_turns` and
-    // `group_limit` check that on each).
+    // RabbitMQ, SQS and Kafka deliver in their own order and take turns
+    // through the store (`queue::with_groups`: a queue per group).
     groups_take_turns_redis => groups_take_turns, "QUEUE_TEST_REDIS_URL", false,
     group_limit_redis => group_limit, "QUEUE_TEST_REDIS_URL", false,
     groups_take_turns_postgres => groups_take_turns, "QUEUE_TEST_POSTGRES_URL", false,
     group_limit_postgres => group_limit, "QUEUE_TEST_POSTGRES_URL", false,
+    groups_take_turns_amqp => groups_take_turns, "QUEUE_TEST_AMQP_URL", true,
+    group_limit_amqp => group_limit, "QUEUE_TEST_AMQP_URL", true,
+    groups_take_turns_sqs => groups_take_turns, "QUEUE_TEST_SQS_URL", true,
+    group_limit_sqs => group_limit, "QUEUE_TEST_SQS_URL", true,
+    groups_take_turns_kafka => groups_take_turns, "QUEUE_TEST_KAFKA_URL", true,
+    group_limit_kafka => group_limit, "QUEUE_TEST_KAFKA_URL", true,
 }

@@ -248,7 +248,7 @@ impl Capabilities {
             periodic_jobs: Coordinated::NeedsStore,
             rate_limits: Coordinated::NeedsStore,
             global_concurrency: Coordinated::NeedsStore,
-            group_fairness: Coordinated::Unsupported,
+            group_fairness: Coordinated::NeedsStore,
             stats: StatsAccuracy::Approximate,
             totals: Totals::Process,
             redeliveries: RedeliveryCount::None,
@@ -384,9 +384,7 @@ impl Capabilities {
                 return invalid(e.message().to_owned());
             }
             if self.group_fairness != Coordinated::Native {
-                return Err(self.unsupported(
-                    "group fairness (Message::with_group): it delivers in its own order, so a group's backlog would hold the others back",
-                ));
+                return Err(self.without_groups("group fairness (Message::with_group)"));
             }
         }
         Ok(())
@@ -507,9 +505,28 @@ impl Capabilities {
     pub fn check_consumer(&self, options: &crate::stats::ConsumerOptions) -> Result<()> {
         options.check()?;
         if options.group_limit.is_some() && self.group_fairness != Coordinated::Native {
-            return Err(self.unsupported("group limits (ConsumerOptions::group_limit)"));
+            return Err(self.without_groups("group limits (ConsumerOptions::group_limit)"));
         }
         Ok(())
+    }
+
+    /// The typed error for a group `feature` on a backend that delivers in
+    /// its own order: it names the wrapper that adds groups, where a
+    /// coordination store can.
+    fn without_groups(&self, feature: &str) -> Error {
+        let why = "it delivers in its own order, so a group's backlog would hold the others back";
+        match self.group_fairness {
+            Coordinated::NeedsStore => Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "the {} backend has no {feature} of its own ({why}): wrap it with \
+                     `queue::with_groups(backend, store)` and a coordination store \
+                     (`QUEUE_COORDINATION_URL=redis://...` or `postgres://...`)",
+                    self.column()
+                ),
+            ),
+            _ => self.unsupported(&format!("{feature}: {why}")),
+        }
     }
 
     /// The typed error for using `feature` on this backend.

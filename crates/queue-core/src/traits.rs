@@ -506,6 +506,11 @@ impl Delivery {
         }
     }
 
+    /// Its parts: the queue, the message, the lease's end and the acker.
+    pub(crate) fn into_parts(self) -> (QueueName, Message, SystemTime, Box<dyn Acker>) {
+        (self.queue, self.message, self.lease_deadline, self.acker)
+    }
+
     /// The queue it came from.
     pub fn queue(&self) -> &QueueName {
         &self.queue

@@ -92,6 +92,21 @@ macro_rules! conformance_suite {
     };
 }
 
+/// Some of the conformance cases against a harness: one `#[test]` per
+/// case named, as [`conformance_suite!`] generates them. For a wrapper
+/// that changes a few behaviours of a backend (group turns through a
+/// store, say), checked with the cases of those behaviours.
+///
+/// ```ignore
+/// queue_testkit::conformance_cases!(MyHarness::from_env(); groups_take_turns, group_limit);
+/// ```
+#[macro_export]
+macro_rules! conformance_cases {
+    ($make:expr; $($case:ident),+ $(,)?) => {
+        $crate::__conformance_tests!($make; $($case),+);
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {

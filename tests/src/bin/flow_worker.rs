@@ -12,7 +12,8 @@
 //! `flow-worker <url> <queue> groups <limit> <work-ms>`: a worker of
 //! concurrency 10 that runs at most `limit` jobs of one group at once
 //! across every process (`0`: no limit; groups take turns either way),
-//! each taking `work-ms`.
+//! each taking `work-ms`. On RabbitMQ, SQS and Kafka the groups take
+//! turns through the coordination store (`queue::with_groups`).
 //!
 //! The coordination store is the one `QUEUE_COORDINATION_URL` names, else
 //! the backend's own. Each job prints `start <n> <µs>` when it begins and
@@ -48,8 +49,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [url, queue, mode, rest @ ..] = &args[..] else {
         return Err(usage.into());
     };
-    let backend = queue::connect(url).await?;
+    let mut backend = queue::connect(url).await?;
     let store = queue::coordination_for(&*backend).await?;
+    if let (Some(store), "groups") = (&store, mode.as_str()) {
+        // Groups take turns natively on Redis and PostgreSQL, through the
+        // store elsewhere.
+        backend = queue::with_groups(backend, store.clone())?;
+    }
     let mut builder = Worker::builder(backend, QueueName::new(queue)?).concurrency(10);
     if let Some(store) = store {
         builder = builder.coordination(store);

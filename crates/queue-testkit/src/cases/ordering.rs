@@ -127,7 +127,8 @@ pub async fn fifo_within_priority(ctx: &Ctx) {
 /// Case 59: groups take turns. 300 messages of group `a` queued before 10
 /// of group `b` and 10 with no group: every `b` and every ungrouped one
 /// comes within the first 40 deliveries, and each group keeps its send
-/// order. A backend without group fairness refuses a grouped message.
+/// order (where the table claims FIFO per priority). A backend without
+/// group fairness refuses a grouped message.
 pub async fn groups_take_turns(ctx: &Ctx) {
     use queue_core::Coordinated;
     let queue = ctx.queue();
@@ -177,6 +178,10 @@ pub async fn groups_take_turns(ctx: &Ctx) {
             early, 10,
             "all 10 of {tag:?} within the first 40 deliveries: {first_40:?}"
         );
+    }
+    if ctx.caps().ordering != Ordering::FifoPerPriority {
+        eprintln!("the table claims no queue-wide order: send order within groups not checked");
+        return;
     }
     for tag in ["a", "b", "-"] {
         let of_tag: Vec<u32> = order
@@ -236,9 +241,12 @@ pub async fn group_limit(ctx: &Ctx) {
             .collect()
     };
     let first = crate::harness::receive_n(&*consumer, 3, SOON).await;
-    let mut names = payloads(&first);
-    names.sort();
-    assert_eq!(names, ["a 0", "a 1", "b 0"], "two of a, then b");
+    let names = payloads(&first);
+    let of_a = names.iter().filter(|n| n.starts_with("a ")).count();
+    assert!(
+        of_a == 2 && names.contains(&"b 0".to_owned()),
+        "two of a, then b: {names:?}"
+    );
     let more = consumer
         .receive(10, Duration::from_millis(300))
         .await
