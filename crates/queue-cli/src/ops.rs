@@ -44,9 +44,14 @@ impl Target {
         })?;
         // The error names the scheme and the problem, never the URL's
         // credentials (the registry and the backends' errors guarantee it).
-        queue::connect(url)
+        let backend = queue::connect(url)
             .await
-            .context("could not connect to the backend")
+            .context("could not connect to the backend")?;
+        // A queue's group queues (RabbitMQ, SQS, Kafka with a store) count
+        // with it.
+        queue::with_groups_from_env(backend)
+            .await
+            .context("could not connect to the coordination store")
     }
 }
 

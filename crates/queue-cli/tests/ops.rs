@@ -2,7 +2,8 @@
 //! (`QUEUE_TEST_REDIS_URL`): send, stats, dead letters, redrive, purge and
 //! delete, their JSON output and exit codes; and the exit code of an
 //! operation a backend does not support (Kafka's purge, RabbitMQ's queue
-//! listing, where their URLs are set).
+//! listing, where their URLs are set); and on RabbitMQ with a coordination
+//! store, a queue's group queues counted and deleted with it.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -586,4 +587,74 @@ async fn dead_letters_list_previews_a_page_at_a_time() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     backend.admin().delete_queue(&queue).await.expect("delete");
+}
+
+/// RabbitMQ with a coordination store (`QUEUE_COORDINATION_URL`): a
+/// queue's group queues count with it in `queue stats`, and `queue
+/// delete` takes them too; without the variable only the queue itself is
+/// seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_queues_count_with_their_queue_on_amqp() {
+    let (Some(url), Some(store)) = (
+        broker_url("QUEUE_TEST_AMQP_URL"),
+        broker_url("QUEUE_TEST_REDIS_URL"),
+    ) else {
+        return;
+    };
+    let name = unique("cli-groups");
+    let queue = QueueName::new(&name).expect("name");
+    let backend = queue::with_groups(
+        queue::connect(&url).await.expect("connect"),
+        queue::connect_coordination(&store).await.expect("store"),
+    )
+    .expect("groups through the store");
+    let admin = backend.admin();
+    admin
+        .ensure_queue(&queue, &queue::QueueOptions::default())
+        .await
+        .expect("ensure");
+    let producer = backend.producer(&queue).await.expect("producer");
+    for group in ["a", "b"] {
+        for i in 0..2 {
+            producer
+                .send(queue::Message::new(format!("{group} {i}")).with_group(group))
+                .await
+                .expect("send");
+        }
+    }
+    producer
+        .send(queue::Message::new("plain"))
+        .await
+        .expect("send");
+    let cli = |store: Option<&str>, args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_queue"));
+        command
+            .args(args)
+            .env("QUEUE_URL", &url)
+            .stdin(Stdio::null());
+        match store {
+            Some(store) => command.env("QUEUE_COORDINATION_URL", store),
+            None => command.env_remove("QUEUE_COORDINATION_URL"),
+        };
+        let out = command.output().expect("run queue");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out
+    };
+    let ready = |store: Option<&str>| {
+        let out = cli(store, &["stats", &name, "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+        rows[0]["ready"].as_u64()
+    };
+    assert_eq!(ready(Some(&store)), Some(5), "the group queues count");
+    assert_eq!(ready(None), Some(1), "the queue alone");
+    cli(Some(&store), &["delete", &name, "--yes"]);
+    let gone = admin.stats(&queue).await.unwrap_err();
+    assert_eq!(gone.kind(), queue::ErrorKind::NotFound, "{gone}");
+    let plain = queue::connect(&url).await.expect("connect");
+    for group in ["a", "b"] {
+        let of_group =
+            queue::groups::group_queue(&queue, &queue::groups::group_key(&queue, group));
+        let gone = plain.admin().stats(&of_group).await.unwrap_err();
+        assert_eq!(gone.kind(), queue::ErrorKind::NotFound, "{of_group}: {gone}");
+    }
 }

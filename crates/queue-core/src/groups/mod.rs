@@ -109,8 +109,8 @@ pub fn is_group_queue(name: &str) -> bool {
 }
 
 /// The hash of `group` in `queue`: 16 hex digits of FNV-1a, the same in
-/// every process and build.
-pub(crate) fn group_key(queue: &QueueName, group: &str) -> String {
+/// every process and build ([`group_queue`] names its queue).
+pub fn group_key(queue: &QueueName, group: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in queue
         .as_str()
