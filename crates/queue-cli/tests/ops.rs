@@ -652,9 +652,12 @@ async fn group_queues_count_with_their_queue_on_amqp() {
     assert_eq!(gone.kind(), queue::ErrorKind::NotFound, "{gone}");
     let plain = queue::connect(&url).await.expect("connect");
     for group in ["a", "b"] {
-        let of_group =
-            queue::groups::group_queue(&queue, &queue::groups::group_key(&queue, group));
+        let of_group = queue::groups::group_queue(&queue, &queue::groups::group_key(&queue, group));
         let gone = plain.admin().stats(&of_group).await.unwrap_err();
-        assert_eq!(gone.kind(), queue::ErrorKind::NotFound, "{of_group}: {gone}");
+        assert_eq!(
+            gone.kind(),
+            queue::ErrorKind::NotFound,
+            "{of_group}: {gone}"
+        );
     }
 }

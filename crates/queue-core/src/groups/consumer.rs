@@ -28,6 +28,9 @@ const REFRESH: Duration = Duration::from_secs(1);
 const FULL_POLL: Duration = Duration::from_millis(100);
 /// The most deliveries a reader keeps ready (each holds its lease meanwhile).
 const MAX_READY: usize = 32;
+/// A delivery whose lease ends within this is not handed out (it is
+/// handed back instead): a job would lose its lease before it started.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
 /// The longest pause after a failed read.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -44,6 +47,10 @@ struct Source {
     /// Whether a read finished (on Kafka: the reader's group joined).
     read_once: AtomicBool,
     started: Instant,
+    /// Whether it was read from the consumer's start (not found later).
+    initial: bool,
+    /// The last read's error, until a read succeeds.
+    failing: StdMutex<Option<Error>>,
 }
 
 /// What the consumer and its readers share.
@@ -72,7 +79,10 @@ pub(crate) struct State {
     /// `receive` took deliveries, or a slot was given back: readers look again.
     drained: Arc<Notify>,
     stop: StopFlag,
-    /// The last read error, for the next `receive`.
+    /// The handles open that still wait in receives (not told to stop
+    /// waiting): with none, the readers read no more.
+    active: AtomicUsize,
+    /// The last error listing the groups, for the next `receive`.
     error: StdMutex<Option<Error>>,
     /// When the list of groups was last read.
     refreshed: tokio::sync::Mutex<Instant>,
@@ -88,8 +98,35 @@ impl State {
         self.filled.notify_waiters();
     }
 
+    /// The error a `receive` with nothing to hand out reports: the group
+    /// list's, the queue's own reader's, or one reader's when every reader
+    /// is failing (one group queue failing does not stop the others).
+    fn error(&self) -> Option<Error> {
+        if let Some(error) = self.error.lock().expect("error lock").take() {
+            return Some(error);
+        }
+        let sources = self.sources();
+        let main = sources.first()?;
+        if let Some(error) = main.failing.lock().expect("failing lock").take() {
+            return Some(error);
+        }
+        if sources
+            .iter()
+            .all(|s| s.failing.lock().expect("failing lock").is_some())
+        {
+            return sources
+                .last()
+                .and_then(|s| s.failing.lock().expect("failing lock").take());
+        }
+        None
+    }
+
     /// Start reading `group`'s queue (or the queue itself).
-    async fn add_source(self: &Arc<Self>, group: Option<(String, Arc<str>)>) -> Result<()> {
+    async fn add_source(
+        self: &Arc<Self>,
+        group: Option<(String, Arc<str>)>,
+        initial: bool,
+    ) -> Result<()> {
         let queue = match &group {
             Some((key, _)) => group_queue(&self.queue, key),
             None => self.queue.clone(),
@@ -107,6 +144,8 @@ impl State {
             live: AtomicBool::new(true),
             read_once: AtomicBool::new(false),
             started: Instant::now(),
+            initial,
+            failing: StdMutex::new(None),
         });
         self.sources
             .lock()
@@ -118,10 +157,14 @@ impl State {
     }
 
     /// Read the store's list of groups (at most once per [`REFRESH`]
-    /// unless `now`) and start reading the new ones.
-    async fn refresh(self: &Arc<Self>, now: bool) -> Result<()> {
-        let mut refreshed = self.refreshed.lock().await;
-        if !now && refreshed.elapsed() < REFRESH {
+    /// unless `initial`; skipped while another call is at it) and start
+    /// reading the new ones. A group whose queue cannot be read is
+    /// reported and tried again next time; the others go on.
+    async fn refresh(self: &Arc<Self>, initial: bool) -> Result<()> {
+        let Ok(mut refreshed) = self.refreshed.try_lock() else {
+            return Ok(());
+        };
+        if !initial && refreshed.elapsed() < REFRESH {
             return Ok(());
         }
         *refreshed = Instant::now();
@@ -130,30 +173,39 @@ impl State {
             .iter()
             .filter_map(|s| s.group.as_ref().map(|(key, _)| key.clone()))
             .collect();
+        let mut failed = None;
         for (key, group) in self.shared.groups(&self.queue).await? {
             if !known.contains(&key) && !self.stop.is_stopped() {
-                self.add_source(Some((key, group))).await?;
+                if let Err(e) = self.add_source(Some((key, group)), initial).await {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Up to `max` deliveries, one source at a time in turn. While more
     /// than one queue seems to hold more, one round only: a group whose
     /// reader is between two reads keeps its turn in the next call rather
     /// than see another group take its place.
-    fn hand_out(&self, max: usize) -> Vec<Delivery> {
+    /// Deliveries whose lease is about to end are not handed out but
+    /// put in `stale`, to hand back.
+    fn hand_out(&self, max: usize, stale: &mut Vec<Delivery>) -> Vec<Delivery> {
         let sources = self.sources();
         // Where a new reader joins a group of consumers first (Kafka),
-        // none is handed out until every reader read once (or a read's
-        // wait passed): else the groups that joined first take every turn.
+        // none is handed out until every reader of the consumer's start
+        // read once (or a read's wait passed): else the groups that joined
+        // first take every turn.
         if self.shared.backend.capabilities().rebalances_on_join
             && sources.iter().any(|s| {
-                !s.read_once.load(Ordering::Relaxed) && s.started.elapsed() < READ_WAIT + REFRESH
+                s.initial
+                    && !s.read_once.load(Ordering::Relaxed)
+                    && s.started.elapsed() < READ_WAIT + REFRESH
             })
         {
             return Vec::new();
         }
+        let fresh_until = SystemTime::now() + LEASE_MARGIN;
         let n = sources.len();
         let live = sources
             .iter()
@@ -171,9 +223,15 @@ impl State {
                     break;
                 }
                 let at = (start + i) % n;
-                if let Some(delivery) = sources[at].ready.lock().expect("ready lock").pop_front() {
+                let mut ready = sources[at].ready.lock().expect("ready lock");
+                while let Some(delivery) = ready.pop_front() {
+                    if delivery.lease_deadline() < fresh_until {
+                        stale.push(delivery);
+                        continue;
+                    }
                     out.push(delivery);
                     next = at + 1;
+                    break;
                 }
             }
             if out.len() == before || out.len() == max || live > 1 {
@@ -181,7 +239,7 @@ impl State {
             }
         }
         self.turn.store(next, Ordering::Relaxed);
-        if !out.is_empty() {
+        if !out.is_empty() || !stale.is_empty() {
             self.drained.notify_waiters();
         }
         out
@@ -215,9 +273,10 @@ impl State {
             self.holders.fetch_add(1, Ordering::Relaxed)
         );
         let name = format!("group-slots.{}.{key}", self.queue);
-        // Held while the reader waits for a delivery; renewed to the
-        // delivery's lease when one comes.
-        let ttl = READ_WAIT + Duration::from_secs(1);
+        // Held while the reader waits for a delivery (a read may take a
+        // little longer than its wait); renewed to the delivery's lease
+        // when one comes.
+        let ttl = READ_WAIT + Duration::from_secs(5);
         match self
             .shared
             .store
@@ -228,6 +287,7 @@ impl State {
                 store: self.shared.store.clone(),
                 name,
                 holder,
+                limit,
                 freed: self.drained.clone(),
             })))),
             _ => Ok(None),
@@ -243,20 +303,33 @@ struct SlotInner {
     store: Arc<dyn crate::coordination::Coordination>,
     name: String,
     holder: String,
+    limit: u32,
     /// Woken when the slot is given back, so readers of a full group look again.
     freed: Arc<Notify>,
 }
 
 impl SlotHeld {
+    /// Keep the slot until `until`: `false` if it was lost (its time ran
+    /// out and the group is full now).
     async fn renew(&self, until: SystemTime) -> Result<bool> {
         let ttl = until
             .duration_since(SystemTime::now())
             .unwrap_or_default()
             .max(Duration::from_millis(100));
-        self.0
+        let inner = &self.0;
+        if inner
             .store
-            .renew_slot(&self.0.name, &self.0.holder, ttl)
-            .await
+            .renew_slot(&inner.name, &inner.holder, ttl)
+            .await?
+        {
+            return Ok(true);
+        }
+        // Lost: take one again if the group has room.
+        let slot = inner
+            .store
+            .acquire_slot(&inner.name, &inner.holder, inner.limit, ttl)
+            .await?;
+        Ok(slot == Slot::Held)
     }
 
     /// Give it back. A failure only keeps the slot until its time runs
@@ -282,8 +355,14 @@ async fn read(state: Arc<State>, source: Arc<Source>) {
         tokio::pin!(drained);
         drained.as_mut().enable();
         let held = source.ready.lock().expect("ready lock").len();
-        let room = state.want.load(Ordering::Relaxed).saturating_sub(held);
-        if room == 0 {
+        let room = state
+            .want
+            .load(Ordering::Relaxed)
+            .saturating_sub(held)
+            .min(state.shared.backend.capabilities().max_receive);
+        // Nothing more is read while every handle has stopped waiting (a
+        // worker shutting down): it would only sit leased here.
+        if room == 0 || state.active.load(Ordering::Acquire) == 0 {
             tokio::select! {
                 () = &mut drained => {}
                 () = state.stop.stopped() => {}
@@ -302,7 +381,7 @@ async fn read(state: Arc<State>, source: Arc<Source>) {
                     continue;
                 }
                 Err(e) => {
-                    state.fail(e);
+                    source.fail(&state, e);
                     pause(&state, &mut backoff).await;
                     continue;
                 }
@@ -317,6 +396,7 @@ async fn read(state: Arc<State>, source: Arc<Source>) {
         match read {
             Ok(got) => {
                 backoff = Duration::from_millis(50);
+                *source.failing.lock().expect("failing lock") = None;
                 source.live.store(!got.is_empty(), Ordering::Relaxed);
                 if got.is_empty() {
                     if let Some(slot) = slot {
@@ -325,8 +405,19 @@ async fn read(state: Arc<State>, source: Arc<Source>) {
                     continue;
                 }
                 if let Some(slot) = &slot {
-                    if let Err(e) = slot.renew(got[0].lease_deadline()).await {
-                        state.fail(e);
+                    let kept = slot.renew(got[0].lease_deadline()).await;
+                    if !matches!(kept, Ok(true)) {
+                        // The slot ran out while the read waited and the
+                        // group is full (or the store failed): the
+                        // delivery goes back rather than over the limit.
+                        for delivery in got {
+                            let _ = delivery.release().await;
+                        }
+                        if let Err(e) = kept {
+                            source.fail(&state, e);
+                            pause(&state, &mut backoff).await;
+                        }
+                        continue;
                     }
                 }
                 let adopted: Vec<Delivery> = got
@@ -340,10 +431,17 @@ async fn read(state: Arc<State>, source: Arc<Source>) {
                 if let Some(slot) = slot {
                     slot.release().await;
                 }
-                state.fail(e);
+                source.fail(&state, e);
                 pause(&state, &mut backoff).await;
             }
         }
+    }
+}
+
+impl Source {
+    fn fail(&self, state: &State, error: Error) {
+        *self.failing.lock().expect("failing lock") = Some(error);
+        state.filled.notify_waiters();
     }
 }
 
@@ -389,6 +487,8 @@ impl GroupedConsumer {
                 .filter(|s| !s.stop.is_stopped());
             if let Some(state) = &state {
                 state.open.fetch_add(1, Ordering::AcqRel);
+                state.active.fetch_add(1, Ordering::AcqRel);
+                state.drained.notify_waiters();
             }
             state
         };
@@ -411,18 +511,15 @@ impl GroupedConsumer {
             filled: Notify::new(),
             drained: Arc::new(Notify::new()),
             stop: StopFlag::default(),
+            active: AtomicUsize::new(1),
             error: StdMutex::new(None),
             refreshed: tokio::sync::Mutex::new(Instant::now()),
         });
-        let started = async {
-            state.add_source(None).await?;
-            state.refresh(true).await
-        }
-        .await;
-        if let Err(e) = started {
-            state.shut_down();
-            return Err(e);
-        }
+        // The handle first: if starting fails, or the call is dropped
+        // half-way, dropping it stops whatever readers began.
+        let consumer = GroupedConsumer::handle(state.clone());
+        state.add_source(None, true).await?;
+        state.refresh(true).await?;
         // Shared from now on (unless another consumer's readers got there
         // first: these then serve this consumer alone).
         let mut hubs = shared.hubs.lock().expect("hubs lock");
@@ -434,7 +531,17 @@ impl GroupedConsumer {
             hubs.insert(key, Arc::downgrade(&state));
         }
         drop(hubs);
-        Ok(GroupedConsumer::handle(state))
+        Ok(consumer)
+    }
+
+    /// This handle no longer waits in receives (once): with no handle
+    /// waiting, the readers read no more.
+    fn stop_reading(&self) {
+        if !self.stop.is_stopped() {
+            self.stop.stop();
+            self.state.active.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.state.filled.notify_waiters();
     }
 
     fn handle(state: Arc<State>) -> GroupedConsumer {
@@ -451,6 +558,7 @@ impl GroupedConsumer {
         if self.gone.swap(true, Ordering::AcqRel) {
             return false;
         }
+        self.stop_reading();
         let mut hubs = self.state.shared.hubs.lock().expect("hubs lock");
         let last = self.state.open.fetch_sub(1, Ordering::AcqRel) == 1;
         if last {
@@ -504,11 +612,13 @@ impl Consumer for GroupedConsumer {
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let state = &self.state;
-        let max = max.max(1);
+        state.shared.backend.capabilities().check_receive(max)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Err(e) = state.refresh(false).await {
-                state.fail(e);
+            if !self.stop.is_stopped() {
+                if let Err(e) = state.refresh(false).await {
+                    state.fail(e);
+                }
             }
             // Each reader keeps as many ready as one receive takes, so a
             // group whose reader is between two reads of its queue does
@@ -520,11 +630,15 @@ impl Consumer for GroupedConsumer {
             let filled = state.filled.notified();
             tokio::pin!(filled);
             filled.as_mut().enable();
-            let out = state.hand_out(max);
+            let mut stale = Vec::new();
+            let out = state.hand_out(max, &mut stale);
+            for delivery in stale {
+                let _ = delivery.release().await;
+            }
             if !out.is_empty() {
                 return Ok(out);
             }
-            if let Some(error) = state.error.lock().expect("error lock").take() {
+            if let Some(error) = state.error() {
                 return Err(error);
             }
             if self.stop.is_stopped()
@@ -556,10 +670,9 @@ impl Consumer for GroupedConsumer {
     }
 
     fn stop_waiting(&self) {
-        // This handle's receives stop waiting; the readers carry on for
-        // the other handles until the last one is closed.
-        self.stop.stop();
-        self.state.filled.notify_waiters();
+        // This handle's receives stop waiting; the readers carry on while
+        // another handle waits, and stop with the last one closed.
+        self.stop_reading();
     }
 
     async fn close(&self) {
@@ -613,6 +726,8 @@ impl Acker for SlotAcker {
 
     async fn extend(&mut self, message: &Message, lease: Duration) -> Result<SystemTime> {
         let until = self.inner.extend(message, lease).await?;
+        // A slot lost meanwhile is taken again if the group has room; the
+        // job runs on either way (its lease is the broker's).
         self.slot.renew(until).await?;
         Ok(until)
     }

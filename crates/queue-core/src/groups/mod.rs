@@ -12,11 +12,16 @@
 //!   send. The group is noted in the store (space `groups.<queue>`, the
 //!   hash as key, the group as value); messages with no group go to the
 //!   queue itself.
-//! - **Receiving.** A consumer reads the queue and every group queue the
-//!   store lists (looked at again every second, and when nothing is
-//!   ready), each through a consumer of the inner backend that keeps a
-//!   few deliveries ready, and hands them out one per group in turn: the
-//!   jobs with no group count as one more group. A delivery comes back
+//! - **Receiving.** The consumers of a queue in one process share one
+//!   reader per queue: the queue itself and every group queue the store
+//!   lists (looked at again every second). Each reader keeps as many
+//!   deliveries ready as a receive asks for (at most 32; none once every
+//!   consumer stopped waiting), and `receive` hands them out one group
+//!   at a time (one round per call while several groups have jobs): the
+//!   jobs with no group count as one more group. A delivery whose lease
+//!   ends within a second goes back rather than out. A group queue that
+//!   fails to read does not hold the others back: a receive reports it
+//!   only when the queue's own reader, or every reader, fails. A delivery comes back
 //!   with its group and the queue's name; settling it settles it in its
 //!   group queue, so a retry keeps its group's place.
 //! - **Group limits.** With [`ConsumerOptions::group_limit`], a group's
@@ -199,6 +204,9 @@ impl Grouped {
     fn new(backend: Arc<dyn Backend>, store: Arc<dyn Coordination>) -> Grouped {
         let mut capabilities = backend.capabilities().clone();
         capabilities.group_fairness = Coordinated::Native;
+        // A batch of several groups is sent group by group, so part of it
+        // may be accepted.
+        capabilities.partial_batches = true;
         Grouped {
             shared: Arc::new(Shared {
                 backend,

@@ -58,6 +58,18 @@ impl GroupedProducer {
         Ok(producer)
     }
 
+    /// Forget a group's producer whose queue is gone (the queue was
+    /// deleted): its next message makes the group queue and notes the
+    /// group again.
+    async fn forget_if_gone<T>(&self, producer: &Arc<dyn Producer>, sent: &Result<T>) {
+        if matches!(sent, Err(e) if e.kind() == crate::ErrorKind::NotFound) {
+            self.groups
+                .lock()
+                .await
+                .retain(|_, p| !Arc::ptr_eq(p, producer));
+        }
+    }
+
     /// Where `message` goes: `None` for the queue itself, else its
     /// group's producer; the group header comes off (the group queue says
     /// it, and the consumer puts it back).
@@ -93,7 +105,11 @@ impl Producer for GroupedProducer {
 
     async fn send(&self, mut message: Message) -> Result<MessageId> {
         match self.route(&mut message).await? {
-            Some(producer) => producer.send(message).await,
+            Some(producer) => {
+                let sent = producer.send(message).await;
+                self.forget_if_gone(&producer, &sent).await;
+                sent
+            }
             None => self.main.send(message).await,
         }
     }
@@ -123,11 +139,25 @@ impl Producer for GroupedProducer {
                 None => parts.push((producer, vec![i], vec![message])),
             }
         }
+        // Every message checked before any is sent, as one batch.
+        let routed: Vec<Message> = parts.iter().flat_map(|(_, _, part)| part.clone()).collect();
+        if let Err(e) = self.shared.backend.capabilities().check_batch(&routed) {
+            return Err(BatchError::whole(e, len));
+        }
+        drop(routed);
         let mut outcomes: Vec<Option<Result<MessageId>>> = (0..len).map(|_| None).collect();
         let mut first_error: Option<Error> = None;
         for (producer, at, part) in parts {
             let sent = match &producer {
-                Some(producer) => producer.send_batch(part).await,
+                Some(producer) => {
+                    let sent = producer.send_batch(part).await;
+                    let as_result = sent
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| e.error().clone_kind());
+                    self.forget_if_gone(producer, &as_result).await;
+                    sent
+                }
                 None => self.main.send_batch(part).await,
             };
             match sent {
@@ -159,10 +189,16 @@ impl Producer for GroupedProducer {
             })
             .collect();
         match first_error {
-            None => Ok(outcomes
-                .into_iter()
-                .map(|o| o.expect("every part sent"))
-                .collect()),
+            None if outcomes.iter().all(Result::is_ok) => {
+                Ok(outcomes.into_iter().filter_map(Result::ok).collect())
+            }
+            None => {
+                let error = Error::new(
+                    crate::ErrorKind::Other,
+                    "the broker did not answer for every message of the batch",
+                );
+                Err(BatchError::partial(error, outcomes))
+            }
             Some(error) => Err(BatchError::partial(error, outcomes)),
         }
     }

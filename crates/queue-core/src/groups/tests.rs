@@ -45,19 +45,20 @@ impl Backend for Fifo {
     }
 }
 
-fn grouped() -> (Arc<dyn Backend>, Arc<dyn Coordination>) {
+/// The memory backend without group fairness of its own.
+fn fifo() -> Arc<dyn Backend> {
     let inner = MemoryBackend::new();
     let mut capabilities = inner.capabilities().clone();
     capabilities.group_fairness = Coordinated::NeedsStore;
+    Arc::new(Fifo {
+        inner,
+        capabilities,
+    })
+}
+
+fn grouped() -> (Arc<dyn Backend>, Arc<dyn Coordination>) {
     let store: Arc<dyn Coordination> = Arc::new(MemoryCoordination::new());
-    let backend = with_groups(
-        Arc::new(Fifo {
-            inner,
-            capabilities,
-        }),
-        store.clone(),
-    )
-    .expect("wraps");
+    let backend = with_groups(fifo(), store.clone()).expect("wraps");
     (backend, store)
 }
 
@@ -173,9 +174,13 @@ async fn groups_take_turns_and_come_back_with_their_group() {
     consumer.close().await;
 }
 
+/// Two wrappers over one broker and one store stand for two processes:
+/// their readers are their own, the limit is the store's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_limit_holds_across_consumers() {
-    let (backend, _) = grouped();
+    let (inner, store): (_, Arc<dyn Coordination>) = (fifo(), Arc::new(MemoryCoordination::new()));
+    let backend = with_groups(inner.clone(), store.clone()).expect("wraps");
+    let other = with_groups(inner, store).expect("wraps");
     let q = queue("limit");
     let producer = backend.producer(&q).await.expect("producer");
     for i in 0..6 {
@@ -191,18 +196,23 @@ async fn a_group_limit_holds_across_consumers() {
         .unwrap_err();
     assert!(zero.to_string().contains("group_limit"), "{zero}");
     let one = backend.consumer(&q, options.clone()).await.expect("one");
-    let two = backend.consumer(&q, options).await.expect("two");
-    let first = one.receive(10, SOON).await.expect("receive");
-    let mut held = first;
-    if held.len() < 2 {
-        held.extend(two.receive(10, SOON).await.expect("receive"));
+    let two = other.consumer(&q, options).await.expect("two");
+    // Two of a are leased between them (a reader holds its slot with
+    // what it read), and no more.
+    let mut held = Vec::new();
+    let until = std::time::Instant::now() + SOON;
+    while held.len() < 2 && std::time::Instant::now() < until {
+        let short = Duration::from_millis(100);
+        held.extend(one.receive(10, short).await.expect("receive"));
+        held.extend(two.receive(10, short).await.expect("receive"));
     }
-    let more = two
-        .receive(10, Duration::from_millis(400))
-        .await
-        .expect("receive");
-    assert_eq!(held.len() + more.len(), 2, "{:?}", payloads(&more));
-    held.extend(more);
+    assert_eq!(held.len(), 2, "{:?}", payloads(&held));
+    let (a, b) = tokio::join!(
+        one.receive(10, Duration::from_millis(400)),
+        two.receive(10, Duration::from_millis(400))
+    );
+    let more: Vec<Delivery> = a.expect("one").into_iter().chain(b.expect("two")).collect();
+    assert!(more.is_empty(), "a is at its limit: {:?}", payloads(&more));
     held.pop().expect("one").ack().await.expect("ack");
     // The slot given back, one of the two consumers takes the next.
     let (a, b) = tokio::join!(
@@ -304,4 +314,31 @@ async fn an_oversize_group_key_is_refused_naming_it() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("group key"), "{err}");
+}
+
+/// A consumer whose every handle stopped waiting reads no more, and what
+/// it read but did not hand out goes back at close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_hands_back_what_was_read() {
+    let (backend, _) = grouped();
+    let q = queue("close");
+    let producer = backend.producer(&q).await.expect("producer");
+    for i in 0..20 {
+        producer
+            .send(Message::new(format!("a {i}")).with_group("a"))
+            .await
+            .expect("send");
+    }
+    let one = backend
+        .consumer(&q, ConsumerOptions::default())
+        .await
+        .expect("consumer");
+    let got = one.receive(5, SOON).await.expect("receive");
+    assert!(!got.is_empty());
+    let taken = got.len() as u64;
+    one.ack_batch(got).await.expect("ack");
+    one.close().await;
+    let stats = backend.admin().stats(&q).await.expect("stats");
+    assert_eq!(stats.in_flight, 0, "nothing left leased");
+    assert_eq!(stats.ready, 20 - taken);
 }
