@@ -13,7 +13,7 @@
 //!   3 jobs running at once; a process SIGKILLed while it holds a slot
 //!   gives it back within the slot's lease.
 //! - Group fairness (native on Redis and PostgreSQL, through the store
-//!   elsewhere: `queue::with_groups`): 1,000 jobs of group A
+//!   elsewhere: `queue::with_store`): 1,000 jobs of group A
 //!   queued before 10 of group B, then a worker process starts: all of B
 //!   are done within the first 40 completions. With a group limit of 2
 //!   (jobs of 30 ms, groups A and B): never more than 2 of one group run
@@ -364,7 +364,7 @@ async fn groups_run(
     if let Some(store) = store {
         // The workers' store: theirs is QUEUE_COORDINATION_URL's.
         let store = queue::connect_coordination(store).await.expect("store");
-        backend = queue::with_groups(backend, store).expect("groups through the store");
+        backend = queue::with_store(backend, store).expect("groups through the store");
     }
     let producer = backend.producer(queue).await.expect("producer");
     let batch = backend.capabilities().max_batch.clamp(1, 500);
@@ -392,6 +392,20 @@ async fn groups_run(
     }
     let mut all = Vec::new();
     until_done(&mut events, total, &mut all).await;
+    // Every process's worker is in the registry (on RabbitMQ, SQS and
+    // Kafka the store's, through the wrapper); reports come every 5 s.
+    let registered = async {
+        loop {
+            let workers = backend.admin().workers().await.expect("workers");
+            if workers.iter().filter(|w| &w.queue == queue).count() == processes {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), registered)
+        .await
+        .expect("every worker process in the registry within 15 s");
     stop(children).await;
     // The group queues too (the cleanup's plain backend knows only the queue).
     if let Err(e) = backend.admin().delete_queue(queue).await {
@@ -489,7 +503,7 @@ flow_control_on! {
     global_concurrency_postgres => global_concurrency, "QUEUE_TEST_POSTGRES_URL", false,
     // Group fairness is native where the backend orders the queue itself;
     // RabbitMQ, SQS and Kafka deliver in their own order and take turns
-    // through the store (`queue::with_groups`: a queue per group).
+    // through the store (`queue::with_store`: a queue per group).
     groups_take_turns_redis => groups_take_turns, "QUEUE_TEST_REDIS_URL", false,
     group_limit_redis => group_limit, "QUEUE_TEST_REDIS_URL", false,
     groups_take_turns_postgres => groups_take_turns, "QUEUE_TEST_POSTGRES_URL", false,

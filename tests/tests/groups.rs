@@ -1,7 +1,7 @@
 //! Group fairness through a coordination store on the brokers that
 //! deliver in their own order (RabbitMQ, SQS, Kafka): the conformance
 //! cases of groups (`groups_take_turns`, `group_limit`) against each
-//! broker wrapped with `queue::with_groups` and the test's Redis as the
+//! broker wrapped with `queue::with_store` and the test's Redis as the
 //! store. (Unwrapped, each broker's own suite checks that it refuses
 //! grouped messages, naming the wrapper.) The process tests are in
 //! `flow_control.rs`.
@@ -42,7 +42,7 @@ impl Harness for ThroughStore {
     async fn connect(&self, url: &str) -> Result<Arc<dyn Backend>> {
         let backend = queue::connect(url).await?;
         let store = queue::connect_coordination(&self.store).await?;
-        queue::with_groups(backend, store)
+        queue::with_store(backend, store)
     }
 }
 

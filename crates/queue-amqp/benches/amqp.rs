@@ -17,7 +17,7 @@
 //!   processed, against 10,000 (the median of three).
 //! - memory: the broker's Erlang memory (`rabbitmqctl status`) before and
 //!   after 100,000 queued jobs.
-//! - groups through a Redis coordination store (`with_groups`,
+//! - groups through a Redis coordination store (`with_store`,
 //!   `QUEUE_BENCH_REDIS_URL`, default `redis://127.0.0.1:6379`): 20,000
 //!   jobs without groups, in 100 groups, and in 100 groups with at most 10
 //!   of a group at once (the medians of three rounds).
@@ -332,7 +332,7 @@ fn main() {
             .coordination_store()
             .with_namespace("bench-amqp-groups")
             .expect("namespace");
-        let grouped = queue_core::with_groups(backend.clone(), Arc::new(store))
+        let grouped = queue_core::with_store(backend.clone(), Arc::new(store))
             .expect("groups through the store");
         let groups = bench::group_runs(
             &grouped,

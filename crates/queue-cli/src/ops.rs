@@ -49,7 +49,7 @@ impl Target {
             .context("could not connect to the backend")?;
         // A queue's group queues (RabbitMQ, SQS, Kafka with a store) count
         // with it.
-        queue::with_groups_from_env(backend)
+        queue::with_store_from_env(backend)
             .await
             .context("could not connect to the coordination store")
     }

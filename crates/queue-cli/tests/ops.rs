@@ -603,7 +603,7 @@ async fn group_queues_count_with_their_queue_on_amqp() {
     };
     let name = unique("cli-groups");
     let queue = QueueName::new(&name).expect("name");
-    let backend = queue::with_groups(
+    let backend = queue::with_store(
         queue::connect(&url).await.expect("connect"),
         queue::connect_coordination(&store).await.expect("store"),
     )

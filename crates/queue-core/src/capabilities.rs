@@ -520,7 +520,7 @@ impl Capabilities {
                 ErrorKind::Unsupported,
                 format!(
                     "the {} backend has no {feature} of its own ({why}): wrap it with \
-                     `queue::with_groups(backend, store)` and a coordination store \
+                     `queue::with_store(backend, store)` and a coordination store \
                      (`QUEUE_COORDINATION_URL=redis://...` or `postgres://...`)",
                     self.column()
                 ),

@@ -41,7 +41,7 @@ pub use config::{QueueConfig, SecretUrl};
 pub use coordination::{Coordination, Lease, MemoryCoordination, Permits, Rate, Slot};
 pub use dead_letters::{DeadLetterCursor, DeadLetterPage, DeadLetterQuery};
 pub use error::{BatchError, BoxError, Error, ErrorKind, HandlerAction, HandlerError, Result};
-pub use groups::with_groups;
+pub use groups::with_store;
 pub use job::{short_type_name, BackoffPolicy, Job, JobOptions, JobStatus};
 pub use memory::MemoryBackend;
 pub use message::{Headers, Message, MessageId, Nacked, Priority, QueueName};

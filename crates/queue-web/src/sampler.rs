@@ -1,7 +1,7 @@
 //! Samples of every queue's stats, shared by every viewer, with the rates
 //! and the hour of history the charts draw.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -105,6 +105,32 @@ struct Samples {
 
 fn failed_total(s: &QueueStats) -> u64 {
     s.retried_total + s.dead_lettered_total
+}
+
+/// For each backend whose stats totals are this process's own
+/// ([`Totals::Process`](queue_core::Totals::Process): RabbitMQ, SQS,
+/// Kafka) and whose worker registry answers (kept in a coordination
+/// store: `queue::with_store`), every queue's jobs completed and failed
+/// summed over its live workers' reports. A worker that stops takes its
+/// count with it: the rate of that sample is then zero, never negative.
+async fn fleet_totals(state: &State) -> BTreeMap<String, BTreeMap<QueueName, (u64, u64)>> {
+    let mut fleet = BTreeMap::new();
+    for (name, backend) in &state.backends {
+        if backend.capabilities().totals != queue_core::Totals::Process {
+            continue;
+        }
+        let Ok(workers) = backend.admin().workers().await else {
+            continue;
+        };
+        let mut queues: BTreeMap<QueueName, (u64, u64)> = BTreeMap::new();
+        for worker in workers {
+            let sums = queues.entry(worker.queue.clone()).or_default();
+            sums.0 += worker.completed;
+            sums.1 += worker.failed;
+        }
+        fleet.insert(name.clone(), queues);
+    }
+    fleet
 }
 
 fn push_point(points: &mut VecDeque<RatePoint>, point: RatePoint) {
@@ -226,6 +252,7 @@ impl Samples {
             }
         });
         let results = futures_util::future::join_all(calls).await;
+        let fleet = fleet_totals(state).await;
         let now = Instant::now();
         let at_ms = millis_since_epoch(SystemTime::now());
         let mut queues = Vec::with_capacity(wanted.len());
@@ -242,7 +269,12 @@ impl Samples {
             };
             match result {
                 Ok(stats) => {
-                    let (acked, failed) = (stats.acked_total, failed_total(&stats));
+                    // Where the backend counts in each process only, the
+                    // workers' own reports in the registry count for the fleet.
+                    let (acked, failed) = match fleet.get(&key.0) {
+                        Some(queues) => queues.get(&key.1).copied().unwrap_or_default(),
+                        None => (stats.acked_total, failed_total(&stats)),
+                    };
                     if let Some((then, acked_before, failed_before)) =
                         self.previous.insert(key.clone(), (now, acked, failed))
                     {

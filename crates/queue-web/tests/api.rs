@@ -569,3 +569,146 @@ impl MakeQueue for MemoryBackend {
         let _ = self.producer(queue).await.expect("producer");
     }
 }
+
+/// A backend that, like RabbitMQ, SQS and Kafka, counts acks only in the
+/// process that made them and keeps no worker registry: the memory
+/// backend with its totals hidden from this (the dashboard's) view.
+#[derive(Debug)]
+struct CountsElsewhere {
+    inner: MemoryBackend,
+    capabilities: queue_core::Capabilities,
+}
+
+#[async_trait::async_trait]
+impl Backend for CountsElsewhere {
+    fn capabilities(&self) -> &queue_core::Capabilities {
+        &self.capabilities
+    }
+    async fn producer(
+        &self,
+        queue: &QueueName,
+    ) -> queue_core::Result<Box<dyn queue_core::Producer>> {
+        self.inner.producer(queue).await
+    }
+    async fn consumer(
+        &self,
+        queue: &QueueName,
+        options: queue_core::ConsumerOptions,
+    ) -> queue_core::Result<Box<dyn queue_core::Consumer>> {
+        self.inner.consumer(queue, options).await
+    }
+    fn admin(&self) -> &dyn queue_core::Admin {
+        self
+    }
+    async fn close(&self) -> queue_core::Result<()> {
+        self.inner.close().await
+    }
+}
+
+#[async_trait::async_trait]
+impl queue_core::Admin for CountsElsewhere {
+    async fn ensure_queue(
+        &self,
+        queue: &QueueName,
+        options: &queue_core::QueueOptions,
+    ) -> queue_core::Result<()> {
+        self.inner.admin().ensure_queue(queue, options).await
+    }
+    async fn delete_queue(&self, queue: &QueueName) -> queue_core::Result<()> {
+        self.inner.admin().delete_queue(queue).await
+    }
+    async fn purge(&self, queue: &QueueName) -> queue_core::Result<u64> {
+        self.inner.admin().purge(queue).await
+    }
+    async fn stats(&self, queue: &QueueName) -> queue_core::Result<queue_core::QueueStats> {
+        let mut stats = self.inner.admin().stats(queue).await?;
+        stats.acked_total = 0;
+        stats.retried_total = 0;
+        stats.dead_lettered_total = 0;
+        Ok(stats)
+    }
+    async fn dead_letter_page(
+        &self,
+        queue: &QueueName,
+        query: &queue_core::DeadLetterQuery,
+    ) -> queue_core::Result<queue_core::DeadLetterPage> {
+        self.inner.admin().dead_letter_page(queue, query).await
+    }
+    async fn redrive(
+        &self,
+        queue: &QueueName,
+        which: queue_core::Redrive,
+    ) -> queue_core::Result<u64> {
+        self.inner.admin().redrive(queue, which).await
+    }
+    async fn health(&self) -> queue_core::HealthStatus {
+        self.inner.admin().health().await
+    }
+    async fn queues(&self) -> queue_core::Result<Vec<QueueName>> {
+        self.inner.admin().queues().await
+    }
+}
+
+/// Where stats count in each process only, the dashboard's rates are the
+/// fleet's: the sums of the workers' own reports in the registry, kept in
+/// the coordination store (`with_store`) for a backend that keeps none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_come_from_the_workers_where_stats_count_per_process() {
+    let inner = MemoryBackend::new();
+    let mut capabilities = inner.capabilities().clone();
+    capabilities.totals = queue_core::Totals::Process;
+    capabilities.worker_registry = queue_core::Support::Unsupported;
+    capabilities.group_fairness = queue_core::Coordinated::NeedsStore;
+    let plain: Arc<dyn Backend> = Arc::new(CountsElsewhere {
+        inner,
+        capabilities,
+    });
+    let store: Arc<dyn queue_core::Coordination> = Arc::new(queue_core::MemoryCoordination::new());
+    let backend = queue_core::with_store(plain, store).expect("wraps");
+    let queue = QueueName::new("fleet").expect("name");
+    let producer = backend.producer(&queue).await.expect("producer");
+    for i in 0..400u32 {
+        producer
+            .send(Job::encode(&i, &JobOptions::default()).expect("encode"))
+            .await
+            .expect("send");
+    }
+    let worker = queue_worker::Worker::builder(backend.clone(), queue.clone())
+        .concurrency(2)
+        .heartbeat(Some(Duration::from_millis(100)))
+        .handler(|_: Job<u32>| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .start()
+        .await
+        .expect("worker");
+    let dashboard = Dashboard::for_backend("main", backend.clone()).sample_every(Duration::ZERO);
+    let addr = serve(mounted(dashboard)).await;
+    let rate = || async {
+        let overview = get(addr, "/admin/queues/api/overview").await.json();
+        overview["queues"]
+            .as_array()
+            .expect("queues")
+            .iter()
+            .find(|v| v["queue"] == "fleet")
+            .and_then(|v| v["processed_per_second"].as_f64())
+    };
+    // The first sample has no rate; later ones see the worker's reports
+    // grow (every 100 ms).
+    let mut seen = None;
+    for _ in 0..50 {
+        if let Some(r) = rate().await.filter(|r| *r > 0.0) {
+            seen = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let workers = backend.admin().workers().await.expect("workers");
+    assert_eq!(workers.len(), 1, "the worker is in the store's registry");
+    assert!(
+        seen.is_some(),
+        "a fleet-wide rate from the workers' reports"
+    );
+    worker.shutdown().await.expect("shutdown");
+}

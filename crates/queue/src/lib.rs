@@ -142,17 +142,17 @@ pub async fn coordination_for(backend: &dyn Backend) -> Result<Option<Arc<dyn Co
     }
 }
 
-/// `backend` as tools should see it: wrapped with [`with_groups`] and the
+/// `backend` as tools should see it: wrapped with [`with_store`] and the
 /// store `QUEUE_COORDINATION_URL` names where its groups need one
 /// (RabbitMQ, SQS, Kafka), so grouped jobs are sent, read and counted
 /// through their group queues; else `backend` itself (groups native, or
 /// no store named). The CLI and `queue serve` connect through it.
-pub async fn with_groups_from_env(backend: Arc<dyn Backend>) -> Result<Arc<dyn Backend>> {
+pub async fn with_store_from_env(backend: Arc<dyn Backend>) -> Result<Arc<dyn Backend>> {
     if backend.capabilities().group_fairness != Coordinated::NeedsStore {
         return Ok(backend);
     }
     match std::env::var(COORDINATION_URL_VAR) {
-        Ok(url) if !url.is_empty() => with_groups(backend, connect_coordination(&url).await?),
+        Ok(url) if !url.is_empty() => with_store(backend, connect_coordination(&url).await?),
         _ => Ok(backend),
     }
 }

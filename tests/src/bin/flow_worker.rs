@@ -13,7 +13,7 @@
 //! concurrency 10 that runs at most `limit` jobs of one group at once
 //! across every process (`0`: no limit; groups take turns either way),
 //! each taking `work-ms`. On RabbitMQ, SQS and Kafka the groups take
-//! turns through the coordination store (`queue::with_groups`).
+//! turns through the coordination store (`queue::with_store`).
 //!
 //! The coordination store is the one `QUEUE_COORDINATION_URL` names, else
 //! the backend's own. Each job prints `start <n> <µs>` when it begins and
@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let (Some(store), "groups") = (&store, mode.as_str()) {
         // Groups take turns natively on Redis and PostgreSQL, through the
         // store elsewhere.
-        backend = queue::with_groups(backend, store.clone())?;
+        backend = queue::with_store(backend, store.clone())?;
     }
     let mut builder = Worker::builder(backend, QueueName::new(queue)?).concurrency(10);
     if let Some(store) = store {

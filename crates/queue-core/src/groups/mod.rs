@@ -3,7 +3,7 @@
 //!
 //! Those brokers hand out a queue's messages in the order they hold them,
 //! so a group with 100,000 queued jobs would hold back a group with 10.
-//! [`with_groups`] wraps such a backend so that it takes turns anyway:
+//! [`with_store`] wraps such a backend so that it takes turns anyway:
 //!
 //! - **Sending.** A message with a [group](crate::Message::with_group)
 //!   goes to a queue of its group's own, named after the queue and a hash
@@ -48,7 +48,7 @@
 //! use queue_core::{groups, Backend, MemoryBackend, MemoryCoordination};
 //! // The memory backend takes turns natively: it comes back as it was.
 //! let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-//! let grouped = groups::with_groups(backend.clone(), Arc::new(MemoryCoordination::new()))?;
+//! let grouped = groups::with_store(backend.clone(), Arc::new(MemoryCoordination::new()))?;
 //! assert!(Arc::ptr_eq(&backend, &grouped));
 //! # Ok(()) }
 //! ```
@@ -74,23 +74,39 @@ use crate::traits::{Admin, Backend, Consumer, Producer};
 /// created like its queue.
 const OPTIONS_SPACE: &str = "group-options";
 
+/// Where the worker registry is kept for a backend that keeps none (by
+/// worker id, the [`WorkerInfo`] as JSON).
+const WORKERS_SPACE: &str = "workers";
+
 /// The longest part of a queue's name kept in its group queues' names.
 const NAME_PART: usize = 46;
 
-/// `backend` with group fairness: itself where it has its own (memory,
-/// Redis, PostgreSQL), else wrapped so that groups take turns through
-/// queues of their own, with `store` listing them (see the
-/// [module docs](self)). The wrapped backend also offers `store` as its
-/// [coordination store](Backend::coordination). A backend with neither is
+/// `backend` with what it keeps no state for kept in `store`: itself
+/// where it keeps everything (memory, Redis, PostgreSQL), else wrapped
+/// (RabbitMQ, SQS, Kafka) so that
+///
+/// - groups take turns through queues of their own, with `store` listing
+///   them (see the [module docs](self));
+/// - the worker registry lives in `store` (space `workers`), so `queue
+///   workers`, the dashboard's worker list and its fleet-wide rates see
+///   every worker of every process;
+/// - `store` is its [coordination store](Backend::coordination), so
+///   schedules, rate limits and fleet-wide concurrency need no more
+///   configuration.
+///
+/// A backend whose groups are [`Coordinated::Unsupported`] is
 /// [`ErrorKind::Unsupported`].
-pub fn with_groups(
+pub fn with_store(
     backend: Arc<dyn Backend>,
     store: Arc<dyn Coordination>,
 ) -> Result<Arc<dyn Backend>> {
-    match backend.capabilities().group_fairness {
-        Coordinated::Native => Ok(backend),
-        Coordinated::NeedsStore => Ok(Arc::new(Grouped::new(backend, store))),
-        Coordinated::Unsupported => Err(backend.capabilities().unsupported("group fairness")),
+    let caps = backend.capabilities();
+    match caps.group_fairness {
+        Coordinated::Native if caps.worker_registry.is_available() => Ok(backend),
+        Coordinated::Native | Coordinated::NeedsStore => {
+            Ok(Arc::new(StoreBacked::new(backend, store)))
+        }
+        Coordinated::Unsupported => Err(caps.unsupported("group fairness")),
     }
 }
 
@@ -193,21 +209,24 @@ impl Shared {
     }
 }
 
-/// A backend whose groups take turns through queues of their own
-/// ([`with_groups`]).
-pub struct Grouped {
+/// A backend whose groups take turns through queues of their own and
+/// whose worker registry is kept in a coordination store ([`with_store`]).
+pub struct StoreBacked {
     shared: Arc<Shared>,
     capabilities: Capabilities,
 }
 
-impl Grouped {
-    fn new(backend: Arc<dyn Backend>, store: Arc<dyn Coordination>) -> Grouped {
+impl StoreBacked {
+    fn new(backend: Arc<dyn Backend>, store: Arc<dyn Coordination>) -> StoreBacked {
         let mut capabilities = backend.capabilities().clone();
         capabilities.group_fairness = Coordinated::Native;
         // A batch of several groups is sent group by group, so part of it
         // may be accepted.
         capabilities.partial_batches = true;
-        Grouped {
+        if !capabilities.worker_registry.is_available() {
+            capabilities.worker_registry = crate::capabilities::Support::Emulated;
+        }
+        StoreBacked {
             shared: Arc::new(Shared {
                 backend,
                 store,
@@ -220,18 +239,29 @@ impl Grouped {
     fn inner(&self) -> &dyn Admin {
         self.shared.backend.admin()
     }
+
+    /// Whether the worker registry is kept in the store (the backend
+    /// keeps none).
+    fn registry_in_store(&self) -> bool {
+        !self
+            .shared
+            .backend
+            .capabilities()
+            .worker_registry
+            .is_available()
+    }
 }
 
-impl fmt::Debug for Grouped {
+impl fmt::Debug for StoreBacked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Grouped")
+        f.debug_struct("StoreBacked")
             .field("backend", &self.shared.backend)
             .finish_non_exhaustive()
     }
 }
 
 #[async_trait]
-impl Backend for Grouped {
+impl Backend for StoreBacked {
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
     }
@@ -287,7 +317,7 @@ fn split_cursor(cursor: &DeadLetterCursor) -> Result<(String, Option<DeadLetterC
 }
 
 #[async_trait]
-impl Admin for Grouped {
+impl Admin for StoreBacked {
     async fn ensure_queue(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
         options.check()?;
         self.inner().ensure_queue(queue, options).await?;
@@ -447,15 +477,51 @@ impl Admin for Grouped {
     }
 
     async fn register_worker(&self, worker: &WorkerInfo) -> Result<()> {
+        if self.registry_in_store() {
+            let record = serde_json::to_vec(worker).map_err(|e| {
+                Error::new(
+                    ErrorKind::Other,
+                    format!("worker record does not encode: {e}"),
+                )
+            })?;
+            return self
+                .shared
+                .store
+                .put(WORKERS_SPACE, &worker.id, Bytes::from(record))
+                .await;
+        }
         self.inner().register_worker(worker).await
     }
 
     async fn deregister_worker(&self, id: &str) -> Result<()> {
+        if self.registry_in_store() {
+            return self.shared.store.remove(WORKERS_SPACE, id).await.map(drop);
+        }
         self.inner().deregister_worker(id).await
     }
 
+    /// The workers whose last heartbeat is within their
+    /// [`ttl`](WorkerInfo::ttl); silent ones are removed from the store
+    /// as they are found.
     async fn workers(&self) -> Result<Vec<WorkerInfo>> {
-        self.inner().workers().await
+        if !self.registry_in_store() {
+            return self.inner().workers().await;
+        }
+        let now = std::time::SystemTime::now();
+        let mut workers = Vec::new();
+        for (id, record) in self.shared.store.list(WORKERS_SPACE).await? {
+            let alive = serde_json::from_slice::<WorkerInfo>(&record)
+                .ok()
+                .filter(|w| w.last_heartbeat + w.ttl() >= now);
+            match alive {
+                Some(worker) => workers.push(worker),
+                None => {
+                    let _ = self.shared.store.remove(WORKERS_SPACE, &id).await;
+                }
+            }
+        }
+        crate::stats::sort_workers(&mut workers);
+        Ok(workers)
     }
 }
 

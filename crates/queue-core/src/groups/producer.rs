@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::{group_key, group_queue, Shared};
+use crate::capabilities::Coordinated;
 use crate::error::{BatchError, Error, Result};
 use crate::message::{check_group_key, Message, MessageId, QueueName};
 use crate::traits::Producer;
@@ -77,6 +78,10 @@ impl GroupedProducer {
         let Some(group) = message.group().map(str::to_owned) else {
             return Ok(None);
         };
+        if self.shared.backend.capabilities().group_fairness == Coordinated::Native {
+            // Wrapped for its registry only: its groups are its own.
+            return Ok(None);
+        }
         check_group_key(&group)?;
         let producer = self.group(&group).await?;
         message.headers.remove(crate::job::HEADER_GROUP);

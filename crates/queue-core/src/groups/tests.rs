@@ -38,18 +38,20 @@ impl Backend for Fifo {
         self.inner.consumer(queue, options).await
     }
     fn admin(&self) -> &dyn Admin {
-        self.inner.admin()
+        self
     }
     async fn close(&self) -> Result<()> {
         self.inner.close().await
     }
 }
 
-/// The memory backend without group fairness of its own.
+/// The memory backend without group fairness or a worker registry of its
+/// own.
 fn fifo() -> Arc<dyn Backend> {
     let inner = MemoryBackend::new();
     let mut capabilities = inner.capabilities().clone();
     capabilities.group_fairness = Coordinated::NeedsStore;
+    capabilities.worker_registry = crate::capabilities::Support::Unsupported;
     Arc::new(Fifo {
         inner,
         capabilities,
@@ -58,8 +60,47 @@ fn fifo() -> Arc<dyn Backend> {
 
 fn grouped() -> (Arc<dyn Backend>, Arc<dyn Coordination>) {
     let store: Arc<dyn Coordination> = Arc::new(MemoryCoordination::new());
-    let backend = with_groups(fifo(), store.clone()).expect("wraps");
+    let backend = with_store(fifo(), store.clone()).expect("wraps");
     (backend, store)
+}
+
+/// The memory backend's admin, without its worker registry.
+#[async_trait]
+impl Admin for Fifo {
+    async fn ensure_queue(&self, queue: &QueueName, options: &QueueOptions) -> Result<()> {
+        self.inner.admin().ensure_queue(queue, options).await
+    }
+    async fn delete_queue(&self, queue: &QueueName) -> Result<()> {
+        self.inner.admin().delete_queue(queue).await
+    }
+    async fn purge(&self, queue: &QueueName) -> Result<u64> {
+        self.inner.admin().purge(queue).await
+    }
+    async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        self.inner.admin().stats(queue).await
+    }
+    async fn dead_letter_page(
+        &self,
+        queue: &QueueName,
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage> {
+        self.inner.admin().dead_letter_page(queue, query).await
+    }
+    async fn redrive(&self, queue: &QueueName, which: Redrive) -> Result<u64> {
+        self.inner.admin().redrive(queue, which).await
+    }
+    async fn health(&self) -> HealthStatus {
+        self.inner.admin().health().await
+    }
+    async fn queues(&self) -> Result<Vec<QueueName>> {
+        self.inner.admin().queues().await
+    }
+    async fn pause(&self, queue: &QueueName) -> Result<()> {
+        self.inner.admin().pause(queue).await
+    }
+    async fn resume(&self, queue: &QueueName) -> Result<()> {
+        self.inner.admin().resume(queue).await
+    }
 }
 
 fn queue(name: &str) -> QueueName {
@@ -95,7 +136,7 @@ fn a_backend_without_groups_or_store_is_refused() {
     let inner = MemoryBackend::new();
     let mut capabilities = inner.capabilities().clone();
     capabilities.group_fairness = Coordinated::Unsupported;
-    let err = with_groups(
+    let err = with_store(
         Arc::new(Fifo {
             inner,
             capabilities,
@@ -179,8 +220,8 @@ async fn groups_take_turns_and_come_back_with_their_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_limit_holds_across_consumers() {
     let (inner, store): (_, Arc<dyn Coordination>) = (fifo(), Arc::new(MemoryCoordination::new()));
-    let backend = with_groups(inner.clone(), store.clone()).expect("wraps");
-    let other = with_groups(inner, store).expect("wraps");
+    let backend = with_store(inner.clone(), store.clone()).expect("wraps");
+    let other = with_store(inner, store).expect("wraps");
     let q = queue("limit");
     let producer = backend.producer(&q).await.expect("producer");
     for i in 0..6 {
@@ -341,4 +382,49 @@ async fn closing_hands_back_what_was_read() {
     let stats = backend.admin().stats(&q).await.expect("stats");
     assert_eq!(stats.in_flight, 0, "nothing left leased");
     assert_eq!(stats.ready, 20 - taken);
+}
+
+/// Where the backend keeps no worker registry, the store holds it: a
+/// worker reported through one wrapper is listed through another over the
+/// same store, until it leaves or falls silent.
+#[tokio::test]
+async fn the_worker_registry_lives_in_the_store() {
+    let store: Arc<dyn Coordination> = Arc::new(MemoryCoordination::new());
+    let inner = fifo();
+    assert!(
+        inner.admin().workers().await.is_err(),
+        "no registry of its own"
+    );
+    let one = with_store(inner.clone(), store.clone()).expect("wraps");
+    let other = with_store(inner, store.clone()).expect("wraps");
+    assert_eq!(
+        one.capabilities().worker_registry,
+        crate::capabilities::Support::Emulated
+    );
+    let mut worker = WorkerInfo::new(queue("jobs"), 10, Duration::from_secs(5));
+    worker.completed = 42;
+    one.admin()
+        .register_worker(&worker)
+        .await
+        .expect("register");
+    let listed = other.admin().workers().await.expect("workers");
+    let seen: Vec<(&str, u64)> = listed
+        .iter()
+        .map(|w| (w.id.as_str(), w.completed))
+        .collect();
+    assert_eq!(seen, vec![(worker.id.as_str(), 42)]);
+    // Silent for longer than three intervals: dropped, and its record gone.
+    let mut silent = WorkerInfo::new(queue("jobs"), 1, Duration::from_millis(10));
+    silent.last_heartbeat = std::time::SystemTime::now() - Duration::from_secs(1);
+    one.admin()
+        .register_worker(&silent)
+        .await
+        .expect("register");
+    assert_eq!(other.admin().workers().await.expect("workers").len(), 1);
+    assert_eq!(store.list(WORKERS_SPACE).await.expect("list").len(), 1);
+    one.admin()
+        .deregister_worker(&worker.id)
+        .await
+        .expect("deregister");
+    assert!(other.admin().workers().await.expect("workers").is_empty());
 }
