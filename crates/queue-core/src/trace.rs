@@ -153,9 +153,76 @@ pub async fn scope_with_parent<F: Future>(
 }
 
 /// The context a message sent now should carry: a child of the current
-/// context, or a new trace.
+/// context, or a new trace. With the `otel` feature, inside a `tracing`
+/// span an OpenTelemetry layer records, that span itself (so the job's
+/// span in the worker is its child).
 pub fn for_send() -> TraceContext {
+    #[cfg(feature = "otel")]
+    if let Some(span) = otel::current() {
+        return span;
+    }
     current().map_or_else(TraceContext::new_root, |ctx| ctx.child())
+}
+
+/// The bridge to OpenTelemetry (feature `otel`), through the application's
+/// `tracing-opentelemetry` layer (0.34, with `opentelemetry` 0.33): the
+/// sender's span travels as the message's `traceparent`, and the worker
+/// makes it the remote parent of the job's span. Without the layer
+/// installed (or with the span filtered out) both do nothing.
+#[cfg(feature = "otel")]
+pub mod otel {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::TraceContext;
+
+    /// The OpenTelemetry span context of `span`, if a layer records it.
+    pub fn of_span(span: &tracing::Span) -> Option<TraceContext> {
+        let context = span.context();
+        let span_ref = context.span();
+        let own = span_ref.span_context();
+        own.is_valid().then(|| TraceContext {
+            trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+            sampled: own.is_sampled(),
+        })
+    }
+
+    /// The current `tracing` span's OpenTelemetry context, if any.
+    pub fn current() -> Option<TraceContext> {
+        of_span(&tracing::Span::current())
+    }
+
+    /// `parent` as a remote OpenTelemetry context.
+    pub fn remote(parent: &TraceContext) -> opentelemetry::Context {
+        let flags = if parent.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::NOT_SAMPLED
+        };
+        let remote = SpanContext::new(
+            TraceId::from(parent.trace_id),
+            SpanId::from(parent.span_id),
+            flags,
+            true,
+            TraceState::NONE,
+        );
+        opentelemetry::Context::new().with_remote_span_context(remote)
+    }
+
+    /// Make `parent` (a message's sender) the parent of `span`, which must
+    /// not have been entered yet, and return `span`'s own context: the
+    /// job's, which messages it sends carry. `None` when no layer records
+    /// the span.
+    pub fn adopt(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
+        if let Some(parent) = parent {
+            // An error means no layer records this span: nothing to link.
+            span.set_parent(remote(parent)).ok()?;
+        }
+        of_span(span)
+    }
 }
 
 #[cfg(test)]

@@ -255,7 +255,8 @@ async fn begin(shared: &Shared, counters: &Counters, delivery: Delivery) -> Begu
             .get(TRACEPARENT)
             .and_then(|v| TraceContext::parse(v))
     });
-    let context = parent.map_or_else(TraceContext::new_root, |p| p.child());
+    #[allow(unused_mut)]
+    let mut context = parent.map_or_else(TraceContext::new_root, |p| p.child());
     let span = tracing::info_span!(
         "job",
         queue = %shared.queue,
@@ -265,6 +266,21 @@ async fn begin(shared: &Shared, counters: &Counters, delivery: Delivery) -> Begu
         span_id = %format_args!("{:016x}", context.span_id),
         parent_span_id = %parent.map(|p| format!("{:016x}", p.span_id)).unwrap_or_default(),
     );
+    // With OpenTelemetry, the sender's span is the job span's remote
+    // parent, and the job's context is the one the layer gave its span
+    // (before the span is first entered, as the layer requires).
+    #[cfg(feature = "otel")]
+    if let Some(own) = queue_core::trace::otel::adopt(&span, parent.as_ref()) {
+        context = own;
+        span.record(
+            "trace_id",
+            tracing::field::display(format_args!("{:032x}", own.trace_id)),
+        );
+        span.record(
+            "span_id",
+            tracing::field::display(format_args!("{:016x}", own.span_id)),
+        );
+    }
     // The job's own timeout comes from the wire: never longer than the
     // worker allows.
     let timeout = queue_core::job::timeout_of(message)
