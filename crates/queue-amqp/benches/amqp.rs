@@ -17,10 +17,6 @@
 //!   processed, against 10,000 (the median of three).
 //! - memory: the broker's Erlang memory (`rabbitmqctl status`) before and
 //!   after 100,000 queued jobs.
-//! - groups through a Redis coordination store (`with_store`,
-//!   `QUEUE_BENCH_REDIS_URL`, default `redis://127.0.0.1:6379`): 20,000
-//!   jobs without groups, in 100 groups, and in 100 groups with at most 10
-//!   of a group at once (the medians of three rounds).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -324,35 +320,6 @@ fn main() {
         let ratio = large / small;
         eprintln!("backlog ratio ({big} vs 10,000): {ratio:.2}");
 
-        let store_url = std::env::var("QUEUE_BENCH_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-        let store = queue_redis::RedisBackend::connect(&store_url)
-            .await
-            .expect("connect the Redis store")
-            .coordination_store()
-            .with_namespace("bench-amqp-groups")
-            .expect("namespace");
-        let grouped = queue_core::with_store(backend.clone(), Arc::new(store))
-            .expect("groups through the store");
-        let groups = bench::group_runs(
-            &grouped,
-            "bench-amqp-groups",
-            20_000,
-            PAYLOAD,
-            CONCURRENCY,
-            10,
-        )
-        .await
-        .expect("group runs");
-        eprintln!(
-            "groups through a Redis store: without {:.0}/s, 100 groups {:.0}/s ({:.2}), limit 10 {:.0}/s ({:.2})",
-            groups.without_per_second,
-            groups.in_100_groups_per_second,
-            groups.ratio,
-            groups.limited_per_second,
-            groups.limit_ratio
-        );
-
         println!();
         println!("| run | enqueue jobs/s | processed jobs/s | vs raw |");
         println!("| --- | ---: | ---: | ---: |");
@@ -375,13 +342,6 @@ fn main() {
             "pickup p50 {:.2} ms, p99 {:.2} ms at 2,000 jobs/s; backlog {big}/10k ratio {ratio:.2}; {per_job:.0} bytes of RabbitMQ memory per queued job",
             latency.p50_us / 1000.0,
             latency.p99_us / 1000.0
-        );
-        println!(
-            "groups through a Redis store (20,000 jobs): 100 groups {:.2} of the same without groups ({:.0} vs {:.0} jobs/s), limit 10 per group {:.2}",
-            groups.ratio,
-            groups.in_100_groups_per_second,
-            groups.without_per_second,
-            groups.limit_ratio
         );
         let checks = [
             (
@@ -412,7 +372,6 @@ fn main() {
                 "raw_pickup": raw_latency,
                 "backlog": { "jobs_10k_per_second": small, "jobs_large": big, "jobs_large_per_second": large, "ratio": ratio },
                 "memory_bytes_per_job": per_job,
-                "groups": groups,
                 "targets_met": checks.iter().all(|(_, met)| *met),
             }),
         );
