@@ -28,6 +28,10 @@ const REFRESH: Duration = Duration::from_secs(1);
 const FULL_POLL: Duration = Duration::from_millis(100);
 /// The most deliveries a reader keeps ready (each holds its lease meanwhile).
 const MAX_READY: usize = 32;
+/// The longest a fresh consumer of a backend whose readers join groups
+/// (Kafka) holds everything back until each reader of a queue with jobs
+/// has joined and read.
+const JOIN_HOLD: Duration = Duration::from_secs(15);
 /// A delivery whose lease ends within this is not handed out (it is
 /// handed back instead): a job would lose its lease before it started.
 const LEASE_MARGIN: Duration = Duration::from_secs(1);
@@ -44,11 +48,11 @@ struct Source {
     /// Whether the queue seems to hold more: its last read brought
     /// something (or none finished yet).
     live: AtomicBool,
-    /// Whether a read finished (on Kafka: the reader's group joined).
-    read_once: AtomicBool,
+    /// Where a new reader joins a group of consumers first (Kafka): its
+    /// queue held jobs when the consumer started, and none was read yet
+    /// (its group has not joined). See [`JOIN_HOLD`].
+    joining: AtomicBool,
     started: Instant,
-    /// Whether it was read from the consumer's start (not found later).
-    initial: bool,
     /// The last read's error, until a read succeeds.
     failing: StdMutex<Option<Error>>,
 }
@@ -131,6 +135,14 @@ impl State {
             Some((key, _)) => group_queue(&self.queue, key),
             None => self.queue.clone(),
         };
+        let backend = &self.shared.backend;
+        let joining = initial
+            && backend.capabilities().rebalances_on_join
+            && backend
+                .admin()
+                .stats(&queue)
+                .await
+                .is_ok_and(|stats| stats.ready > 0);
         let consumer: Arc<dyn Consumer> = Arc::from(
             self.shared
                 .backend
@@ -142,9 +154,8 @@ impl State {
             consumer,
             ready: StdMutex::new(VecDeque::new()),
             live: AtomicBool::new(true),
-            read_once: AtomicBool::new(false),
+            joining: AtomicBool::new(joining),
             started: Instant::now(),
-            initial,
             failing: StdMutex::new(None),
         });
         self.sources
@@ -194,14 +205,12 @@ impl State {
         let sources = self.sources();
         // Where a new reader joins a group of consumers first (Kafka),
         // none is handed out until every reader of the consumer's start
-        // read once (or a read's wait passed): else the groups that joined
-        // first take every turn.
-        if self.shared.backend.capabilities().rebalances_on_join
-            && sources.iter().any(|s| {
-                s.initial
-                    && !s.read_once.load(Ordering::Relaxed)
-                    && s.started.elapsed() < READ_WAIT + REFRESH
-            })
+        // whose queue held jobs has read some (its group joined), for at
+        // most JOIN_HOLD: else the groups that joined first take every
+        // turn until the others join.
+        if sources
+            .iter()
+            .any(|s| s.joining.load(Ordering::Relaxed) && s.started.elapsed() < JOIN_HOLD)
         {
             return Vec::new();
         }
@@ -390,8 +399,8 @@ async fn read(state: Arc<State>, source: Arc<Source>) {
         };
         let max = if slot.is_some() { 1 } else { room };
         let read = source.consumer.receive(max, READ_WAIT).await;
-        if !source.read_once.swap(true, Ordering::Relaxed) {
-            state.filled.notify_waiters();
+        if matches!(&read, Ok(got) if !got.is_empty()) {
+            source.joining.store(false, Ordering::Relaxed);
         }
         match read {
             Ok(got) => {
