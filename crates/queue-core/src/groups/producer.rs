@@ -62,8 +62,8 @@ impl GroupedProducer {
     /// Forget a group's producer whose queue is gone (the queue was
     /// deleted): its next message makes the group queue and notes the
     /// group again.
-    async fn forget_if_gone<T>(&self, producer: &Arc<dyn Producer>, sent: &Result<T>) {
-        if matches!(sent, Err(e) if e.kind() == crate::ErrorKind::NotFound) {
+    async fn forget_if_gone(&self, producer: &Arc<dyn Producer>, failed: Option<&Error>) {
+        if failed.is_some_and(|e| e.kind() == crate::ErrorKind::NotFound) {
             self.groups
                 .lock()
                 .await
@@ -112,7 +112,7 @@ impl Producer for GroupedProducer {
         match self.route(&mut message).await? {
             Some(producer) => {
                 let sent = producer.send(message).await;
-                self.forget_if_gone(&producer, &sent).await;
+                self.forget_if_gone(&producer, sent.as_ref().err()).await;
                 sent
             }
             None => self.main.send(message).await,
@@ -156,11 +156,8 @@ impl Producer for GroupedProducer {
             let sent = match &producer {
                 Some(producer) => {
                     let sent = producer.send_batch(part).await;
-                    let as_result = sent
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| e.error().clone_kind());
-                    self.forget_if_gone(producer, &as_result).await;
+                    let failed = sent.as_ref().err().map(BatchError::error);
+                    self.forget_if_gone(producer, failed).await;
                     sent
                 }
                 None => self.main.send_batch(part).await,
